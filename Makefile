@@ -1,0 +1,41 @@
+# make demo  - create .venv, install, run the retrain flow on the bundled data (a few minutes)
+# make test  - create/refresh .venv, lint, run the whole test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+# No telemetry from MLflow or Prefect (this also keeps runs quiet on machines without internet).
+export MLFLOW_DISABLE_TELEMETRY ?= true
+export DO_NOT_TRACK ?= true
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+
+.PHONY: install demo test lint format clean
+
+# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build. constraints.txt is the
+# lock of every other package, so a fresh machine resolves the same versions.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/tuneforge run deployments/presets/tiny-cpu.yaml
+
+test: install lint
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) runs mlruns mlartifacts .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Prefect flows: each one a table of contents over tasks in `tasks/`."""

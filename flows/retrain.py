@@ -1,0 +1,76 @@
+"""The `retrain` flow: fresh data in, a registered (and maybe promoted) model out.
+
+    tuneforge run deployments/presets/tiny-cpu.yaml
+
+Steps: open an MLflow run -> load -> validate (quarantine bad rows) -> split -> resolve the
+base model -> train with the configured strategy -> evaluate base and tuned -> register, and
+move the `champion` alias only when the tuned model beats the current champion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect import flow
+
+from tasks.evaluate import evaluate_model
+from tasks.load_data import load_dataset
+from tasks.model_source import resolve_base_model
+from tasks.register import Registration, register_model
+from tasks.split_data import SplitPaths, split_dataset
+from tasks.tracking_run import start_tracking_run
+from tasks.train import TrainResult, train_with_strategy
+from tasks.validate_data import ValidationReport, validate_dataset
+from tuneforge.config import RunConfig
+from tuneforge.tracking import resolve_tracking_uri, run_status
+
+
+@dataclass(frozen=True)
+class RetrainResult:
+    run_id: str
+    tracking_uri: str
+    run_dir: str
+    data: ValidationReport
+    split: SplitPaths
+    training: TrainResult
+    base: dict[str, float]
+    tuned: dict[str, float]
+    registration: Registration
+
+
+@flow(name="retrain", flow_run_name="{config.name}")
+def retrain(config: RunConfig) -> RetrainResult:
+    """Validates fresh data, fine-tunes, evaluates base vs tuned, registers the tuned model."""
+    config.strategy_settings()  # bad strategy settings fail here, before any work
+    tracking_uri = resolve_tracking_uri(config.tracking.tracking_uri)
+    run_id = start_tracking_run(config, tracking_uri)
+    run_dir = str(Path(config.output_dir).resolve() / run_id)
+    data, model, train, evaluation = config.data, config.model, config.train, config.evaluation
+    remote_code = model.trust_remote_code
+
+    with run_status(tracking_uri, run_id):
+        loaded = load_dataset(data.path, data.format, data.hf_split, f"{run_dir}/data")
+        report = validate_dataset(
+            loaded, data.max_chars, data.max_rejected_fraction, data.path, run_id, tracking_uri
+        )
+        split = split_dataset(report.valid_path, data.eval_fraction, data.seed, data.holdout_tasks)
+        base_dir = resolve_base_model(model, split.train_path, run_dir)
+        trained = train_with_strategy(
+            base_dir, split.train_path, train, f"{run_dir}/tuned", run_id, tracking_uri, remote_code
+        )
+        scores = {
+            label: evaluate_model(
+                model_dir, split.eval_path, label, evaluation, train.max_length, run_id,
+                tracking_uri, remote_code,
+            )
+            for label, model_dir in (("base", base_dir), ("tuned", trained.model_dir))
+        }  # fmt: skip
+        registration = register_model(
+            trained.model_dir, run_id, scores["tuned"], config.registry, tracking_uri
+        )
+
+    return RetrainResult(
+        run_id, tracking_uri, run_dir, report, split, trained, scores["base"], scores["tuned"],
+        registration,
+    )  # fmt: skip

@@ -1,0 +1,1 @@
+"""Tuning strategies: the `TuningStrategy` contract, the registry, and the built-in strategies."""

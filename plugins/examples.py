@@ -1,0 +1,32 @@
+"""Free functions strategies share to turn records into training examples."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from plugins.strategy import IGNORE_INDEX, Example
+from tuneforge.prompts import render_prompt, split_turns
+
+
+def tokenize_prompt_response(
+    record: dict[str, Any], tokenizer: Any, max_length: int, *, train_prompt: bool
+) -> Example:
+    """Tokenizes prompt and response separately (so the boundary is exact) and labels them.
+
+    The response ends with the end-of-sequence token, which is trained: a model that never
+    learns to stop rambles past its answer. Examples longer than `max_length` lose their tail.
+
+    Args:
+        record: a validated record with `messages`.
+        tokenizer: a Hugging Face tokenizer.
+        max_length: maximum number of tokens kept.
+        train_prompt: when False the prompt tokens get `IGNORE_INDEX` (response-only loss).
+    """
+    turns, response = split_turns(record)
+    prompt_ids = tokenizer(render_prompt(turns, tokenizer), add_special_tokens=False).input_ids
+    response_ids = tokenizer(response, add_special_tokens=False).input_ids
+    response_ids = [*response_ids, tokenizer.eos_token_id]
+    input_ids = (prompt_ids + response_ids)[:max_length]
+    prompt_labels = prompt_ids if train_prompt else [IGNORE_INDEX] * len(prompt_ids)
+    labels = (prompt_labels + response_ids)[:max_length]
+    return Example(input_ids=input_ids, labels=labels)

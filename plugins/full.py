@@ -1,0 +1,46 @@
+"""`full` strategy: every weight trains, causal-LM loss on every token of the formatted example.
+
+The most expressive and the most expensive option: optimizer state is twice the model size, and
+the tuned model is a complete copy. Use it for continued training / domain adaptation, or when
+the base is small. Select it with `train.strategy: full`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from plugins.examples import tokenize_prompt_response
+from plugins.strategy import Example
+
+
+class FullSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Recompute activations in the backward pass instead of storing them: roughly a third
+    # more compute for much less activation memory. Worth it only for long sequences on a GPU.
+    gradient_checkpointing: bool = False
+
+
+class FullStrategy:
+    name: ClassVar[str] = "full"
+    description: ClassVar[str] = "Full fine-tuning: all weights train, loss on every token."
+    Settings: ClassVar[type[BaseModel]] = FullSettings
+
+    def __init__(self, settings: FullSettings) -> None:
+        self.settings = settings
+
+    def prepare_model(self, model: Any) -> Any:
+        model.requires_grad_(True)
+        if self.settings.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        return model
+
+    def build_example(self, record: dict[str, Any], tokenizer: Any, max_length: int) -> Example:
+        return tokenize_prompt_response(record, tokenizer, max_length, train_prompt=True)
+
+    def save(self, model: Any, tokenizer: Any, out_dir: Path) -> None:
+        model.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)

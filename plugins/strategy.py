@@ -1,0 +1,58 @@
+"""The contract every tuning strategy fulfils, built-in or third-party.
+
+A strategy is a class registered under the `tuneforge.strategies` entry-point group:
+
+    [project.entry-points."tuneforge.strategies"]
+    bitfit = "my_package.bitfit:BitFitStrategy"
+
+The generic training loop (`tasks/train.py`) owns the optimizer, batching, logging and
+checkpoints; a strategy only says what is specific to it. This Protocol is a contract, not a
+vehicle for code reuse: share code through free functions (`plugins/examples.py`), not by
+subclassing another strategy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from pydantic import BaseModel
+
+IGNORE_INDEX = -100  # label value the causal-LM loss skips
+
+
+@dataclass(frozen=True)
+class Example:
+    """One tokenized training example; `labels[i] == IGNORE_INDEX` means token i is not trained."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+    @property
+    def trained_tokens(self) -> int:
+        return sum(label != IGNORE_INDEX for label in self.labels)
+
+
+@runtime_checkable
+class TuningStrategy(Protocol):
+    """What a tuning strategy provides. Instances are built as `Strategy(settings)`."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    # The strategy's own pydantic settings model; `train.settings` in the run config is
+    # validated against it before any model is built. Use `extra="forbid"`.
+    Settings: ClassVar[type[BaseModel]]
+
+    def prepare_model(self, model: Any) -> Any:
+        """Returns the model to train: sets `requires_grad` on the parameters that train (the
+        training loop optimizes exactly those), or wraps the model (e.g. with adapters)."""
+        ...
+
+    def build_example(self, record: dict[str, Any], tokenizer: Any, max_length: int) -> Example:
+        """Tokenizes one validated record (`{"row", "task", "messages"}`) into an `Example`."""
+        ...
+
+    def save(self, model: Any, tokenizer: Any, out_dir: Path) -> None:
+        """Writes what gets registered (weights as safetensors, tokenizer, config) to `out_dir`."""
+        ...

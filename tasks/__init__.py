@@ -1,0 +1,1 @@
+"""Prefect tasks: small typed steps that pass paths, ids and metric dicts between them."""

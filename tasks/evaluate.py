@@ -1,0 +1,153 @@
+"""Evaluate a model on held-back records: loss, perplexity and greedy-generation exact match.
+
+The same function scores the base and the tuned model, so the two are comparable:
+- `eval_loss` is the mean cross-entropy over response tokens given the prompt (the part a user
+  cares about; prompt tokens are not scored), `perplexity` is its exponential;
+- `exact_match` is the share of greedy generations equal to the expected answer after trimming
+  surrounding whitespace, overall and per task family (`exact_match.<task>`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from prefect import task
+
+from plugins.examples import tokenize_prompt_response
+from plugins.strategy import IGNORE_INDEX
+from tasks.model_source import load_pretrained
+from tasks.split_data import read_jsonl
+from tasks.train import collate
+from tuneforge.config import EvalConfig
+from tuneforge.prompts import render_prompt, split_turns
+from tuneforge.tracking import MetricLogger
+
+
+def _chunks(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+@torch.inference_mode()
+def response_loss(
+    model: Any, tokenizer: Any, records: list[dict], max_length: int, bs: int
+) -> float:
+    """Mean cross-entropy per response token (prompt and padding are not scored)."""
+    examples = [
+        tokenize_prompt_response(r, tokenizer, max_length, train_prompt=False) for r in records
+    ]
+    total, count = 0.0, 0
+    for batch in _chunks(examples, bs):
+        inputs = collate(batch, tokenizer.pad_token_id)
+        logits = model(
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
+        ).logits
+        labels = inputs["labels"][:, 1:]
+        total += float(
+            torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.size(-1)).float(),
+                labels.reshape(-1),
+                ignore_index=IGNORE_INDEX,
+                reduction="sum",
+            )
+        )
+        count += int((labels != IGNORE_INDEX).sum())
+    return total / count
+
+
+@torch.inference_mode()
+def generate_answers(
+    model: Any, tokenizer: Any, records: list[dict], max_new_tokens: int, bs: int
+) -> list[str]:
+    """Greedy answers to each record's prompt, decoded without special tokens."""
+    tokenizer.padding_side = "left"  # generation continues from the right edge
+    prompts = [render_prompt(split_turns(r)[0], tokenizer) for r in records]
+    answers: list[str] = []
+    for batch in _chunks(prompts, bs):
+        enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
+        out = model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        answers += tokenizer.batch_decode(
+            out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True
+        )
+    return answers
+
+
+def score(records: list[dict], answers: list[str]) -> tuple[dict[str, float], list[dict]]:
+    """Exact-match metrics (overall and per task) and one row per example for inspection."""
+    hits: dict[str, list[bool]] = defaultdict(list)
+    rows = []
+    for rec, answer in zip(records, answers, strict=True):
+        expected = split_turns(rec)[1]
+        hit = answer.strip() == expected.strip()
+        hits[rec.get("task") or "untagged"].append(hit)
+        rows.append(
+            {
+                "row": rec["row"],
+                "task": rec.get("task"),
+                "expected": expected,
+                "answer": answer,
+                "exact": hit,
+            }
+        )
+    every = [h for task_hits in hits.values() for h in task_hits]
+    metrics = {"exact_match": sum(every) / len(every)}
+    if len(hits) > 1:
+        metrics |= {f"exact_match.{t}": sum(h) / len(h) for t, h in sorted(hits.items())}
+    return metrics, rows
+
+
+def evaluate_records(
+    model_dir: str | Path,
+    records: list[dict],
+    cfg: EvalConfig,
+    max_length: int,
+    trust_remote_code: bool = False,
+) -> tuple[dict[str, float], list[dict]]:
+    """Scores the model in `model_dir` on (at most `cfg.max_examples` of) `records`."""
+    model, tokenizer = load_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    model.eval()
+    records = records[: cfg.max_examples]
+    loss = response_loss(model, tokenizer, records, max_length, cfg.batch_size)
+    answers = generate_answers(model, tokenizer, records, cfg.max_new_tokens, cfg.batch_size)
+    metrics, rows = score(records, answers)
+    metrics |= {
+        "eval_loss": loss,
+        "perplexity": math.exp(min(loss, 50.0)),
+        "examples": len(records),
+    }
+    return metrics, rows
+
+
+@task(name="evaluate_model")
+def evaluate_model(
+    model_dir: str,
+    eval_path: str,
+    label: str,
+    cfg: EvalConfig,
+    max_length: int,
+    run_id: str,
+    tracking_uri: str,
+    trust_remote_code: bool = False,
+) -> dict[str, float]:
+    """Evaluates one model and logs its metrics as `<label>.<metric>` (e.g. `tuned.exact_match`)
+    plus its generations as the artifact `eval/<label>_generations.jsonl`."""
+    metrics, rows = evaluate_records(
+        model_dir, read_jsonl(eval_path), cfg, max_length, trust_remote_code
+    )
+    logger = MetricLogger(tracking_uri, run_id)
+    logger.log({f"{label}.{k}": v for k, v in metrics.items()}, step=0)
+    logger.flush()
+    generations = Path(eval_path).parent / f"{label}_generations.jsonl"
+    generations.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
+    logger.client.log_artifact(run_id, str(generations), artifact_path="eval")
+    return metrics

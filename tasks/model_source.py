@@ -1,0 +1,175 @@
+"""Resolve the base model to a local directory of safetensors weights plus tokenizer.
+
+Sources (`model.source` in the run config):
+- `tiny`: a small Llama-style model built from a config with random weights and a byte-level
+  BPE tokenizer trained on the training split; no download, deterministic for a seed.
+- a local directory holding a Hugging Face checkpoint: used in place.
+- a Hugging Face hub id (`org/name`): fetched with `huggingface_hub.snapshot_download`,
+  safetensors only.
+- a registry URI `models:/NAME@ALIAS` or `models:/NAME/VERSION`: a model registered by an
+  earlier tuneforge run (transfer learning), downloaded from MLflow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+
+from tuneforge.config import ModelConfig, TinyModelConfig
+from tuneforge.prompts import render_prompt, split_turns
+
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>"]
+# Files a checkpoint directory needs; anything else (pickled *.bin weights, code) is not fetched.
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
+
+
+class ModelSourceError(ValueError):
+    """The base model cannot be resolved; the message is one line naming the source."""
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Any:
+    """Trains a byte-level BPE tokenizer (any text encodes; nothing is unknown)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>"
+    )
+
+
+def build_tiny_model(cfg: TinyModelConfig, records: list[dict[str, Any]], out_dir: Path) -> Path:
+    """Builds the tiny model and its tokenizer into `out_dir` and returns it."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    def texts() -> Iterable[str]:
+        for rec in records:
+            turns, response = split_turns(rec)
+            yield render_prompt(turns, None) + response
+
+    tokenizer = train_tokenizer(texts(), cfg.vocab_size)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(cfg.seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def load_pretrained(model_dir: str | Path, trust_remote_code: bool = False) -> tuple[Any, Any]:
+    """Loads (model, tokenizer) from a local checkpoint directory, safetensors only, float32."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-tensor bars drown the training progress
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise ModelSourceError(f"{model_dir}: not a model directory (no config.json)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir,
+            dtype=torch.float32,
+            use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+        )
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelSourceError(f"{model_dir}: cannot load model: {first}") from None
+    if tokenizer.pad_token_id is None:  # many causal LMs ship without one
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def find_checkpoint_dir(root: Path) -> Path:
+    """The directory under `root` holding a Hugging Face `config.json` with weights."""
+    for config in sorted(root.rglob("config.json"), key=lambda p: len(p.parts)):
+        if any(config.parent.glob("*.safetensors")):
+            return config.parent
+    raise ModelSourceError(f"{root}: no safetensors checkpoint found")
+
+
+def download_registry_model(uri: str, dst: Path) -> Path:
+    """Downloads a registered model and returns one directory with weights and tokenizer.
+
+    tuneforge logs models in MLflow's transformers flavour (see `tasks/register.py`), which
+    keeps the weights under `model/` and the tokenizer under `components/tokenizer/`; the
+    tokenizer files are copied beside the weights so the result loads like any checkpoint.
+    """
+    import shutil
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
+    except MlflowException as exc:
+        raise ModelSourceError(f"{uri}: {exc.message.splitlines()[0]}") from None
+    checkpoint = find_checkpoint_dir(local)
+    tokenizer_dir = local / "components" / "tokenizer"
+    if tokenizer_dir.is_dir():
+        for file in tokenizer_dir.iterdir():
+            if not (checkpoint / file.name).exists():
+                shutil.copy2(file, checkpoint / file.name)
+    return checkpoint
+
+
+def resolve_model_dir(cfg: ModelConfig, train_records: list[dict[str, Any]], out_dir: Path) -> Path:
+    """Returns a local checkpoint directory for `cfg.source` (see the module docstring)."""
+    source = cfg.source
+    if source == "tiny":
+        return build_tiny_model(cfg.tiny, train_records, out_dir / "base")
+    if source.startswith("models:/"):
+        return download_registry_model(source, out_dir / "base")
+    local = Path(source).expanduser()
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise ModelSourceError(f"{source}: directory has no config.json")
+        return local.resolve()
+    if source.startswith((".", "/", "~")) or source.count("/") != 1:
+        raise ModelSourceError(f"{source}: no such model directory (and not a hub id org/name)")
+    from huggingface_hub import snapshot_download
+
+    try:
+        path = snapshot_download(source, revision=cfg.revision, allow_patterns=HUB_PATTERNS)
+    except Exception as exc:  # offline, unknown repo, auth: all mean "cannot resolve"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelSourceError(f"{source}: cannot fetch from the hub: {first}") from None
+    return Path(path)
+
+
+@task(name="resolve_base_model")
+def resolve_base_model(cfg: ModelConfig, train_path: str, out_dir: str) -> str:
+    """Materializes the base model as a local checkpoint directory and returns its path."""
+    from tasks.split_data import read_jsonl
+
+    records = read_jsonl(train_path) if cfg.source == "tiny" else []
+    return str(resolve_model_dir(cfg, records, Path(out_dir)))

@@ -1,0 +1,227 @@
+"""Train a model with a tuning strategy: the generic loop every strategy shares.
+
+The loop owns the optimizer (AdamW over exactly the parameters the strategy left trainable),
+linear warmup and decay, gradient clipping, dynamic padding and metric logging. What is
+specific to a strategy (which weights train, how a record becomes labels, what is saved) comes
+from the strategy object, found by name in the plugin registry.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from prefect import get_run_logger, task
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from plugins.registry import load_strategy
+from plugins.strategy import IGNORE_INDEX, Example
+from tasks.model_source import load_pretrained
+from tasks.split_data import read_jsonl
+from tuneforge.config import TrainConfig
+from tuneforge.tracking import MetricLogger
+
+MetricsCallback = Callable[[int, dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    model_dir: str
+    steps: int
+    examples: int
+    trained_tokens: int  # tokens that carried loss, summed over all steps
+    seconds: float
+    final_loss: float
+    trainable_parameters: int
+    total_parameters: int
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.trained_tokens / self.seconds if self.seconds else 0.0
+
+
+def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pads a batch to its longest example; padding is masked and never trained."""
+    width = max(len(e.input_ids) for e in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e.input_ids)
+        input_ids[i, :n] = torch.tensor(e.input_ids)
+        labels[i, :n] = torch.tensor(e.labels)
+        attention_mask[i, :n] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+def batch_order(n: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
+    """Indices for `steps` batches: a fresh shuffle each epoch, deterministic for a seed."""
+    generator = torch.Generator().manual_seed(seed)
+    batches: list[list[int]] = []
+    while len(batches) < steps:
+        perm = torch.randperm(n, generator=generator).tolist()
+        for start in range(0, n, batch_size):
+            chunk = perm[start : start + batch_size]
+            if len(chunk) == batch_size or n < batch_size:
+                batches.append(chunk)
+            if len(batches) == steps:
+                break
+    return batches
+
+
+def linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return factor
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]train"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.3f}  {task.fields[tps]:,.0f} tok/s"),
+        TimeRemainingColumn(),
+        disable=not sys.stderr.isatty(),
+        transient=False,
+    )
+
+
+def train_model(
+    base_dir: str | Path,
+    records: list[dict[str, Any]],
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    on_metrics: MetricsCallback | None = None,
+    trust_remote_code: bool = False,
+) -> TrainResult:
+    """Trains from `base_dir` on validated `records` and saves the result to `out_dir`."""
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    torch.manual_seed(cfg.seed)
+    strategy_cls = load_strategy(cfg.strategy)
+    strategy = strategy_cls(strategy_cls.Settings.model_validate(cfg.settings))
+
+    model, tokenizer = load_pretrained(base_dir, trust_remote_code=trust_remote_code)
+    model = strategy.prepare_model(model)
+    model.train()
+    examples = [strategy.build_example(r, tokenizer, cfg.max_length) for r in records]
+    untrainable = [r["row"] for r, e in zip(records, examples, strict=True) if not e.trained_tokens]
+    if untrainable:
+        raise ValueError(
+            f"{len(untrainable)} examples have no trained token after truncation to "
+            f"train.max_length={cfg.max_length} (rows {untrainable[:5]}...); raise max_length"
+        )
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"strategy {cfg.strategy!r} left no parameter trainable")
+    optimizer = torch.optim.AdamW(
+        params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=True
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, linear_schedule(cfg.warmup_steps, cfg.steps)
+    )
+
+    started = time.perf_counter()
+    window_tokens, window_start, trained_tokens = 0, started, 0
+    loss_value = math.nan
+    with _progress() as bar:
+        progress = bar.add_task("train", total=cfg.steps, loss=math.nan, tps=0.0)
+        for step, indices in enumerate(
+            batch_order(len(examples), cfg.batch_size, cfg.steps, cfg.seed), start=1
+        ):
+            batch = collate([examples[i] for i in indices], tokenizer.pad_token_id)
+            loss = model(**batch).loss
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            tokens = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+            window_tokens += tokens
+            trained_tokens += tokens
+            loss_value = float(loss)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                now = time.perf_counter()
+                tps = window_tokens / (now - window_start)
+                window_tokens, window_start = 0, now
+                bar.update(progress, loss=loss_value, tps=tps)
+                if on_metrics:
+                    on_metrics(
+                        step,
+                        {
+                            "train.loss": loss_value,
+                            "train.learning_rate": scheduler.get_last_lr()[0],
+                            "train.grad_norm": float(grad_norm),
+                            "train.tokens_per_second": tps,
+                        },
+                    )
+            bar.advance(progress)
+    seconds = time.perf_counter() - started
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    strategy.save(model, tokenizer, out_dir)
+    return TrainResult(
+        model_dir=str(out_dir),
+        steps=cfg.steps,
+        examples=len(examples),
+        trained_tokens=trained_tokens,
+        seconds=seconds,
+        final_loss=loss_value,
+        trainable_parameters=sum(p.numel() for p in params),
+        total_parameters=sum(p.numel() for p in model.parameters()),
+    )
+
+
+@task(name="train_with_strategy")
+def train_with_strategy(
+    base_dir: str,
+    train_path: str,
+    cfg: TrainConfig,
+    out_dir: str,
+    run_id: str,
+    tracking_uri: str,
+    trust_remote_code: bool = False,
+) -> TrainResult:
+    """Trains with the configured strategy; logs metrics per step to the MLflow run `run_id`."""
+    logger = get_run_logger()
+    metrics = MetricLogger(tracking_uri, run_id)
+
+    def on_metrics(step: int, values: dict[str, float]) -> None:
+        metrics.log(values, step)
+        logger.info(
+            "step %d/%d loss %.4f tokens/s %.0f",
+            step,
+            cfg.steps,
+            values["train.loss"],
+            values["train.tokens_per_second"],
+        )
+
+    result = train_model(
+        base_dir, read_jsonl(train_path), cfg, out_dir, on_metrics, trust_remote_code
+    )
+    metrics.log(
+        {
+            "train.seconds": result.seconds,
+            "train.trained_tokens": result.trained_tokens,
+            "train.mean_tokens_per_second": result.tokens_per_second,
+            "train.trainable_parameters": result.trainable_parameters,
+            "train.total_parameters": result.total_parameters,
+        },
+        step=result.steps,
+    )
+    metrics.flush()
+    return result

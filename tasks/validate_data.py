@@ -1,0 +1,292 @@
+"""Validate loaded rows with a pandera schema; quarantine the bad ones with their reasons.
+
+Two row shapes are accepted:
+- instruction rows: `instruction`, optional `input`, `output` (Alpaca style);
+- chat rows: `messages`, a list of `{"role", "content"}` turns with a user turn and ending in
+  the assistant's turn (a JSON string in CSV cells is decoded).
+An optional `task` names the task family (used for per-family evaluation and held-out tasks).
+
+Every row ends up in exactly one place: valid rows become canonical records
+`{"row", "task", "messages"}`; rejected rows go to a quarantine JSONL entry
+`{"row", "reason", "record"}` holding the original row, so nothing is silently dropped and
+`valid + rejected == total` always holds. Duplicates keep their first occurrence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pandera.pandas as pa
+from prefect import task
+
+from tasks.load_data import RawRow, read_raw_rows
+
+ROLES = frozenset({"system", "user", "assistant"})
+TEXT_FIELDS = ("instruction", "input", "output", "task")
+
+
+class TooManyRejectedError(ValueError):
+    """More rows were rejected than the configured threshold allows."""
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    total: int
+    valid: int
+    rejected: int
+    valid_path: str
+    quarantine_path: str
+    fingerprint: str  # sha256 of the valid records: what training will see
+
+    @property
+    def rejected_fraction(self) -> float:
+        return self.rejected / self.total if self.total else 0.0
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _turns(value: Any) -> list[dict[str, str]] | None:
+    """The messages as a list of well-formed turns, or None when they are not."""
+    if not isinstance(value, list) or not value:
+        return None
+    for turn in value:
+        if not isinstance(turn, dict) or turn.get("role") not in ROLES:
+            return None
+        if not isinstance(turn.get("content"), str):
+            return None
+    return value
+
+
+def _chat_check(rule: Any) -> Any:
+    # Malformed messages are reported once, by the format check; other rules pass them.
+    return lambda value: _turns(value) is None or bool(rule(_turns(value)))
+
+
+def build_schema(max_chars: int) -> pa.DataFrameSchema:
+    """The row schema. Each check's `error` is the reason written to the quarantine file."""
+
+    def not_blank(s: pd.Series) -> pd.Series:
+        return s.map(lambda v: not isinstance(v, str) or bool(v.strip()))
+
+    def within_limit(s: pd.Series) -> pd.Series:
+        return s.map(lambda v: not isinstance(v, str) or len(v) <= max_chars)
+
+    is_text = pa.Check(_is_text, element_wise=True, error="must be text")
+    blank = pa.Check(not_blank, error="is blank")
+    too_long = pa.Check(within_limit, error=f"is longer than {max_chars} characters")
+    chat_checks = [
+        pa.Check(
+            lambda v: _turns(v) is not None,
+            element_wise=True,
+            error="must be a non-empty list of {role, content} turns "
+            "(role: system, user or assistant; content: text)",
+        ),
+        pa.Check(
+            _chat_check(lambda t: {"user", "assistant"} <= {m["role"] for m in t}),
+            element_wise=True,
+            error="needs a user turn and an assistant turn",
+        ),
+        pa.Check(
+            _chat_check(lambda t: t[-1]["role"] == "assistant"),
+            element_wise=True,
+            error="must end with the assistant's turn",
+        ),
+        pa.Check(
+            _chat_check(lambda t: all(m["content"].strip() for m in t)),
+            element_wise=True,
+            error="has a blank turn",
+        ),
+        pa.Check(
+            _chat_check(lambda t: all(len(m["content"]) <= max_chars for m in t)),
+            element_wise=True,
+            error=f"has a turn longer than {max_chars} characters",
+        ),
+    ]
+
+    def shape_check(error: str, bad: Any) -> pa.Check:
+        return pa.Check(lambda df: ~bad(df), error=error)
+
+    def alpaca(df: pd.DataFrame) -> pd.Series:
+        return df["instruction"].notna() | df["output"].notna()
+
+    return pa.DataFrameSchema(
+        {
+            "instruction": pa.Column(object, nullable=True, checks=[is_text, blank, too_long]),
+            "input": pa.Column(object, nullable=True, checks=[is_text, too_long]),
+            "output": pa.Column(object, nullable=True, checks=[is_text, blank, too_long]),
+            "task": pa.Column(object, nullable=True, checks=[is_text, blank]),
+            "messages": pa.Column(object, nullable=True, checks=chat_checks),
+        },
+        checks=[
+            shape_check(
+                "has neither instruction/output nor messages",
+                lambda df: ~alpaca(df) & df["messages"].isna(),
+            ),
+            shape_check(
+                "has both messages and instruction/output; use one shape per row",
+                lambda df: alpaca(df) & df["messages"].notna(),
+            ),
+            shape_check(
+                "instruction is missing", lambda df: df["output"].notna() & df["instruction"].isna()
+            ),
+            shape_check(
+                "output is missing", lambda df: df["instruction"].notna() & df["output"].isna()
+            ),
+        ],
+        coerce=False,
+    )
+
+
+def _frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+    columns: dict[str, list[Any]] = {name: [] for name in (*TEXT_FIELDS, "messages")}
+    for rec in records:
+        for name in TEXT_FIELDS:
+            columns[name].append(rec.get(name))
+        messages = rec.get("messages")
+        if isinstance(messages, str):  # CSV cells carry messages as a JSON string
+            # Undecodable text stays a string: the format check rejects it with a reason.
+            with contextlib.suppress(json.JSONDecodeError):
+                messages = json.loads(messages)
+        columns["messages"].append(messages)
+    return pd.DataFrame({k: pd.Series(v, dtype=object) for k, v in columns.items()})
+
+
+def _failure_reasons(schema: pa.DataFrameSchema, frame: pd.DataFrame) -> dict[int, list[str]]:
+    try:
+        schema.validate(frame, lazy=True)
+    except pa.errors.SchemaErrors as exc:
+        cases = exc.failure_cases
+    else:
+        return {}
+    reasons: dict[int, list[str]] = {}
+    for ctx, column, error, index in zip(
+        cases["schema_context"], cases["column"], cases["check"], cases["index"], strict=True
+    ):
+        if index is None or pd.isna(index):
+            # A failure without a row (e.g. a missing column) is a bug in _frame, not bad data.
+            raise RuntimeError(f"schema failure without a row: {column}: {error}")
+        reason = f"{column}: {error}" if ctx == "Column" else error
+        row_reasons = reasons.setdefault(int(index), [])
+        if reason not in row_reasons:  # frame-level checks are reported once per column
+            row_reasons.append(reason)
+    return reasons
+
+
+def canonical_record(row: int, rec: dict[str, Any]) -> dict[str, Any]:
+    """The record every later step uses: task family plus chat-style messages."""
+    if rec.get("messages") is not None:
+        messages = rec["messages"]
+        if isinstance(messages, str):
+            messages = json.loads(messages)
+        messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+    else:
+        prompt = rec["instruction"]
+        if isinstance(rec.get("input"), str) and rec["input"].strip():
+            prompt = f"{prompt}\n\n{rec['input']}"
+        messages = [
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": rec["output"]},
+        ]
+    return {"row": row, "task": rec.get("task"), "messages": messages}
+
+
+def validate_rows(
+    rows: list[RawRow], max_chars: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Splits rows into canonical valid records and quarantine entries (each with a reason)."""
+    quarantine: list[dict[str, Any]] = []
+    parsed = []
+    for r in rows:
+        if r.record is None:
+            quarantine.append({"row": r.row, "reason": r.parse_error, "record": r.raw})
+        else:
+            parsed.append(r)
+    frame = _frame([r.record for r in parsed])
+    reasons = _failure_reasons(build_schema(max_chars), frame)
+
+    valid: list[dict[str, Any]] = []
+    seen: dict[str, int] = {}
+    for i, r in enumerate(parsed):
+        if i in reasons:
+            quarantine.append({"row": r.row, "reason": "; ".join(reasons[i]), "record": r.record})
+            continue
+        record = canonical_record(r.row, r.record)
+        key = json.dumps(record["messages"], sort_keys=True)
+        if key in seen:
+            reason = f"duplicate of row {seen[key]}"
+            quarantine.append({"row": r.row, "reason": reason, "record": r.record})
+            continue
+        seen[key] = r.row
+        valid.append(record)
+    quarantine.sort(key=lambda q: q["row"])
+    return valid, quarantine
+
+
+def write_jsonl(items: list[dict[str, Any]], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for item in items:
+            f.write(json.dumps(item, ensure_ascii=False, default=str) + "\n")
+
+
+def validate_file(
+    rows: list[RawRow], max_chars: int, valid_path: Path, quarantine_path: Path
+) -> ValidationReport:
+    """Validates rows and writes both outputs; the quarantine file is written even when empty."""
+    valid, quarantine = validate_rows(rows, max_chars)
+    write_jsonl(valid, valid_path)
+    write_jsonl(quarantine, quarantine_path)
+    return ValidationReport(
+        total=len(rows),
+        valid=len(valid),
+        rejected=len(quarantine),
+        valid_path=str(valid_path),
+        quarantine_path=str(quarantine_path),
+        fingerprint=hashlib.sha256(valid_path.read_bytes()).hexdigest()[:16],
+    )
+
+
+def check_rejected_fraction(report: ValidationReport, limit: float, source: str) -> None:
+    if report.rejected_fraction > limit:
+        raise TooManyRejectedError(
+            f"{source}: {report.rejected} of {report.total} rows rejected "
+            f"({report.rejected_fraction:.1%}), above data.max_rejected_fraction={limit:.1%}; "
+            f"reasons in {report.quarantine_path}"
+        )
+
+
+@task(name="validate_dataset")
+def validate_dataset(
+    loaded_path: str,
+    max_chars: int,
+    max_rejected_fraction: float,
+    source: str,
+    run_id: str,
+    tracking_uri: str,
+) -> ValidationReport:
+    """Validates the loaded rows, writes `valid.jsonl` and `quarantine.jsonl` beside them, logs
+    the counts (and the quarantine file) to MLflow, and fails when the rejected share is above
+    `max_rejected_fraction`."""
+    from tuneforge.tracking import MetricLogger
+
+    out = Path(loaded_path).parent
+    report = validate_file(
+        read_raw_rows(Path(loaded_path)), max_chars, out / "valid.jsonl", out / "quarantine.jsonl"
+    )
+    metrics = MetricLogger(tracking_uri, run_id)
+    counts = {"total": report.total, "valid": report.valid, "rejected": report.rejected}
+    metrics.log({f"data.{k}": v for k, v in counts.items()}, step=0)
+    metrics.flush()
+    metrics.client.set_tag(run_id, "tuneforge.data_fingerprint", report.fingerprint)
+    if report.rejected:
+        metrics.client.log_artifact(run_id, report.quarantine_path, artifact_path="data")
+    check_rejected_fraction(report, max_rejected_fraction, source)
+    return report

@@ -1,0 +1,224 @@
+"""Run configuration: one validated pydantic model per `retrain` run, loaded from a YAML preset.
+
+    cfg = load_config("deployments/presets/tiny-cpu.yaml", overrides=["train.steps=50"])
+
+Unknown keys and bad values raise `ConfigError` with a one-line message naming the key
+(``train.steps: Input should be greater than 0``), before any model is built. Strategy settings
+(`train.settings`) are checked against the chosen strategy's own settings model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+
+class ConfigError(ValueError):
+    """A config problem, phrased as one line that names the file and the key."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class DataConfig(Strict):
+    # A local file (.jsonl, .json, .csv, .parquet) or a Hugging Face `datasets` name
+    # (`hf:NAME` or format: hf). Relative paths are resolved against the working directory.
+    path: str
+    format: Literal["auto", "jsonl", "json", "csv", "parquet", "hf"] = "auto"
+    hf_split: str = "train"
+    # Rows longer than this (characters, per field) are quarantined rather than truncated:
+    # silent truncation would train on answers cut in half.
+    max_chars: int = Field(2000, gt=0)
+    # Fail the run when more than this share of rows is rejected: a few bad rows are normal,
+    # a flood means the upstream export broke and training on the rest would mislead.
+    max_rejected_fraction: Fraction = 0.05
+    # Share of (held-in) rows kept for evaluation. The split hashes row content with `seed`,
+    # so a row stays on its side as the dataset grows between retrains.
+    eval_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
+    # Task families kept out of training entirely and evaluated only: measures whether
+    # instruction tuning generalises to instructions the model never saw.
+    holdout_tasks: list[str] = []
+    seed: int = 0
+
+
+class TinyModelConfig(Strict):
+    # A Llama-style model built from a config with random weights, plus a byte-level BPE
+    # tokenizer trained on the training split: no download, deterministic for a given seed.
+    # Bigger learns the toy tasks in fewer steps but each step costs more on 2 CPU cores.
+    hidden_size: int = Field(128, gt=0)
+    num_layers: int = Field(2, gt=0)
+    num_heads: int = Field(4, gt=0)
+    intermediate_size: int = Field(256, gt=0)
+    vocab_size: int = Field(384, ge=300)  # 256 byte symbols + specials + some merges
+    max_position_embeddings: int = Field(256, gt=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> TinyModelConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError("hidden_size must be a multiple of num_heads")
+        return self
+
+
+class ModelConfig(Strict):
+    # "tiny" (built locally), a local directory, a Hugging Face hub id, or a registry URI such
+    # as models:/NAME@champion (transfer learning from the current champion).
+    source: str = "tiny"
+    revision: str | None = None
+    # Runs code shipped with the checkpoint. Off unless you trust the checkpoint's author.
+    trust_remote_code: bool = False
+    tiny: TinyModelConfig = TinyModelConfig()
+
+
+class TrainConfig(Strict):
+    # Name of a strategy registered under the `tuneforge.strategies` entry-point group.
+    strategy: str = "full"
+    # The strategy's own settings, validated by its settings model.
+    settings: dict[str, Any] = {}
+    steps: int = Field(300, gt=0)
+    batch_size: int = Field(16, gt=0)
+    learning_rate: float = Field(3e-3, gt=0, lt=1)
+    # Linear warmup then linear decay to zero; warmup keeps the first, noisy steps small.
+    warmup_steps: int = Field(20, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    # Examples longer than this many tokens are truncated (the loss-mask audit in the
+    # strategy decides whether what is left is still trainable).
+    max_length: int = Field(128, gt=8)
+    seed: int = 0
+    # 0 leaves torch's default (all cores). Pinning avoids oversubscription when several
+    # workers share a machine.
+    num_threads: int = Field(0, ge=0)
+    log_every: int = Field(10, gt=0)
+
+    @field_validator("strategy")
+    @classmethod
+    def _strategy_is_registered(cls, name: str) -> str:
+        from plugins.registry import UnknownStrategyError, load_strategy
+
+        try:
+            load_strategy(name)
+        except UnknownStrategyError as exc:
+            raise ValueError(str(exc)) from None
+        return name
+
+
+class EvalConfig(Strict):
+    # Generation is the slow part of evaluation; capping examples bounds its time.
+    max_examples: int = Field(240, gt=0)
+    max_new_tokens: int = Field(24, gt=0)
+    batch_size: int = Field(32, gt=0)
+
+
+class RegistryConfig(Strict):
+    model_name: str = Field("tuneforge-demo", min_length=1)
+    # The candidate takes the `champion` alias only when it beats the current champion on
+    # this metric (logged by evaluation as `tuned.<metric>`); otherwise it becomes `challenger`.
+    metric: str = "exact_match"
+    higher_is_better: bool = True
+
+
+class TrackingConfig(Strict):
+    # None means MLflow's own default: MLFLOW_TRACKING_URI if set, else ./mlflow.db.
+    tracking_uri: str | None = None
+    experiment: str = "tuneforge"
+
+
+class RunConfig(Strict):
+    name: str = "retrain"
+    # Each run writes its split data, checkpoints and quarantine file under here.
+    output_dir: str = "runs"
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    evaluation: EvalConfig = EvalConfig()
+    registry: RegistryConfig = RegistryConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    def strategy_settings(self) -> BaseModel:
+        """The strategy settings as the strategy's own (validated) settings model."""
+        from plugins.registry import load_strategy
+
+        return load_strategy(self.train.strategy).Settings.model_validate(self.train.settings)
+
+    def fingerprint(self) -> str:
+        """A short content hash of the resolved config (for lineage and change detection)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _format_errors(source: str, exc: ValidationError, prefix: str = "") -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
+        key = f"{prefix}{loc}" if loc else (prefix.rstrip(".") or "config")
+        if err["type"] == "extra_forbidden":
+            parts.append(f"{key}: unknown key")
+        else:
+            parts.append(f"{key}: {err['msg'].removeprefix('Value error, ')}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def _apply_override(data: dict[str, Any], assignment: str) -> None:
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. train.steps=50")
+    node = data
+    *parents, leaf = key.split(".")
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {assignment!r}: {part} is not a section")
+        node = child
+    node[leaf] = yaml.safe_load(raw) if raw else ""
+
+
+def parse_config(data: dict[str, Any], source: str = "config") -> RunConfig:
+    """Validates a config mapping, raising `ConfigError` with every bad key in one line."""
+    try:
+        cfg = RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(source, exc)) from None
+    try:
+        cfg.strategy_settings()
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(source, exc, prefix="train.settings.")) from None
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Reads a YAML preset, applies `KEY=VALUE` overrides (dotted keys) and validates it."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc})") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} invalid YAML") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+    for assignment in overrides:
+        _apply_override(data, assignment)
+    return parse_config(data, source=str(path))
