@@ -86,6 +86,7 @@ def build_tiny_model(cfg: TinyModelConfig, records: list[dict[str, Any]], out_di
 def load_pretrained(model_dir: str | Path, trust_remote_code: bool = False) -> tuple[Any, Any]:
     """Loads (model, tokenizer) from a local checkpoint directory, safetensors only, float32."""
     import torch
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -101,7 +102,7 @@ def load_pretrained(model_dir: str | Path, trust_remote_code: bool = False) -> t
             use_safetensors=True,
             trust_remote_code=trust_remote_code,
         )
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelSourceError(f"{model_dir}: cannot load model: {first}") from None
     if tokenizer.pad_token_id is None:  # many causal LMs ship without one

@@ -151,7 +151,7 @@ def train_model(
             tokens = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
             window_tokens += tokens
             trained_tokens += tokens
-            loss_value = float(loss)
+            loss_value = loss.detach().item()
             if step % cfg.log_every == 0 or step == cfg.steps:
                 now = time.perf_counter()
                 tps = window_tokens / (now - window_start)

@@ -1,0 +1,115 @@
+"""Shared fixtures: an isolated environment, the bundled data, a tiny model, and real servers.
+
+The environment is set before Prefect or MLflow is imported: Prefect reads PREFECT_HOME at
+import time, and both would otherwise write under the user's home directory.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+_SANDBOX = Path(tempfile.mkdtemp(prefix="tuneforge-tests-"))
+os.environ.update(
+    {
+        "PREFECT_HOME": str(_SANDBOX / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "true",
+        "HF_HUB_OFFLINE": "1",  # no test may reach the hub; the hub code path fails fast instead
+        "TOKENIZERS_PARALLELISM": "false",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{_SANDBOX / 'default-mlflow.db'}",
+    }
+)
+os.environ.pop("PREFECT_API_URL", None)
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+PRESET = REPO / "deployments" / "presets" / "tiny-cpu.yaml"
+BUNDLED_DATA = REPO / "data" / "instructions.jsonl"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(_SANDBOX, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def bundled_records() -> list[dict]:
+    """The bundled dataset, validated into canonical records."""
+    from tasks.load_data import read_rows
+    from tasks.validate_data import validate_rows
+
+    valid, rejected = validate_rows(read_rows(str(BUNDLED_DATA)), max_chars=2000)
+    assert not rejected
+    return valid
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(bundled_records: list[dict], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A freshly initialised tiny model (random weights) with its tokenizer; do not modify."""
+    from tasks.model_source import build_tiny_model
+    from tuneforge.config import TinyModelConfig
+
+    cfg = TinyModelConfig(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128)
+    return build_tiny_model(cfg, bundled_records, tmp_path_factory.mktemp("tiny") / "base")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real `mlflow server` on loopback (SQLite backend, local artifact store); yields its URI."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    log = (root / "server.log").open("w")
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "mlflow", "server",
+            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination", str(root / "artifacts"),
+            "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        ],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"mlflow server did not start: {(root / 'server.log').read_text()}")
+        time.sleep(0.5)
+    yield uri
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One real, temporary Prefect API server for the whole session (never nest harnesses)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield

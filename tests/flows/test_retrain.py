@@ -1,0 +1,129 @@
+"""The real `retrain` flow under a Prefect API server, logging to a real MLflow server over HTTP.
+
+Three runs share one registered model name:
+1. a proper run registers version 1 and, with no champion yet, makes it `champion`;
+2. a run trained for a handful of steps loses to it: it becomes `challenger`, champion stays;
+3. a run whose base is `models:/NAME@champion` fine-tunes from the champion (transfer
+   learning): its base metrics are exactly the champion's tuned metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BUNDLED_DATA, PRESET
+
+pytestmark = pytest.mark.integration
+
+MODEL = "it-retrain"
+
+
+def _config(tracking_uri: str, out: Path, *overrides: str):
+    from tuneforge.config import load_config
+
+    return load_config(
+        PRESET,
+        [
+            f"data.path={BUNDLED_DATA}",
+            f"output_dir={out}",
+            f"tracking.tracking_uri={tracking_uri}",
+            "tracking.experiment=integration",
+            f"registry.model_name={MODEL}",
+            "train.steps=600",
+            "evaluation.max_examples=96",
+            *overrides,
+        ],
+    )
+
+
+def _aliases(tracking_uri: str) -> dict[str, str]:
+    from mlflow.tracking import MlflowClient
+
+    return dict(MlflowClient(tracking_uri).get_registered_model(MODEL).aliases)
+
+
+@pytest.fixture(scope="module")
+def runs(prefect_harness, mlflow_server, tmp_path_factory):
+    from flows.retrain import retrain
+
+    out = tmp_path_factory.mktemp("runs")
+    first = retrain(_config(mlflow_server, out))
+    weak = retrain(_config(mlflow_server, out, "train.steps=3", "train.warmup_steps=0"))
+    aliases_after_weak = _aliases(mlflow_server)
+    chained = retrain(
+        _config(mlflow_server, out, f"model.source=models:/{MODEL}@champion", "train.steps=50")
+    )
+    return first, weak, chained, aliases_after_weak
+
+
+def test_first_run_registers_champion_with_metrics(runs, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    first, *_ = runs
+    client = MlflowClient(mlflow_server)
+    version = client.get_model_version(MODEL, first.registration.version)
+    assert version.run_id == first.run_id
+    assert first.registration.alias == "champion"
+
+    run = client.get_run(first.run_id)
+    assert run.info.status == "FINISHED"
+    metrics = run.data.metrics
+    # The tuned model must beat the random base by a wide margin, not by noise.
+    assert metrics["tuned.exact_match"] >= metrics["base.exact_match"] + 0.2
+    assert metrics["tuned.eval_loss"] < metrics["base.eval_loss"] / 2
+    assert metrics["data.total"] == metrics["data.valid"] == 1508
+    assert run.data.params["train.strategy"] == "full"
+    assert run.data.params["train.steps"] == "600"
+    assert run.data.tags["tuneforge.data_fingerprint"] == first.data.fingerprint
+
+    losses = client.get_metric_history(first.run_id, "train.loss")
+    steps = [m.step for m in losses]
+    assert steps == sorted(steps) and len(steps) == 600 // 50
+    assert losses[-1].value < losses[0].value / 2
+
+    files = {Path(f.path).name for f in client.list_artifacts(first.run_id, "model")}
+    assert {"MLmodel", "model", "components"} <= files
+    weights = {Path(f.path).name for f in client.list_artifacts(first.run_id, "model/model")}
+    assert "model.safetensors" in weights
+    assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in weights)
+
+
+def test_worse_run_becomes_challenger_and_champion_stays(runs, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    first, weak, _, aliases_after_weak = runs
+    assert weak.registration.alias == "challenger"
+    assert "does not beat" in weak.registration.reason
+    assert aliases_after_weak == {
+        "champion": first.registration.version,
+        "challenger": weak.registration.version,
+    }
+    version = MlflowClient(mlflow_server).get_model_version(MODEL, weak.registration.version)
+    assert version.tags["tuneforge.decision"].startswith("challenger:")
+
+
+def test_registry_model_as_base_continues_from_champion(runs):
+    first, _, chained, _ = runs
+    # Same weights, same eval split, greedy decoding: the chained run's base is the champion.
+    assert chained.base["exact_match"] == pytest.approx(first.tuned["exact_match"])
+    assert chained.base["eval_loss"] == pytest.approx(first.tuned["eval_loss"], rel=1e-5)
+
+
+def test_champion_loads_in_a_fresh_process_and_answers(runs, mlflow_server):
+    code = (
+        "import json, mlflow\n"
+        f"mlflow.set_tracking_uri({mlflow_server!r})\n"
+        f"model = mlflow.pyfunc.load_model('models:/{MODEL}@champion')\n"
+        "print(json.dumps(model.predict(['Convert to uppercase.\\n\\nsalt'])))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    answer = json.loads(done.stdout.strip().splitlines()[-1])[0]
+    assert isinstance(answer, str) and answer.strip()

@@ -1,0 +1,91 @@
+"""The generic training loop, driven by the `full` strategy on a tiny model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from plugins.strategy import IGNORE_INDEX, Example
+from tasks.train import batch_order, collate, linear_schedule, train_model
+from tuneforge.config import TrainConfig
+
+
+def test_collate_pads_right_and_never_trains_padding():
+    batch = collate([Example([5, 6, 7], [5, 6, 7]), Example([8], [IGNORE_INDEX])], pad_id=0)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["labels"].tolist() == [[5, 6, 7], [IGNORE_INDEX] * 3]
+
+
+def test_batch_order_is_deterministic_and_reshuffles_each_epoch():
+    a, b = batch_order(10, 4, 6, seed=0), batch_order(10, 4, 6, seed=0)
+    assert a == b and len(a) == 6 and all(len(x) == 4 for x in a)
+    # 10 examples in batches of 4: two full batches per epoch, the ragged tail is dropped.
+    first_epoch, second_epoch = [*a[0], *a[1]], [*a[2], *a[3]]
+    assert len(set(first_epoch)) == 8  # no example twice within an epoch
+    assert first_epoch != second_epoch
+    assert batch_order(10, 4, 6, seed=1) != a
+
+
+def test_linear_schedule_warms_up_then_decays_to_zero():
+    factor = linear_schedule(warmup=4, total=10)
+    assert [factor(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert factor(7) == 0.5 and factor(10) == 0.0
+
+
+def _train(model_dir: Path, records: list[dict], out: Path, steps: int, **kw):
+    cfg = TrainConfig(steps=steps, batch_size=8, warmup_steps=0, log_every=1, max_length=64, **kw)
+    logged: list[tuple[int, dict]] = []
+    result = train_model(model_dir, records, cfg, out, lambda s, m: logged.append((s, m)))
+    return result, logged
+
+
+def test_full_strategy_updates_every_parameter_in_one_step(
+    tiny_model_dir, bundled_records, tmp_path
+):
+    result, _ = _train(tiny_model_dir, bundled_records[:64], tmp_path / "out", steps=1)
+    before = load_file(tiny_model_dir / "model.safetensors")
+    after = load_file(Path(result.model_dir) / "model.safetensors")
+    assert before.keys() == after.keys()
+    unchanged = [k for k in before if torch.equal(before[k], after[k])]
+    assert not unchanged
+    assert result.trainable_parameters == result.total_parameters
+
+
+def test_training_lowers_the_loss_and_logs_each_step(tiny_model_dir, bundled_records, tmp_path):
+    result, logged = _train(tiny_model_dir, bundled_records[:128], tmp_path / "out", steps=40)
+    assert [s for s, _ in logged] == list(range(1, 41))
+    first = sum(m["train.loss"] for _, m in logged[:5]) / 5
+    last = sum(m["train.loss"] for _, m in logged[-5:]) / 5
+    assert last < first * 0.7
+    assert result.trained_tokens > 0 and result.tokens_per_second > 0
+    out = Path(result.model_dir)
+    assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
+    assert not list(out.glob("*.bin"))
+
+
+def test_same_seed_gives_the_same_model(tiny_model_dir, bundled_records, tmp_path):
+    a, _ = _train(tiny_model_dir, bundled_records[:32], tmp_path / "a", steps=3)
+    b, _ = _train(tiny_model_dir, bundled_records[:32], tmp_path / "b", steps=3)
+    wa = load_file(Path(a.model_dir) / "model.safetensors")
+    wb = load_file(Path(b.model_dir) / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_examples_truncated_to_nothing_trainable_are_refused(
+    tiny_model_dir, bundled_records, tmp_path, monkeypatch
+):
+    from plugins.examples import tokenize_prompt_response
+    from plugins.full import FullStrategy
+
+    class ResponseOnly(FullStrategy):
+        def build_example(self, record, tokenizer, max_length):
+            return tokenize_prompt_response(record, tokenizer, max_length, train_prompt=False)
+
+    monkeypatch.setattr("tasks.train.load_strategy", lambda name: ResponseOnly)
+    # Every bundled prompt is longer than 9 tokens, so truncation removes the whole response.
+    with pytest.raises(ValueError, match="no trained token after truncation"):
+        train_model(tiny_model_dir, bundled_records[:4], TrainConfig(max_length=9), tmp_path)

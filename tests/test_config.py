@@ -1,0 +1,90 @@
+"""Run config: shipped presets validate, and every bad key fails with a one-line error naming it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PRESET, REPO
+from tuneforge.config import ConfigError, load_config
+
+
+@pytest.mark.parametrize("preset", sorted((REPO / "deployments" / "presets").glob("*.yaml")))
+def test_every_shipped_preset_validates(preset: Path):
+    cfg = load_config(preset)
+    assert (REPO / cfg.data.path).exists()
+
+
+def _error(tmp_path: Path, text: str, *overrides: str) -> str:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, list(overrides))
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(str(path))
+    return message
+
+
+MINIMAL = "data:\n  path: data/instructions.jsonl\n"
+
+
+def test_minimal_config_takes_defaults(tmp_path: Path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(MINIMAL)
+    cfg = load_config(path)
+    assert cfg.train.strategy == "full" and cfg.model.source == "tiny"
+    assert cfg.model.trust_remote_code is False
+
+
+def test_unknown_key_is_named(tmp_path: Path):
+    message = _error(tmp_path, MINIMAL + "train:\n  stepz: 5\n")
+    assert "train.stepz: unknown key" in message
+
+
+def test_bad_value_is_named(tmp_path: Path):
+    assert "train.steps:" in _error(tmp_path, MINIMAL + "train:\n  steps: 0\n")
+    assert "data.eval_fraction:" in _error(
+        tmp_path, MINIMAL.replace("\n", "\n  eval_fraction: 2\n", 1)
+    )
+    assert "train.learning_rate:" in _error(tmp_path, MINIMAL + "train:\n  learning_rate: fast\n")
+
+
+def test_missing_required_key_is_named(tmp_path: Path):
+    assert "data: Field required" in _error(tmp_path, "name: x\n")
+
+
+def test_unknown_strategy_lists_available(tmp_path: Path):
+    message = _error(tmp_path, MINIMAL + "train:\n  strategy: nope\n")
+    assert "train.strategy:" in message and "'nope'" in message and "available: " in message
+    assert "full" in message
+
+
+def test_strategy_settings_are_checked_by_the_strategy(tmp_path: Path):
+    message = _error(tmp_path, MINIMAL + "train:\n  settings:\n    rank: 8\n")
+    assert "train.settings.rank: unknown key" in message
+    message = _error(tmp_path, MINIMAL + "train:\n  settings:\n    gradient_checkpointing: maybe\n")
+    assert "train.settings.gradient_checkpointing:" in message
+
+
+def test_overrides_apply_and_are_validated(tmp_path: Path):
+    cfg = load_config(PRESET, ["train.steps=7", "model.tiny.seed=3", "data.holdout_tasks=[add]"])
+    assert cfg.train.steps == 7 and cfg.model.tiny.seed == 3
+    assert cfg.data.holdout_tasks == ["add"]
+    with pytest.raises(ConfigError, match=r"train\.steps:"):
+        load_config(PRESET, ["train.steps=-1"])
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        load_config(PRESET, ["train.steps"])
+
+
+def test_invalid_yaml_and_missing_file(tmp_path: Path):
+    assert "invalid YAML" in _error(tmp_path, "data: [unclosed\n")
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "absent.yaml")
+
+
+def test_fingerprint_follows_content():
+    a, b = load_config(PRESET), load_config(PRESET)
+    assert a.fingerprint() == b.fingerprint()
+    assert load_config(PRESET, ["train.steps=1"]).fingerprint() != a.fingerprint()
