@@ -61,21 +61,25 @@ def _read_text(path: Path) -> str:
         raise DataLoadError(f"{path}: is a directory, not a data file") from None
     except OSError as exc:
         raise DataLoadError(f"{path}: cannot read ({exc.strerror})") from None
-    if not data.strip():
-        raise DataLoadError(f"{path}: file is empty")
     if b"\x00" in data[:8192]:
         raise DataLoadError(f"{path}: binary data (NUL bytes), not a text file")
     try:
-        return data.decode("utf-8-sig")  # -sig: a leading byte-order mark is not data
+        text = data.decode("utf-8-sig")  # -sig: a leading byte-order mark is not data
     except UnicodeDecodeError as exc:
         raise DataLoadError(
             f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})"
         ) from None
+    if not text.strip():
+        raise DataLoadError(f"{path}: file is empty")
+    return text
 
 
 def _read_jsonl(path: Path) -> list[RawRow]:
     rows = []
-    for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
+    # Split on "\n" only: str.splitlines() also breaks on U+2028 and friends, which JSON
+    # strings may legally contain unescaped.
+    for lineno, line in enumerate(_read_text(path).split("\n"), start=1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue  # blank lines hold no data; numbering still follows the file
         try:
@@ -155,7 +159,8 @@ def _read_csv(path: Path) -> list[RawRow]:
                 )
             )
         else:
-            rows.append(RawRow(i, dict(rec)))
+            # CSV has no null: an empty cell means "no value", as a missing key does in JSON.
+            rows.append(RawRow(i, {k: (v if v != "" else None) for k, v in rec.items()}))
     if not rows:
         raise DataLoadError(f"{path}: CSV has a header but no rows")
     return rows

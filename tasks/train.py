@@ -199,16 +199,19 @@ def train_with_strategy(
     """Trains with the configured strategy; logs metrics per step to the MLflow run `run_id`."""
     logger = get_run_logger()
     metrics = MetricLogger(tracking_uri, run_id)
+    # On a terminal the progress bar shows each step; log lines would tear it apart.
+    log_steps = not sys.stderr.isatty()
 
     def on_metrics(step: int, values: dict[str, float]) -> None:
         metrics.log(values, step)
-        logger.info(
-            "step %d/%d loss %.4f tokens/s %.0f",
-            step,
-            cfg.steps,
-            values["train.loss"],
-            values["train.tokens_per_second"],
-        )
+        if log_steps:
+            logger.info(
+                "step %d/%d loss %.4f tokens/s %.0f",
+                step,
+                cfg.steps,
+                values["train.loss"],
+                values["train.tokens_per_second"],
+            )
 
     result = train_model(
         base_dir, read_jsonl(train_path), cfg, out_dir, on_metrics, trust_remote_code

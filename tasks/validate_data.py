@@ -58,7 +58,9 @@ def _turns(value: Any) -> list[dict[str, str]] | None:
     if not isinstance(value, list) or not value:
         return None
     for turn in value:
-        if not isinstance(turn, dict) or turn.get("role") not in ROLES:
+        if not isinstance(turn, dict) or not isinstance(turn.get("role"), str):
+            return None
+        if turn["role"] not in ROLES:
             return None
         if not isinstance(turn.get("content"), str):
             return None
@@ -112,7 +114,8 @@ def build_schema(max_chars: int) -> pa.DataFrameSchema:
     ]
 
     def shape_check(error: str, bad: Any) -> pa.Check:
-        return pa.Check(lambda df: ~bad(df), error=error)
+        # ignore_na=False: pandera would otherwise skip rows whose fields are all missing.
+        return pa.Check(lambda df: ~bad(df), error=error, ignore_na=False)
 
     def alpaca(df: pd.DataFrame) -> pd.Series:
         return df["instruction"].notna() | df["output"].notna()

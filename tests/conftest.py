@@ -24,7 +24,10 @@ os.environ.update(
         "PREFECT_LOGGING_LEVEL": "WARNING",
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "DO_NOT_TRACK": "true",
-        "HF_HUB_OFFLINE": "1",  # no test may reach the hub; the hub code path fails fast instead
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(
+            _SANDBOX / "huggingface"
+        ),  # no test may reach the hub; the hub code path fails fast instead
         "TOKENIZERS_PARALLELISM": "false",
         "MLFLOW_TRACKING_URI": f"sqlite:///{_SANDBOX / 'default-mlflow.db'}",
     }

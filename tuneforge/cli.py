@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
@@ -25,7 +26,7 @@ err = Console(stderr=True)
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[red]error:[/red] {message}", soft_wrap=True, highlight=False)
+    err.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True, highlight=False)
     raise typer.Exit(code)
 
 
@@ -61,13 +62,13 @@ def run(
 def _print_summary(result: Any) -> None:
     reg, data, training = result.registration, result.data, result.training
     out.print()
-    out.print(
-        f"[bold]Registered[/bold] {reg.name} version {reg.version} as [bold]{reg.alias}[/bold]"
-    )
-    out.print(f"  {reg.reason}")
+    name, alias = escape(reg.name), reg.alias
+    out.print(f"[bold]Registered[/bold] {name} version {reg.version} as [bold]{alias}[/bold]")
+    out.print(f"  {reg.reason}", markup=False)
     out.print(
         f"Data: {data.total} rows, {data.valid} valid, {data.rejected} quarantined"
-        + (f" ({data.quarantine_path})" if data.rejected else "")
+        + (f" ({data.quarantine_path})" if data.rejected else ""),
+        markup=False,
     )
     out.print(
         f"Training: {training.steps} steps in {training.seconds:.1f} s, "
@@ -83,9 +84,9 @@ def _print_summary(result: Any) -> None:
         table.add_row(key, f"{result.base.get(key, float('nan')):.4f}", f"{result.tuned[key]:.4f}")
     out.print(table)
     uri = result.tracking_uri
-    out.print(f"MLflow run {result.run_id} in {uri}")
+    out.print(f"MLflow run {result.run_id} in {uri}", markup=False)
     ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else uri
-    out.print(f"Browse runs and the model registry: [bold]{ui}[/bold]")
+    out.print(f"Browse runs and the model registry: [bold]{escape(ui)}[/bold]")
 
 
 @app.command()
@@ -114,9 +115,10 @@ def validate(
         quarantine = Path(f"{Path(data.removeprefix('hf:')).name}.quarantine.jsonl")
     write_jsonl(rejected, quarantine)
     for entry in rejected[:20]:
-        err.print(f"row {entry['row']}: {entry['reason']}", highlight=False, soft_wrap=True)
+        line = f"row {entry['row']}: {entry['reason']}"
+        err.print(line, markup=False, highlight=False, soft_wrap=True)
     if len(rejected) > 20:
-        err.print(f"... and {len(rejected) - 20} more in {quarantine}")
+        err.print(f"... and {len(rejected) - 20} more in {quarantine}", markup=False)
     summary = {"total": len(rows), "valid": len(valid), "rejected": len(rejected)}
     summary["quarantine"] = str(quarantine)
     if as_json:
@@ -125,6 +127,7 @@ def validate(
         out.print(
             f"{data}: {summary['total']} rows, {summary['valid']} valid, "
             f"{summary['rejected']} quarantined to {quarantine}",
+            markup=False,
             highlight=False,
         )
     raise typer.Exit(1 if rejected else 0)

@@ -1,0 +1,299 @@
+"""Tests for tasks/load_data.py: every format's reader, row numbering, and unusable sources."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tasks.load_data import (
+    DataLoadError,
+    RawRow,
+    detect_format,
+    load_dataset,
+    read_raw_rows,
+    read_rows,
+)
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+CHAT = [
+    {"role": "user", "content": "Capital of France?"},
+    {"role": "assistant", "content": "Paris."},
+]
+
+
+def _write_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _load_error(source: Path | str, fmt: str = "auto") -> str:
+    with pytest.raises(DataLoadError) as info:
+        read_rows(str(source), fmt)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+# JSONL
+
+
+def test_jsonl_row_numbers_are_line_numbers_and_blank_lines_keep_numbering(tmp_path):
+    path = _write_lines(
+        tmp_path / "d.jsonl",
+        ['{"instruction": "a", "output": "b"}', "", "   ", '{"instruction": "c", "output": "d"}'],
+    )
+
+    rows = read_rows(str(path))
+
+    assert [r.row for r in rows] == [1, 4]
+    assert rows[1].record == {"instruction": "c", "output": "d"}
+
+
+def test_jsonl_malformed_line_is_kept_as_parse_error_row(tmp_path):
+    path = _write_lines(
+        tmp_path / "d.jsonl",
+        ['{"instruction": "a", "output": "b"}', '{"instruction": "broken', '"just a string"'],
+    )
+
+    rows = read_rows(str(path))
+
+    assert len(rows) == 3
+    broken, scalar = rows[1], rows[2]
+    assert (broken.row, broken.record, broken.raw) == (2, None, '{"instruction": "broken')
+    assert broken.parse_error.startswith("invalid JSON")
+    assert (scalar.row, scalar.record, scalar.raw) == (3, None, '"just a string"')
+    assert scalar.parse_error == "not a JSON object (got str)"
+
+
+def test_jsonl_utf8_bom_does_not_break_first_row(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"instruction": "caf\xc3\xa9", "output": "ok"}\n')
+
+    rows = read_rows(str(path))
+
+    assert rows == [RawRow(1, {"instruction": "café", "output": "ok"})]
+
+
+def test_ndjson_suffix_and_explicit_format_override(tmp_path):
+    line = '{"instruction": "a", "output": "b"}'
+    assert detect_format(str(_write_lines(tmp_path / "d.ndjson", [line]))) == "jsonl"
+    other = _write_lines(tmp_path / "d.txt", [line])
+
+    assert read_rows(str(other), "jsonl") == [RawRow(1, {"instruction": "a", "output": "b"})]
+
+
+def test_jsonl_unicode_line_separator_inside_a_string_stays_one_row(tmp_path):
+    path = tmp_path / "ls.jsonl"
+    lines = [
+        json.dumps({"instruction": "one\u2028two", "output": "x"}, ensure_ascii=False),
+        json.dumps({"instruction": "three", "output": "y"}),
+    ]
+    _write_lines(path, lines)
+
+    rows = read_rows(str(path))
+
+    assert [(r.row, r.parse_error) for r in rows] == [(1, None), (2, None)]
+
+
+# JSON array, CSV, Parquet
+
+
+def test_json_alpaca_array_rows_numbered_from_one_with_non_objects_kept():
+    rows = read_rows(str(FIXTURES / "alpaca.json"))
+
+    assert [r.row for r in rows] == [1, 2, 3, 4]
+    assert rows[0].record == {
+        "instruction": "Add the two numbers.",
+        "input": "2 + 3",
+        "output": "5",
+        "task": "add",
+    }
+    assert rows[2].record is None
+    assert rows[2].raw == '"not a row"'
+    assert rows[2].parse_error == "not a JSON object (got str)"
+
+
+def test_json_wrapped_in_data_key_is_unwrapped(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps({"data": [{"instruction": "a", "output": "b"}]}))
+
+    assert read_rows(str(path)) == [RawRow(1, {"instruction": "a", "output": "b"})]
+
+
+def test_csv_messages_column_and_row_with_too_many_cells():
+    rows = read_rows(str(FIXTURES / "chat_rows.csv"))
+
+    assert [r.row for r in rows] == [1, 2, 3]
+    assert rows[0].record["task"] == "qa"
+    assert json.loads(rows[0].record["messages"])[1] == {"role": "assistant", "content": "Paris."}
+    extra = rows[1]
+    assert extra.record is None
+    assert extra.parse_error == "more cells than header columns"
+    assert json.loads(extra.raw)["_extra"] == ["extra cell"]
+    assert "Madrid." in json.loads(extra.raw)["messages"]
+    assert rows[2].record == {"task": "qa", "messages": "not json at all"}
+
+
+def test_parquet_list_of_dicts_messages_become_plain_python(tmp_path):
+    pd = pytest.importorskip("pandas")
+    path = tmp_path / "d.parquet"
+    pd.DataFrame(
+        {
+            "instruction": [None, "Say hello."],
+            "output": [None, "Hello!"],
+            "messages": [CHAT, None],
+            "task": ["qa", "greet"],
+        }
+    ).to_parquet(path)
+
+    rows = read_rows(str(path))
+
+    assert [r.row for r in rows] == [1, 2]
+    chat, alpaca = rows[0].record, rows[1].record
+    assert chat["messages"] == CHAT
+    assert type(chat["messages"]) is list and type(chat["messages"][0]) is dict
+    assert chat["instruction"] is None and chat["task"] == "qa"
+    assert alpaca == {
+        "instruction": "Say hello.",
+        "output": "Hello!",
+        "messages": None,
+        "task": "greet",
+    }
+    json.dumps([r.record for r in rows])  # the rows must be JSON-able for write_raw_rows
+
+
+def test_parquet_unreadable_or_empty_raises(tmp_path):
+    pd = pytest.importorskip("pandas")
+    fake = tmp_path / "fake.parquet"
+    fake.write_text("this is not parquet")
+    empty = tmp_path / "empty.parquet"
+    pd.DataFrame({"instruction": pd.Series([], dtype=object)}).to_parquet(empty)
+
+    assert "not a readable Parquet file" in _load_error(fake)
+    assert "has no rows" in _load_error(empty)
+    assert "file not found" in _load_error(tmp_path / "missing.parquet")
+
+
+# Hugging Face `datasets` (local directory only; tests never reach the hub)
+
+
+@pytest.fixture
+def hf_dir(tmp_path, monkeypatch):
+    datasets_config = pytest.importorskip("datasets.config")
+    monkeypatch.setattr(datasets_config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+    directory = tmp_path / "local_dataset"
+    directory.mkdir()
+    _write_lines(
+        directory / "train.jsonl",
+        [
+            json.dumps({"instruction": "a", "output": "b", "task": "t"}),
+            json.dumps({"messages": CHAT}),
+        ],
+    )
+    return directory
+
+
+def test_hf_local_directory_is_auto_detected_and_loaded(hf_dir):
+    assert detect_format(str(hf_dir)) == "hf"
+
+    rows = read_rows(str(hf_dir))
+
+    assert [r.row for r in rows] == [1, 2]
+    assert rows[0].record["instruction"] == "a" and rows[0].record["messages"] is None
+    assert rows[1].record["messages"] == CHAT
+    assert rows == read_rows(f"hf:{hf_dir}", "hf")
+
+
+def test_hf_unknown_split_raises_one_line_error(hf_dir):
+    with pytest.raises(DataLoadError) as info:
+        read_rows(str(hf_dir), "hf", hf_split="test")
+
+    assert str(hf_dir) in str(info.value)
+    assert "'test'" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_directory_with_file_format_is_rejected(tmp_path):
+    assert "is a directory" in _load_error(tmp_path, "jsonl")
+
+
+# Unusable sources: one line naming the file
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        ("empty.jsonl", b"", "file is empty"),
+        ("blank.jsonl", b"  \n\t\n\n", "file is empty"),
+        ("binary.jsonl", b'{"a": 1}\n\x00\x01\x02\xff', "binary data (NUL bytes)"),
+        ("latin1.jsonl", b'{"instruction": "caf\xe9", "output": "x"}\n', "not UTF-8"),
+        ("notjsonl.jsonl", b"hello\n[1, 2]\n42\n", "no line is a JSON object"),
+        ("object.json", b'{"instruction": "a", "output": "b"}', "expected a JSON array"),
+        ("emptyarray.json", b"[]", "JSON array is empty"),
+        ("broken.json", b'[{"a": 1},', "invalid JSON"),
+        ("header.csv", b"instruction,output\n", "header but no rows"),
+        ("data.txt", b'{"instruction": "a", "output": "b"}\n', "cannot tell the format"),
+    ],
+)
+def test_unusable_file_raises_one_line_error_naming_it(tmp_path, name, content, expected):
+    path = tmp_path / name
+    path.write_bytes(content)
+
+    message = _load_error(path)
+
+    assert str(path) in message
+    assert expected in message
+
+
+def test_missing_file_raises_file_not_found(tmp_path):
+    path = tmp_path / "nope.jsonl"
+
+    message = _load_error(path)
+
+    assert message == f"{path}: file not found"
+
+
+def test_non_utf8_error_points_at_the_byte(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b'{"x": "caf\xe9"}\n')
+
+    assert "byte 0xe9 at offset 10" in _load_error(path)
+
+
+@pytest.mark.parametrize("content", [b"\xef\xbb\xbf", b"\xef\xbb\xbf\n\n", "\u00a0\n".encode()])
+def test_file_with_only_bom_or_unicode_whitespace_is_empty(tmp_path, content):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(content)
+
+    assert "file is empty" in _load_error(path)
+
+
+# The Prefect task: rows survive the hand-off file
+
+
+def test_load_dataset_task_round_trips_rows_including_parse_errors(tmp_path):
+    source = FIXTURES / "bad_rows.jsonl"
+
+    loaded = load_dataset.fn(str(source), "auto", "train", str(tmp_path / "run"))
+
+    assert loaded == str(tmp_path / "run" / "loaded.jsonl")
+    assert read_raw_rows(Path(loaded)) == read_rows(str(source))
+
+
+def test_csv_empty_cells_are_missing_values_so_shapes_can_share_a_file(tmp_path):
+    from tasks.validate_data import validate_rows
+
+    path = tmp_path / "mixed.csv"
+    path.write_text(
+        "instruction,input,output,messages,task\n"
+        "Add.,1 + 1,2,,\n"
+        ',,,"[{""role"": ""user"", ""content"": ""hi""}, '
+        '{""role"": ""assistant"", ""content"": ""hello""}]",chat\n',
+        encoding="utf-8",
+    )
+    rows = read_rows(str(path))
+    assert rows[0].record["messages"] is None and rows[0].record["task"] is None
+    valid, rejected = validate_rows(rows, max_chars=100)
+    assert rejected == [] and [v["task"] for v in valid] == [None, "chat"]

@@ -1,0 +1,337 @@
+"""Tests for tasks/validate_data.py: every bad-row kind is quarantined with its reason, and
+every row ends up in exactly one place."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tasks.load_data import RawRow, read_rows
+from tasks.validate_data import (
+    TooManyRejectedError,
+    ValidationReport,
+    check_rejected_fraction,
+    validate_file,
+    validate_rows,
+)
+
+BAD_ROWS = Path(__file__).resolve().parents[1] / "fixtures" / "bad_rows.jsonl"
+MAX_CHARS = 64  # row 9 of the fixture is just over this
+USER_ASSISTANT = [
+    {"role": "user", "content": "Capital of France?"},
+    {"role": "assistant", "content": "Paris."},
+]
+
+# Row number in bad_rows.jsonl -> a phrase its quarantine reason must contain.
+EXPECTED_REASONS = {
+    4: "instruction: is blank",
+    5: "output: is blank",
+    6: "output is missing",
+    7: "instruction is missing",
+    8: "output: must be text",
+    9: f"output: is longer than {MAX_CHARS} characters",
+    10: "has neither instruction/output nor messages",
+    11: "has both messages and instruction/output",
+    12: "messages: needs a user turn and an assistant turn",
+    13: "messages: must end with the assistant's turn",
+    14: "messages: must be a non-empty list of {role, content} turns",
+    15: "messages: must be a non-empty list of {role, content} turns",
+    16: "messages: has a blank turn",
+    17: "duplicate of row 1",
+    19: "invalid JSON",
+    20: "not a JSON object (got list)",
+}
+VALID_ROWS = [1, 2, 3, 21]
+
+
+def _source_lines() -> dict[int, str]:
+    lines = BAD_ROWS.read_text(encoding="utf-8").splitlines()
+    return {n: line for n, line in enumerate(lines, start=1) if line.strip()}
+
+
+@pytest.fixture(scope="module")
+def fixture_result() -> tuple[list[RawRow], list[dict], list[dict]]:
+    rows = read_rows(str(BAD_ROWS))
+    valid, quarantine = validate_rows(rows, MAX_CHARS)
+    return rows, valid, quarantine
+
+
+def _validate(*records: Any, max_chars: int = MAX_CHARS) -> tuple[list[dict], list[dict]]:
+    rows = [RawRow(i, rec) for i, rec in enumerate(records, start=1)]
+    valid, quarantine = validate_rows(rows, max_chars)
+    assert len(valid) + len(quarantine) == len(rows)
+    return valid, quarantine
+
+
+def _reason(record: dict[str, Any], max_chars: int = MAX_CHARS) -> str:
+    valid, quarantine = _validate(record, max_chars=max_chars)
+    assert valid == []
+    assert quarantine[0]["record"] == record
+    return quarantine[0]["reason"]
+
+
+# The committed fixture: one row of each bad kind
+
+
+def test_fixture_every_row_is_valid_or_quarantined_exactly_once(fixture_result):
+    rows, valid, quarantine = fixture_result
+
+    assert len(rows) == 20  # 21 lines, one of them blank
+    assert len(valid) + len(quarantine) == len(rows)
+    assert [v["row"] for v in valid] == VALID_ROWS
+    assert [q["row"] for q in quarantine] == sorted(EXPECTED_REASONS)
+    assert sorted(VALID_ROWS + sorted(EXPECTED_REASONS)) == [r.row for r in rows]
+
+
+@pytest.mark.parametrize(("row", "phrase"), sorted(EXPECTED_REASONS.items()))
+def test_bad_row_is_quarantined_with_reason_and_original_record(fixture_result, row, phrase):
+    _, _, quarantine = fixture_result
+    entry = next(q for q in quarantine if q["row"] == row)
+    line = _source_lines()[row]
+
+    assert phrase in entry["reason"]
+    if entry["reason"].startswith(("invalid JSON", "not a JSON object")):
+        assert entry["record"] == line  # unparsed rows keep their text
+    else:
+        assert entry["record"] == json.loads(line)
+
+
+def test_valid_records_are_canonical_chat_records(fixture_result):
+    _, valid, _ = fixture_result
+
+    assert all(set(v) == {"row", "task", "messages"} for v in valid)
+    assert valid[0] == {
+        "row": 1,
+        "task": "add",
+        "messages": [
+            {"role": "user", "content": "Add the two numbers.\n\n2 + 3"},
+            {"role": "assistant", "content": "5"},
+        ],
+    }
+    assert valid[1]["task"] is None
+    assert valid[1]["messages"][0] == {"role": "user", "content": "Say hello."}
+    assert [m["role"] for m in valid[2]["messages"]] == ["system", "user", "assistant"]
+
+
+def test_quarantine_is_sorted_by_row_and_reasons_are_never_empty(fixture_result):
+    _, _, quarantine = fixture_result
+
+    assert [q["row"] for q in quarantine] == sorted(q["row"] for q in quarantine)
+    assert all(set(q) == {"row", "reason", "record"} and q["reason"] for q in quarantine)
+
+
+# Single-row cases beyond the fixture
+
+
+@pytest.mark.parametrize(
+    ("record", "phrase"),
+    [
+        ({"instruction": "\n\t ", "output": "x"}, "instruction: is blank"),
+        ({"instruction": "Say hi.", "output": " \n"}, "output: is blank"),
+        ({"instruction": ["Say", "hi"], "output": "hi"}, "instruction: must be text"),
+        ({"instruction": "Say hi.", "input": 3, "output": "hi"}, "input: must be text"),
+        ({"instruction": "Say hi.", "output": "hi", "task": 7}, "task: must be text"),
+        ({"instruction": "Say hi.", "output": "hi", "task": "  "}, "task: is blank"),
+        ({"instruction": "Say hi.", "input": "x" * 65, "output": "hi"}, "input: is longer than"),
+        ({"instruction": "Say hi.", "output": None}, "output is missing"),
+        ({"instruction": None, "output": "hi"}, "instruction is missing"),
+        ({"messages": []}, "messages: must be a non-empty list"),
+        ({"messages": "not json"}, "messages: must be a non-empty list"),
+        ({"messages": {"role": "user", "content": "q"}}, "messages: must be a non-empty list"),
+        ({"messages": [{"role": "user", "content": 5}]}, "messages: must be a non-empty list"),
+        ({"messages": [{"role": "assistant", "content": "a"}]}, "needs a user turn"),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "q"},
+                    {"role": "assistant", "content": "a" * 65},
+                ]
+            },
+            f"messages: has a turn longer than {MAX_CHARS} characters",
+        ),
+        ({"task": "qa", "question": "q", "answer": "a"}, "has neither instruction/output"),
+    ],
+)
+def test_single_bad_row_reason_names_the_problem(record, phrase):
+    assert phrase in _reason(record)
+
+
+def test_row_with_several_problems_lists_each_reason_once():
+    reason = _reason({"instruction": " ", "output": 4})
+
+    assert reason.split("; ") == ["instruction: is blank", "output: must be text"]
+
+
+def test_over_long_limit_is_inclusive():
+    at_limit = {"instruction": "x" * 10, "output": "y"}
+    over = {"instruction": "x" * 11, "output": "y"}
+
+    valid, quarantine = _validate(at_limit, over, max_chars=10)
+
+    assert [v["row"] for v in valid] == [1]
+    assert quarantine[0]["row"] == 2
+
+
+def test_chat_messages_as_json_string_are_decoded_like_csv_cells():
+    valid, quarantine = _validate({"messages": json.dumps(USER_ASSISTANT), "task": "qa"})
+
+    assert quarantine == []
+    assert valid == [{"row": 1, "task": "qa", "messages": USER_ASSISTANT}]
+
+
+def test_canonical_turns_keep_only_role_and_content():
+    turns = [dict(turn, name="someone") for turn in USER_ASSISTANT]
+
+    valid, _ = _validate({"messages": turns})
+
+    assert valid[0]["messages"] == USER_ASSISTANT
+
+
+def test_blank_alpaca_input_is_not_joined_to_instruction():
+    valid, _ = _validate({"instruction": "Say hi.", "input": "  ", "output": "hi"})
+
+    assert valid[0]["messages"][0]["content"] == "Say hi."
+
+
+def test_duplicates_keep_first_and_name_it_even_across_shapes():
+    alpaca = {"instruction": "Capital of France?", "output": "Paris."}
+    chat = {"messages": USER_ASSISTANT, "task": "geo"}
+
+    valid, quarantine = _validate(alpaca, {"instruction": "Other", "output": "x"}, alpaca, chat)
+
+    assert [v["row"] for v in valid] == [1, 2]
+    assert [(q["row"], q["reason"]) for q in quarantine] == [
+        (3, "duplicate of row 1"),
+        (4, "duplicate of row 1"),
+    ]
+    assert quarantine[1]["record"] == chat
+
+
+def test_parse_error_rows_are_quarantined_with_their_text():
+    rows = [RawRow(5, None, raw="{oops", parse_error="invalid JSON: Expecting property name")]
+
+    valid, quarantine = validate_rows(rows, MAX_CHARS)
+
+    assert valid == []
+    assert quarantine == [
+        {"row": 5, "reason": "invalid JSON: Expecting property name", "record": "{oops"}
+    ]
+
+
+def test_no_rows_validate_to_nothing():
+    assert validate_rows([], MAX_CHARS) == ([], [])
+
+
+@pytest.mark.parametrize(
+    "record",
+    [{"prompt": "q", "response": "a"}, {"conversations": USER_ASSISTANT}, {}],
+)
+def test_row_with_only_unknown_keys_is_quarantined_not_a_crash(record):
+    assert "has neither instruction/output nor messages" in _reason(record)
+
+
+def test_chat_turn_with_unhashable_role_is_quarantined_not_a_crash():
+    assert "messages: must be a non-empty list" in _reason({"messages": [{"role": ["user"]}]})
+
+
+# Files and the rejected-fraction threshold
+
+
+def test_validate_file_writes_valid_and_quarantine_files(tmp_path):
+    rows = read_rows(str(BAD_ROWS))
+
+    report = validate_file(rows, MAX_CHARS, tmp_path / "valid.jsonl", tmp_path / "q.jsonl")
+
+    valid, quarantine = validate_rows(rows, MAX_CHARS)
+    assert (report.total, report.valid, report.rejected) == (20, 4, 16)
+    assert [json.loads(x) for x in Path(report.valid_path).read_text().splitlines()] == valid
+    written = [json.loads(x) for x in Path(report.quarantine_path).read_text().splitlines()]
+    assert written == quarantine
+    assert len(report.fingerprint) == 16
+    int(report.fingerprint, 16)
+
+
+def test_validate_file_writes_empty_quarantine_and_fingerprint_follows_valid_data(tmp_path):
+    good = [RawRow(1, {"instruction": "a", "output": "b"})]
+    other = [RawRow(1, {"instruction": "a", "output": "c"})]
+
+    first = validate_file(good, MAX_CHARS, tmp_path / "1" / "v.jsonl", tmp_path / "1" / "q.jsonl")
+    again = validate_file(good, MAX_CHARS, tmp_path / "2" / "v.jsonl", tmp_path / "2" / "q.jsonl")
+    changed = validate_file(
+        other, MAX_CHARS, tmp_path / "3" / "v.jsonl", tmp_path / "3" / "q.jsonl"
+    )
+
+    assert Path(first.quarantine_path).read_text() == ""
+    assert first.rejected == 0
+    assert first.fingerprint == again.fingerprint
+    assert first.fingerprint != changed.fingerprint
+
+
+def _report(total: int, rejected: int) -> ValidationReport:
+    return ValidationReport(total, total - rejected, rejected, "v.jsonl", "q.jsonl", "0" * 16)
+
+
+def test_rejected_fraction_at_or_below_limit_passes():
+    check_rejected_fraction(_report(4, 1), 0.25, "d.jsonl")
+    check_rejected_fraction(_report(4, 0), 0.0, "d.jsonl")
+    check_rejected_fraction(_report(0, 0), 0.0, "d.jsonl")
+
+
+def test_rejected_fraction_above_limit_raises_with_counts_and_quarantine_path():
+    with pytest.raises(TooManyRejectedError) as info:
+        check_rejected_fraction(_report(4, 1), 0.2, "d.jsonl")
+
+    message = str(info.value)
+    assert message.startswith("d.jsonl: 1 of 4 rows rejected (25.0%)")
+    assert "q.jsonl" in message
+
+
+# Property: arbitrary dict rows never crash validation and are all accounted for
+
+_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=12)
+    | st.sampled_from(["", " ", "user", "assistant", "system"])
+)
+_VALUES = st.recursive(
+    _SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(["role", "content", "x"]), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+_KNOWN = ("instruction", "input", "output", "messages", "task")
+
+
+_ROWS = st.lists(
+    st.dictionaries(st.sampled_from([*_KNOWN, "other"]), _VALUES, max_size=6),
+    max_size=6,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(records=_ROWS, max_chars=st.integers(min_value=1, max_value=20))
+def test_random_rows_never_crash_and_are_all_accounted_for(records, max_chars):
+    rows = [RawRow(i, rec) for i, rec in enumerate(records, start=1)]
+
+    valid, quarantine = validate_rows(rows, max_chars)
+
+    assert len(valid) + len(quarantine) == len(rows)
+    assert sorted([v["row"] for v in valid] + [q["row"] for q in quarantine]) == [
+        r.row for r in rows
+    ]
+    assert all(isinstance(q["reason"], str) and q["reason"] for q in quarantine)
+    for q in quarantine:
+        assert q["record"] is records[q["row"] - 1]
+    for v in valid:
+        assert set(v) == {"row", "task", "messages"}
+        assert v["messages"][-1]["role"] == "assistant"
