@@ -30,3 +30,21 @@ def tokenize_prompt_response(
     prompt_labels = prompt_ids if train_prompt else [IGNORE_INDEX] * len(prompt_ids)
     labels = (prompt_labels + response_ids)[:max_length]
     return Example(input_ids=input_ids, labels=labels)
+
+
+def check_chat_template(tokenizer: Any) -> None:
+    """Refuses a chat template whose rendered prompt is not a prefix of the rendered
+    conversation: then the prompt/response boundary, and so the loss mask, would be wrong."""
+    if not getattr(tokenizer, "chat_template", None):
+        return  # the plain template marks the response by construction
+    turns = [{"role": "user", "content": "Q?"}]
+    prompt = render_prompt(turns, tokenizer)
+    full = tokenizer.apply_chat_template(
+        [*turns, {"role": "assistant", "content": "A."}], tokenize=False, return_dict=False
+    )
+    if not full.startswith(prompt) or "A." not in full[len(prompt) :]:
+        name = getattr(tokenizer, "name_or_path", "the tokenizer")
+        raise ValueError(
+            f"{name}: its chat template cannot mark the assistant turn (the prompt rendered "
+            "with a generation prompt is not a prefix of the full conversation)"
+        )

@@ -84,7 +84,8 @@ def build_tiny_model(cfg: TinyModelConfig, records: list[dict[str, Any]], out_di
 
 
 def load_pretrained(model_dir: str | Path, trust_remote_code: bool = False) -> tuple[Any, Any]:
-    """Loads (model, tokenizer) from a local checkpoint directory, safetensors only, float32."""
+    """Loads (model, tokenizer) from a local checkpoint or PEFT adapter directory, safetensors
+    only, in float32."""
     import torch
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -92,16 +93,20 @@ def load_pretrained(model_dir: str | Path, trust_remote_code: bool = False) -> t
 
     hf_logging.disable_progress_bar()  # per-tensor bars drown the training progress
     model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
+    is_adapter = (model_dir / "adapter_config.json").is_file()
+    if not is_adapter and not (model_dir / "config.json").is_file():
         raise ModelSourceError(f"{model_dir}: not a model directory (no config.json)")
+    kwargs = {"dtype": torch.float32, "use_safetensors": True}
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(
-            model_dir,
-            dtype=torch.float32,
-            use_safetensors=True,
-            trust_remote_code=trust_remote_code,
-        )
+        if is_adapter:  # a PEFT adapter: loads its base (recorded in adapter_config.json) too
+            from peft import AutoPeftModelForCausalLM
+
+            model = AutoPeftModelForCausalLM.from_pretrained(model_dir, **kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(
+                model_dir, trust_remote_code=trust_remote_code, **kwargs
+            )
     except (OSError, ValueError, SafetensorError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelSourceError(f"{model_dir}: cannot load model: {first}") from None

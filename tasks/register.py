@@ -39,9 +39,8 @@ class Registration:
 def _pip_requirements() -> list[str]:
     from importlib.metadata import version
 
-    return [
-        f"{pkg}=={version(pkg).split('+')[0]}" for pkg in ("torch", "transformers", "tokenizers")
-    ]
+    packages = ("torch", "transformers", "tokenizers", "peft")
+    return [f"{pkg}=={version(pkg).split('+')[0]}" for pkg in packages]
 
 
 def log_model_artifacts(model_dir: str, run_id: str, tracking_uri: str) -> str:
@@ -53,6 +52,9 @@ def log_model_artifacts(model_dir: str, run_id: str, tracking_uri: str) -> str:
     logging.getLogger("mlflow.transformers").setLevel(logging.ERROR)
     model, tokenizer = load_pretrained(model_dir)
     template = render_prompt([{"role": "user", "content": "{prompt}"}], tokenizer)
+    # A PEFT adapter is logged alone, pointing at its base, instead of with a copy of the base.
+    peft_config = getattr(model, "peft_config", {}).get("default")
+    base_model_path = peft_config.base_model_name_or_path if peft_config else None
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / MODEL_ARTIFACT
         mlflow.transformers.save_model(
@@ -62,6 +64,7 @@ def log_model_artifacts(model_dir: str, run_id: str, tracking_uri: str) -> str:
             prompt_template=template,
             model_config={"return_full_text": False, "do_sample": False},
             pip_requirements=_pip_requirements(),
+            base_model_path=base_model_path,
         )
         client = MlflowClient(tracking_uri)
         client.log_artifacts(run_id, str(local), artifact_path=MODEL_ARTIFACT)

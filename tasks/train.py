@@ -12,7 +12,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import torch
 from prefect import get_run_logger, task
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from plugins.examples import check_chat_template
 from plugins.registry import load_strategy
 from plugins.strategy import IGNORE_INDEX, Example
 from tasks.model_source import load_pretrained
@@ -28,6 +29,43 @@ from tuneforge.config import TrainConfig
 from tuneforge.tracking import MetricLogger
 
 MetricsCallback = Callable[[int, dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class MaskAudit:
+    """What the loss will see, counted before the first step."""
+
+    examples: int
+    truncated: int  # examples that lost their tail (and end-of-sequence token) to max_length
+    trained_tokens: int  # tokens with a label, over all examples
+    masked_tokens: int  # tokens without one (prompt tokens for response-only strategies)
+
+
+def audit_examples(
+    examples: list[Example], rows: list[int], eos_id: int, max_length: int
+) -> MaskAudit:
+    """Refuses examples the loss would silently mistreat; counts the rest.
+
+    Every example must keep a trained token after truncation, and every example that was not
+    truncated must train its end-of-sequence token (or the model never learns to stop).
+    """
+    empty = [row for row, e in zip(rows, examples, strict=True) if not e.trained_tokens]
+    if empty:
+        raise ValueError(
+            f"{len(empty)} examples have no trained token after truncation to "
+            f"train.max_length={max_length} (rows {empty[:5]}); raise train.max_length"
+        )
+    truncated = 0
+    for row, e in zip(rows, examples, strict=True):
+        if e.labels[-1] == eos_id:
+            continue
+        if len(e.input_ids) >= max_length:
+            truncated += 1
+            continue
+        raise ValueError(f"row {row}: the end-of-sequence token is not trained (strategy bug)")
+    trained = sum(e.trained_tokens for e in examples)
+    total = sum(len(e.input_ids) for e in examples)
+    return MaskAudit(len(examples), truncated, trained, total - trained)
 
 
 @dataclass(frozen=True)
@@ -40,6 +78,7 @@ class TrainResult:
     final_loss: float
     trainable_parameters: int
     total_parameters: int
+    audit: MaskAudit
 
     @property
     def tokens_per_second(self) -> float:
@@ -60,18 +99,35 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
 
 
-def batch_order(n: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
-    """Indices for `steps` batches: a fresh shuffle each epoch, deterministic for a seed."""
+def batch_order(
+    n: int, batch_size: int, steps: int, seed: int, lengths: list[int] | None = None
+) -> list[list[int]]:
+    """Indices for `steps` batches: a fresh shuffle each epoch, deterministic for a seed.
+
+    With `lengths`, each epoch's shuffled examples are cut into windows of 50 batches, sorted by
+    length inside a window, and batched; the batches are then shuffled again. Batches hold
+    examples of similar length (little padding) while their order stays random.
+    """
     generator = torch.Generator().manual_seed(seed)
     batches: list[list[int]] = []
     while len(batches) < steps:
         perm = torch.randperm(n, generator=generator).tolist()
+        epoch: list[list[int]] = []
+        if lengths is not None:
+            window = batch_size * 50
+            perm = [
+                i
+                for start in range(0, n, window)
+                for i in sorted(perm[start : start + window], key=lambda k: lengths[k])
+            ]
         for start in range(0, n, batch_size):
             chunk = perm[start : start + batch_size]
             if len(chunk) == batch_size or n < batch_size:
-                batches.append(chunk)
-            if len(batches) == steps:
-                break
+                epoch.append(chunk)
+        if lengths is not None:
+            order = torch.randperm(len(epoch), generator=generator).tolist()
+            epoch = [epoch[i] for i in order]
+        batches += epoch[: steps - len(batches)]
     return batches
 
 
@@ -114,14 +170,13 @@ def train_model(
     model, tokenizer = load_pretrained(base_dir, trust_remote_code=trust_remote_code)
     model = strategy.prepare_model(model)
     model.train()
+    check_chat_template(tokenizer)
     examples = [strategy.build_example(r, tokenizer, cfg.max_length) for r in records]
-    untrainable = [r["row"] for r, e in zip(records, examples, strict=True) if not e.trained_tokens]
-    if untrainable:
-        raise ValueError(
-            f"{len(untrainable)} examples have no trained token after truncation to "
-            f"train.max_length={cfg.max_length} (rows {untrainable[:5]}...); raise max_length"
-        )
+    audit = audit_examples(
+        examples, [r["row"] for r in records], tokenizer.eos_token_id, cfg.max_length
+    )
 
+    lengths = [len(e.input_ids) for e in examples] if cfg.group_by_length else None
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"strategy {cfg.strategy!r} left no parameter trainable")
@@ -138,7 +193,7 @@ def train_model(
     with _progress() as bar:
         progress = bar.add_task("train", total=cfg.steps, loss=math.nan, tps=0.0)
         for step, indices in enumerate(
-            batch_order(len(examples), cfg.batch_size, cfg.steps, cfg.seed), start=1
+            batch_order(len(examples), cfg.batch_size, cfg.steps, cfg.seed, lengths), start=1
         ):
             batch = collate([examples[i] for i in indices], tokenizer.pad_token_id)
             loss = model(**batch).loss
@@ -183,6 +238,7 @@ def train_model(
         final_loss=loss_value,
         trainable_parameters=sum(p.numel() for p in params),
         total_parameters=sum(p.numel() for p in model.parameters()),
+        audit=audit,
     )
 
 
@@ -223,6 +279,8 @@ def train_with_strategy(
             "train.mean_tokens_per_second": result.tokens_per_second,
             "train.trainable_parameters": result.trainable_parameters,
             "train.total_parameters": result.total_parameters,
+            "train.trainable_fraction": result.trainable_parameters / result.total_parameters,
+            **{f"audit.{k}": v for k, v in asdict(result.audit).items()},
         },
         step=result.steps,
     )

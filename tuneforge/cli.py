@@ -85,6 +85,10 @@ def _print_summary(result: Any) -> None:
     out.print(table)
     uri = result.tracking_uri
     out.print(f"MLflow run {result.run_id} in {uri}", markup=False)
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        if db.is_relative_to(Path.cwd()):
+            uri = f"sqlite:///{db.relative_to(Path.cwd())}"
     ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else uri
     out.print(f"Browse runs and the model registry: [bold]{escape(ui)}[/bold]")
 
@@ -143,7 +147,10 @@ def strategies(
     listing = []
     for name, info in sorted(discover_strategies().items()):
         settings = {
-            key: {"default": field.default, "type": str(field.annotation)}
+            key: {
+                "default": field.get_default(call_default_factory=True),
+                "type": str(field.annotation),
+            }
             for key, field in info.cls.Settings.model_fields.items()
         }
         listing.append(

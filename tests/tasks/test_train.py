@@ -89,3 +89,43 @@ def test_examples_truncated_to_nothing_trainable_are_refused(
     # Every bundled prompt is longer than 9 tokens, so truncation removes the whole response.
     with pytest.raises(ValueError, match="no trained token after truncation"):
         train_model(tiny_model_dir, bundled_records[:4], TrainConfig(max_length=9), tmp_path)
+
+
+def test_batched_examples_keep_their_own_loss(tiny_model_dir, bundled_records):
+    """Examples batched together (padded, attention-masked) score exactly as they do alone."""
+    from plugins.instruction import InstructionStrategy
+    from tasks.model_source import load_pretrained
+
+    model, tokenizer = load_pretrained(tiny_model_dir)
+    strategy = InstructionStrategy(InstructionStrategy.Settings())
+    examples = [strategy.build_example(r, tokenizer, 96) for r in bundled_records[:6]]
+    assert len({len(e.input_ids) for e in examples}) > 1  # lengths differ: padding is real
+
+    def per_example_loss(batch):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        targets = batch["labels"][:, 1:]
+        losses = torch.nn.functional.cross_entropy(
+            logits[:, :-1].transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
+        )
+        return losses.sum(1) / (targets != IGNORE_INDEX).sum(1)
+
+    with torch.no_grad():
+        together = per_example_loss(collate(examples, tokenizer.pad_token_id))
+        alone = torch.cat(
+            [per_example_loss(collate([e], tokenizer.pad_token_id)) for e in examples]
+        )
+    assert torch.allclose(together, alone, atol=1e-5)
+
+
+def test_length_grouping_reduces_padding_and_keeps_every_example():
+    lengths = [5, 50, 6, 48, 7, 52, 5, 49] * 25
+    grouped = batch_order(len(lengths), 4, 50, seed=0, lengths=lengths)
+    plain = batch_order(len(lengths), 4, 50, seed=0)
+
+    def padding(batches):
+        return sum(
+            max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches
+        )
+
+    assert sorted(i for b in grouped for i in b) == list(range(200))  # one epoch, all examples
+    assert padding(grouped) < padding(plain) / 5

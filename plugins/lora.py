@@ -1,0 +1,94 @@
+"""`lora` strategy: PEFT LoRA adapters on a frozen base, loss on the response only.
+
+Only the low-rank adapter matrices train, so optimizer state and the saved artifact are tiny
+and the base stays bit-identical. LoRA adapts what the base already knows: on a randomly
+initialised base it learns next to nothing, so start from a trained model (a local checkpoint
+or `models:/NAME@champion`). QLoRA (`quantize_4bit`) loads the base in 4 bits through
+bitsandbytes and needs a CUDA GPU.
+
+    tuneforge run deployments/presets/tiny-cpu-lora.yaml
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from plugins.examples import tokenize_prompt_response
+from plugins.strategy import Example
+
+# Attention projections per architecture (the usual, cheap choice); "all-linear" adds the MLP.
+DEFAULT_TARGETS = {
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "gpt2": ["c_attn", "c_proj"],
+}
+
+
+class LoraSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Rank of the update: higher fits more, costs more, and overfits small data sooner.
+    rank: int = Field(8, ge=1, le=1024)
+    # Scale of the update is alpha / rank; 2x rank is the common starting point.
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    # None: the attention projections for known architectures (else all linear layers);
+    # "all-linear": every linear layer but the output head; or an explicit list of names.
+    target_modules: list[str] | Literal["all-linear"] | None = None
+    # Also write base+adapter merged into one checkpoint (`merged/` beside the adapter).
+    merge_export: bool = False
+    # QLoRA: 4-bit base through bitsandbytes. CUDA only.
+    quantize_4bit: bool = False
+
+
+def target_modules(model: Any, setting: list[str] | str | None) -> list[str] | str:
+    if setting is not None:
+        return setting
+    return DEFAULT_TARGETS.get(model.config.model_type, "all-linear")
+
+
+class LoraStrategy:
+    name: ClassVar[str] = "lora"
+    description: ClassVar[str] = (
+        "LoRA: low-rank adapters on a frozen base, loss on the response only; "
+        "saves the adapter alone."
+    )
+    Settings: ClassVar[type[BaseModel]] = LoraSettings
+
+    def __init__(self, settings: LoraSettings) -> None:
+        self.settings = settings
+
+    def prepare_model(self, model: Any) -> Any:
+        import torch
+        from peft import LoraConfig, get_peft_model
+
+        if self.settings.quantize_4bit:
+            if not torch.cuda.is_available():
+                raise ValueError(
+                    "train.settings.quantize_4bit (QLoRA) needs a CUDA GPU; none is available here"
+                )
+            # The base must be loaded quantized, which the training task does not do yet.
+            raise NotImplementedError("train.settings.quantize_4bit: 4-bit loading is not wired")
+        config = LoraConfig(
+            r=self.settings.rank,
+            lora_alpha=self.settings.alpha,
+            lora_dropout=self.settings.dropout,
+            target_modules=target_modules(model, self.settings.target_modules),
+            task_type="CAUSAL_LM",
+        )
+        return get_peft_model(model, config)
+
+    def build_example(self, record: dict[str, Any], tokenizer: Any, max_length: int) -> Example:
+        return tokenize_prompt_response(record, tokenizer, max_length, train_prompt=False)
+
+    def save(self, model: Any, tokenizer: Any, out_dir: Path) -> None:
+        model.save_pretrained(out_dir)  # adapter_config.json + adapter_model.safetensors
+        tokenizer.save_pretrained(out_dir)
+        if self.settings.merge_export:
+            merged = model.merge_and_unload()
+            merged.save_pretrained(out_dir / "merged")
+            tokenizer.save_pretrained(out_dir / "merged")
