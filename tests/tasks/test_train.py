@@ -129,3 +129,45 @@ def test_length_grouping_reduces_padding_and_keeps_every_example():
 
     assert sorted(i for b in grouped for i in b) == list(range(200))  # one epoch, all examples
     assert padding(grouped) < padding(plain) / 5
+
+
+def test_audit_counts_masked_and_truncated_examples():
+    from tasks.train import audit_examples
+
+    eos = 2
+    examples = [
+        Example([7, 8, 9, eos], [IGNORE_INDEX, IGNORE_INDEX, 9, eos]),
+        Example([7, 8, 9, 10], [IGNORE_INDEX, 8, 9, 10]),  # cut at max_length=4: eos lost
+    ]
+    audit = audit_examples(examples, rows=[1, 2], eos_id=eos, max_length=4)
+    assert (audit.examples, audit.truncated, audit.trained_tokens, audit.masked_tokens) == (
+        2, 1, 5, 3,
+    )  # fmt: skip
+
+
+def test_audit_refuses_an_untrained_end_of_sequence():
+    from tasks.train import audit_examples
+
+    example = Example([7, 8, 2], [IGNORE_INDEX, 8, IGNORE_INDEX])
+    with pytest.raises(ValueError, match="row 5: the end-of-sequence token is not trained"):
+        audit_examples([example], rows=[5], eos_id=2, max_length=64)
+
+
+def test_a_chat_template_that_cannot_mark_the_assistant_turn_is_refused(tiny_model_dir):
+    from plugins.examples import check_chat_template
+    from tasks.model_source import load_pretrained
+
+    _, tokenizer = load_pretrained(tiny_model_dir)
+    check_chat_template(tokenizer)  # no template: the plain one marks the response itself
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    )
+    check_chat_template(tokenizer)  # a proper template passes
+    # This one renders the generation prompt differently from a finished assistant turn.
+    tokenizer.chat_template = (
+        "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
+        "{% if add_generation_prompt %}ASSISTANT>{% endif %}"
+    )
+    with pytest.raises(ValueError, match="cannot mark the assistant turn"):
+        check_chat_template(tokenizer)
