@@ -41,15 +41,16 @@ def check_strategy(
     4. `build_example` on every record returns an `Example` with equally long `input_ids` and
        `labels`, at most `max_length` tokens, trained labels equal to their input tokens, at
        least one trained token after the first position (the causal shift never trains
-       position 0), and the end-of-sequence token trained unless the example was truncated;
+       position 0), and a trained end-of-sequence token last unless the example was truncated
+       (and the training loop's own `audit_examples` accepts them);
     5. one AdamW step (lr 1e-2) on a padded batch of the first examples (`tasks.train.collate`)
        changes at least one trainable parameter and leaves every frozen parameter bit-identical
        (compared by `named_parameters` of the prepared model, so adapter-wrapped models work);
     6. `save` writes safetensors and no pickle-based weights (`*.bin`, `*.pt`, `*.pkl`, ...),
-       and the result reloads: a checkpoint (`config.json`) through
-       `tasks.model_source.load_pretrained`, an adapter (`adapter_config.json`) through
-       `peft.PeftModel.from_pretrained` on the base; the reloaded model reproduces the trained
-       model's logits (it is far closer to them than the step moved them).
+       and the result, a checkpoint (`config.json`) or a PEFT adapter (`adapter_config.json`),
+       reloads through `tasks.model_source.load_pretrained` (as evaluation and registration
+       load it) and reproduces the trained model's logits (it is far closer to them than the
+       training step moved them).
 
     Args:
         strategy_cls: the strategy class, as registered under `tuneforge.strategies`.
@@ -61,6 +62,8 @@ def check_strategy(
 
     Raises:
         AssertionError: on the first violation, with a message saying what is wrong.
+        ValueError: `model_dir` does not load. Exceptions the strategy raises itself (say
+            `prepare_model` refusing a model it cannot train) propagate unchanged.
 
     Example:
         A plugin's test, given a small local checkpoint and a few records:
@@ -77,7 +80,7 @@ def check_strategy(
     import torch
 
     from tasks.model_source import ModelSourceError, load_pretrained
-    from tasks.train import collate
+    from tasks.train import audit_examples, collate
 
     label = getattr(strategy_cls, "__qualname__", repr(strategy_cls))
     _require(records, "check_strategy needs at least one record")
@@ -111,6 +114,13 @@ def check_strategy(
     examples = [
         _check_example(strategy, label, record, tokenizer, max_length, vocab) for record in records
     ]
+
+    try:  # the loop's own audit: whatever it would refuse must fail here too
+        audit_examples(
+            examples, [r.get("row", -1) for r in records], tokenizer.eos_token_id, max_length
+        )
+    except ValueError as exc:
+        raise AssertionError(f"{label}: the training loop refuses the examples: {exc}") from None
 
     # One optimizer step exactly as the training loop takes it.
     torch.manual_seed(0)
@@ -173,18 +183,16 @@ def check_strategy(
             any(f.suffix == ".safetensors" for f in files),
             f"{label}.save wrote no *.safetensors file (wrote {sorted(map(str, files))})",
         )
-        if (out_dir / "config.json").is_file():
-            try:
-                reloaded, _ = load_pretrained(out_dir)
-            except ModelSourceError as exc:
-                raise AssertionError(f"{label}.save output does not reload: {exc}") from None
-        elif (out_dir / "adapter_config.json").is_file():
-            reloaded = _load_adapter(label, model_dir, out_dir)
-        else:
-            raise AssertionError(
-                f"{label}.save wrote neither a checkpoint (config.json) nor an adapter "
-                f"(adapter_config.json): {sorted(map(str, files))}"
-            )
+        saved_as = [n for n in ("config.json", "adapter_config.json") if (out_dir / n).is_file()]
+        _require(
+            saved_as,
+            f"{label}.save wrote neither a checkpoint (config.json) nor an adapter "
+            f"(adapter_config.json): {sorted(map(str, files))}",
+        )
+        try:  # how evaluation and registration load it
+            reloaded, _ = load_pretrained(out_dir)
+        except ModelSourceError as exc:
+            raise AssertionError(f"{label}.save output does not reload: {exc}") from None
         reloaded.to(device)
         logits_saved = _logits(reloaded, batch)
 
@@ -280,10 +288,11 @@ def _check_example(
     eos = tokenizer.eos_token_id
     if eos is not None and len(ids) < max_length:
         _require(
-            eos in trained,
+            ids[-1] == eos and labels[-1] == eos,
             (
-                f"{where}: the end-of-sequence token {eos} is not trained although the example "
-                "was not truncated; a model that never learns to stop rambles past its answer"
+                f"{where}: the example does not end with a trained end-of-sequence token {eos} "
+                "although it was not truncated; a model that never learns to stop rambles past "
+                "its answer"
             ),
         )
     return example
@@ -295,18 +304,6 @@ def _logits(model: Any, batch: dict[str, Any]) -> Any:
     model.eval()
     with torch.no_grad():
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-
-
-def _load_adapter(label: str, model_dir: str | Path, adapter_dir: Path) -> Any:
-    from peft import PeftModel
-
-    from tasks.model_source import load_pretrained
-
-    base, _ = load_pretrained(model_dir)
-    try:
-        return PeftModel.from_pretrained(base, adapter_dir)
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        raise AssertionError(f"{label}.save adapter does not reload with peft: {exc}") from None
 
 
 def _names(names: list[str], limit: int = 5) -> str:

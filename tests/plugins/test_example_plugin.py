@@ -1,0 +1,154 @@
+"""A real third-party plugin, installed for real: `examples/tuneforge-bitfit`.
+
+The package is pip-installed into the running environment (from a temporary copy, so its build
+files stay out of the repository), found through its entry point by the `tuneforge` command and
+by the in-process registry, checked with `plugins.testing.check_strategy`, and used by the real
+`retrain` flow. It is uninstalled afterwards, unless it was installed before the tests started.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+import subprocess
+import sys
+from importlib.metadata import PackageNotFoundError, distribution
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BUNDLED_DATA, PRESET, REPO
+
+pytestmark = pytest.mark.integration
+
+EXAMPLE = REPO / "examples" / "tuneforge-bitfit"
+DIST = "tuneforge-bitfit"
+MODEL = "it-bitfit"
+
+
+def _pip(*args: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", *args], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, f"pip {' '.join(args)} failed:\n{done.stderr[-3000:]}"
+
+
+def _installed() -> bool:
+    try:
+        distribution(DIST)
+    except PackageNotFoundError:
+        return False
+    return True
+
+
+def _forget_plugin() -> None:
+    """Drops what this process cached about installed packages and the plugin module."""
+    from plugins import registry
+
+    for name in [m for m in sys.modules if m.partition(".")[0] == "tuneforge_bitfit"]:
+        del sys.modules[name]
+    importlib.invalidate_caches()
+    registry.discover_strategies.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def bitfit(tmp_path_factory):
+    """Installs the example plugin (no deps, no build isolation: offline) and yields its class."""
+    pytest.importorskip("setuptools", reason="building the example plugin needs setuptools")
+    preinstalled = _installed()  # e.g. a developer's `pip install -e`: leave it in place
+    if not preinstalled:
+        src = tmp_path_factory.mktemp("plugin-src") / EXAMPLE.name
+        ignore = shutil.ignore_patterns("build", "*.egg-info", "__pycache__")
+        shutil.copytree(EXAMPLE, src, ignore=ignore)
+        _pip("install", "--no-deps", "--no-build-isolation", "-q", str(src))
+    _forget_plugin()
+    try:
+        from plugins.registry import load_strategy
+
+        yield load_strategy("bitfit")
+    finally:
+        if not preinstalled:
+            _pip("uninstall", "-y", DIST)
+        _forget_plugin()
+
+
+def test_cli_lists_the_installed_plugin_with_its_package_and_settings(bitfit):
+    cli = Path(sys.executable).parent / "tuneforge"
+    done = subprocess.run(
+        [str(cli), "strategies", "--json"], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    listing = {item["name"]: item for item in json.loads(done.stdout.strip().splitlines()[-1])}
+    entry = listing["bitfit"]
+    assert entry["package"] == DIST
+    assert entry["description"] == bitfit.description
+    assert entry["settings"]["include_norms"]["default"] is True
+    assert entry["settings"]["train_prompt"]["default"] is False
+    assert listing["full"]["package"] == "tuneforge"
+
+
+def test_plugin_keeps_the_strategy_contract(bitfit, tiny_model_dir, bundled_records):
+    from plugins.testing import check_strategy
+
+    check_records = bundled_records[:48]
+    check_strategy(bitfit, tiny_model_dir, check_records)
+    check_strategy(bitfit, tiny_model_dir, check_records, settings={"train_prompt": True})
+
+
+def test_plugin_refuses_a_model_it_cannot_train(bitfit, tiny_model_dir):
+    from tasks.model_source import load_pretrained
+
+    model, _ = load_pretrained(tiny_model_dir)  # Llama: no bias parameters at all
+    strategy = bitfit(bitfit.Settings(include_norms=False))
+    with pytest.raises(ValueError, match="no bias parameters, so nothing would train"):
+        strategy.prepare_model(model)
+
+
+@pytest.fixture(scope="module")
+def bitfit_run(bitfit, prefect_harness, mlflow_server, tmp_path_factory):
+    from flows.retrain import retrain
+    from tuneforge.config import load_config
+
+    config = load_config(
+        PRESET,
+        [
+            f"data.path={BUNDLED_DATA}",
+            f"output_dir={tmp_path_factory.mktemp('bitfit-runs')}",
+            f"tracking.tracking_uri={mlflow_server}",
+            "tracking.experiment=integration",
+            f"registry.model_name={MODEL}",
+            "train.strategy=bitfit",
+            "train.steps=100",
+            "evaluation.max_examples=48",
+        ],
+    )
+    return retrain(config)
+
+
+def test_flow_trains_with_the_plugin_and_registers_the_model(bitfit_run, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_server)
+    version = client.get_model_version(MODEL, bitfit_run.registration.version)
+    assert version.run_id == bitfit_run.run_id
+    run = client.get_run(bitfit_run.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.strategy"] == "bitfit"
+    training = bitfit_run.training
+    assert 0 < training.trainable_parameters < training.total_parameters / 100
+
+
+def test_flow_changed_only_norm_weights(bitfit_run):
+    from safetensors.torch import load_file
+
+    run_dir = Path(bitfit_run.run_dir)
+    base = load_file(run_dir / "base" / "model.safetensors")
+    tuned = load_file(run_dir / "tuned" / "model.safetensors")
+    assert base.keys() == tuned.keys()
+    trained = {key for key in base if "norm" in key or key.endswith(".bias")}
+    frozen = base.keys() - trained
+    assert trained and frozen
+    changed = {key for key in base if not base[key].equal(tuned[key])}
+    assert not changed & frozen, f"frozen weights changed: {sorted(changed & frozen)}"
+    assert changed, "no weight changed at all"

@@ -1,0 +1,158 @@
+"""`plugins.testing.check_strategy`: passes a correct strategy, catches each kind of broken one.
+
+Each broken strategy below differs from `full` by one realistic mistake, so every failure is
+attributable to the check that names it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from plugins.examples import tokenize_prompt_response
+from plugins.full import FullStrategy
+from plugins.strategy import IGNORE_INDEX, Example
+from plugins.testing import check_strategy
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _NormsOnly:
+    """A correct strategy that trains only the final norm: the base the broken ones vary."""
+
+    name: ClassVar[str] = "norms-only"
+    description: ClassVar[str] = "Only the final normalization weight trains."
+    Settings: ClassVar[type[BaseModel]] = _Settings
+
+    def __init__(self, settings: BaseModel) -> None:
+        self.settings = settings
+
+    def prepare_model(self, model: Any) -> Any:
+        model.requires_grad_(False)
+        model.model.norm.weight.requires_grad_(True)
+        return model
+
+    def build_example(self, record: dict[str, Any], tokenizer: Any, max_length: int) -> Example:
+        return tokenize_prompt_response(record, tokenizer, max_length, train_prompt=False)
+
+    def save(self, model: Any, tokenizer: Any, out_dir: Path) -> None:
+        model.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
+
+
+class _FreezesEverything(_NormsOnly):
+    def prepare_model(self, model: Any) -> Any:
+        model.requires_grad_(False)
+        return model
+
+
+class _TouchesFrozenWeights(_NormsOnly):
+    """Rescales the frozen embedding on every forward pass: state leaking into frozen weights."""
+
+    def prepare_model(self, model: Any) -> Any:
+        model = super().prepare_model(model)
+
+        def rescale(module: Any, args: Any) -> None:
+            with torch.no_grad():
+                module.weight.mul_(1.001)
+
+        model.get_input_embeddings().register_forward_pre_hook(rescale)
+        return model
+
+
+class _TrainsNoToken(_NormsOnly):
+    def build_example(self, record: dict[str, Any], tokenizer: Any, max_length: int) -> Example:
+        example = super().build_example(record, tokenizer, max_length)
+        return Example(example.input_ids, [IGNORE_INDEX] * len(example.labels))
+
+
+class _NeverTrainsTheEnd(_NormsOnly):
+    def build_example(self, record: dict[str, Any], tokenizer: Any, max_length: int) -> Example:
+        example = super().build_example(record, tokenizer, max_length)
+        return Example(example.input_ids, [*example.labels[:-1], IGNORE_INDEX])
+
+
+class _ShiftsLabelsItself(_NormsOnly):
+    """Shifts labels by one as if the model did not: every trained token is off by one."""
+
+    def build_example(self, record: dict[str, Any], tokenizer: Any, max_length: int) -> Example:
+        example = super().build_example(record, tokenizer, max_length)
+        return Example(example.input_ids, [*example.labels[1:], IGNORE_INDEX])
+
+
+class _LooseSettings(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class _AllowsUnknownSettings(_NormsOnly):
+    Settings: ClassVar[type[BaseModel]] = _LooseSettings
+
+
+class _SavesPickle(_NormsOnly):
+    def save(self, model: Any, tokenizer: Any, out_dir: Path) -> None:
+        super().save(model, tokenizer, out_dir)
+        torch.save(model.state_dict(), out_dir / "pytorch_model.bin")
+
+
+class _SavesTheUntrainedBase(_NormsOnly):
+    """Saves a copy of the checkpoint it started from instead of the trained model."""
+
+    def prepare_model(self, model: Any) -> Any:
+        self.base_dir = model.name_or_path
+        return super().prepare_model(model)
+
+    def save(self, model: Any, tokenizer: Any, out_dir: Path) -> None:
+        from tasks.model_source import load_pretrained
+
+        base, _ = load_pretrained(self.base_dir)
+        base.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
+
+
+@pytest.fixture(scope="module")
+def records(bundled_records: list[dict]) -> list[dict]:
+    return bundled_records[:48]
+
+
+def test_builtin_full_strategy_passes(tiny_model_dir, records):
+    check_strategy(FullStrategy, tiny_model_dir, records)
+    check_strategy(FullStrategy, tiny_model_dir, records, settings={"gradient_checkpointing": True})
+
+
+def test_a_correct_partial_strategy_passes(tiny_model_dir, records):
+    check_strategy(_NormsOnly, tiny_model_dir, records, max_length=96)
+
+
+@pytest.mark.parametrize(
+    ("strategy_cls", "message"),
+    [
+        (_FreezesEverything, "left no parameter trainable"),
+        (_TouchesFrozenWeights, "frozen parameters .* changed .*embed_tokens"),
+        (_TrainsNoToken, "no trained token"),
+        (_NeverTrainsTheEnd, "does not end with a trained end-of-sequence token"),
+        (_ShiftsLabelsItself, "labels differ from input_ids"),
+        (_AllowsUnknownSettings, "accepts unknown keys"),
+        (_SavesPickle, r"pickle-based files \['pytorch_model.bin'\]"),
+        (_SavesTheUntrainedBase, "does not reproduce the trained one"),
+    ],
+    ids=lambda value: value.__name__.strip("_") if isinstance(value, type) else None,
+)
+def test_broken_strategy_fails_with_a_clear_message(tiny_model_dir, records, strategy_cls, message):
+    with pytest.raises(AssertionError, match=message):
+        check_strategy(strategy_cls, tiny_model_dir, records)
+
+
+def test_settings_the_strategy_rejects_fail_the_check(tiny_model_dir, records):
+    with pytest.raises(AssertionError, match="rejects settings"):
+        check_strategy(FullStrategy, tiny_model_dir, records, settings={"gradient_checkpoint": 1})
+
+
+def test_truncated_examples_need_not_end_with_the_end_of_sequence(tiny_model_dir, records):
+    # max_length cuts most responses; what is left must still carry trained tokens.
+    check_strategy(FullStrategy, tiny_model_dir, records, max_length=12)
