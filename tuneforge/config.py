@@ -102,8 +102,11 @@ class TrainConfig(Strict):
     # strategy decides whether what is left is still trainable).
     max_length: int = Field(128, gt=8)
     # Batch examples of similar length together: far less padding, so more of each step's
-    # compute goes to real tokens. Batch order stays random; the loss per example is unchanged.
-    group_by_length: bool = True
+    # compute goes to real tokens; batch order stays random. But when length follows the task
+    # (as in the bundled data) batches become single-task and learning slows: on the tiny
+    # preset, 600 steps reached 0.10 exact match grouped against 0.35 ungrouped (2000: 0.60
+    # against 0.64), for 1.3x the tokens/s.
+    group_by_length: bool = False
     seed: int = 0
     # 0 leaves torch's default (all cores). Pinning avoids oversubscription when several
     # workers share a machine.
