@@ -11,6 +11,7 @@ bitsandbytes and needs a CUDA GPU.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -18,6 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from plugins.examples import tokenize_prompt_response
 from plugins.strategy import Example
+
+# peft 0.21 still calls a transformers 5 API that warns on every model load.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
 
 # Attention projections per architecture (the usual, cheap choice); "all-linear" adds the MLP.
 DEFAULT_TARGETS = {

@@ -73,6 +73,7 @@ class TrainResult:
     model_dir: str
     steps: int
     examples: int
+    real_tokens: int  # non-padding tokens processed, summed over all steps
     trained_tokens: int  # tokens that carried loss, summed over all steps
     seconds: float
     final_loss: float
@@ -82,7 +83,8 @@ class TrainResult:
 
     @property
     def tokens_per_second(self) -> float:
-        return self.trained_tokens / self.seconds if self.seconds else 0.0
+        """Real (non-padding) tokens per second: what the hardware actually processed."""
+        return self.real_tokens / self.seconds if self.seconds else 0.0
 
 
 def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
@@ -188,7 +190,7 @@ def train_model(
     )
 
     started = time.perf_counter()
-    window_tokens, window_start, trained_tokens = 0, started, 0
+    window_tokens, window_start, real_tokens, trained_tokens = 0, started, 0, 0
     loss_value = math.nan
     with _progress() as bar:
         progress = bar.add_task("train", total=cfg.steps, loss=math.nan, tps=0.0)
@@ -203,9 +205,10 @@ def train_model(
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
 
-            tokens = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+            tokens = int(batch["attention_mask"].sum())
             window_tokens += tokens
-            trained_tokens += tokens
+            real_tokens += tokens
+            trained_tokens += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
             loss_value = loss.detach().item()
             if step % cfg.log_every == 0 or step == cfg.steps:
                 now = time.perf_counter()
@@ -233,6 +236,7 @@ def train_model(
         model_dir=str(out_dir),
         steps=cfg.steps,
         examples=len(examples),
+        real_tokens=real_tokens,
         trained_tokens=trained_tokens,
         seconds=seconds,
         final_loss=loss_value,
@@ -275,6 +279,7 @@ def train_with_strategy(
     metrics.log(
         {
             "train.seconds": result.seconds,
+            "train.real_tokens": result.real_tokens,
             "train.trained_tokens": result.trained_tokens,
             "train.mean_tokens_per_second": result.tokens_per_second,
             "train.trainable_parameters": result.trainable_parameters,

@@ -11,6 +11,7 @@ Errors a user can fix (a bad config key, an unusable data file) print one line a
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,6 +20,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+# MLflow's per-file download bars add nothing to a run's output.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
 out = Console()
@@ -72,7 +76,7 @@ def _print_summary(result: Any) -> None:
     )
     out.print(
         f"Training: {training.steps} steps in {training.seconds:.1f} s, "
-        f"{training.tokens_per_second:,.0f} trained tokens/s, "
+        f"{training.tokens_per_second:,.0f} tokens/s, "
         f"{training.trainable_parameters:,} trainable parameters"
     )
     table = Table(title="base vs tuned (eval split)")
