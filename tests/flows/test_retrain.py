@@ -61,6 +61,22 @@ def runs(prefect_harness, mlflow_server, tmp_path_factory):
     return first, weak, chained, aliases_after_weak
 
 
+@pytest.fixture(scope="module")
+def lora_run(runs, mlflow_server, tmp_path_factory):
+    from flows.retrain import retrain
+
+    return retrain(
+        _config(
+            mlflow_server,
+            tmp_path_factory.mktemp("lora-runs"),
+            f"model.source=models:/{MODEL}@champion",
+            "train.strategy=lora",
+            "train.steps=30",
+            f"registry.model_name={MODEL}-lora",
+        )
+    )
+
+
 def test_first_run_registers_champion_with_metrics(runs, mlflow_server):
     from mlflow.tracking import MlflowClient
 
@@ -127,3 +143,17 @@ def test_champion_loads_in_a_fresh_process_and_answers(runs, mlflow_server):
     assert done.returncode == 0, done.stderr[-2000:]
     answer = json.loads(done.stdout.strip().splitlines()[-1])[0]
     assert isinstance(answer, str) and answer.strip()
+
+
+def test_lora_stage_registers_the_adapter_alone(lora_run, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_server)
+    run = client.get_run(lora_run.run_id)
+    assert run.data.metrics["train.trainable_fraction"] < 0.1
+    assert run.data.metrics["audit.masked_tokens"] > 0  # prompt tokens carry no loss
+    top = {Path(f.path).name for f in client.list_artifacts(lora_run.run_id, "model")}
+    assert "peft" in top and "model" not in top  # no copy of the base weights
+    adapter = {Path(f.path).name for f in client.list_artifacts(lora_run.run_id, "model/peft")}
+    assert "adapter_model.safetensors" in adapter
+    assert client.get_model_version(f"{MODEL}-lora", lora_run.registration.version)
