@@ -4,7 +4,8 @@
 
 Steps: open an MLflow run -> load -> validate (quarantine bad rows) -> split -> resolve the
 base model -> train with the configured strategy -> evaluate base and tuned -> register, and
-move the `champion` alias only when the tuned model beats the current champion.
+move the `champion` alias only when the tuned model passes the promotion gate -> report (plots,
+sample generations, a markdown summary in MLflow and the Prefect UI).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from tasks.evaluate import evaluate_model
 from tasks.load_data import load_dataset
 from tasks.model_source import resolve_base_model
 from tasks.register import Registration, register_model
+from tasks.report import report_run
 from tasks.split_data import SplitPaths, split_dataset
 from tasks.tracking_run import start_tracking_run
 from tasks.train import TrainResult, train_with_strategy
@@ -55,20 +57,29 @@ def retrain(config: RunConfig) -> RetrainResult:
             loaded, data.max_chars, data.max_rejected_fraction, data.path, run_id, tracking_uri
         )
         split = split_dataset(report.valid_path, data.eval_fraction, data.seed, data.holdout_tasks)
-        base_dir = resolve_base_model(model, split.train_path, run_dir)
+        base_dir = resolve_base_model(model, split.train_path, run_dir, run_id, tracking_uri)
         trained = train_with_strategy(
             base_dir, split.train_path, train, f"{run_dir}/tuned", run_id, tracking_uri, remote_code
         )
         scores = {
             label: evaluate_model(
                 model_dir, split.eval_path, label, evaluation, train.max_length, run_id,
-                tracking_uri, remote_code,
+                tracking_uri, remote_code, data.holdout_tasks,
             )
             for label, model_dir in (("base", base_dir), ("tuned", trained.model_dir))
         }  # fmt: skip
         registration = register_model(
-            trained.model_dir, run_id, scores["tuned"], config.registry, tracking_uri
+            trained.model_dir,
+            run_id,
+            scores["base"],
+            scores["tuned"],
+            config.registry,
+            tracking_uri,
         )
+        report_run(
+            run_id, tracking_uri, str(Path(split.eval_path).parent), scores["base"],
+            scores["tuned"], registration.decision,
+        )  # fmt: skip
 
     return RetrainResult(
         run_id, tracking_uri, run_dir, report, split, trained, scores["base"], scores["tuned"],

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -82,27 +83,46 @@ def generate_answers(
     return answers
 
 
-def score(records: list[dict], answers: list[str]) -> tuple[dict[str, float], list[dict]]:
-    """Exact-match metrics (overall and per task) and one row per example for inspection."""
-    hits: dict[str, list[bool]] = defaultdict(list)
+@cache
+def _rouge_scorer() -> Any:
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"])
+
+
+def rouge_l(expected: str, answer: str) -> float:
+    """ROUGE-L F1 (longest common subsequence of words), Google's `rouge-score` package."""
+    return _rouge_scorer().score(expected, answer)["rougeL"].fmeasure
+
+
+def score(
+    records: list[dict], answers: list[str], holdout_tasks: list[str] | tuple[str, ...] = ()
+) -> tuple[dict[str, float], list[dict]]:
+    """Exact match and ROUGE-L, overall, per task family, and (with `holdout_tasks`) for the
+    held-in and held-out families; plus one row per example for inspection."""
+    groups: dict[str, list[tuple[bool, float]]] = defaultdict(list)
     rows = []
     for rec, answer in zip(records, answers, strict=True):
         expected = split_turns(rec)[1]
-        hit = answer.strip() == expected.strip()
-        hits[rec.get("task") or "untagged"].append(hit)
+        hit, overlap = answer.strip() == expected.strip(), rouge_l(expected, answer)
+        task = rec.get("task") or "untagged"
+        keys = ["", f".{task}"]
+        if holdout_tasks:
+            keys.append(".held_out" if task in holdout_tasks else ".held_in")
+        for key in keys:
+            groups[key].append((hit, overlap))
+        prompt = split_turns(rec)[0][-1]["content"]
         rows.append(
-            {
-                "row": rec["row"],
-                "task": rec.get("task"),
-                "expected": expected,
-                "answer": answer,
-                "exact": hit,
-            }
-        )
-    every = [h for task_hits in hits.values() for h in task_hits]
-    metrics = {"exact_match": sum(every) / len(every)}
-    if len(hits) > 1:
-        metrics |= {f"exact_match.{t}": sum(h) / len(h) for t, h in sorted(hits.items())}
+            {"row": rec["row"], "task": rec.get("task"), "prompt": prompt, "expected": expected,
+             "answer": answer, "exact": hit, "rouge_l": overlap}
+        )  # fmt: skip
+    metrics: dict[str, float] = {}
+    families = {k for k in groups if k and k not in (".held_in", ".held_out")}
+    for key, values in sorted(groups.items()):
+        if key in families and len(families) == 1:
+            continue  # one family: its figures are the overall ones
+        metrics[f"exact_match{key}"] = sum(h for h, _ in values) / len(values)
+        metrics[f"rouge_l{key}"] = sum(r for _, r in values) / len(values)
     return metrics, rows
 
 
@@ -112,6 +132,7 @@ def evaluate_records(
     cfg: EvalConfig,
     max_length: int,
     trust_remote_code: bool = False,
+    holdout_tasks: list[str] | tuple[str, ...] = (),
 ) -> tuple[dict[str, float], list[dict]]:
     """Scores the model in `model_dir` on (at most `cfg.max_examples` of) `records`."""
     model, tokenizer = load_pretrained(model_dir, trust_remote_code=trust_remote_code)
@@ -119,7 +140,7 @@ def evaluate_records(
     records = records[: cfg.max_examples]
     loss = response_loss(model, tokenizer, records, max_length, cfg.batch_size)
     answers = generate_answers(model, tokenizer, records, cfg.max_new_tokens, cfg.batch_size)
-    metrics, rows = score(records, answers)
+    metrics, rows = score(records, answers, holdout_tasks)
     metrics |= {
         "eval_loss": loss,
         "perplexity": math.exp(min(loss, 50.0)),
@@ -138,11 +159,12 @@ def evaluate_model(
     run_id: str,
     tracking_uri: str,
     trust_remote_code: bool = False,
+    holdout_tasks: list[str] | tuple[str, ...] = (),
 ) -> dict[str, float]:
     """Evaluates one model and logs its metrics as `<label>.<metric>` (e.g. `tuned.exact_match`)
     plus its generations as the artifact `eval/<label>_generations.jsonl`."""
     metrics, rows = evaluate_records(
-        model_dir, read_jsonl(eval_path), cfg, max_length, trust_remote_code
+        model_dir, read_jsonl(eval_path), cfg, max_length, trust_remote_code, holdout_tasks
     )
     logger = MetricLogger(tracking_uri, run_id)
     logger.log({f"{label}.{k}": v for k, v in metrics.items()}, step=0)

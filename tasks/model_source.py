@@ -173,9 +173,28 @@ def resolve_model_dir(cfg: ModelConfig, train_records: list[dict[str, Any]], out
 
 
 @task(name="resolve_base_model")
-def resolve_base_model(cfg: ModelConfig, train_path: str, out_dir: str) -> str:
-    """Materializes the base model as a local checkpoint directory and returns its path."""
-    from tasks.split_data import read_jsonl
+def resolve_base_model(
+    cfg: ModelConfig, train_path: str, out_dir: str, run_id: str, tracking_uri: str
+) -> str:
+    """Materializes the base model as a local checkpoint directory and returns its path.
 
+    A registry source is pinned first (`models:/NAME@champion` -> `models:/NAME/3`) and the
+    pinned version is tagged on the run as `tuneforge.parent_version`: the lineage link from
+    this model to the one it was tuned from, even if the alias moves on later.
+    """
+    from mlflow.tracking import MlflowClient
+
+    from tasks.split_data import read_jsonl
+    from tuneforge.model_registry import RegistryError, resolve_version
+
+    if cfg.source.startswith("models:/"):
+        client = MlflowClient(tracking_uri)
+        try:
+            parent = resolve_version(client, cfg.source)
+        except RegistryError as exc:
+            raise ModelSourceError(str(exc)) from None
+        pinned = f"models:/{parent.name}/{parent.version}"
+        client.set_tag(run_id, "tuneforge.parent_version", f"{parent.name}/{parent.version}")
+        cfg = cfg.model_copy(update={"source": pinned})
     records = read_jsonl(train_path) if cfg.source == "tiny" else []
     return str(resolve_model_dir(cfg, records, Path(out_dir)))

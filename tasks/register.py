@@ -21,9 +21,9 @@ from prefect import task
 
 from tasks.model_source import load_pretrained
 from tuneforge.config import RegistryConfig
+from tuneforge.model_registry import CHALLENGER, CHAMPION
 from tuneforge.prompts import render_prompt
 
-CHAMPION, CHALLENGER = "champion", "challenger"
 MODEL_ARTIFACT = "model"
 
 
@@ -34,6 +34,10 @@ class Registration:
     alias: str  # champion or challenger
     reason: str
     model_uri: str  # models:/NAME/VERSION
+
+    @property
+    def decision(self) -> str:
+        return f"{self.name} version {self.version} is {self.alias}: {self.reason}"
 
 
 def _pip_requirements() -> list[str]:
@@ -77,63 +81,106 @@ def log_model_artifacts(model_dir: str, run_id: str, tracking_uri: str) -> str:
     return f"runs:/{run_id}/{MODEL_ARTIFACT}"
 
 
+def _gain(candidate: float, reference: float, higher_is_better: bool) -> float:
+    return candidate - reference if higher_is_better else reference - candidate
+
+
 def decide(
-    candidate: float, champion: float | None, metric: str, higher_is_better: bool
+    candidate: float, base: float | None, champion: float | None, cfg: RegistryConfig
 ) -> tuple[bool, str]:
-    """Whether the candidate should become champion, and why (one sentence)."""
+    """Whether the candidate should become champion, and why (one sentence).
+
+    It must beat the base by more than `min_improvement_over_base` and the current champion
+    (if any) by more than `min_improvement`, on `tuned.<metric>` in the configured direction.
+    """
+    metric, up = cfg.metric, cfg.higher_is_better
+    if base is not None and _gain(candidate, base, up) <= cfg.min_improvement_over_base:
+        margin = (
+            f" by more than {cfg.min_improvement_over_base}"
+            if cfg.min_improvement_over_base
+            else ""
+        )
+        return False, f"{metric}={candidate:.4f} does not beat the base's {base:.4f}{margin}"
     if champion is None:
         return True, f"no current champion; {metric}={candidate:.4f}"
-    better = candidate > champion if higher_is_better else candidate < champion
-    relation = "beats" if better else "does not beat"
-    return better, f"{metric}={candidate:.4f} {relation} champion's {champion:.4f}"
+    if _gain(candidate, champion, up) <= cfg.min_improvement:
+        margin = f" by more than {cfg.min_improvement}" if cfg.min_improvement else ""
+        return False, f"{metric}={candidate:.4f} does not beat champion's {champion:.4f}{margin}"
+    return True, f"{metric}={candidate:.4f} beats champion's {champion:.4f}"
 
 
-def champion_metric(client, name: str, metric: str) -> tuple[str | None, float | None]:
-    """The current champion's version and its `tuned.<metric>` (None, None without one)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        version = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return None, None
-    value = client.get_run(version.run_id).data.metrics.get(f"tuned.{metric}")
-    return version.version, value
+def model_card(name: str, version: str, reason: str, tags: dict, base: dict, tuned: dict) -> str:
+    """A markdown model card: what this version is, where it came from, how it scored."""
+    lineage = "\n".join(
+        f"| {k.removeprefix('tuneforge.')} | {v} |" for k, v in sorted(tags.items())
+    )
+    rows = "\n".join(
+        f"| {k} | {base.get(k, float('nan')):.4f} | {v:.4f} |" for k, v in tuned.items()
+        if k != "examples"
+    )  # fmt: skip
+    return (
+        f"# {name} version {version}\n\n"
+        f"Decision: {reason}\n\n"
+        f"## Evaluation (held-back split)\n\n| metric | base | tuned |\n|---|---|---|\n{rows}\n\n"
+        f"## Lineage\n\n| key | value |\n|---|---|\n{lineage}\n"
+    )
 
 
 @task(name="register_model")
 def register_model(
     model_dir: str,
     run_id: str,
+    base_metrics: dict[str, float],
     tuned_metrics: dict[str, float],
     cfg: RegistryConfig,
     tracking_uri: str,
 ) -> Registration:
-    """Registers the tuned model as a new version and moves `champion` to it only if it wins."""
+    """Registers the tuned model as a new version with its lineage tags and model card, and
+    moves `champion` to it only when it passes the promotion gate (else: `challenger`)."""
     import mlflow
     from mlflow.tracking import MlflowClient
+
+    from tuneforge.model_registry import current_champion, set_champion
 
     if cfg.metric not in tuned_metrics:
         raise KeyError(f"registry.metric {cfg.metric!r} is not among {sorted(tuned_metrics)}")
     source_uri = log_model_artifacts(model_dir, run_id, tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
-    champion_version, champion_value = champion_metric(client, cfg.model_name, cfg.metric)
+    version = str(mlflow.register_model(source_uri, cfg.model_name).version)
 
-    version = mlflow.register_model(source_uri, cfg.model_name).version
-    if champion_value is None and champion_version is not None:
-        promote, reason = True, f"champion v{champion_version} has no tuned.{cfg.metric}"
+    lineage = {
+        k: v for k, v in client.get_run(run_id).data.tags.items() if k.startswith("tuneforge.")
+    }
+    for key, value in lineage.items():
+        client.set_model_version_tag(cfg.model_name, version, key, value)
+
+    champion = current_champion(client, cfg.model_name)
+    champion_value = None
+    if champion is not None:
+        champion_value = client.get_run(champion.run_id).data.metrics.get(f"tuned.{cfg.metric}")
+    if champion is not None and champion_value is None:
+        promote, reason = True, f"champion v{champion.version} has no tuned.{cfg.metric}"
     else:
         promote, reason = decide(
-            tuned_metrics[cfg.metric], champion_value, cfg.metric, cfg.higher_is_better
+            tuned_metrics[cfg.metric], base_metrics.get(cfg.metric), champion_value, cfg
+        )
+    if promote:
+        set_champion(client, cfg.model_name, version, reason)
+    else:
+        client.set_registered_model_alias(cfg.model_name, CHALLENGER, version)
+        client.set_model_version_tag(
+            cfg.model_name, version, "tuneforge.decision", f"{CHALLENGER}: {reason}"
         )
     alias = CHAMPION if promote else CHALLENGER
-    client.set_registered_model_alias(cfg.model_name, alias, version)
-    client.set_model_version_tag(
-        cfg.model_name, version, "tuneforge.decision", f"{alias}: {reason}"
+
+    card = model_card(
+        cfg.model_name, version, f"{alias}: {reason}", lineage, base_metrics, tuned_metrics
     )
-    for key, value in tuned_metrics.items():
-        client.set_model_version_tag(cfg.model_name, version, f"metric.{key}", f"{value:.6g}")
+    client.update_model_version(cfg.model_name, version, description=card)
+    client.log_text(run_id, card, "model_card.md")
     client.set_tag(run_id, "tuneforge.registered_version", f"{cfg.model_name}/{version}")
+    client.set_tag(run_id, "tuneforge.decision", f"{alias}: {reason}")
     return Registration(
-        cfg.model_name, str(version), alias, reason, f"models:/{cfg.model_name}/{version}"
+        cfg.model_name, version, alias, reason, f"models:/{cfg.model_name}/{version}"
     )

@@ -138,6 +138,11 @@ class RegistryConfig(Strict):
     # this metric (logged by evaluation as `tuned.<metric>`); otherwise it becomes `challenger`.
     metric: str = "exact_match"
     higher_is_better: bool = True
+    # Margin over the current champion needed to take the alias. Retraining on unchanged data
+    # scores about the same; a small margin keeps the alias from flapping on noise.
+    min_improvement: float = Field(0.0, ge=0)
+    # Margin over the base model: a tuned model no better than where it started is not shipped.
+    min_improvement_over_base: float = Field(0.0, ge=0)
 
 
 class TrackingConfig(Strict):

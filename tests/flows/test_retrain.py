@@ -4,7 +4,8 @@ Three runs share one registered model name:
 1. a proper run registers version 1 and, with no champion yet, makes it `champion`;
 2. a run trained for a handful of steps loses to it: it becomes `challenger`, champion stays;
 3. a run whose base is `models:/NAME@champion` fine-tunes from the champion (transfer
-   learning): its base metrics are exactly the champion's tuned metrics.
+   learning): its base metrics are exactly the champion's tuned metrics, its version links to
+   its parent, and, being better, it takes `champion`; a rollback gives it back.
 """
 
 from __future__ import annotations
@@ -55,8 +56,9 @@ def runs(prefect_harness, mlflow_server, tmp_path_factory):
     first = retrain(_config(mlflow_server, out))
     weak = retrain(_config(mlflow_server, out, "train.steps=3", "train.warmup_steps=0"))
     aliases_after_weak = _aliases(mlflow_server)
+    # 300 more steps on top of the champion: reliably better, so it must take the alias.
     chained = retrain(
-        _config(mlflow_server, out, f"model.source=models:/{MODEL}@champion", "train.steps=50")
+        _config(mlflow_server, out, f"model.source=models:/{MODEL}@champion", "train.steps=300")
     )
     return first, weak, chained, aliases_after_weak
 
@@ -157,3 +159,93 @@ def test_lora_stage_registers_the_adapter_alone(lora_run, mlflow_server):
     adapter = {Path(f.path).name for f in client.list_artifacts(lora_run.run_id, "model/peft")}
     assert "adapter_model.safetensors" in adapter
     assert client.get_model_version(f"{MODEL}-lora", lora_run.registration.version)
+
+
+def test_versions_carry_lineage_and_a_model_card(runs, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    first, *_ = runs
+    client = MlflowClient(mlflow_server)
+    version = client.get_model_version(MODEL, first.registration.version)
+    tags = version.tags
+    assert tags["tuneforge.data_fingerprint"] == first.data.fingerprint
+    assert tags["tuneforge.strategy"] == "full"
+    assert tags["tuneforge.strategy_settings"] == '{"gradient_checkpointing": false}'
+    assert tags["tuneforge.base_model"] == "tiny"
+    assert len(tags["tuneforge.config_hash"]) == 16
+    assert tags["tuneforge.code_version"]  # a git commit when run from a checkout
+    assert (
+        "torch==" in tags["tuneforge.packages"] and "transformers==" in tags["tuneforge.packages"]
+    )
+    assert "tuneforge.parent_version" not in tags  # built from scratch: no parent
+    assert version.description.startswith(f"# {MODEL} version {first.registration.version}")
+    assert "| exact_match |" in version.description
+    assert "Decision: champion:" in version.description
+
+
+def test_run_reports_plots_generations_and_summary(runs, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    first, *_ = runs
+    client = MlflowClient(mlflow_server)
+    plots = {Path(f.path).name for f in client.list_artifacts(first.run_id, "plots")}
+    assert plots == {"loss.png", "exact_match_by_task.png"}
+    evals = {Path(f.path).name for f in client.list_artifacts(first.run_id, "eval")}
+    assert {"base_generations.jsonl", "tuned_generations.jsonl", "generations_sample.md"} <= evals
+    local = client.download_artifacts(first.run_id, "plots/loss.png", str(Path(first.run_dir)))
+    assert Path(local).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = Path(client.download_artifacts(first.run_id, "summary.md", first.run_dir))
+    text = summary.read_text()
+    assert "| exact_match |" in text and "| rouge_l |" in text and "champion" in text
+
+
+def test_better_chained_run_takes_champion_and_links_its_parent(runs, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    first, _, chained, _ = runs
+    assert chained.tuned["exact_match"] > first.tuned["exact_match"]
+    assert chained.registration.alias == "champion"
+    assert "beats champion's" in chained.registration.reason
+    version = MlflowClient(mlflow_server).get_model_version(MODEL, chained.registration.version)
+    assert version.tags["tuneforge.parent_version"] == f"{MODEL}/{first.registration.version}"
+    assert version.tags["tuneforge.base_model"] == f"models:/{MODEL}@champion"
+
+
+def test_models_cli_lists_compares_rolls_back_and_promotes(runs, lora_run, mlflow_server):
+    from typer.testing import CliRunner
+
+    from tuneforge.cli import app
+
+    first, weak, chained, _ = runs
+    cli = CliRunner()
+
+    def call(*args: str) -> dict:
+        done = cli.invoke(app, ["models", *args, "--tracking-uri", mlflow_server, "--json"])
+        assert done.exit_code == 0, done.output
+        return json.loads(done.output.strip().splitlines()[-1])
+
+    listed = {m["name"]: m for m in call("list")}
+    assert listed[MODEL]["champion"] == chained.registration.version
+    assert listed[MODEL]["champion_metrics"]["tuned.exact_match"] == pytest.approx(
+        chained.tuned["exact_match"]
+    )
+    shown = call("show", MODEL)
+    assert shown["version"] == chained.registration.version and "champion" in shown["aliases"]
+    assert "MLmodel" in {Path(a).name for a in shown["artifacts"]}
+
+    compared = call("compare", MODEL, first.registration.version, chained.registration.version)
+    row = next(r for r in compared["metrics"] if r["metric"] == "tuned.exact_match")
+    assert row["delta"] == pytest.approx(chained.tuned["exact_match"] - first.tuned["exact_match"])
+
+    rolled = call("rollback", MODEL)
+    assert (rolled["from"], rolled["champion"]) == (
+        chained.registration.version,
+        first.registration.version,
+    )
+    assert call("show", MODEL)["version"] == first.registration.version
+    promoted = call("promote", MODEL, weak.registration.version)
+    assert promoted["champion"] == weak.registration.version
+    assert call("show", MODEL)["version"] == weak.registration.version
+
+    missing = cli.invoke(app, ["models", "show", "no-such-model", "--tracking-uri", mlflow_server])
+    assert missing.exit_code == 2 and "no-such-model" in missing.output

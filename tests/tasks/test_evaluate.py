@@ -26,9 +26,29 @@ def test_score_counts_exact_matches_overall_and_per_task():
         "exact_match": pytest.approx(2 / 3),
         "exact_match.a": 0.5,
         "exact_match.b": 1.0,
+        "rouge_l": pytest.approx(2 / 3),
+        "rouge_l.a": 0.5,
+        "rouge_l.b": 1.0,
     }
     assert [r["exact"] for r in rows] == [True, False, True]
-    assert rows[1] == {"row": 2, "task": "a", "expected": "Y", "answer": "nope", "exact": False}
+    assert rows[1] == {
+        "row": 2, "task": "a", "prompt": "q", "expected": "Y", "answer": "nope", "exact": False,
+        "rouge_l": 0.0,
+    }  # fmt: skip
+
+
+def test_rouge_l_gives_partial_credit_for_word_overlap():
+    metrics, _ = score([_record(1, "a", "egg ring fork")], ["egg fork"])
+    assert metrics["exact_match"] == 0.0
+    assert metrics["rouge_l"] == pytest.approx(0.8)  # LCS 2 words: P=1, R=2/3
+
+
+def test_held_out_families_are_reported_apart_from_held_in_ones():
+    records = [_record(1, "a", "X"), _record(2, "b", "Y"), _record(3, "c", "Z")]
+    metrics, _ = score(records, ["X", "Y", "no"], holdout_tasks=["c"])
+    assert metrics["exact_match.held_in"] == 1.0
+    assert metrics["exact_match.held_out"] == 0.0
+    assert metrics["exact_match"] == pytest.approx(2 / 3)
 
 
 def test_evaluate_records_reports_loss_perplexity_and_match(tiny_model_dir, bundled_records):

@@ -1,0 +1,120 @@
+"""Turn a finished run into things people look at: plots, a generations table, a summary.
+
+Logged to the MLflow run (`plots/*.png`, `eval/generations_sample.md`, `summary.md`) and shown
+in the Prefect UI as a markdown artifact of the flow run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+
+SAMPLE_ROWS = 20
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ⏎ ")
+
+
+def generations_table(base_path: Path, tuned_path: Path, limit: int = SAMPLE_ROWS) -> str:
+    """Markdown table: prompt, expected, base answer, tuned answer for the first `limit` rows."""
+    base = {r["row"]: r for r in map(json.loads, base_path.read_text("utf-8").splitlines())}
+    tuned = [json.loads(line) for line in tuned_path.read_text("utf-8").splitlines()]
+    lines = ["| task | prompt | expected | base | tuned |", "|---|---|---|---|---|"]
+    for row in tuned[:limit]:
+        b = base.get(row["row"], {})
+        mark = "✓" if row["exact"] else "✗"
+        lines.append(
+            f"| {_cell(row['task'])} | {_cell(row['prompt'])} | {_cell(row['expected'])} | "
+            f"{_cell(b.get('answer', ''))} | {mark} {_cell(row['answer'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def metrics_table(base: dict[str, float], tuned: dict[str, float]) -> str:
+    lines = ["| metric | base | tuned |", "|---|---:|---:|"]
+    for key, value in tuned.items():
+        if key != "examples":
+            lines.append(f"| {key} | {base.get(key, float('nan')):.4f} | {value:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_loss(steps: list[int], losses: list[float], base: float, tuned: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, losses, label="training loss")
+    ax.axhline(base, color="grey", linestyle="--", label=f"eval loss, base ({base:.2f})")
+    ax.axhline(tuned, color="green", linestyle="--", label=f"eval loss, tuned ({tuned:.2f})")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_by_task(base: dict[str, float], tuned: dict[str, float], path: Path) -> None:
+    """Bar chart of exact match per task family (and held-in/held-out), base vs tuned."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in tuned if k.startswith("exact_match.")] or ["exact_match"]
+    labels = [k.removeprefix("exact_match.") for k in keys]
+    x = range(len(keys))
+    fig, ax = plt.subplots(figsize=(max(6, len(keys) * 1.1), 4))
+    ax.bar([i - 0.2 for i in x], [base.get(k, 0.0) for k in keys], width=0.4, label="base")
+    ax.bar([i + 0.2 for i in x], [tuned[k] for k in keys], width=0.4, label="tuned")
+    ax.set_xticks(list(x), labels, rotation=30, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("exact match")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+@task(name="report_run")
+def report_run(
+    run_id: str,
+    tracking_uri: str,
+    eval_dir: str,
+    base: dict[str, float],
+    tuned: dict[str, float],
+    decision: str,
+) -> str:
+    """Logs plots, the generations sample and a markdown summary; returns the summary."""
+    from mlflow.tracking import MlflowClient
+    from prefect.artifacts import create_markdown_artifact
+
+    client = MlflowClient(tracking_uri)
+    out = Path(eval_dir)
+    history = client.get_metric_history(run_id, "train.loss")
+    plot_loss(
+        [m.step for m in history],
+        [m.value for m in history],
+        base["eval_loss"],
+        tuned["eval_loss"],
+        out / "loss.png",
+    )
+    plot_by_task(base, tuned, out / "exact_match_by_task.png")
+    for name in ("loss.png", "exact_match_by_task.png"):
+        client.log_artifact(run_id, str(out / name), artifact_path="plots")
+    sample = generations_table(out / "base_generations.jsonl", out / "tuned_generations.jsonl")
+    client.log_text(run_id, sample, "eval/generations_sample.md")
+    summary = (
+        f"# Retrain run {run_id}\n\n**{decision}**\n\n## Base vs tuned\n\n"
+        f"{metrics_table(base, tuned)}\n## Sample generations\n\n{sample}"
+    )
+    client.log_text(run_id, summary, "summary.md")
+    create_markdown_artifact(summary, key="retrain-summary", description="base vs tuned")
+    return summary
