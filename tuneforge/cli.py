@@ -2,6 +2,7 @@
 
     tuneforge run deployments/presets/tiny-cpu.yaml [--set train.steps=50 ...]
     tuneforge validate data/instructions.jsonl [--format jsonl] [--quarantine PATH] [--json]
+    tuneforge evaluate models:/tuneforge-demo@champion data/instructions.jsonl [--json]
     tuneforge strategies [--json]
     tuneforge models list|show|compare|promote|rollback [--json]
     tuneforge sample-data data/instructions.jsonl
@@ -140,6 +141,59 @@ def validate(
             highlight=False,
         )
     raise typer.Exit(1 if rejected else 0)
+
+
+@app.command()
+def evaluate(
+    model: Annotated[
+        str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION or a path")
+    ],
+    data: Annotated[str, typer.Argument(help="Data file, dataset directory, or hf:NAME")],
+    max_examples: Annotated[int, typer.Option(help="Rows scored at most")] = 240,
+    max_new_tokens: Annotated[int, typer.Option(help="Generation budget per answer")] = 24,
+    max_length: Annotated[int, typer.Option(help="Tokens per example for the loss")] = 128,
+    holdout: Annotated[
+        list[str] | None, typer.Option(help="Task families to report as held out")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON last")] = False,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(help="For models:/ URIs. Default: MLFLOW_TRACKING_URI, ./mlflow.db"),
+    ] = None,
+) -> None:
+    """Score a model on a dataset (every valid row): loss, perplexity, exact match, ROUGE-L."""
+    import tempfile
+
+    from tasks.evaluate import evaluate_records
+    from tasks.load_data import DataLoadError, read_rows
+    from tasks.model_source import ModelSourceError, resolve_model_dir
+    from tasks.validate_data import validate_rows
+    from tuneforge.config import EvalConfig, ModelConfig
+    from tuneforge.tracking import resolve_tracking_uri
+
+    try:
+        valid, rejected = validate_rows(read_rows(data), max_chars=100_000)
+    except DataLoadError as exc:
+        _fail(str(exc))
+    if not valid:
+        _fail(f"{data}: no valid rows to evaluate ({len(rejected)} rejected)")
+    cfg = EvalConfig(max_examples=max_examples, max_new_tokens=max_new_tokens)
+    resolve_tracking_uri(tracking_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            model_dir = resolve_model_dir(ModelConfig(source=model), [], Path(tmp))
+            metrics, _ = evaluate_records(model_dir, valid, cfg, max_length, False, holdout or [])
+        except ModelSourceError as exc:
+            _fail(str(exc))
+    if as_json:
+        print(json.dumps(metrics))
+        return
+    if rejected:
+        err.print(f"{len(rejected)} invalid rows skipped (see tuneforge validate)", markup=False)
+    table = Table(f"{model} on {data}", "value")
+    for key, value in metrics.items():
+        table.add_row(key, f"{value:.4f}")
+    out.print(table)
 
 
 @app.command()
