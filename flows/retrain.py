@@ -59,8 +59,9 @@ def retrain(config: RunConfig) -> RetrainResult:
         split = split_dataset(report.valid_path, data.eval_fraction, data.seed, data.holdout_tasks)
         base_dir = resolve_base_model(model, split.train_path, run_dir, run_id, tracking_uri)
         trained = train_with_strategy(
-            base_dir, split.train_path, train, f"{run_dir}/tuned", run_id, tracking_uri, remote_code
-        )
+            base_dir, split.train_path, train, f"{run_dir}/tuned", run_id, tracking_uri,
+            remote_code, split.eval_path,
+        )  # fmt: skip
         scores = {
             label: evaluate_model(
                 model_dir, split.eval_path, label, evaluation, train.max_length, run_id,

@@ -65,7 +65,7 @@ def generate_answers(
     model: Any, tokenizer: Any, records: list[dict], max_new_tokens: int, bs: int
 ) -> list[str]:
     """Greedy answers to each record's prompt, decoded without special tokens."""
-    tokenizer.padding_side = "left"  # generation continues from the right edge
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"  # generate at the right edge
     prompts = [render_prompt(split_turns(r)[0], tokenizer) for r in records]
     answers: list[str] = []
     for batch in _chunks(prompts, bs):
@@ -80,6 +80,7 @@ def generate_answers(
         answers += tokenizer.batch_decode(
             out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True
         )
+    tokenizer.padding_side = side
     return answers
 
 

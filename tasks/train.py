@@ -77,6 +77,7 @@ class TrainResult:
     trained_tokens: int  # tokens that carried loss, summed over all steps
     seconds: float
     final_loss: float
+    best_step: int  # the step whose weights were saved (the last one without periodic eval)
     trainable_parameters: int
     total_parameters: int
     audit: MaskAudit
@@ -154,6 +155,46 @@ def _progress() -> Progress:
     )
 
 
+class BestCheckpoint:
+    """Scores the model every `every` steps by greedy exact match on held-back records, and
+    keeps a copy of the trainable weights of the best step so that step is what gets saved.
+
+    Only trainable parameters are copied (for LoRA: the adapters alone), so this costs little
+    memory. With `every == 0` or no records it does nothing and the last step is kept.
+    """
+
+    def __init__(self, records: list[dict[str, Any]], tokenizer: Any, every: int) -> None:
+        self.records, self.tokenizer, self.every = records, tokenizer, every
+        self.best_score, self.best_step = -1.0, 0
+        self.history: list[tuple[int, float]] = []
+        self._weights: dict[str, torch.Tensor] = {}
+
+    def due(self, step: int, last: bool) -> bool:
+        return bool(self.records and self.every) and (step % self.every == 0 or last)
+
+    def evaluate(self, model: Any, step: int) -> float:
+        from tasks.evaluate import generate_answers, score
+
+        model.eval()
+        answers = generate_answers(model, self.tokenizer, self.records, max_new_tokens=24, bs=48)
+        model.train()
+        value = score(self.records, answers)[0]["exact_match"]
+        self.history.append((step, value))
+        if value > self.best_score:
+            self.best_score, self.best_step = value, step
+            self._weights = {
+                n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad
+            }
+        return value
+
+    def restore(self, model: Any) -> None:
+        """Puts the best step's weights back (a no-op when the last step was the best)."""
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name in self._weights:
+                    param.copy_(self._weights[name])
+
+
 def train_model(
     base_dir: str | Path,
     records: list[dict[str, Any]],
@@ -161,8 +202,13 @@ def train_model(
     out_dir: str | Path,
     on_metrics: MetricsCallback | None = None,
     trust_remote_code: bool = False,
+    eval_records: list[dict[str, Any]] | None = None,
 ) -> TrainResult:
-    """Trains from `base_dir` on validated `records` and saves the result to `out_dir`."""
+    """Trains from `base_dir` on validated `records` and saves the result to `out_dir`.
+
+    With `cfg.eval_every` and `eval_records`, the saved weights are those of the step with the
+    best exact match on (the first `cfg.eval_examples` of) `eval_records`.
+    """
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
@@ -189,7 +235,11 @@ def train_model(
         optimizer, linear_schedule(cfg.warmup_steps, cfg.steps)
     )
 
+    checkpoint = BestCheckpoint(
+        (eval_records or [])[: cfg.eval_examples], tokenizer, cfg.eval_every
+    )
     started = time.perf_counter()
+    eval_seconds = 0.0
     window_tokens, window_start, real_tokens, trained_tokens = 0, started, 0, 0
     loss_value = math.nan
     with _progress() as bar:
@@ -225,8 +275,16 @@ def train_model(
                             "train.tokens_per_second": tps,
                         },
                     )
+            if checkpoint.due(step, last=step == cfg.steps):
+                eval_started = time.perf_counter()
+                value = checkpoint.evaluate(model, step)
+                if on_metrics:
+                    on_metrics(step, {"train.eval_exact_match": value})
+                window_start = time.perf_counter()  # keep evaluation out of tokens/s
+                eval_seconds += window_start - eval_started
             bar.advance(progress)
-    seconds = time.perf_counter() - started
+    seconds = time.perf_counter() - started - eval_seconds
+    checkpoint.restore(model)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -240,6 +298,7 @@ def train_model(
         trained_tokens=trained_tokens,
         seconds=seconds,
         final_loss=loss_value,
+        best_step=checkpoint.best_step or cfg.steps,
         trainable_parameters=sum(p.numel() for p in params),
         total_parameters=sum(p.numel() for p in model.parameters()),
         audit=audit,
@@ -255,8 +314,10 @@ def train_with_strategy(
     run_id: str,
     tracking_uri: str,
     trust_remote_code: bool = False,
+    eval_path: str | None = None,
 ) -> TrainResult:
-    """Trains with the configured strategy; logs metrics per step to the MLflow run `run_id`."""
+    """Trains with the configured strategy; logs metrics per step to the MLflow run `run_id`,
+    and tags the run with the step whose weights were kept (`tuneforge.checkpoint_step`)."""
     logger = get_run_logger()
     metrics = MetricLogger(tracking_uri, run_id)
     # On a terminal the progress bar shows each step; log lines would tear it apart.
@@ -264,7 +325,7 @@ def train_with_strategy(
 
     def on_metrics(step: int, values: dict[str, float]) -> None:
         metrics.log(values, step)
-        if log_steps:
+        if log_steps and "train.loss" in values:
             logger.info(
                 "step %d/%d loss %.4f tokens/s %.0f",
                 step,
@@ -273,8 +334,9 @@ def train_with_strategy(
                 values["train.tokens_per_second"],
             )
 
+    eval_records = read_jsonl(eval_path) if eval_path and cfg.eval_every else None
     result = train_model(
-        base_dir, read_jsonl(train_path), cfg, out_dir, on_metrics, trust_remote_code
+        base_dir, read_jsonl(train_path), cfg, out_dir, on_metrics, trust_remote_code, eval_records
     )
     metrics.log(
         {
@@ -290,4 +352,5 @@ def train_with_strategy(
         step=result.steps,
     )
     metrics.flush()
+    metrics.client.set_tag(run_id, "tuneforge.checkpoint_step", str(result.best_step))
     return result

@@ -112,6 +112,11 @@ class TrainConfig(Strict):
     # workers share a machine.
     num_threads: int = Field(0, ge=0)
     log_every: int = Field(10, gt=0)
+    # Every this many steps, score greedy exact match on the first `eval_examples` rows of the
+    # eval split and keep the best step's weights (registered instead of the last step's).
+    # 0 turns it off. Each evaluation costs generation time; a few per run is plenty.
+    eval_every: int = Field(0, ge=0)
+    eval_examples: int = Field(48, gt=0)
 
     @field_validator("strategy")
     @classmethod

@@ -171,3 +171,28 @@ def test_a_chat_template_that_cannot_mark_the_assistant_turn_is_refused(tiny_mod
     )
     with pytest.raises(ValueError, match="cannot mark the assistant turn"):
         check_chat_template(tokenizer)
+
+
+def test_periodic_evaluation_keeps_the_best_step(tiny_model_dir, bundled_records, tmp_path):
+    from tasks.evaluate import generate_answers, score
+    from tasks.model_source import load_pretrained
+
+    easy = [r for r in bundled_records if r["task"] in ("first_letter", "uppercase")]
+    train, held = easy[:300], easy[300:332]
+    cfg = TrainConfig(
+        steps=150, batch_size=16, warmup_steps=5, max_length=64, eval_every=30, eval_examples=32,
+        learning_rate=0.01,
+    )  # fmt: skip
+    logged: list[tuple[int, dict]] = []
+    result = train_model(
+        tiny_model_dir, train, cfg, tmp_path, lambda s, m: logged.append((s, m)), eval_records=held
+    )
+    evals = [(s, m["train.eval_exact_match"]) for s, m in logged if "train.eval_exact_match" in m]
+    assert [s for s, _ in evals] == [30, 60, 90, 120, 150]
+    assert len({v for _, v in evals}) > 1, f"scores must differ for this test to mean much: {evals}"
+    best_step, best = max(evals, key=lambda e: (e[1], -e[0]))
+    assert result.best_step == best_step
+    # The saved model is the best step's: re-scoring it reproduces the best score.
+    model, tokenizer = load_pretrained(tmp_path)
+    answers = generate_answers(model, tokenizer, held, max_new_tokens=24, bs=48)
+    assert score(held, answers)[0]["exact_match"] == best
