@@ -178,6 +178,11 @@ def test_versions_carry_lineage_and_a_model_card(runs, mlflow_server):
         "torch==" in tags["tuneforge.packages"] and "transformers==" in tags["tuneforge.packages"]
     )
     assert "tuneforge.parent_version" not in tags  # built from scratch: no parent
+    # The preset evaluates every 500 steps: the registered weights come from the best of them.
+    evals = client.get_metric_history(first.run_id, "train.eval_exact_match")
+    assert [m.step for m in evals] == [500, 600]
+    best = max(evals, key=lambda m: (m.value, -m.step))
+    assert tags["tuneforge.checkpoint_step"] == str(best.step) == str(first.training.best_step)
     assert version.description.startswith(f"# {MODEL} version {first.registration.version}")
     assert "| exact_match |" in version.description
     assert "Decision: champion:" in version.description
