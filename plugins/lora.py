@@ -3,8 +3,8 @@
 Only the low-rank adapter matrices train, so optimizer state and the saved artifact are tiny
 and the base stays bit-identical. LoRA adapts what the base already knows: on a randomly
 initialised base it learns next to nothing, so start from a trained model (a local checkpoint
-or `models:/NAME@champion`). QLoRA (`quantize_4bit`) loads the base in 4 bits through
-bitsandbytes and needs a CUDA GPU.
+or `models:/NAME@champion`). QLoRA (`quantize_4bit`) is not supported yet and is refused when
+the config is validated.
 
     tuneforge run deployments/presets/tiny-cpu-lora.yaml
 """
@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from plugins.examples import tokenize_prompt_response
 from plugins.strategy import Example
@@ -45,8 +45,19 @@ class LoraSettings(BaseModel):
     target_modules: list[str] | Literal["all-linear"] | None = None
     # Also write base+adapter merged into one checkpoint (`merged/` beside the adapter).
     merge_export: bool = False
-    # QLoRA: 4-bit base through bitsandbytes. CUDA only.
+    # QLoRA: a 4-bit base through bitsandbytes, CUDA only. Not available yet: refused here
+    # rather than silently training in full precision.
     quantize_4bit: bool = False
+
+    @model_validator(mode="after")
+    def _qlora_is_refused(self) -> LoraSettings:
+        if self.quantize_4bit:
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ValueError("quantize_4bit (QLoRA) needs a CUDA GPU; none is available here")
+            raise ValueError("quantize_4bit (QLoRA): 4-bit loading is not supported yet")
+        return self
 
 
 def target_modules(model: Any, setting: list[str] | str | None) -> list[str] | str:
@@ -67,16 +78,8 @@ class LoraStrategy:
         self.settings = settings
 
     def prepare_model(self, model: Any) -> Any:
-        import torch
         from peft import LoraConfig, get_peft_model
 
-        if self.settings.quantize_4bit:
-            if not torch.cuda.is_available():
-                raise ValueError(
-                    "train.settings.quantize_4bit (QLoRA) needs a CUDA GPU; none is available here"
-                )
-            # The base must be loaded quantized, which the training task does not do yet.
-            raise NotImplementedError("train.settings.quantize_4bit: 4-bit loading is not wired")
         config = LoraConfig(
             r=self.settings.rank,
             lora_alpha=self.settings.alpha,

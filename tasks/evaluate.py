@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import defaultdict
 from functools import cache
 from pathlib import Path
@@ -57,6 +58,8 @@ def response_loss(
             )
         )
         count += int((labels != IGNORE_INDEX).sum())
+    if not count:
+        raise ValueError(f"no response token left to score within max_length={max_length}")
     return total / count
 
 
@@ -84,6 +87,11 @@ def generate_answers(
     return answers
 
 
+def metric_safe(name: str) -> str:
+    """A task family name usable inside an MLflow metric key (alphanumerics, _-. / space)."""
+    return re.sub(r"[^\w\-. /]", "_", name)
+
+
 @cache
 def _rouge_scorer() -> Any:
     from rouge_score import rouge_scorer
@@ -106,10 +114,11 @@ def score(
     for rec, answer in zip(records, answers, strict=True):
         expected = split_turns(rec)[1]
         hit, overlap = answer.strip() == expected.strip(), rouge_l(expected, answer)
-        task = rec.get("task") or "untagged"
+        family = rec.get("task") or "untagged"
+        task = metric_safe(family)
         keys = ["", f".{task}"]
         if holdout_tasks:
-            keys.append(".held_out" if task in holdout_tasks else ".held_in")
+            keys.append(".held_out" if family in holdout_tasks else ".held_in")
         for key in keys:
             groups[key].append((hit, overlap))
         prompt = split_turns(rec)[0][-1]["content"]
@@ -127,6 +136,24 @@ def score(
     return metrics, rows
 
 
+def spread(records: list[dict], n: int) -> list[dict]:
+    """At most `n` records taken round-robin over task families (source order within each),
+    so a capped evaluation still covers every family even when the data is sorted by task."""
+    families: dict[str, list[dict]] = defaultdict(list)
+    for rec in records:
+        families[rec.get("task") or ""].append(rec)
+    picked: list[dict] = []
+    queues = [iter(v) for v in families.values()]
+    while queues and len(picked) < n:
+        for queue in list(queues):
+            rec = next(queue, None)
+            if rec is None:
+                queues.remove(queue)
+            elif len(picked) < n:
+                picked.append(rec)
+    return picked
+
+
 def evaluate_records(
     model_dir: str | Path,
     records: list[dict],
@@ -138,7 +165,7 @@ def evaluate_records(
     """Scores the model in `model_dir` on (at most `cfg.max_examples` of) `records`."""
     model, tokenizer = load_pretrained(model_dir, trust_remote_code=trust_remote_code)
     model.eval()
-    records = records[: cfg.max_examples]
+    records = spread(records, cfg.max_examples)
     loss = response_loss(model, tokenizer, records, max_length, cfg.batch_size)
     answers = generate_answers(model, tokenizer, records, cfg.max_new_tokens, cfg.batch_size)
     metrics, rows = score(records, answers, holdout_tasks)

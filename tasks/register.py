@@ -93,7 +93,7 @@ def decide(
     It must beat the base by more than `min_improvement_over_base` and the current champion
     (if any) by more than `min_improvement`, on `tuned.<metric>` in the configured direction.
     """
-    metric, up = cfg.metric, cfg.higher_is_better
+    metric, up = cfg.metric, cfg.higher_wins
     if base is not None and _gain(candidate, base, up) <= cfg.min_improvement_over_base:
         margin = (
             f" by more than {cfg.min_improvement_over_base}"

@@ -36,6 +36,13 @@ def split_records(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Returns (train, eval); order within each side follows the source."""
     held_out = set(holdout_tasks)
+    unknown = held_out - {rec.get("task") for rec in records}
+    if unknown:
+        tasks = sorted({str(rec.get("task")) for rec in records})
+        raise ValueError(
+            f"data.holdout_tasks: {sorted(unknown)} not among the task families in the data "
+            f"({', '.join(tasks)})"
+        )
     train, evaluation = [], []
     for rec in records:
         if rec.get("task") in held_out or _bucket(rec, seed) < eval_fraction:

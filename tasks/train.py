@@ -135,6 +135,8 @@ def batch_order(
 
 
 def linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
+    warmup = min(warmup, total)
+
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
@@ -223,6 +225,14 @@ def train_model(
     audit = audit_examples(
         examples, [r["row"] for r in records], tokenizer.eos_token_id, cfg.max_length
     )
+    if audit.truncated:
+        # A truncated example loses its end-of-sequence token (and, for response-only
+        # strategies, possibly its answer): the model would learn to ramble or to stop mid-way.
+        raise ValueError(
+            f"{audit.truncated} of {audit.examples} examples are longer than "
+            f"train.max_length={cfg.max_length} tokens; raise train.max_length or quarantine "
+            "long rows with a lower data.max_chars"
+        )
 
     lengths = [len(e.input_ids) for e in examples] if cfg.group_by_length else None
     params = [p for p in model.parameters() if p.requires_grad]
@@ -235,8 +245,10 @@ def train_model(
         optimizer, linear_schedule(cfg.warmup_steps, cfg.steps)
     )
 
+    from tasks.evaluate import spread
+
     checkpoint = BestCheckpoint(
-        (eval_records or [])[: cfg.eval_examples], tokenizer, cfg.eval_every
+        spread(eval_records or [], cfg.eval_examples), tokenizer, cfg.eval_every
     )
     started = time.perf_counter()
     eval_seconds = 0.0

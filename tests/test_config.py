@@ -88,3 +88,23 @@ def test_fingerprint_follows_content():
     a, b = load_config(PRESET), load_config(PRESET)
     assert a.fingerprint() == b.fingerprint()
     assert load_config(PRESET, ["train.steps=1"]).fingerprint() != a.fingerprint()
+
+
+def test_registry_metric_and_direction_are_checked(tmp_path: Path):
+    assert "registry.metric: unknown metric 'bleu'" in _error(
+        tmp_path, MINIMAL + "registry:\n  metric: bleu\n"
+    )
+    message = _error(
+        tmp_path, MINIMAL + "registry:\n  metric: eval_loss\n  higher_is_better: true\n"
+    )
+    assert "registry:" in message and "lower eval_loss is better" in message
+    path = tmp_path / "ok.yaml"
+    path.write_text(MINIMAL + "registry:\n  metric: exact_match.held_out\n")
+    assert load_config(path).registry.higher_wins is True
+    path.write_text(MINIMAL + "registry:\n  metric: perplexity\n")
+    assert load_config(path).registry.higher_wins is False
+
+
+def test_qlora_is_refused_before_any_model_is_built(tmp_path: Path):
+    text = MINIMAL + "train:\n  strategy: lora\n  settings:\n    quantize_4bit: true\n"
+    assert "train.settings: quantize_4bit" in _error(tmp_path, text)

@@ -95,6 +95,7 @@ class TrainConfig(Strict):
     batch_size: int = Field(16, gt=0)
     learning_rate: float = Field(3e-3, gt=0, lt=1)
     # Linear warmup then linear decay to zero; warmup keeps the first, noisy steps small.
+    # Capped at `steps`, so a short smoke run (--set train.steps=5) still reaches full rate.
     warmup_steps: int = Field(20, ge=0)
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
@@ -137,17 +138,45 @@ class EvalConfig(Strict):
     batch_size: int = Field(32, gt=0)
 
 
+METRICS = {"exact_match": True, "rouge_l": True, "eval_loss": False, "perplexity": False}
+
+
 class RegistryConfig(Strict):
     model_name: str = Field("tuneforge-demo", min_length=1)
-    # The candidate takes the `champion` alias only when it beats the current champion on
-    # this metric (logged by evaluation as `tuned.<metric>`); otherwise it becomes `challenger`.
+    # The candidate takes the `champion` alias only when it beats the base and the current
+    # champion on this metric, all three scored on this run's eval split; otherwise it becomes
+    # `challenger`. One of exact_match, rouge_l, eval_loss, perplexity, optionally narrowed to
+    # a task family or to held_in / held_out (e.g. exact_match.held_out).
     metric: str = "exact_match"
-    higher_is_better: bool = True
+    # None: decided by the metric (exact_match and rouge_l up, eval_loss and perplexity down).
+    higher_is_better: bool | None = None
     # Margin over the current champion needed to take the alias. Retraining on unchanged data
     # scores about the same; a small margin keeps the alias from flapping on noise.
     min_improvement: float = Field(0.0, ge=0)
     # Margin over the base model: a tuned model no better than where it started is not shipped.
     min_improvement_over_base: float = Field(0.0, ge=0)
+
+    @field_validator("metric")
+    @classmethod
+    def _metric_is_known(cls, metric: str) -> str:
+        if metric.split(".", 1)[0] not in METRICS:
+            raise ValueError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
+        return metric
+
+    @model_validator(mode="after")
+    def _direction_matches_metric(self) -> RegistryConfig:
+        natural = METRICS[self.metric.split(".", 1)[0]]
+        if self.higher_is_better is not None and self.higher_is_better != natural:
+            better = "higher" if natural else "lower"
+            raise ValueError(
+                f"higher_is_better={self.higher_is_better} but {better} "
+                f"{self.metric} is better; leave it unset"
+            )
+        return self
+
+    @property
+    def higher_wins(self) -> bool:
+        return METRICS[self.metric.split(".", 1)[0]]
 
 
 class TrackingConfig(Strict):

@@ -68,3 +68,20 @@ def test_batched_generation_equals_one_at_a_time(tiny_model_dir, bundled_records
     batched = generate_answers(model, tokenizer, records, max_new_tokens=5, bs=6)
     single = [generate_answers(model, tokenizer, [r], max_new_tokens=5, bs=1)[0] for r in records]
     assert batched == single
+
+
+def test_capped_evaluation_covers_every_family_even_when_sorted():
+    from tasks.evaluate import spread
+
+    records = [_record(i, "a", "x") for i in range(10)] + [
+        _record(10 + i, "b", "y") for i in range(3)
+    ]
+    picked = spread(records, 6)
+    assert [r["task"] for r in picked] == ["a", "b", "a", "b", "a", "b"]
+    assert [r["row"] for r in picked if r["task"] == "a"] == [0, 1, 2]  # source order kept
+    assert spread(records, 100) and len(spread(records, 100)) == 13
+
+
+def test_task_names_are_made_safe_for_metric_keys():
+    metrics, _ = score([_record(1, "Q&A?", "x"), _record(2, "b", "y")], ["x", "y"])
+    assert metrics["exact_match.Q_A_"] == 1.0

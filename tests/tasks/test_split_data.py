@@ -116,3 +116,11 @@ def test_split_dataset_refuses_an_empty_side(tmp_path, fraction, holdout, empty_
     assert empty_side in str(info.value)
     assert str(valid_path) in str(info.value)
     assert not (tmp_path / "train.jsonl").exists()
+
+
+def test_unknown_holdout_task_is_named():
+    from tasks.split_data import split_records
+
+    records = [{"row": 1, "task": "add", "messages": [{"role": "user", "content": "q"}]}]
+    with pytest.raises(ValueError, match=r"data\.holdout_tasks: \['nope'\] not among"):
+        split_records(records, 0.2, 0, ["nope"])

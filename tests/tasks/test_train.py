@@ -34,6 +34,8 @@ def test_linear_schedule_warms_up_then_decays_to_zero():
     factor = linear_schedule(warmup=4, total=10)
     assert [factor(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
     assert factor(7) == 0.5 and factor(10) == 0.0
+    short = linear_schedule(warmup=20, total=4)  # warmup capped: the peak is still reached
+    assert [short(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
 
 
 def _train(model_dir: Path, records: list[dict], out: Path, steps: int, **kw):
