@@ -38,4 +38,5 @@ format: install
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) runs mlruns mlartifacts .pytest_cache .ruff_cache
+	# mlflow.db goes with mlruns/: a registry whose artifacts are gone points at nothing.
+	rm -rf $(VENV) runs mlruns mlartifacts mlflow.db .pytest_cache .ruff_cache

@@ -3,8 +3,9 @@
     tuneforge run deployments/presets/tiny-cpu.yaml
 
 Steps: open an MLflow run -> load -> validate (quarantine bad rows) -> split -> resolve the
-base model -> train with the configured strategy -> evaluate base and tuned -> register, and
-move the `champion` alias only when the tuned model passes the promotion gate -> report (plots,
+base model -> train with the configured strategy -> evaluate base, tuned and the current
+champion on the same split -> register, and move the `champion` alias only when the tuned
+model beats both base and champion -> report (plots,
 sample generations, a markdown summary in MLflow and the Prefect UI).
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from prefect import flow
 
-from tasks.evaluate import evaluate_model
+from tasks.evaluate import evaluate_champion, evaluate_model
 from tasks.load_data import load_dataset
 from tasks.model_source import resolve_base_model
 from tasks.register import Registration, register_model
@@ -25,6 +26,7 @@ from tasks.tracking_run import start_tracking_run
 from tasks.train import TrainResult, train_with_strategy
 from tasks.validate_data import ValidationReport, validate_dataset
 from tuneforge.config import RunConfig
+from tuneforge.preflight import check_run
 from tuneforge.tracking import resolve_tracking_uri, run_status
 
 
@@ -45,6 +47,7 @@ class RetrainResult:
 def retrain(config: RunConfig) -> RetrainResult:
     """Validates fresh data, fine-tunes, evaluates base vs tuned, registers the tuned model."""
     config.strategy_settings()  # bad strategy settings fail here, before any work
+    check_run(config)
     tracking_uri = resolve_tracking_uri(config.tracking.tracking_uri)
     run_id = start_tracking_run(config, tracking_uri)
     run_dir = str(Path(config.output_dir).resolve() / run_id)
@@ -69,14 +72,14 @@ def retrain(config: RunConfig) -> RetrainResult:
             )
             for label, model_dir in (("base", base_dir), ("tuned", trained.model_dir))
         }  # fmt: skip
+        champion = evaluate_champion(
+            config.registry.model_name, split.eval_path, evaluation, train.max_length, run_id,
+            tracking_uri, run_dir, data.holdout_tasks,
+        )  # fmt: skip
         registration = register_model(
-            trained.model_dir,
-            run_id,
-            scores["base"],
-            scores["tuned"],
-            config.registry,
-            tracking_uri,
-        )
+            trained.model_dir, run_id, scores["base"], scores["tuned"], champion,
+            config.registry, tracking_uri, remote_code,
+        )  # fmt: skip
         report_run(
             run_id, tracking_uri, str(Path(split.eval_path).parent), scores["base"],
             scores["tuned"], registration.decision,

@@ -61,7 +61,7 @@ def _read_text(path: Path) -> str:
         raise DataLoadError(f"{path}: is a directory, not a data file") from None
     except OSError as exc:
         raise DataLoadError(f"{path}: cannot read ({exc.strerror})") from None
-    if b"\x00" in data[:8192]:
+    if b"\x00" in data:
         raise DataLoadError(f"{path}: binary data (NUL bytes), not a text file")
     try:
         text = data.decode("utf-8-sig")  # -sig: a leading byte-order mark is not data
@@ -139,28 +139,31 @@ def _rows_from_frame(frame: Any) -> list[RawRow]:
 
 
 def _read_csv(path: Path) -> list[RawRow]:
+    """Rows are numbered by the file line they start on (the header is line 1), like a text
+    editor shows them; a quoted cell may span lines."""
     import csv
     import io
 
-    text = _read_text(path)
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    if not reader.fieldnames:
-        raise DataLoadError(f"{path}: CSV has no header row")
-    rows = []
-    for i, rec in enumerate(reader, start=1):
-        extra = rec.pop(None, None)  # cells beyond the header
-        if extra:
-            rows.append(
-                RawRow(
-                    i,
-                    None,
-                    raw=json.dumps(rec | {"_extra": extra}),
-                    parse_error="more cells than header columns",
+    csv.field_size_limit(2**26)  # enormous cells are quarantined by length, not crashed on
+    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""), strict=True)
+    try:
+        if not reader.fieldnames:
+            raise DataLoadError(f"{path}: CSV has no header row")
+        rows = []
+        start = reader.line_num + 1
+        for rec in reader:
+            extra = rec.pop(None, None)  # cells beyond the header
+            if extra:
+                raw = json.dumps(rec | {"_extra": extra})
+                rows.append(
+                    RawRow(start, None, raw=raw, parse_error="more cells than header columns")
                 )
-            )
-        else:
-            # CSV has no null: an empty cell means "no value", as a missing key does in JSON.
-            rows.append(RawRow(i, {k: (v if v != "" else None) for k, v in rec.items()}))
+            else:
+                # CSV has no null: an empty cell means "no value", as a missing key does in JSON.
+                rows.append(RawRow(start, {k: (v if v != "" else None) for k, v in rec.items()}))
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        raise DataLoadError(f"{path}: line {reader.line_num}: malformed CSV ({exc})") from None
     if not rows:
         raise DataLoadError(f"{path}: CSV has a header but no rows")
     return rows

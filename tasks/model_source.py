@@ -165,7 +165,9 @@ def resolve_model_dir(cfg: ModelConfig, train_records: list[dict[str, Any]], out
     from huggingface_hub import snapshot_download
 
     try:
-        path = snapshot_download(source, revision=cfg.revision, allow_patterns=HUB_PATTERNS)
+        # Code files only when the config trusts the checkpoint's code.
+        patterns = [*HUB_PATTERNS, "*.py"] if cfg.trust_remote_code else HUB_PATTERNS
+        path = snapshot_download(source, revision=cfg.revision, allow_patterns=patterns)
     except Exception as exc:  # offline, unknown repo, auth: all mean "cannot resolve"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelSourceError(f"{source}: cannot fetch from the hub: {first}") from None

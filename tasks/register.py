@@ -16,6 +16,7 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from prefect import task
 
@@ -47,14 +48,16 @@ def _pip_requirements() -> list[str]:
     return [f"{pkg}=={version(pkg).split('+')[0]}" for pkg in packages]
 
 
-def log_model_artifacts(model_dir: str, run_id: str, tracking_uri: str) -> str:
+def log_model_artifacts(
+    model_dir: str, run_id: str, tracking_uri: str, trust_remote_code: bool = False
+) -> str:
     """Saves the checkpoint as an MLflow transformers model under the run; returns its URI."""
     import mlflow.transformers
     from mlflow.tracking import MlflowClient
 
     # It warns that a local checkpoint has no hub model card or license: noise for us.
     logging.getLogger("mlflow.transformers").setLevel(logging.ERROR)
-    model, tokenizer = load_pretrained(model_dir)
+    model, tokenizer = load_pretrained(model_dir, trust_remote_code=trust_remote_code)
     template = render_prompt([{"role": "user", "content": "{prompt}"}], tokenizer)
     # A PEFT adapter is logged alone, pointing at its base, instead of with a copy of the base.
     peft_config = getattr(model, "peft_config", {}).get("default")
@@ -126,25 +129,43 @@ def model_card(name: str, version: str, reason: str, tags: dict, base: dict, tun
     )
 
 
+def champion_score(
+    client: Any, name: str, metric: str, evaluated: dict[str, Any] | None
+) -> float | None:
+    """The current champion's score for the gate: from its evaluation on this run's split when
+    that is still the champion, else (it could not be loaded here, or another run promoted a
+    new one meanwhile) the `tuned.<metric>` its own run logged. None without a champion."""
+    from tuneforge.model_registry import current_champion
+
+    champion = current_champion(client, name)
+    if champion is None:
+        return None
+    if evaluated and evaluated["version"] == champion.version and evaluated["metrics"]:
+        return evaluated["metrics"].get(metric)
+    return client.get_run(champion.run_id).data.metrics.get(f"tuned.{metric}")
+
+
 @task(name="register_model")
 def register_model(
     model_dir: str,
     run_id: str,
     base_metrics: dict[str, float],
     tuned_metrics: dict[str, float],
+    champion: dict[str, Any] | None,
     cfg: RegistryConfig,
     tracking_uri: str,
+    trust_remote_code: bool = False,
 ) -> Registration:
     """Registers the tuned model as a new version with its lineage tags and model card, and
     moves `champion` to it only when it passes the promotion gate (else: `challenger`)."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from tuneforge.model_registry import current_champion, set_champion
+    from tuneforge.model_registry import set_champion
 
     if cfg.metric not in tuned_metrics:
         raise KeyError(f"registry.metric {cfg.metric!r} is not among {sorted(tuned_metrics)}")
-    source_uri = log_model_artifacts(model_dir, run_id, tracking_uri)
+    source_uri = log_model_artifacts(model_dir, run_id, tracking_uri, trust_remote_code)
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
     version = str(mlflow.register_model(source_uri, cfg.model_name).version)
@@ -155,16 +176,12 @@ def register_model(
     for key, value in lineage.items():
         client.set_model_version_tag(cfg.model_name, version, key, value)
 
-    champion = current_champion(client, cfg.model_name)
-    champion_value = None
-    if champion is not None:
-        champion_value = client.get_run(champion.run_id).data.metrics.get(f"tuned.{cfg.metric}")
-    if champion is not None and champion_value is None:
-        promote, reason = True, f"champion v{champion.version} has no tuned.{cfg.metric}"
-    else:
-        promote, reason = decide(
-            tuned_metrics[cfg.metric], base_metrics.get(cfg.metric), champion_value, cfg
-        )
+    promote, reason = decide(
+        tuned_metrics[cfg.metric],
+        base_metrics.get(cfg.metric),
+        champion_score(client, cfg.model_name, cfg.metric, champion),
+        cfg,
+    )
     if promote:
         set_champion(client, cfg.model_name, version, reason)
     else:

@@ -23,8 +23,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-# MLflow's per-file download bars add nothing to a run's output.
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# MLflow's per-file download bars add nothing to a run's output, and neither MLflow nor
+# Prefect should phone home from a training job (offline machines log errors trying).
+for _name, _value in (
+    ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"),
+    ("MLFLOW_DISABLE_TELEMETRY", "true"),
+    ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
+):
+    os.environ.setdefault(_name, _value)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
 out = Console()
@@ -47,21 +53,25 @@ def run(
 ) -> None:
     """Run the `retrain` flow: validate, train, evaluate, register."""
     from tuneforge.config import ConfigError, load_config
+    from tuneforge.preflight import check_run
 
     try:
         cfg = load_config(config, set_ or [])
+        check_run(cfg)
     except ConfigError as exc:
         _fail(str(exc))
 
-    from flows.retrain import retrain
-    from tasks.load_data import DataLoadError
-    from tasks.model_source import ModelSourceError
-    from tasks.validate_data import TooManyRejectedError
+    from transformers.utils import logging as hf_logging
 
+    from flows.retrain import retrain
+
+    hf_logging.disable_progress_bar()
     try:
         result = retrain(cfg)
-    except (DataLoadError, ModelSourceError, TooManyRejectedError) as exc:
-        _fail(str(exc))
+    except ValueError as exc:
+        # Bad data, a model that cannot load, the mask audit, the split: all say what to fix
+        # in one line (every such error is a ValueError); Prefect has logged the details.
+        _fail(str(exc).strip().splitlines()[0])
     _print_summary(result)
 
 
@@ -96,7 +106,8 @@ def _print_summary(result: Any) -> None:
         if db.is_relative_to(Path.cwd()):
             uri = f"sqlite:///{db.relative_to(Path.cwd())}"
     ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else uri
-    out.print(f"Browse runs and the model registry: [bold]{escape(ui)}[/bold]")
+    out.print("Browse runs and the model registry:")
+    out.print(f"  [bold]{escape(ui)}[/bold]", soft_wrap=True)
 
 
 @app.command()

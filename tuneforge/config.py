@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -181,8 +182,20 @@ class RegistryConfig(Strict):
 
 class TrackingConfig(Strict):
     # None means MLflow's own default: MLFLOW_TRACKING_URI if set, else ./mlflow.db.
+    # Credentials never go here (the config is logged as params): use the environment,
+    # MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN.
     tracking_uri: str | None = None
     experiment: str = "tuneforge"
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _no_credentials(cls, uri: str | None) -> str | None:
+        if uri and re.match(r"^\w+://[^/@]+@", uri):
+            raise ValueError(
+                "embeds credentials; put them in MLFLOW_TRACKING_USERNAME / "
+                "MLFLOW_TRACKING_PASSWORD instead (the config is logged)"
+            )
+        return uri
 
 
 class RunConfig(Strict):

@@ -125,7 +125,7 @@ def test_json_wrapped_in_data_key_is_unwrapped(tmp_path):
 def test_csv_messages_column_and_row_with_too_many_cells():
     rows = read_rows(str(FIXTURES / "chat_rows.csv"))
 
-    assert [r.row for r in rows] == [1, 2, 3]
+    assert [r.row for r in rows] == [2, 3, 4]  # file lines: the header is line 1
     assert rows[0].record["task"] == "qa"
     assert json.loads(rows[0].record["messages"])[1] == {"role": "assistant", "content": "Paris."}
     extra = rows[1]
@@ -297,3 +297,23 @@ def test_csv_empty_cells_are_missing_values_so_shapes_can_share_a_file(tmp_path)
     assert rows[0].record["messages"] is None and rows[0].record["task"] is None
     valid, rejected = validate_rows(rows, max_chars=100)
     assert rejected == [] and [v["task"] for v in valid] == [None, "chat"]
+
+
+def test_csv_rows_are_numbered_by_their_first_file_line(tmp_path):
+    path = tmp_path / "multi.csv"
+    path.write_text('instruction,output\n"two\nlines",a\nq,b\n', encoding="utf-8")
+    assert [r.row for r in read_rows(str(path))] == [2, 4]
+
+
+def test_csv_unterminated_quote_is_unusable_and_names_the_line(tmp_path):
+    path = tmp_path / "broken.csv"
+    path.write_text('instruction,output\nq,a\nQ,"R\n', encoding="utf-8")
+    with pytest.raises(DataLoadError, match=r"broken\.csv: line \d+: malformed CSV"):
+        read_rows(str(path))
+
+
+def test_nul_bytes_anywhere_make_a_file_unusable(tmp_path):
+    path = tmp_path / "late-nul.jsonl"
+    path.write_bytes(b'{"instruction": "a", "output": "b"}\n' * 500 + b"\x00")
+    with pytest.raises(DataLoadError, match="binary data"):
+        read_rows(str(path))
