@@ -121,8 +121,13 @@ def test_worse_run_becomes_challenger_and_champion_stays(runs, mlflow_server):
         "champion": first.registration.version,
         "challenger": weak.registration.version,
     }
-    version = MlflowClient(mlflow_server).get_model_version(MODEL, weak.registration.version)
+    client = MlflowClient(mlflow_server)
+    version = client.get_model_version(MODEL, weak.registration.version)
     assert version.tags["tuneforge.decision"].startswith("challenger:")
+    # The champion was re-scored on the weak run's own split: the same numbers as when it won.
+    metrics = client.get_run(weak.run_id).data.metrics
+    assert metrics["champion.exact_match"] == pytest.approx(first.tuned["exact_match"])
+    assert metrics["champion.eval_loss"] == pytest.approx(first.tuned["eval_loss"], rel=1e-5)
 
 
 def test_registry_model_as_base_continues_from_champion(runs):
