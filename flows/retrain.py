@@ -2,7 +2,8 @@
 
     tuneforge run deployments/presets/tiny-cpu.yaml
 
-Steps: open an MLflow run -> load -> validate (quarantine bad rows) -> split -> resolve the
+Steps: open an MLflow run -> load -> validate (quarantine bad rows) -> stop if data and config
+equal the current champion's (unless `force`) -> split -> resolve the
 base model -> train with the configured strategy -> evaluate base, tuned and the current
 champion on the same split -> register, and move the `champion` alias only when the tuned
 model beats both base and champion -> report (plots,
@@ -19,7 +20,7 @@ from prefect import flow
 from tasks.evaluate import evaluate_champion, evaluate_model
 from tasks.load_data import load_dataset
 from tasks.model_source import resolve_base_model
-from tasks.register import Registration, register_model
+from tasks.register import Registration, register_model, unchanged_since_champion
 from tasks.report import report_run
 from tasks.split_data import SplitPaths, split_dataset
 from tasks.tracking_run import start_tracking_run
@@ -43,8 +44,15 @@ class RetrainResult:
     registration: Registration
 
 
+@dataclass(frozen=True)
+class SkippedRun:
+    run_id: str
+    tracking_uri: str
+    reason: str
+
+
 @flow(name="retrain", flow_run_name="{config.name}")
-def retrain(config: RunConfig) -> RetrainResult:
+def retrain(config: RunConfig) -> RetrainResult | SkippedRun:
     """Validates fresh data, fine-tunes, evaluates base vs tuned, registers the tuned model."""
     config.strategy_settings()  # bad strategy settings fail here, before any work
     check_run(config)
@@ -59,6 +67,13 @@ def retrain(config: RunConfig) -> RetrainResult:
         report = validate_dataset(
             loaded, data.max_chars, data.max_rejected_fraction, data.path, run_id, tracking_uri
         )
+        if not config.force:
+            unchanged = unchanged_since_champion(
+                config.registry.model_name, report.fingerprint, config.fingerprint(),
+                tracking_uri, run_id,
+            )  # fmt: skip
+            if unchanged:
+                return SkippedRun(run_id, tracking_uri, unchanged)
         split = split_dataset(report.valid_path, data.eval_fraction, data.seed, data.holdout_tasks)
         base_dir = resolve_base_model(model, split.train_path, run_dir, run_id, tracking_uri)
         trained = train_with_strategy(

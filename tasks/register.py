@@ -129,6 +129,33 @@ def model_card(name: str, version: str, reason: str, tags: dict, base: dict, tun
     )
 
 
+@task(name="check_unchanged")
+def unchanged_since_champion(
+    model_name: str, data_fingerprint: str, config_hash: str, tracking_uri: str, run_id: str
+) -> str | None:
+    """Why retraining can be skipped (the champion was trained on the same data with the same
+    config), or None. A skip is tagged on the run as `tuneforge.skipped`."""
+    from mlflow.tracking import MlflowClient
+
+    from tuneforge.model_registry import current_champion
+
+    client = MlflowClient(tracking_uri)
+    champion = current_champion(client, model_name)
+    if champion is None:
+        return None
+    tags = champion.tags
+    if tags.get("tuneforge.data_fingerprint") != data_fingerprint:
+        return None
+    if tags.get("tuneforge.config_hash") != config_hash:
+        return None
+    reason = (
+        f"data {data_fingerprint} and config {config_hash} are those of {model_name} "
+        f"version {champion.version} (champion); nothing to retrain (force: true overrides)"
+    )
+    client.set_tag(run_id, "tuneforge.skipped", reason)
+    return reason
+
+
 def champion_score(
     client: Any, name: str, metric: str, evaluated: dict[str, Any] | None
 ) -> float | None:

@@ -88,6 +88,9 @@ def test_fingerprint_follows_content():
     a, b = load_config(PRESET), load_config(PRESET)
     assert a.fingerprint() == b.fingerprint()
     assert load_config(PRESET, ["train.steps=1"]).fingerprint() != a.fingerprint()
+    # Where outputs go, the run's name and `force` do not change what is trained.
+    same = load_config(PRESET, ["force=true", "name=x", "output_dir=/tmp/elsewhere"])
+    assert same.fingerprint() == a.fingerprint()
 
 
 def test_registry_metric_and_direction_are_checked(tmp_path: Path):

@@ -50,20 +50,23 @@ def run(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a key: --set train.steps=50")
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Retrain even if data and config are unchanged")
+    ] = False,
 ) -> None:
     """Run the `retrain` flow: validate, train, evaluate, register."""
     from tuneforge.config import ConfigError, load_config
     from tuneforge.preflight import check_run
 
     try:
-        cfg = load_config(config, set_ or [])
+        cfg = load_config(config, [*(set_ or []), *(["force=true"] if force else [])])
         check_run(cfg)
     except ConfigError as exc:
         _fail(str(exc))
 
     from transformers.utils import logging as hf_logging
 
-    from flows.retrain import retrain
+    from flows.retrain import SkippedRun, retrain
 
     hf_logging.disable_progress_bar()
     try:
@@ -72,6 +75,9 @@ def run(
         # Bad data, a model that cannot load, the mask audit, the split: all say what to fix
         # in one line (every such error is a ValueError); Prefect has logged the details.
         _fail(str(exc).strip().splitlines()[0])
+    if isinstance(result, SkippedRun):
+        out.print(f"Skipped: {result.reason}", markup=False)
+        return
     _print_summary(result)
 
 

@@ -208,6 +208,9 @@ class RunConfig(Strict):
     evaluation: EvalConfig = EvalConfig()
     registry: RegistryConfig = RegistryConfig()
     tracking: TrackingConfig = TrackingConfig()
+    # Retrain even when the data and config equal those the current champion was trained on
+    # (by default such a run stops after validation: no compute spent on an identical model).
+    force: bool = False
 
     def strategy_settings(self) -> BaseModel:
         """The strategy settings as the strategy's own (validated) settings model."""
@@ -216,8 +219,11 @@ class RunConfig(Strict):
         return load_strategy(self.train.strategy).Settings.model_validate(self.train.settings)
 
     def fingerprint(self) -> str:
-        """A short content hash of the resolved config (for lineage and change detection)."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        """A short hash of everything in the config that shapes the model (not where outputs
+        go, what the run is called, or whether it was forced): for lineage and to detect an
+        unchanged retrain."""
+        shaping = self.model_dump(mode="json", exclude={"name", "output_dir", "tracking", "force"})
+        blob = json.dumps(shaping, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 

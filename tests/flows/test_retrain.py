@@ -57,10 +57,11 @@ def runs(prefect_harness, mlflow_server, tmp_path_factory):
     weak = retrain(_config(mlflow_server, out, "train.steps=3", "train.warmup_steps=0"))
     aliases_after_weak = _aliases(mlflow_server)
     # 300 more steps on top of the champion: reliably better, so it must take the alias.
-    chained = retrain(
-        _config(mlflow_server, out, f"model.source=models:/{MODEL}@champion", "train.steps=300")
-    )
-    return first, weak, chained, aliases_after_weak
+    chained_config = (f"model.source=models:/{MODEL}@champion", "train.steps=300")
+    chained = retrain(_config(mlflow_server, out, *chained_config))
+    # Same data, same config as the champion: stops after validation, registers nothing.
+    again = retrain(_config(mlflow_server, out, *chained_config, "name=again"))
+    return first, weak, chained, aliases_after_weak, again
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +115,7 @@ def test_first_run_registers_champion_with_metrics(runs, mlflow_server):
 def test_worse_run_becomes_challenger_and_champion_stays(runs, mlflow_server):
     from mlflow.tracking import MlflowClient
 
-    first, weak, _, aliases_after_weak = runs
+    first, weak, _, aliases_after_weak, _ = runs
     assert weak.registration.alias == "challenger"
     assert "does not beat" in weak.registration.reason
     assert aliases_after_weak == {
@@ -131,7 +132,7 @@ def test_worse_run_becomes_challenger_and_champion_stays(runs, mlflow_server):
 
 
 def test_registry_model_as_base_continues_from_champion(runs):
-    first, _, chained, _ = runs
+    first, _, chained, *_ = runs
     # Same weights, same eval split, greedy decoding: the chained run's base is the champion.
     assert chained.base["exact_match"] == pytest.approx(first.tuned["exact_match"])
     assert chained.base["eval_loss"] == pytest.approx(first.tuned["eval_loss"], rel=1e-5)
@@ -212,7 +213,7 @@ def test_run_reports_plots_generations_and_summary(runs, mlflow_server):
 def test_better_chained_run_takes_champion_and_links_its_parent(runs, mlflow_server):
     from mlflow.tracking import MlflowClient
 
-    first, _, chained, _ = runs
+    first, _, chained, *_ = runs
     assert chained.tuned["exact_match"] > first.tuned["exact_match"]
     assert chained.registration.alias == "champion"
     assert "beats champion's" in chained.registration.reason
@@ -226,7 +227,7 @@ def test_models_cli_lists_compares_rolls_back_and_promotes(runs, lora_run, mlflo
 
     from tuneforge.cli import app
 
-    first, weak, chained, _ = runs
+    first, weak, chained, *_ = runs
     cli = CliRunner()
 
     def call(*args: str) -> dict:
@@ -259,3 +260,19 @@ def test_models_cli_lists_compares_rolls_back_and_promotes(runs, lora_run, mlflo
 
     missing = cli.invoke(app, ["models", "show", "no-such-model", "--tracking-uri", mlflow_server])
     assert missing.exit_code == 2 and "no-such-model" in missing.output
+
+
+def test_unchanged_data_and_config_skip_retraining(runs, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    from flows.retrain import SkippedRun
+
+    _, _, chained, _, again = runs
+    assert isinstance(again, SkippedRun)
+    assert f"version {chained.registration.version} (champion)" in again.reason
+    client = MlflowClient(mlflow_server)
+    run = client.get_run(again.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["tuneforge.skipped"] == again.reason
+    assert "train.loss" not in run.data.metrics
+    versions = client.search_model_versions(f"name='{MODEL}'")
+    assert all(v.run_id != again.run_id for v in versions)
