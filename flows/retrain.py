@@ -26,6 +26,7 @@ from tasks.split_data import SplitPaths, split_dataset
 from tasks.tracking_run import start_tracking_run
 from tasks.train import TrainResult, train_with_strategy
 from tasks.validate_data import ValidationReport, validate_dataset
+from tuneforge.concurrency import one_retrain_at_a_time
 from tuneforge.config import RunConfig
 from tuneforge.preflight import check_run
 from tuneforge.tracking import resolve_tracking_uri, run_status
@@ -62,7 +63,11 @@ def retrain(config: RunConfig) -> RetrainResult | SkippedRun:
     data, model, train, evaluation = config.data, config.model, config.train, config.evaluation
     remote_code = model.trust_remote_code
 
-    with run_status(tracking_uri, run_id):
+    registry = config.registry
+    with (
+        run_status(tracking_uri, run_id),
+        one_retrain_at_a_time(registry.model_name, registry.wait_for_slot_s),
+    ):
         loaded = load_dataset(data.path, data.format, data.hf_split, f"{run_dir}/data")
         report = validate_dataset(
             loaded, data.max_chars, data.max_rejected_fraction, data.path, run_id, tracking_uri

@@ -156,6 +156,9 @@ class RegistryConfig(Strict):
     min_improvement: float = Field(0.0, ge=0)
     # Margin over the base model: a tuned model no better than where it started is not shipped.
     min_improvement_over_base: float = Field(0.0, ge=0)
+    # Only one retrain per model name runs at a time. None waits for the running one to end;
+    # a number of seconds gives up after that long (0: refuse at once).
+    wait_for_slot_s: float | None = Field(None, ge=0)
 
     @field_validator("metric")
     @classmethod

@@ -1,0 +1,48 @@
+"""One `retrain` per registered model name at a time, through a Prefect global concurrency
+limit (`retrain-<model name>`, limit 1) that works across processes, workers and machines.
+
+A second run of the same model waits for the slot, or gives up after
+`registry.wait_for_slot_s` seconds with an error saying which model is busy. A holder that is
+killed frees the slot when its lease runs out (Prefect's lease, 300 s by default).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prefect import get_client
+from prefect.concurrency.sync import concurrency
+from prefect.logging import get_logger
+
+logger = get_logger("tuneforge")
+
+
+class SlotBusyError(ValueError):
+    """Another retrain of the same model holds the slot."""
+
+
+def slot_name(model_name: str) -> str:
+    return f"retrain-{model_name}"
+
+
+@contextmanager
+def one_retrain_at_a_time(model_name: str, wait_s: float | None) -> Iterator[None]:
+    """Holds the model's retrain slot for the duration of the block."""
+    name = slot_name(model_name)
+    with get_client(sync_client=True) as client:
+        # strict=True below fails on a missing limit instead of silently not limiting.
+        client.upsert_global_concurrency_limit_by_name(name, 1)
+    started = time.monotonic()
+    try:
+        with concurrency(name, occupy=1, strict=True, timeout_seconds=wait_s):
+            waited = time.monotonic() - started
+            if waited > 1:
+                logger.info("waited %.0f s for the retrain slot of %s", waited, model_name)
+            yield
+    except TimeoutError:
+        raise SlotBusyError(
+            f"registry.model_name {model_name!r}: another retrain holds the slot {name!r}; "
+            f"gave up after registry.wait_for_slot_s={wait_s}"
+        ) from None
