@@ -22,7 +22,7 @@ from prefect import task
 
 from plugins.examples import tokenize_prompt_response
 from plugins.strategy import IGNORE_INDEX
-from tasks.model_source import load_pretrained
+from tasks.model_source import load_pretrained, pick_device
 from tasks.split_data import read_jsonl
 from tasks.train import collate
 from tuneforge.config import EvalConfig
@@ -44,7 +44,7 @@ def response_loss(
     ]
     total, count = 0.0, 0
     for batch in _chunks(examples, bs):
-        inputs = collate(batch, tokenizer.pad_token_id)
+        inputs = {k: v.to(model.device) for k, v in collate(batch, tokenizer.pad_token_id).items()}
         logits = model(
             input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
         ).logits
@@ -73,6 +73,7 @@ def generate_answers(
     answers: list[str] = []
     for batch in _chunks(prompts, bs):
         enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = enc.to(model.device)
         out = model.generate(
             **enc,
             max_new_tokens=max_new_tokens,
@@ -164,7 +165,7 @@ def evaluate_records(
 ) -> tuple[dict[str, float], list[dict]]:
     """Scores the model in `model_dir` on (at most `cfg.max_examples` of) `records`."""
     model, tokenizer = load_pretrained(model_dir, trust_remote_code=trust_remote_code)
-    model.eval()
+    model.to(pick_device()).eval()
     records = spread(records, cfg.max_examples)
     loss = response_loss(model, tokenizer, records, max_length, cfg.batch_size)
     answers = generate_answers(model, tokenizer, records, cfg.max_new_tokens, cfg.batch_size)

@@ -115,6 +115,13 @@ def load_pretrained(model_dir: str | Path, trust_remote_code: bool = False) -> t
     return model, tokenizer
 
 
+def pick_device() -> Any:
+    """The first CUDA GPU when there is one (a GPU worker), else the CPU."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def find_checkpoint_dir(root: Path) -> Path:
     """The directory under `root` holding a Hugging Face `config.json` with weights."""
     for config in sorted(root.rglob("config.json"), key=lambda p: len(p.parts)):

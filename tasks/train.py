@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from plugins.examples import check_chat_template
 from plugins.registry import load_strategy
 from plugins.strategy import IGNORE_INDEX, Example
-from tasks.model_source import load_pretrained
+from tasks.model_source import load_pretrained, pick_device
 from tasks.split_data import read_jsonl
 from tuneforge.config import TrainConfig
 from tuneforge.tracking import MetricLogger
@@ -219,7 +219,8 @@ def train_model(
 
     model, tokenizer = load_pretrained(base_dir, trust_remote_code=trust_remote_code)
     model = strategy.prepare_model(model)
-    model.train()
+    device = pick_device()
+    model.to(device).train()
     check_chat_template(tokenizer)
     examples = [strategy.build_example(r, tokenizer, cfg.max_length) for r in records]
     audit = audit_examples(
@@ -240,7 +241,7 @@ def train_model(
         raise ValueError(f"strategy {cfg.strategy!r} left no parameter trainable")
     optimizer = torch.optim.AdamW(
         params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=True
-    )
+    )  # fused AdamW exists for CPU and CUDA tensors alike
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, linear_schedule(cfg.warmup_steps, cfg.steps)
     )
@@ -260,6 +261,7 @@ def train_model(
             batch_order(len(examples), cfg.batch_size, cfg.steps, cfg.seed, lengths), start=1
         ):
             batch = collate([examples[i] for i in indices], tokenizer.pad_token_id)
+            batch = {k: v.to(device) for k, v in batch.items()}
             loss = model(**batch).loss
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -301,7 +303,7 @@ def train_model(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.eval()
-    strategy.save(model, tokenizer, out_dir)
+    strategy.save(model.to("cpu"), tokenizer, out_dir)
     return TrainResult(
         model_dir=str(out_dir),
         steps=cfg.steps,

@@ -89,7 +89,9 @@ def test_fingerprint_follows_content():
     assert a.fingerprint() == b.fingerprint()
     assert load_config(PRESET, ["train.steps=1"]).fingerprint() != a.fingerprint()
     # Where outputs go, the run's name and `force` do not change what is trained.
-    same = load_config(PRESET, ["force=true", "name=x", "output_dir=/tmp/elsewhere"])
+    same = load_config(
+        PRESET, ["force=true", "name=x", "output_dir=/tmp/elsewhere", "data.path=/abs/copy.jsonl"]
+    )
     assert same.fingerprint() == a.fingerprint()
 
 

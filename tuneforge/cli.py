@@ -5,6 +5,7 @@
     tuneforge evaluate models:/tuneforge-demo@champion data/instructions.jsonl [--json]
     tuneforge strategies [--json]
     tuneforge models list|show|compare|promote|rollback [--json]
+    tuneforge data push data/instructions.jsonl
     tuneforge sample-data data/instructions.jsonl
 
 Errors a user can fix (a bad config key, an unusable data file) print one line and exit 2.
@@ -376,6 +377,46 @@ def models_rollback(
             markup=False,
         ),
     )
+
+
+data_app = typer.Typer(no_args_is_help=True, help="Announce new data to scheduled retraining.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("push")
+def data_push(
+    path: Annotated[Path, typer.Argument(help="The new dataset file")],
+    format_: Annotated[
+        str, typer.Option("--format", help="auto, jsonl, json, csv, parquet")
+    ] = "auto",
+) -> None:
+    """Emit a `tuneforge.data.pushed` event for PATH; the on-new-data deployment retrains on it.
+
+    The file is validated first: unusable data is refused here, not in a worker at night.
+    """
+    from prefect.events import emit_event
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.scheduled import DATASET_PREFIX
+    from tasks.load_data import DataLoadError, read_rows
+    from tasks.validate_data import validate_rows
+
+    if not PREFECT_API_URL.value():
+        _fail("PREFECT_API_URL is not set: point it at the Prefect server the deployments are on")
+    try:
+        rows = read_rows(str(path), format_)
+    except DataLoadError as exc:
+        _fail(str(exc))
+    valid, rejected = validate_rows(rows, max_chars=100_000)
+    resource_id = f"{DATASET_PREFIX}{path.resolve()}"
+    event = emit_event(
+        event="tuneforge.data.pushed",
+        resource={"prefect.resource.id": resource_id, "prefect.resource.name": path.name},
+        payload={"rows": len(rows), "valid": len(valid), "rejected": len(rejected)},
+    )
+    if event is None:
+        _fail("the event was not sent (Prefect events are disabled in this environment)")
+    out.print(f"pushed {resource_id} ({len(valid)} valid of {len(rows)} rows)", markup=False)
 
 
 @app.command("sample-data")

@@ -222,10 +222,11 @@ class RunConfig(Strict):
         return load_strategy(self.train.strategy).Settings.model_validate(self.train.settings)
 
     def fingerprint(self) -> str:
-        """A short hash of everything in the config that shapes the model (not where outputs
-        go, what the run is called, or whether it was forced): for lineage and to detect an
-        unchanged retrain."""
-        shaping = self.model_dump(mode="json", exclude={"name", "output_dir", "tracking", "force"})
+        """A short hash of everything in the config that shapes the model (not where the data
+        or outputs live, what the run is called, or whether it was forced; the data's content
+        has its own fingerprint): for lineage and to detect an unchanged retrain."""
+        volatile = {"name": True, "output_dir": True, "tracking": True, "force": True}
+        shaping = self.model_dump(mode="json", exclude={**volatile, "data": {"path"}})
         blob = json.dumps(shaping, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

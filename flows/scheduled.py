@@ -1,0 +1,34 @@
+"""Deployment entrypoint: run `retrain` from a YAML preset, as schedules and triggers call it.
+
+    prefect --no-prompt deploy --prefect-file deployments/prefect.yaml --all
+
+Deployment parameters must be JSON, so this flow takes a preset path plus `KEY=VALUE`
+overrides instead of a `RunConfig`; a data trigger passes the pushed dataset's resource id.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from flows.retrain import RetrainResult, SkippedRun, retrain
+from tuneforge.config import load_config
+
+DATASET_PREFIX = "tuneforge.dataset."
+
+
+@flow(name="retrain-preset")
+def retrain_preset(
+    preset: str, overrides: list[str] | None = None, dataset: str | None = None, force: bool = False
+) -> dict[str, str]:
+    """Loads `preset` (relative to the working directory), applies `overrides`, points
+    `data.path` at `dataset` when a data event names one, and runs `retrain`."""
+    extra = [*(overrides or [])]
+    if dataset:
+        extra.append(f"data.path={dataset.removeprefix(DATASET_PREFIX)}")
+    if force:
+        extra.append("force=true")
+    result: RetrainResult | SkippedRun = retrain(load_config(preset, extra))
+    if isinstance(result, SkippedRun):
+        return {"run_id": result.run_id, "skipped": result.reason}
+    reg = result.registration
+    return {"run_id": result.run_id, "model": reg.name, "version": reg.version, "alias": reg.alias}
