@@ -189,7 +189,12 @@ def _read_hf(source: str, split: str) -> list[RawRow]:
 
     name = source.removeprefix("hf:")
     try:
-        dataset = datasets.load_dataset(name, split=split)
+        if (Path(name) / "dataset_dict.json").is_file():  # DatasetDict.save_to_disk output
+            dataset = datasets.load_from_disk(name)[split]
+        elif (Path(name) / "state.json").is_file():  # Dataset.save_to_disk output
+            dataset = datasets.load_from_disk(name)
+        else:
+            dataset = datasets.load_dataset(name, split=split)
     except Exception as exc:  # hub, network and format errors all mean "unusable"
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataLoadError(f"{source}: cannot load dataset split {split!r}: {message}") from None

@@ -71,8 +71,8 @@ class MetricLogger:
 
     def flush(self) -> None:
         while self._buffer:
-            chunk, self._buffer = self._buffer[:1000], self._buffer[1000:]
-            self.client.log_batch(self.run_id, metrics=chunk)
+            self.client.log_batch(self.run_id, metrics=self._buffer[:1000])
+            del self._buffer[:1000]  # only once sent: a failed call keeps them for a retry
 
 
 @contextmanager

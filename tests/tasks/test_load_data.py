@@ -317,3 +317,17 @@ def test_nul_bytes_anywhere_make_a_file_unusable(tmp_path):
     path.write_bytes(b'{"instruction": "a", "output": "b"}\n' * 500 + b"\x00")
     with pytest.raises(DataLoadError, match="binary data"):
         read_rows(str(path))
+
+
+def test_save_to_disk_directories_load(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    rows = [{"instruction": "a", "output": "b"}, {"instruction": "c", "output": "d"}]
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "single"))
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)}).save_to_disk(
+        str(tmp_path / "dict")
+    )
+    for name in ("single", "dict"):
+        loaded = read_rows(str(tmp_path / name))
+        assert [r.record for r in loaded] == rows and [r.row for r in loaded] == [1, 2]
