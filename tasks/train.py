@@ -145,14 +145,14 @@ def linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
     return factor
 
 
-def _progress() -> Progress:
+def _progress(enabled: bool = True) -> Progress:
     return Progress(
         TextColumn("[bold]train"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]:.3f}  {task.fields[tps]:,.0f} tok/s"),
         TimeRemainingColumn(),
-        disable=not sys.stderr.isatty(),
+        disable=not (enabled and sys.stderr.isatty()),
         transient=False,
     )
 
@@ -197,6 +197,30 @@ class BestCheckpoint:
                     param.copy_(self._weights[name])
 
 
+def token_mean_loss(
+    model: Any, batch: dict[str, torch.Tensor], world: int
+) -> tuple[torch.Tensor, float]:
+    """Cross-entropy averaged over the trained tokens of the whole (global) batch.
+
+    Returns the loss to backpropagate and the global mean for logging. Under DDP each rank holds
+    a shard; its loss is scaled so that DDP's gradient averaging over ranks gives exactly the
+    gradient of the token mean over the global batch, as one process would compute it.
+    """
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    targets = batch["labels"][:, 1:]
+    local = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.size(-1)).float(),
+        targets.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+    sums = torch.stack([local.detach(), (targets != IGNORE_INDEX).sum().to(local.dtype)])
+    if world > 1:
+        torch.distributed.all_reduce(sums)
+    total, count = sums.tolist()
+    return local / count * world, total / count
+
+
 def train_model(
     base_dir: str | Path,
     records: list[dict[str, Any]],
@@ -210,7 +234,14 @@ def train_model(
 
     With `cfg.eval_every` and `eval_records`, the saved weights are those of the step with the
     best exact match on (the first `cfg.eval_examples` of) `eval_records`.
+
+    Under torch.distributed (see `tasks/distributed_train.py`) every rank runs this with the
+    same arguments: each takes its shard of every global batch, the model is wrapped in DDP,
+    and rank 0 alone logs, evaluates and saves.
     """
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    world = torch.distributed.get_world_size() if distributed else 1
+    rank = torch.distributed.get_rank() if distributed else 0
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     torch.manual_seed(cfg.seed)
@@ -220,7 +251,10 @@ def train_model(
     model, tokenizer = load_pretrained(base_dir, trust_remote_code=trust_remote_code)
     model = strategy.prepare_model(model)
     device = pick_device()
+    if device.type == "cuda" and distributed:
+        device = torch.device("cuda", rank % torch.cuda.device_count())
     model.to(device).train()
+    core = model  # unwrapped: what strategies save and evaluation scores
     check_chat_template(tokenizer)
     examples = [strategy.build_example(r, tokenizer, cfg.max_length) for r in records]
     audit = audit_examples(
@@ -236,6 +270,7 @@ def train_model(
         )
 
     lengths = [len(e.input_ids) for e in examples] if cfg.group_by_length else None
+    trained_per_example = [sum(y != IGNORE_INDEX for y in e.labels[1:]) for e in examples]
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"strategy {cfg.strategy!r} left no parameter trainable")
@@ -245,35 +280,38 @@ def train_model(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, linear_schedule(cfg.warmup_steps, cfg.steps)
     )
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model)
+    lead = rank == 0
+    on_metrics = on_metrics if lead else None
 
     from tasks.evaluate import spread
 
-    checkpoint = BestCheckpoint(
-        spread(eval_records or [], cfg.eval_examples), tokenizer, cfg.eval_every
-    )
+    held_back = spread(eval_records or [], cfg.eval_examples) if lead else []
+    checkpoint = BestCheckpoint(held_back, tokenizer, cfg.eval_every)
     started = time.perf_counter()
     eval_seconds = 0.0
     window_tokens, window_start, real_tokens, trained_tokens = 0, started, 0, 0
     loss_value = math.nan
-    with _progress() as bar:
+    with _progress(enabled=lead) as bar:
         progress = bar.add_task("train", total=cfg.steps, loss=math.nan, tps=0.0)
         for step, indices in enumerate(
             batch_order(len(examples), cfg.batch_size, cfg.steps, cfg.seed, lengths), start=1
         ):
-            batch = collate([examples[i] for i in indices], tokenizer.pad_token_id)
+            shard = indices[rank::world]
+            batch = collate([examples[i] for i in shard], tokenizer.pad_token_id)
             batch = {k: v.to(device) for k, v in batch.items()}
-            loss = model(**batch).loss
+            loss, loss_value = token_mean_loss(model, batch, world)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
 
-            tokens = int(batch["attention_mask"].sum())
+            tokens = sum(len(examples[i].input_ids) for i in indices)  # the global batch
             window_tokens += tokens
             real_tokens += tokens
-            trained_tokens += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-            loss_value = loss.detach().item()
+            trained_tokens += sum(trained_per_example[i] for i in indices)
             if step % cfg.log_every == 0 or step == cfg.steps:
                 now = time.perf_counter()
                 tps = window_tokens / (now - window_start)
@@ -291,19 +329,20 @@ def train_model(
                     )
             if checkpoint.due(step, last=step == cfg.steps):
                 eval_started = time.perf_counter()
-                value = checkpoint.evaluate(model, step)
+                value = checkpoint.evaluate(core, step)
                 if on_metrics:
                     on_metrics(step, {"train.eval_exact_match": value})
                 window_start = time.perf_counter()  # keep evaluation out of tokens/s
                 eval_seconds += window_start - eval_started
             bar.advance(progress)
     seconds = time.perf_counter() - started - eval_seconds
-    checkpoint.restore(model)
+    checkpoint.restore(core)
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.eval()
-    strategy.save(model.to("cpu"), tokenizer, out_dir)
+    core.eval()
+    if lead:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        strategy.save(core.to("cpu"), tokenizer, out_dir)
     return TrainResult(
         model_dir=str(out_dir),
         steps=cfg.steps,
@@ -314,9 +353,53 @@ def train_model(
         final_loss=loss_value,
         best_step=checkpoint.best_step or cfg.steps,
         trainable_parameters=sum(p.numel() for p in params),
-        total_parameters=sum(p.numel() for p in model.parameters()),
+        total_parameters=sum(p.numel() for p in core.parameters()),
         audit=audit,
     )
+
+
+def train_distributed(
+    base_dir: str | Path,
+    train_path: str,
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    on_metrics: MetricsCallback | None = None,
+    trust_remote_code: bool = False,
+    eval_path: str | None = None,
+) -> TrainResult:
+    """Runs `train_model` in `cfg.num_processes` torchrun processes (DDP) and returns rank 0's
+    result; its step metrics reach `on_metrics` once the processes have finished."""
+    import json
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="tuneforge-ddp-") as tmp:
+        spec = {
+            "base_dir": str(base_dir),
+            "train_path": str(train_path),
+            "eval_path": eval_path if cfg.eval_every else None,
+            "cfg": cfg.model_dump(mode="json"),
+            "out_dir": str(out_dir),
+            "trust_remote_code": trust_remote_code,
+            "metrics_path": f"{tmp}/metrics.jsonl",
+            "result_path": f"{tmp}/result.json",
+        }
+        Path(tmp, "spec.json").write_text(json.dumps(spec))
+        command = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc_per_node={cfg.num_processes}",
+            "-m", "tasks.distributed_train", f"{tmp}/spec.json",
+        ]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode:
+            tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+            raise RuntimeError(f"distributed training failed ({done.returncode}):\n{tail}")
+        if on_metrics and Path(spec["metrics_path"]).exists():
+            for line in Path(spec["metrics_path"]).read_text().splitlines():
+                entry = json.loads(line)
+                on_metrics(entry["step"], entry["values"])
+        data = json.loads(Path(spec["result_path"]).read_text())
+    return TrainResult(**{**data, "audit": MaskAudit(**data["audit"])})
 
 
 @task(name="train_with_strategy")
@@ -348,10 +431,16 @@ def train_with_strategy(
                 values["train.tokens_per_second"],
             )
 
-    eval_records = read_jsonl(eval_path) if eval_path and cfg.eval_every else None
-    result = train_model(
-        base_dir, read_jsonl(train_path), cfg, out_dir, on_metrics, trust_remote_code, eval_records
-    )
+    if cfg.num_processes > 1:
+        result = train_distributed(
+            base_dir, train_path, cfg, out_dir, on_metrics, trust_remote_code, eval_path
+        )
+    else:
+        eval_records = read_jsonl(eval_path) if eval_path and cfg.eval_every else None
+        result = train_model(
+            base_dir, read_jsonl(train_path), cfg, out_dir, on_metrics, trust_remote_code,
+            eval_records,
+        )  # fmt: skip
     metrics.log(
         {
             "train.seconds": result.seconds,

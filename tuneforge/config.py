@@ -119,6 +119,19 @@ class TrainConfig(Strict):
     # 0 turns it off. Each evaluation costs generation time; a few per run is plenty.
     eval_every: int = Field(0, ge=0)
     eval_examples: int = Field(48, gt=0)
+    # More than 1 launches training through torchrun as DDP: one process per GPU (NCCL), or
+    # CPU processes on gloo. batch_size stays the global batch, split evenly across processes,
+    # so the loss curve matches a single process on the same batches.
+    num_processes: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _batch_splits_across_processes(self) -> TrainConfig:
+        if self.batch_size % self.num_processes:
+            raise ValueError(
+                f"batch_size={self.batch_size} does not split over "
+                f"num_processes={self.num_processes}"
+            )
+        return self
 
     @field_validator("strategy")
     @classmethod

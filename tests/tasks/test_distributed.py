@@ -1,0 +1,39 @@
+"""DDP over two CPU processes (gloo) matches one process on the same global batches."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from tasks.train import train_distributed, train_model
+from tuneforge.config import TrainConfig
+
+
+def test_two_gloo_processes_match_one_process(tiny_model_dir, bundled_records, tmp_path):
+    records = bundled_records[:64]
+    train_path = tmp_path / "train.jsonl"
+    train_path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    common = {"steps": 6, "batch_size": 8, "warmup_steps": 0, "log_every": 1, "max_length": 64}
+
+    single_losses: dict[int, float] = {}
+    train_model(
+        tiny_model_dir, records, TrainConfig(**common), tmp_path / "single",
+        lambda s, m: single_losses.__setitem__(s, m["train.loss"]),
+    )  # fmt: skip
+    ddp_losses: dict[int, float] = {}
+    result = train_distributed(
+        tiny_model_dir, str(train_path), TrainConfig(**common, num_processes=2), tmp_path / "ddp",
+        lambda s, m: ddp_losses.__setitem__(s, m["train.loss"]),
+    )  # fmt: skip
+
+    assert sorted(ddp_losses) == list(range(1, 7))
+    for step, loss in single_losses.items():
+        assert abs(ddp_losses[step] - loss) < 1e-5, (step, loss, ddp_losses[step])
+    single = load_file(tmp_path / "single" / "model.safetensors")
+    ddp = load_file(Path(result.model_dir) / "model.safetensors")
+    for key, value in single.items():
+        assert torch.allclose(ddp[key], value, atol=1e-5), key
+    assert result.steps == 6 and result.real_tokens > 0
