@@ -69,17 +69,19 @@ def retrain(config: RunConfig) -> RetrainResult | SkippedRun:
         one_retrain_at_a_time(registry.model_name, registry.wait_for_slot_s),
     ):
         loaded = load_dataset(data.path, data.format, data.hf_split, f"{run_dir}/data")
-        report = validate_dataset(
+        validation = validate_dataset(
             loaded, data.max_chars, data.max_rejected_fraction, data.path, run_id, tracking_uri
         )
         if not config.force:
             unchanged = unchanged_since_champion(
-                config.registry.model_name, report.fingerprint, config.fingerprint(),
+                registry.model_name, validation.fingerprint, config.fingerprint(),
                 tracking_uri, run_id,
             )  # fmt: skip
             if unchanged:
                 return SkippedRun(run_id, tracking_uri, unchanged)
-        split = split_dataset(report.valid_path, data.eval_fraction, data.seed, data.holdout_tasks)
+        split = split_dataset(
+            validation.valid_path, data.eval_fraction, data.seed, data.holdout_tasks
+        )
         base_dir = resolve_base_model(model, split.train_path, run_dir, run_id, tracking_uri)
         trained = train_with_strategy(
             base_dir, split.train_path, train, f"{run_dir}/tuned", run_id, tracking_uri,
@@ -93,12 +95,12 @@ def retrain(config: RunConfig) -> RetrainResult | SkippedRun:
             for label, model_dir in (("base", base_dir), ("tuned", trained.model_dir))
         }  # fmt: skip
         champion = evaluate_champion(
-            config.registry.model_name, split.eval_path, evaluation, train.max_length, run_id,
+            registry.model_name, split.eval_path, evaluation, train.max_length, run_id,
             tracking_uri, run_dir, data.holdout_tasks,
         )  # fmt: skip
         registration = register_model(
             trained.model_dir, run_id, scores["base"], scores["tuned"], champion,
-            config.registry, tracking_uri, remote_code,
+            registry, tracking_uri, remote_code,
         )  # fmt: skip
         report_run(
             run_id, tracking_uri, str(Path(split.eval_path).parent), scores["base"],
@@ -106,6 +108,6 @@ def retrain(config: RunConfig) -> RetrainResult | SkippedRun:
         )  # fmt: skip
 
     return RetrainResult(
-        run_id, tracking_uri, run_dir, report, split, trained, scores["base"], scores["tuned"],
+        run_id, tracking_uri, run_dir, validation, split, trained, scores["base"], scores["tuned"],
         registration,
     )  # fmt: skip
