@@ -25,6 +25,7 @@ from tasks.report import report_run
 from tasks.split_data import SplitPaths, split_dataset
 from tasks.tracking_run import start_tracking_run
 from tasks.train import TrainResult, train_with_strategy
+from tasks.train_remote import train_on_pool
 from tasks.validate_data import ValidationReport, validate_dataset
 from tuneforge.concurrency import one_retrain_at_a_time
 from tuneforge.config import RunConfig
@@ -83,10 +84,15 @@ def retrain(config: RunConfig) -> RetrainResult | SkippedRun:
             validation.valid_path, data.eval_fraction, data.seed, data.holdout_tasks
         )
         base_dir = resolve_base_model(model, split.train_path, run_dir, run_id, tracking_uri)
-        trained = train_with_strategy(
-            base_dir, split.train_path, train, f"{run_dir}/tuned", run_id, tracking_uri,
-            remote_code, split.eval_path,
-        )  # fmt: skip
+        if train.deployment:  # training on another work pool, e.g. GPUs
+            trained = train_on_pool(
+                config, run_id, tracking_uri, split.train_path, split.eval_path, run_dir
+            )
+        else:
+            trained = train_with_strategy(
+                base_dir, split.train_path, train, f"{run_dir}/tuned", run_id, tracking_uri,
+                remote_code, split.eval_path,
+            )  # fmt: skip
         scores = {
             label: evaluate_model(
                 model_dir, split.eval_path, label, evaluation, train.max_length, run_id,

@@ -82,6 +82,11 @@ class TrainResult:
     total_parameters: int
     audit: MaskAudit
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainResult:
+        """Rebuilds a result that crossed a process boundary as JSON."""
+        return cls(**{**data, "audit": MaskAudit(**data["audit"])})
+
     @property
     def tokens_per_second(self) -> float:
         """Real (non-padding) tokens per second: what the hardware actually processed."""
@@ -399,7 +404,7 @@ def train_distributed(
                 entry = json.loads(line)
                 on_metrics(entry["step"], entry["values"])
         data = json.loads(Path(spec["result_path"]).read_text())
-    return TrainResult(**{**data, "audit": MaskAudit(**data["audit"])})
+    return TrainResult.from_dict(data)
 
 
 @task(name="train_with_strategy")

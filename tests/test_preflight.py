@@ -56,3 +56,10 @@ def test_cli_run_stops_before_starting_anything(monkeypatch, tmp_path):
     )
     assert done.exit_code == 2
     assert done.output.count("\n") == 1 and "data.path:" in done.output
+
+
+def test_training_on_another_pool_needs_a_tracking_server(monkeypatch):
+    monkeypatch.chdir(PRESET.parents[2])
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(ConfigError, match=r"train\.deployment: .* needs a tracking server"):
+        check_run(load_config(PRESET, ["train.deployment=train-stage/train-gpu"]))

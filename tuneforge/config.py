@@ -123,6 +123,10 @@ class TrainConfig(Strict):
     # CPU processes on gloo. batch_size stays the global batch, split evenly across processes,
     # so the loss curve matches a single process on the same batches.
     num_processes: int = Field(1, ge=1)
+    # Run training as the deployment NAME/DEPLOYMENT (a `train-stage` flow on another work
+    # pool, e.g. GPUs) while the rest of the flow stays here. Data and the tuned checkpoint
+    # travel as artifacts of the MLflow run, so this needs a tracking server both can reach.
+    deployment: str | None = None
 
     @model_validator(mode="after")
     def _batch_splits_across_processes(self) -> TrainConfig:

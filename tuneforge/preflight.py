@@ -8,6 +8,7 @@ after a Prefect server has started or a model has trained.
 
 from __future__ import annotations
 
+import os
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -27,9 +28,14 @@ def check_run(config: RunConfig) -> None:
     source = config.model.source
     if source.startswith((".", "/", "~")) and not Path(source).expanduser().exists():
         raise ConfigError(f"model.source: {source}: no such model directory")
-    uri = config.tracking.tracking_uri
+    uri = config.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri and uri.startswith(("http://", "https://")):
         check_tracking_server(uri)
+    elif config.train.deployment:
+        raise ConfigError(
+            f"train.deployment: training on another pool hands data over through MLflow, "
+            f"which needs a tracking server (http://...), not {uri or './mlflow.db'}"
+        )
 
 
 def check_tracking_server(uri: str) -> None:

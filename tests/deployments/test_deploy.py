@@ -80,6 +80,9 @@ def deployed(mlflow_server, tmp_path_factory):
         prefect("work-pool", "create", "gpu", "--type", "kubernetes", "--base-job-template",
                 str(template))  # fmt: skip
         prefect("--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", "--all")
+        # The GPU training stage, deployed on the CPU pool here: no GPUs, same mechanics.
+        prefect("--no-prompt", "deploy", "flows/train_stage.py:train_stage", "--name", "on-cpu",
+                "--pool", "cpu")  # fmt: skip
         start("worker", "worker", "start", "--pool", "cpu")
         yield env, home, root
     finally:
@@ -158,3 +161,30 @@ def test_nightly_run_registers_then_pushed_unchanged_data_is_skipped(deployed, m
     assert len(skipped) == 1
     assert f"version {champion.version} (champion)" in skipped[0].data.tags["tuneforge.skipped"]
     assert len(mlflow.search_model_versions("name='tuneforge-demo'")) == 1
+
+
+def test_training_runs_as_a_deployment_on_another_pool(deployed, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    env, home, _ = deployed
+    done = subprocess.run(
+        [
+            str(BIN / "tuneforge"), "run", "deployments/presets/tiny-cpu.yaml",
+            "--set", "train.deployment=train-stage/on-cpu", "--set", "train.steps=200",
+            "--set", "train.eval_every=0", "--set", "evaluation.max_examples=48",
+            "--set", "registry.model_name=it-remote",
+        ],
+        cwd=home, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    client = MlflowClient(mlflow_server)
+    version = client.get_model_version_by_alias("it-remote", "champion")
+    run = client.get_run(version.run_id)
+    assert run.data.params["train.deployment"] == "train-stage/on-cpu"
+    assert len(client.get_metric_history(version.run_id, "train.loss")) == 200 // 50
+    tuned = {Path(f.path).name for f in client.list_artifacts(version.run_id, "handover/tuned")}
+    assert "model.safetensors" in tuned
+    assert run.data.metrics["tuned.exact_match"] > run.data.metrics["base.exact_match"]
+    with _client(env) as prefect_client:
+        stage = prefect_client.read_deployment_by_name("train-stage/on-cpu")
+        assert _wait_run(prefect_client, stage.id, seconds=5).state.is_completed()

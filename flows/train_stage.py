@@ -1,0 +1,44 @@
+"""The training stage alone, deployed on another work pool (see `train.deployment`).
+
+    prefect deploy flows/train_stage.py:train_stage --name gpu --pool gpu
+
+It receives the run config and the MLflow run id, fetches the split that the `retrain` flow
+handed over as run artifacts, resolves the same base model (a registry base pinned to the
+version the run recorded), trains, and hands the tuned checkpoint back as run artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+
+from tasks.model_source import resolve_base_model
+from tasks.train import train_with_strategy
+from tasks.train_remote import HANDOVER
+from tuneforge.config import RunConfig
+
+
+@flow(name="train-stage")
+def train_stage(config: dict[str, Any], run_id: str, tracking_uri: str) -> dict[str, Any]:
+    """Fetch split -> resolve base -> train -> hand the tuned checkpoint back."""
+    from mlflow.tracking import MlflowClient
+
+    cfg = RunConfig.model_validate(config)
+    client = MlflowClient(tracking_uri)
+    work = Path(tempfile.mkdtemp(prefix="tuneforge-stage-"))
+    data = Path(client.download_artifacts(run_id, f"{HANDOVER}/data", str(work)))
+    parent = client.get_run(run_id).data.tags.get("tuneforge.parent_version")
+    model = cfg.model.model_copy(update={"source": f"models:/{parent}"}) if parent else cfg.model
+    base_dir = resolve_base_model(model, str(data / "train.jsonl"), str(work), run_id, tracking_uri)
+    trained = train_with_strategy(
+        base_dir, str(data / "train.jsonl"), cfg.train, str(work / "tuned"), run_id, tracking_uri,
+        cfg.model.trust_remote_code, str(data / "eval.jsonl"),
+    )  # fmt: skip
+    client.log_artifacts(run_id, trained.model_dir, f"{HANDOVER}/tuned")
+    client.log_text(run_id, json.dumps(asdict(trained)), f"{HANDOVER}/train_result.json")
+    return {"steps": trained.steps, "seconds": trained.seconds}
