@@ -191,7 +191,7 @@ def register_model(
     from tuneforge.model_registry import set_champion
 
     if cfg.metric not in tuned_metrics:
-        raise KeyError(f"registry.metric {cfg.metric!r} is not among {sorted(tuned_metrics)}")
+        raise ValueError(f"registry.metric {cfg.metric!r} is not among {sorted(tuned_metrics)}")
     source_uri = log_model_artifacts(model_dir, run_id, tracking_uri, trust_remote_code)
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)

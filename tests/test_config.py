@@ -105,7 +105,9 @@ def test_registry_metric_and_direction_are_checked(tmp_path: Path):
     assert "registry:" in message and "lower eval_loss is better" in message
     path = tmp_path / "ok.yaml"
     path.write_text(MINIMAL + "registry:\n  metric: exact_match.held_out\n")
-    assert load_config(path).registry.higher_wins is True
+    with pytest.raises(ConfigError, match=r"needs data\.holdout_tasks"):
+        load_config(path)
+    assert load_config(path, ["data.holdout_tasks=[add]"]).registry.higher_wins is True
     path.write_text(MINIMAL + "registry:\n  metric: perplexity\n")
     assert load_config(path).registry.higher_wins is False
 

@@ -232,6 +232,14 @@ class RunConfig(Strict):
     # (by default such a run stops after validation: no compute spent on an identical model).
     force: bool = False
 
+    @model_validator(mode="after")
+    def _held_out_metric_needs_held_out_tasks(self) -> RunConfig:
+        if self.registry.metric.endswith((".held_in", ".held_out")) and not self.data.holdout_tasks:
+            raise ValueError(
+                f"registry.metric {self.registry.metric!r} needs data.holdout_tasks to be set"
+            )
+        return self
+
     def strategy_settings(self) -> BaseModel:
         """The strategy settings as the strategy's own (validated) settings model."""
         from plugins.registry import load_strategy
