@@ -102,7 +102,7 @@ def retrain(config: RunConfig) -> RetrainResult | SkippedRun:
         }  # fmt: skip
         champion = evaluate_champion(
             registry.model_name, split.eval_path, evaluation, train.max_length, run_id,
-            tracking_uri, run_dir, data.holdout_tasks,
+            tracking_uri, run_dir, scores["base"], data.holdout_tasks,
         )  # fmt: skip
         registration = register_model(
             trained.model_dir, run_id, scores["base"], scores["tuned"], champion,

@@ -213,30 +213,37 @@ def evaluate_champion(
     run_id: str,
     tracking_uri: str,
     out_dir: str,
+    base_metrics: dict[str, float],
     holdout_tasks: list[str] | tuple[str, ...] = (),
 ) -> dict[str, Any] | None:
     """Scores the current champion on this run's eval split, so that promotion compares like
     with like (the champion's own run was scored on its own, older split). Returns
     `{"version", "metrics"}`, `metrics` None when the champion cannot be loaded here; None when
-    there is no champion. Logged as `champion.<metric>`."""
+    there is no champion. Logged as `champion.<metric>`. When this run's base *is* the
+    champion (a chained stage), the base's scores are its scores: nothing is loaded twice."""
     from mlflow.tracking import MlflowClient
     from prefect import get_run_logger
 
     from tasks.model_source import ModelSourceError, download_registry_model
     from tuneforge.model_registry import current_champion
 
-    champion = current_champion(MlflowClient(tracking_uri), model_name)
+    client = MlflowClient(tracking_uri)
+    champion = current_champion(client, model_name)
     if champion is None:
         return None
+    parent = client.get_run(run_id).data.tags.get("tuneforge.parent_version")
     uri = f"models:/{model_name}/{champion.version}"
-    try:
-        model_dir = download_registry_model(uri, Path(out_dir) / "champion")
-        metrics, _ = evaluate_records(
-            model_dir, read_jsonl(eval_path), cfg, max_length, holdout_tasks=holdout_tasks
-        )
-    except (ModelSourceError, ValueError) as exc:
-        get_run_logger().warning("cannot score champion %s here (%s)", uri, exc)
-        return {"version": champion.version, "metrics": None}
+    if parent == f"{model_name}/{champion.version}":
+        metrics = base_metrics
+    else:
+        try:
+            model_dir = download_registry_model(uri, Path(out_dir) / "champion")
+            metrics, _ = evaluate_records(
+                model_dir, read_jsonl(eval_path), cfg, max_length, holdout_tasks=holdout_tasks
+            )
+        except (ModelSourceError, ValueError) as exc:
+            get_run_logger().warning("cannot score champion %s here (%s)", uri, exc)
+            return {"version": champion.version, "metrics": None}
     logger = MetricLogger(tracking_uri, run_id)
     logger.log({f"champion.{k}": v for k, v in metrics.items()}, step=0)
     logger.flush()

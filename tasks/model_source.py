@@ -30,6 +30,12 @@ class ModelSourceError(ValueError):
     """The base model cannot be resolved; the message is one line naming the source."""
 
 
+def _first_line(exc: Exception) -> str:
+    """The first line of a library's (often multi-line) error, or its type when empty."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Any:
     """Trains a byte-level BPE tokenizer (any text encodes; nothing is unknown)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -108,7 +114,7 @@ def load_pretrained(model_dir: str | Path, trust_remote_code: bool = False) -> t
                 model_dir, trust_remote_code=trust_remote_code, **kwargs
             )
     except (OSError, ValueError, SafetensorError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = _first_line(exc)
         raise ModelSourceError(f"{model_dir}: cannot load model: {first}") from None
     if tokenizer.pad_token_id is None:  # many causal LMs ship without one
         tokenizer.pad_token = tokenizer.eos_token
@@ -176,7 +182,7 @@ def resolve_model_dir(cfg: ModelConfig, train_records: list[dict[str, Any]], out
         patterns = [*HUB_PATTERNS, "*.py"] if cfg.trust_remote_code else HUB_PATTERNS
         path = snapshot_download(source, revision=cfg.revision, allow_patterns=patterns)
     except Exception as exc:  # offline, unknown repo, auth: all mean "cannot resolve"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = _first_line(exc)
         raise ModelSourceError(f"{source}: cannot fetch from the hub: {first}") from None
     return Path(path)
 

@@ -217,8 +217,12 @@ def test_better_chained_run_takes_champion_and_links_its_parent(runs, mlflow_ser
     assert chained.tuned["exact_match"] > first.tuned["exact_match"]
     assert chained.registration.alias == "champion"
     assert "beats champion's" in chained.registration.reason
-    version = MlflowClient(mlflow_server).get_model_version(MODEL, chained.registration.version)
+    client = MlflowClient(mlflow_server)
+    version = client.get_model_version(MODEL, chained.registration.version)
     assert version.tags["tuneforge.parent_version"] == f"{MODEL}/{first.registration.version}"
+    # Its base was the champion: the gate compared against exactly the base's scores.
+    metrics = client.get_run(chained.run_id).data.metrics
+    assert metrics["champion.exact_match"] == pytest.approx(chained.base["exact_match"])
     assert version.tags["tuneforge.base_model"] == f"models:/{MODEL}@champion"
 
 
