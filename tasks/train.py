@@ -23,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from plugins.examples import check_chat_template
 from plugins.registry import load_strategy
 from plugins.strategy import IGNORE_INDEX, Example
+from tasks import parallel
 from tasks.model_source import load_pretrained, pick_device
 from tasks.split_data import read_jsonl
 from tuneforge.config import TrainConfig
@@ -241,8 +242,8 @@ def train_model(
     best exact match on (the first `cfg.eval_examples` of) `eval_records`.
 
     Under torch.distributed (see `tasks/distributed_train.py`) every rank runs this with the
-    same arguments: each takes its shard of every global batch, the model is wrapped in DDP,
-    and rank 0 alone logs, evaluates and saves.
+    same arguments: each takes its shard of every global batch, the model is wrapped in DDP or
+    FSDP (`cfg.parallel`), and rank 0 alone logs, evaluates and saves.
     """
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     world = torch.distributed.get_world_size() if distributed else 1
@@ -258,6 +259,7 @@ def train_model(
     device = pick_device()
     if device.type == "cuda" and distributed:
         device = torch.device("cuda", rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)  # FSDP and NCCL use the current device
     model.to(device).train()
     core = model  # unwrapped: what strategies save and evaluation scores
     check_chat_template(tokenizer)
@@ -276,6 +278,8 @@ def train_model(
 
     lengths = [len(e.input_ids) for e in examples] if cfg.group_by_length else None
     trained_per_example = [sum(y != IGNORE_INDEX for y in e.labels[1:]) for e in examples]
+    if world > 1:  # before the optimizer: FSDP replaces the parameters with sharded ones
+        model = parallel.wrap(model, cfg.parallel)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"strategy {cfg.strategy!r} left no parameter trainable")
@@ -285,8 +289,6 @@ def train_model(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, linear_schedule(cfg.warmup_steps, cfg.steps)
     )
-    if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model)
     lead = rank == 0
     on_metrics = on_metrics if lead else None
 
@@ -345,7 +347,12 @@ def train_model(
 
     out_dir = Path(out_dir)
     core.eval()
+    full = parallel.full_state_dict(core, cfg.parallel) if world > 1 else None
     if lead:
+        if full is not None:  # FSDP: put the gathered weights into an unsharded copy
+            core, _ = load_pretrained(base_dir, trust_remote_code=trust_remote_code)
+            core = strategy.prepare_model(core)
+            core.load_state_dict(full)
         out_dir.mkdir(parents=True, exist_ok=True)
         strategy.save(core.to("cpu"), tokenizer, out_dir)
     return TrainResult(
@@ -372,7 +379,7 @@ def train_distributed(
     trust_remote_code: bool = False,
     eval_path: str | None = None,
 ) -> TrainResult:
-    """Runs `train_model` in `cfg.num_processes` torchrun processes (DDP) and returns rank 0's
+    """Runs `train_model` in `cfg.num_processes` torchrun processes and returns rank 0's
     result; its step metrics reach `on_metrics` once the processes have finished."""
     import json
     import subprocess

@@ -51,6 +51,12 @@ def test_bad_value_is_named(tmp_path: Path):
     assert "train.learning_rate:" in _error(tmp_path, MINIMAL + "train:\n  learning_rate: fast\n")
 
 
+def test_fsdp_with_periodic_evaluation_is_refused(tmp_path: Path):
+    settings = "train:\n  num_processes: 2\n  parallel: fsdp\n  eval_every: 100\n"
+    assert "train.eval_every needs train.parallel=ddp" in _error(tmp_path, MINIMAL + settings)
+    assert "train.parallel:" in _error(tmp_path, MINIMAL + "train:\n  parallel: zero3\n")
+
+
 def test_missing_required_key_is_named(tmp_path: Path):
     assert "data: Field required" in _error(tmp_path, "name: x\n")
 

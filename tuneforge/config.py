@@ -123,6 +123,12 @@ class TrainConfig(Strict):
     # CPU processes on gloo. batch_size stays the global batch, split evenly across processes,
     # so the loss curve matches a single process on the same batches.
     num_processes: int = Field(1, ge=1)
+    # How the processes share the model. ddp: a full replica each, gradients averaged; the
+    # fastest while the model fits one device. fsdp: weights, gradients and optimizer state
+    # sharded across processes (about 1/N of the memory each), with an all-gather per layer in
+    # forward and backward; for models that do not fit. Periodic evaluation (eval_every) runs on
+    # the first process alone, so it needs ddp.
+    parallel: Literal["ddp", "fsdp"] = "ddp"
     # Run training as the deployment NAME/DEPLOYMENT (a `train-stage` flow on another work
     # pool, e.g. GPUs) while the rest of the flow stays here. Data and the tuned checkpoint
     # travel as artifacts of the MLflow run, so this needs a tracking server both can reach.
@@ -134,6 +140,11 @@ class TrainConfig(Strict):
             raise ValueError(
                 f"batch_size={self.batch_size} does not split over "
                 f"num_processes={self.num_processes}"
+            )
+        if self.parallel == "fsdp" and self.eval_every and self.num_processes > 1:
+            raise ValueError(
+                "train.eval_every needs train.parallel=ddp (periodic evaluation runs on one "
+                "process, and FSDP shards the weights across all of them)"
             )
         return self
 
