@@ -52,7 +52,11 @@ def test_bad_value_is_named(tmp_path: Path):
 
 
 def test_fsdp_with_periodic_evaluation_is_refused(tmp_path: Path):
-    settings = "train:\n  num_processes: 2\n  parallel: fsdp\n  eval_every: 100\n"
+    settings = "train:\n  num_processes: 2\n  parallel: fsdp\n  checkpoint_every: 0\n"
+    assert "train.checkpoint_every needs train.parallel=ddp" in _error(
+        tmp_path, MINIMAL + "train:\n  num_processes: 2\n  parallel: fsdp\n"
+    )
+    settings += "  eval_every: 100\n"
     assert "train.eval_every needs train.parallel=ddp" in _error(tmp_path, MINIMAL + settings)
     assert "train.parallel:" in _error(tmp_path, MINIMAL + "train:\n  parallel: zero3\n")
 

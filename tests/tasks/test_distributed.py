@@ -44,7 +44,7 @@ def test_two_gloo_processes_match_one_process(
         lambda s, m: single_losses.__setitem__(s, m["train.loss"]),
     )  # fmt: skip
     ddp_losses: dict[int, float] = {}
-    cfg = TrainConfig(**common, num_processes=2, parallel=parallel)
+    cfg = TrainConfig(**common, num_processes=2, parallel=parallel, checkpoint_every=0)
     result = train_distributed(
         tiny_model_dir, str(train_path), cfg, tmp_path / "ddp",
         lambda s, m: ddp_losses.__setitem__(s, m["train.loss"]),
