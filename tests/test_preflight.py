@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -63,3 +67,28 @@ def test_training_on_another_pool_needs_a_tracking_server(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(ConfigError, match=r"train\.deployment: .* needs a tracking server"):
         check_run(load_config(PRESET, ["train.deployment=train-stage/train-gpu"]))
+
+
+def test_real_cli_fails_fast_on_an_unreachable_tracking_server(tmp_path):
+    """`tuneforge run` as a user runs it: exit 2, one line naming the URI, no traceback, and
+    nothing built (no run directory, no Prefect server) before it gives up."""
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    out_dir = tmp_path / "runs"
+    started = time.monotonic()
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("tuneforge")), "run", str(PRESET),
+            "--set", f"tracking.tracking_uri={uri}", "--set", f"output_dir={out_dir}",
+        ],
+        cwd=PRESET.parents[2], capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    seconds = time.monotonic() - started
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: tracking.tracking_uri: cannot reach")
+    assert uri in lines[0]
+    assert not out_dir.exists()
+    # The health check gives up within HEALTH_TIMEOUT_S; the rest is Python start-up.
+    assert seconds < 30, f"took {seconds:.1f} s"
