@@ -24,6 +24,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from tuneforge.secrets import install_redaction
+
 # MLflow's per-file download bars add nothing to a run's output, and neither MLflow nor
 # Prefect should phone home from a training job (offline machines log errors trying).
 for _name, _value in (
@@ -33,7 +35,12 @@ for _name, _value in (
 ):
     os.environ.setdefault(_name, _value)
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
+# install_redaction runs before every command: secrets in the environment are masked in all
+# logs and output (tuneforge/secrets.py).
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0],
+    callback=install_redaction,
+)  # fmt: skip
 out = Console()
 err = Console(stderr=True)
 
