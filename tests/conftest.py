@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -116,3 +117,82 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=90):
         yield
+
+
+class MlflowServerProcess:
+    """A real `mlflow server` that a test can stop and start again on the same port and the
+    same backend store (SQLite) and artifact root: an outage, then a recovery."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = _free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self, timeout_s: float = 90) -> None:
+        self.starts += 1
+        log_path = self.root / f"server-{self.starts}.log"
+        with log_path.open("w") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable, "-m", "mlflow", "server",
+                    "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+                    "--artifacts-destination", str(self.root / "artifacts"),
+                    "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+                ],
+                stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: uvicorn runs as a child
+            )  # fmt: skip
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"mlflow server did not start: {log_path.read_text()}")
+            time.sleep(0.3)
+
+    def freeze(self) -> None:
+        """Stops the server's processes (SIGSTOP): connections are accepted, never answered."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        """Terminates the server and its uvicorn child, and waits until nothing listens."""
+        if self.proc is None:
+            return
+        os.killpg(self.proc.pid, signal.SIGCONT)  # a frozen server cannot handle SIGTERM
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            except OSError:
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"mlflow server on port {self.port} still answers after stop")
+
+
+@pytest.fixture
+def restartable_mlflow_server(tmp_path: Path):
+    """A started `MlflowServerProcess` of this test's own; stopped at the end."""
+    server = MlflowServerProcess(tmp_path / "mlflow-server")
+    server.root.mkdir()
+    server.start()
+    yield server
+    server.stop()
