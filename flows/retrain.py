@@ -29,6 +29,7 @@ from tasks.train_remote import train_on_pool
 from tasks.validate_data import ValidationReport, validate_dataset
 from tuneforge.concurrency import one_retrain_at_a_time
 from tuneforge.config import RunConfig
+from tuneforge.paths import inside, safe_component
 from tuneforge.preflight import check_run
 from tuneforge.tracking import resolve_tracking_uri, run_status
 
@@ -51,6 +52,13 @@ class SkippedRun:
     run_id: str
     tracking_uri: str
     reason: str
+
+
+def checkpoint_dir(config: RunConfig) -> str:
+    """One checkpoint directory per registered model: only one retrain of a model runs at a
+    time, and a re-run after a crash (a new flow run) finds the checkpoints of the last one."""
+    name = safe_component(config.registry.model_name)
+    return str(inside(config.output_dir, "checkpoints", name))
 
 
 @flow(name="retrain", flow_run_name="{config.name}")
@@ -89,9 +97,9 @@ def retrain(config: RunConfig) -> RetrainResult | SkippedRun:
                 config, run_id, tracking_uri, split.train_path, split.eval_path, run_dir
             )
         else:
-            trained = train_with_strategy(
+            trained = train_with_strategy.with_options(retries=train.retries)(
                 base_dir, split.train_path, train, f"{run_dir}/tuned", run_id, tracking_uri,
-                remote_code, split.eval_path,
+                remote_code, split.eval_path, checkpoint_dir(config),
             )  # fmt: skip
         scores = {
             label: evaluate_model(

@@ -17,6 +17,7 @@ from typing import Any
 
 from prefect import flow
 
+from flows.retrain import checkpoint_dir
 from tasks.model_source import resolve_base_model
 from tasks.train import train_with_strategy
 from tasks.train_remote import HANDOVER
@@ -35,9 +36,9 @@ def train_stage(config: dict[str, Any], run_id: str, tracking_uri: str) -> dict[
     parent = client.get_run(run_id).data.tags.get("tuneforge.parent_version")
     model = cfg.model.model_copy(update={"source": f"models:/{parent}"}) if parent else cfg.model
     base_dir = resolve_base_model(model, str(data / "train.jsonl"), str(work), run_id, tracking_uri)
-    trained = train_with_strategy(
+    trained = train_with_strategy.with_options(retries=cfg.train.retries)(
         base_dir, str(data / "train.jsonl"), cfg.train, str(work / "tuned"), run_id, tracking_uri,
-        cfg.model.trust_remote_code, str(data / "eval.jsonl"),
+        cfg.model.trust_remote_code, str(data / "eval.jsonl"), checkpoint_dir(cfg),
     )  # fmt: skip
     client.log_artifacts(run_id, trained.model_dir, f"{HANDOVER}/tuned")
     client.log_text(run_id, json.dumps(asdict(trained)), f"{HANDOVER}/train_result.json")

@@ -42,6 +42,7 @@ def main(spec_path: str) -> None:
             on_metrics,
             spec["trust_remote_code"],
             read_jsonl(spec["eval_path"]) if spec.get("eval_path") else None,
+            spec.get("checkpoint_dir"),
         )
         if dist.get_rank() == 0:
             Path(spec["result_path"]).write_text(json.dumps(asdict(result)))

@@ -8,7 +8,6 @@ from the strategy object, found by name in the plugin registry.
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from plugins.examples import check_chat_template
 from plugins.registry import load_strategy
 from plugins.strategy import IGNORE_INDEX, Example
-from tasks import parallel
+from tasks import checkpoint, parallel
 from tasks.model_source import load_pretrained, pick_device
 from tasks.split_data import read_jsonl
 from tuneforge.config import TrainConfig
@@ -82,6 +81,7 @@ class TrainResult:
     trainable_parameters: int
     total_parameters: int
     audit: MaskAudit
+    resumed_from_step: int = 0  # the checkpoint this attempt continued from (0: from scratch)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainResult:
@@ -195,6 +195,14 @@ class BestCheckpoint:
             }
         return value
 
+    def resume(self, step: int, score: float, weights: dict[str, torch.Tensor]) -> None:
+        """Takes back the best step found before a crash (from a training checkpoint)."""
+        self.best_step, self.best_score, self._weights = step, score, weights
+
+    @property
+    def weights(self) -> dict[str, torch.Tensor]:
+        return self._weights
+
     def restore(self, model: Any) -> None:
         """Puts the best step's weights back (a no-op when the last step was the best)."""
         with torch.no_grad():
@@ -235,11 +243,16 @@ def train_model(
     on_metrics: MetricsCallback | None = None,
     trust_remote_code: bool = False,
     eval_records: list[dict[str, Any]] | None = None,
+    checkpoint_dir: str | Path | None = None,
 ) -> TrainResult:
     """Trains from `base_dir` on validated `records` and saves the result to `out_dir`.
 
     With `cfg.eval_every` and `eval_records`, the saved weights are those of the step with the
     best exact match on (the first `cfg.eval_examples` of) `eval_records`.
+
+    With `checkpoint_dir` and `cfg.checkpoint_every`, a checkpoint is written there every that
+    many steps, and a matching one found at start is resumed (see `tasks/checkpoint.py`); they
+    are deleted once the result is saved.
 
     Under torch.distributed (see `tasks/distributed_train.py`) every rank runs this with the
     same arguments: each takes its shard of every global batch, the model is wrapped in DDP or
@@ -295,16 +308,27 @@ def train_model(
     from tasks.evaluate import spread
 
     held_back = spread(eval_records or [], cfg.eval_examples) if lead else []
-    checkpoint = BestCheckpoint(held_back, tokenizer, cfg.eval_every)
+    best = BestCheckpoint(held_back, tokenizer, cfg.eval_every)
+    root = Path(checkpoint_dir) if checkpoint_dir and cfg.checkpoint_every else None
+    key = checkpoint.ResumeKey.of(records, base_dir, cfg) if root else None
+    state = checkpoint.LoopState()
+    if root and key:
+        found = _find_resumable(root, key, cfg.resume, lead, distributed)
+        if found:
+            state, best_weights = checkpoint.load_checkpoint(found, core, optimizer, scheduler)
+            best.resume(state.best_step, state.best_score, best_weights)
+    resumed_from, earlier_seconds = state.step, state.seconds
     started = time.perf_counter()
-    eval_seconds = 0.0
-    window_tokens, window_start, real_tokens, trained_tokens = 0, started, 0, 0
-    loss_value = math.nan
+    paused = 0.0  # evaluation and checkpoint writing: kept out of tokens/s
+    window_tokens, window_start = 0, started
     with _progress(enabled=lead) as bar:
-        progress = bar.add_task("train", total=cfg.steps, loss=math.nan, tps=0.0)
+        progress = bar.add_task("train", total=cfg.steps, loss=state.loss, tps=0.0)
+        bar.update(progress, completed=resumed_from)
         for step, indices in enumerate(
             batch_order(len(examples), cfg.batch_size, cfg.steps, cfg.seed, lengths), start=1
         ):
+            if step <= resumed_from:  # the checkpoint's RNG and optimizer already include it
+                continue
             shard = indices[rank::world]
             batch = collate([examples[i] for i in shard], tokenizer.pad_token_id)
             batch = {k: v.to(device) for k, v in batch.items()}
@@ -317,8 +341,9 @@ def train_model(
 
             tokens = sum(len(examples[i].input_ids) for i in indices)  # the global batch
             window_tokens += tokens
-            real_tokens += tokens
-            trained_tokens += sum(trained_per_example[i] for i in indices)
+            state.step, state.loss = step, loss_value
+            state.real_tokens += tokens
+            state.trained_tokens += sum(trained_per_example[i] for i in indices)
             if step % cfg.log_every == 0 or step == cfg.steps:
                 now = time.perf_counter()
                 tps = window_tokens / (now - window_start)
@@ -334,16 +359,26 @@ def train_model(
                             "train.tokens_per_second": tps,
                         },
                     )
-            if checkpoint.due(step, last=step == cfg.steps):
-                eval_started = time.perf_counter()
-                value = checkpoint.evaluate(core, step)
+            if best.due(step, last=step == cfg.steps):
+                pause = time.perf_counter()
+                value = best.evaluate(core, step)
                 if on_metrics:
                     on_metrics(step, {"train.eval_exact_match": value})
-                window_start = time.perf_counter()  # keep evaluation out of tokens/s
-                eval_seconds += window_start - eval_started
+                window_start = time.perf_counter()
+                paused += window_start - pause
+            if root and key and lead and step % cfg.checkpoint_every == 0 and step < cfg.steps:
+                pause = time.perf_counter()
+                state.best_step, state.best_score = best.best_step, best.best_score
+                state.seconds = earlier_seconds + pause - started - paused
+                checkpoint.save_checkpoint(
+                    root, key, state, core, optimizer, scheduler, best.weights,
+                    cfg.keep_checkpoints,
+                )  # fmt: skip
+                window_start = time.perf_counter()
+                paused += window_start - pause
             bar.advance(progress)
-    seconds = time.perf_counter() - started - eval_seconds
-    checkpoint.restore(core)
+    seconds = earlier_seconds + time.perf_counter() - started - paused
+    best.restore(core)
 
     out_dir = Path(out_dir)
     core.eval()
@@ -355,19 +390,35 @@ def train_model(
             core.load_state_dict(full)
         out_dir.mkdir(parents=True, exist_ok=True)
         strategy.save(core.to("cpu"), tokenizer, out_dir)
+        if root:
+            checkpoint.clear_checkpoints(root)
     return TrainResult(
         model_dir=str(out_dir),
         steps=cfg.steps,
         examples=len(examples),
-        real_tokens=real_tokens,
-        trained_tokens=trained_tokens,
+        real_tokens=state.real_tokens,
+        trained_tokens=state.trained_tokens,
         seconds=seconds,
-        final_loss=loss_value,
-        best_step=checkpoint.best_step or cfg.steps,
+        final_loss=state.loss,
+        best_step=best.best_step or cfg.steps,
         trainable_parameters=sum(p.numel() for p in params),
         total_parameters=sum(p.numel() for p in core.parameters()),
         audit=audit,
+        resumed_from_step=resumed_from,
     )
+
+
+def _find_resumable(
+    root: Path, key: checkpoint.ResumeKey, resume: str, lead: bool, distributed: bool
+) -> Path | None:
+    """The checkpoint to resume from. Rank 0 clears leftovers (and, with resume=never, old
+    checkpoints) before the other ranks look, so all ranks see the same directory."""
+    found = checkpoint.find_resumable(root, key, resume) if lead else None
+    if distributed:
+        torch.distributed.barrier()
+        if not lead:
+            found = checkpoint.find_resumable(root, key, "auto")
+    return found
 
 
 def train_distributed(
@@ -378,6 +429,7 @@ def train_distributed(
     on_metrics: MetricsCallback | None = None,
     trust_remote_code: bool = False,
     eval_path: str | None = None,
+    checkpoint_dir: str | Path | None = None,
 ) -> TrainResult:
     """Runs `train_model` in `cfg.num_processes` torchrun processes and returns rank 0's
     result; its step metrics reach `on_metrics` once the processes have finished."""
@@ -393,6 +445,7 @@ def train_distributed(
             "cfg": cfg.model_dump(mode="json"),
             "out_dir": str(out_dir),
             "trust_remote_code": trust_remote_code,
+            "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir else None,
             "metrics_path": f"{tmp}/metrics.jsonl",
             "result_path": f"{tmp}/result.json",
         }
@@ -414,7 +467,19 @@ def train_distributed(
     return TrainResult.from_dict(data)
 
 
-@task(name="train_with_strategy")
+def retry_unless_bad_input(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect retry condition: retry crashes and infrastructure errors, not a ValueError (bad
+    data, config or a mismatched checkpoint), which would only fail again."""
+    try:
+        state.result()
+    except ValueError:
+        return False
+    except BaseException:
+        return True
+    return True
+
+
+@task(name="train_with_strategy", retry_condition_fn=retry_unless_bad_input)
 def train_with_strategy(
     base_dir: str,
     train_path: str,
@@ -424,9 +489,13 @@ def train_with_strategy(
     tracking_uri: str,
     trust_remote_code: bool = False,
     eval_path: str | None = None,
+    checkpoint_dir: str | None = None,
 ) -> TrainResult:
     """Trains with the configured strategy; logs metrics per step to the MLflow run `run_id`,
-    and tags the run with the step whose weights were kept (`tuneforge.checkpoint_step`)."""
+    and tags the run with the step whose weights were kept (`tuneforge.checkpoint_step`).
+
+    Resumes from a matching checkpoint in `checkpoint_dir` (see `train_model`); the flow runs
+    this task with `cfg.retries` Prefect retries, each of which resumes."""
     logger = get_run_logger()
     metrics = MetricLogger(tracking_uri, run_id)
     # On a terminal the progress bar shows each step; log lines would tear it apart.
@@ -445,14 +514,17 @@ def train_with_strategy(
 
     if cfg.num_processes > 1:
         result = train_distributed(
-            base_dir, train_path, cfg, out_dir, on_metrics, trust_remote_code, eval_path
-        )
+            base_dir, train_path, cfg, out_dir, on_metrics, trust_remote_code, eval_path,
+            checkpoint_dir,
+        )  # fmt: skip
     else:
         eval_records = read_jsonl(eval_path) if eval_path and cfg.eval_every else None
         result = train_model(
             base_dir, read_jsonl(train_path), cfg, out_dir, on_metrics, trust_remote_code,
-            eval_records,
+            eval_records, checkpoint_dir,
         )  # fmt: skip
+    if result.resumed_from_step:
+        logger.info("resumed from the checkpoint of step %d", result.resumed_from_step)
     metrics.log(
         {
             "train.seconds": result.seconds,
@@ -462,6 +534,7 @@ def train_with_strategy(
             "train.trainable_parameters": result.trainable_parameters,
             "train.total_parameters": result.total_parameters,
             "train.trainable_fraction": result.trainable_parameters / result.total_parameters,
+            "train.resumed_from_step": result.resumed_from_step,
             **{f"audit.{k}": v for k, v in asdict(result.audit).items()},
         },
         step=result.steps,

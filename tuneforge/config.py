@@ -40,12 +40,13 @@ Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 class DataConfig(Strict):
     # A local file (.jsonl, .json, .csv, .parquet) or a Hugging Face `datasets` name
     # (`hf:NAME` or format: hf). Relative paths are resolved against the working directory.
-    path: str
+    path: str = Field(min_length=1)
     format: Literal["auto", "jsonl", "json", "csv", "parquet", "hf"] = "auto"
-    hf_split: str = "train"
+    hf_split: str = Field("train", min_length=1)
     # Rows longer than this (characters, per field) are quarantined rather than truncated:
-    # silent truncation would train on answers cut in half.
-    max_chars: int = Field(2000, gt=0)
+    # silent truncation would train on answers cut in half. The upper bound only catches a
+    # typo (an extra zero or three): no instruction example is a million characters long.
+    max_chars: int = Field(2000, gt=0, le=1_000_000)
     # Fail the run when more than this share of rows is rejected: a few bad rows are normal,
     # a flood means the upstream export broke and training on the rest would mislead.
     max_rejected_fraction: Fraction = 0.05
@@ -62,12 +63,14 @@ class TinyModelConfig(Strict):
     # A Llama-style model built from a config with random weights, plus a byte-level BPE
     # tokenizer trained on the training split: no download, deterministic for a given seed.
     # Bigger learns the toy tasks in fewer steps but each step costs more on 2 CPU cores.
-    hidden_size: int = Field(128, gt=0)
-    num_layers: int = Field(2, gt=0)
-    num_heads: int = Field(4, gt=0)
-    intermediate_size: int = Field(256, gt=0)
-    vocab_size: int = Field(384, ge=300)  # 256 byte symbols + specials + some merges
-    max_position_embeddings: int = Field(256, gt=0)
+    # The upper bounds are far above "tiny" and only stop a typo from allocating a model that
+    # cannot fit in memory (hidden_size 40960 would be about 100 GB at float32).
+    hidden_size: int = Field(128, gt=0, le=4096)
+    num_layers: int = Field(2, gt=0, le=64)
+    num_heads: int = Field(4, gt=0, le=128)
+    intermediate_size: int = Field(256, gt=0, le=16384)
+    vocab_size: int = Field(384, ge=300, le=65536)  # 256 byte symbols + specials + some merges
+    max_position_embeddings: int = Field(256, gt=0, le=32768)
     seed: int = 0
 
     @model_validator(mode="after")
@@ -80,11 +83,21 @@ class TinyModelConfig(Strict):
 class ModelConfig(Strict):
     # "tiny" (built locally), a local directory, a Hugging Face hub id, or a registry URI such
     # as models:/NAME@champion (transfer learning from the current champion).
-    source: str = "tiny"
+    source: str = Field("tiny", min_length=1)
     revision: str | None = None
     # Runs code shipped with the checkpoint. Off unless you trust the checkpoint's author.
-    trust_remote_code: bool = False
+    # Strict: a security switch must be a YAML boolean, not a string pydantic would guess at.
+    trust_remote_code: bool = Field(False, strict=True)
     tiny: TinyModelConfig = TinyModelConfig()
+
+
+# Training settings that do not change the weights a run ends with (how often to log or
+# checkpoint, retries, threads, how many processes share a batch): left out of the config
+# fingerprint and of a checkpoint's resume key.
+TRAIN_NOT_SHAPING = {
+    "log_every", "num_threads", "checkpoint_every", "keep_checkpoints", "resume", "retries",
+    "deployment", "num_processes", "parallel",
+}  # fmt: skip
 
 
 class TrainConfig(Strict):
@@ -181,17 +194,20 @@ class TrainConfig(Strict):
 
 
 class EvalConfig(Strict):
-    # Generation is the slow part of evaluation; capping examples bounds its time.
-    max_examples: int = Field(240, gt=0)
-    max_new_tokens: int = Field(24, gt=0)
-    batch_size: int = Field(32, gt=0)
+    # Generation is the slow part of evaluation; capping examples bounds its time. The upper
+    # bounds only catch typos: generation that long would run for days on any machine.
+    max_examples: int = Field(240, gt=0, le=1_000_000)
+    max_new_tokens: int = Field(24, gt=0, le=4096)
+    batch_size: int = Field(32, gt=0, le=4096)
 
 
 METRICS = {"exact_match": True, "rouge_l": True, "eval_loss": False, "perplexity": False}
 
 
 class RegistryConfig(Strict):
-    model_name: str = Field("tuneforge-demo", min_length=1)
+    # Also names a directory (checkpoints under output_dir) and a concurrency slot; MLflow
+    # itself refuses '/' and ':', but only at registration, after hours of training.
+    model_name: str = Field("tuneforge-demo", min_length=1, max_length=200)
     # The candidate takes the `champion` alias only when it beats the base and the current
     # champion on this metric, all three scored on this run's eval split; otherwise it becomes
     # `challenger`. One of exact_match, rouge_l, eval_loss, perplexity, optionally narrowed to
@@ -207,6 +223,16 @@ class RegistryConfig(Strict):
     # Only one retrain per model name runs at a time. None waits for the running one to end;
     # a number of seconds gives up after that long (0: refuse at once).
     wait_for_slot_s: float | None = Field(None, ge=0)
+
+    @field_validator("model_name")
+    @classmethod
+    def _model_name_is_a_name(cls, name: str) -> str:
+        if re.search(r"[/\\:\x00-\x1f]", name) or not name.strip(". ") or name != name.strip():
+            raise ValueError(
+                f"{name!r} is not a model name (no '/', '\\', ':', control characters, "
+                "surrounding spaces, or dots only)"
+            )
+        return name
 
     @field_validator("metric")
     @classmethod
@@ -250,9 +276,11 @@ class TrackingConfig(Strict):
 
 
 class RunConfig(Strict):
-    name: str = "retrain"
-    # Each run writes its split data, checkpoints and quarantine file under here.
-    output_dir: str = "runs"
+    # The Prefect flow run's and the MLflow run's name; never part of a path.
+    name: str = Field("retrain", min_length=1, max_length=200)
+    # Each run writes its split data, checkpoints and quarantine file under here; names from
+    # the config or the data become paths below it only through tuneforge.paths.
+    output_dir: str = Field("runs", min_length=1)
     data: DataConfig
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
@@ -282,7 +310,8 @@ class RunConfig(Strict):
         or outputs live, what the run is called, or whether it was forced; the data's content
         has its own fingerprint): for lineage and to detect an unchanged retrain."""
         volatile = {"name": True, "output_dir": True, "tracking": True, "force": True}
-        shaping = self.model_dump(mode="json", exclude={**volatile, "data": {"path"}})
+        exclude = {**volatile, "data": {"path"}, "train": TRAIN_NOT_SHAPING}
+        shaping = self.model_dump(mode="json", exclude=exclude)
         blob = json.dumps(shaping, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
