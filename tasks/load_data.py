@@ -10,6 +10,7 @@ not the format) raises `DataLoadError` with a one-line message naming the file.
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 from dataclasses import dataclass
@@ -52,6 +53,40 @@ def detect_format(source: str, fmt: str = "auto") -> str:
     )
 
 
+# A byte-order mark makes UTF-16 and UTF-32 unambiguous (Windows "Unicode text" exports), so
+# such files are decoded; without one, their NUL bytes read as binary data.
+_WIDE_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+def _decode(path: Path, data: bytes) -> str:
+    for bom, encoding in _WIDE_BOMS:  # UTF-32 first: its LE mark starts with UTF-16's
+        if data.startswith(bom):
+            try:
+                return data.decode(encoding)
+            except UnicodeDecodeError:
+                raise DataLoadError(
+                    f"{path}: starts with a {encoding} byte-order mark but is not {encoding}"
+                ) from None
+    if b"\x00" in data:
+        raise DataLoadError(
+            f"{path}: binary data (NUL bytes), not a text file "
+            "(UTF-16/UTF-32 text needs a byte-order mark; better, save it as UTF-8)"
+        )
+    try:
+        return data.decode("utf-8-sig")  # -sig: a leading byte-order mark is not data
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataLoadError(
+            f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}, "
+            f"line {line}); save it as UTF-8"
+        ) from None
+
+
 def _read_text(path: Path) -> str:
     try:
         data = path.read_bytes()
@@ -61,17 +96,57 @@ def _read_text(path: Path) -> str:
         raise DataLoadError(f"{path}: is a directory, not a data file") from None
     except OSError as exc:
         raise DataLoadError(f"{path}: cannot read ({exc.strerror})") from None
-    if b"\x00" in data:
-        raise DataLoadError(f"{path}: binary data (NUL bytes), not a text file")
-    try:
-        text = data.decode("utf-8-sig")  # -sig: a leading byte-order mark is not data
-    except UnicodeDecodeError as exc:
-        raise DataLoadError(
-            f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})"
-        ) from None
+    text = _decode(path, data)
     if not text.strip():
         raise DataLoadError(f"{path}: file is empty")
     return text
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        # json.loads would keep the last value silently; which one the author meant is unknown.
+        repeated = next(k for k in keys if keys.count(k) > 1)
+        raise ValueError(f"key {repeated!r} appears twice in one object")
+    return dict(pairs)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # Python's json accepts NaN/Infinity; JSON does not
+
+
+# A row is a few levels deep (messages -> turn -> text). Far deeper values are garbage, and
+# later steps (pandera, json.dumps) would hit Python's recursion limit on them.
+MAX_DEPTH = 64
+
+
+def _depth(value: Any) -> int:
+    deepest, stack = 0, [(value, 1)]
+    while stack:  # iterative: a recursive walk would fail on the very values it looks for
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        children = item.values() if isinstance(item, dict) else item
+        if isinstance(item, dict | list):
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def parse_json(text: str, max_depth: int = MAX_DEPTH) -> Any:
+    """Strict JSON: raises ValueError (one line) for invalid JSON, duplicate keys, NaN or
+    Infinity, numbers with thousands of digits, and values nested deeper than `max_depth`."""
+    try:
+        value = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno} column {exc.colno}" if "\n" in text else f"column {exc.colno}"
+        raise ValueError(f"invalid JSON: {exc.msg} at {where}") from None
+    except RecursionError:
+        raise ValueError(f"invalid JSON: nested deeper than {max_depth} levels") from None
+    except ValueError as exc:  # the hooks above, or int() refusing thousands of digits
+        message = str(exc).split(";")[0]  # drop int()'s advice to raise a global limit
+        raise ValueError(f"invalid JSON: {message}") from None
+    if _depth(value) > max_depth:
+        raise ValueError(f"invalid JSON: nested deeper than {max_depth} levels")
+    return value
 
 
 def _read_jsonl(path: Path) -> list[RawRow]:
@@ -79,13 +154,14 @@ def _read_jsonl(path: Path) -> list[RawRow]:
     # Split on "\n" only: str.splitlines() also breaks on U+2028 and friends, which JSON
     # strings may legally contain unescaped.
     for lineno, line in enumerate(_read_text(path).split("\n"), start=1):
-        line = line.removesuffix("\r")
+        # A BOM mid-file comes from concatenating files that each had one; it is never data.
+        line = line.removesuffix("\r").removeprefix("\ufeff")
         if not line.strip():
             continue  # blank lines hold no data; numbering still follows the file
         try:
-            value = json.loads(line)
-        except json.JSONDecodeError as exc:
-            rows.append(RawRow(lineno, None, raw=line, parse_error=f"invalid JSON: {exc.msg}"))
+            value = parse_json(line)
+        except ValueError as exc:
+            rows.append(RawRow(lineno, None, raw=line, parse_error=str(exc)))
             continue
         if isinstance(value, dict):
             rows.append(RawRow(lineno, value))
@@ -93,15 +169,19 @@ def _read_jsonl(path: Path) -> list[RawRow]:
             error = f"not a JSON object (got {type(value).__name__})"
             rows.append(RawRow(lineno, None, raw=line, parse_error=error))
     if rows and all(r.record is None for r in rows):
-        raise DataLoadError(f"{path}: no line is a JSON object; is this JSONL?")
+        first = rows[0]
+        raise DataLoadError(
+            f"{path}: no line is a JSON object (line {first.row}: {first.parse_error}); "
+            "is this JSONL?"
+        )
     return rows
 
 
 def _read_json(path: Path) -> list[RawRow]:
     try:
-        value = json.loads(_read_text(path))
-    except json.JSONDecodeError as exc:
-        raise DataLoadError(f"{path}: invalid JSON at line {exc.lineno}: {exc.msg}") from None
+        value = parse_json(_read_text(path))
+    except ValueError as exc:  # one bad value spoils the whole array: no row to blame
+        raise DataLoadError(f"{path}: {exc}") from None
     if isinstance(value, dict) and isinstance(value.get("data"), list):
         value = value["data"]  # some exports wrap the rows
     if not isinstance(value, list):
@@ -140,33 +220,44 @@ def _rows_from_frame(frame: Any) -> list[RawRow]:
 
 def _read_csv(path: Path) -> list[RawRow]:
     """Rows are numbered by the file line they start on (the header is line 1), like a text
-    editor shows them; a quoted cell may span lines."""
+    editor shows them; a quoted cell may span lines. A row with more or fewer cells than the
+    header is quarantined whole: which cell belongs to which column is a guess."""
     import csv
     import io
 
     csv.field_size_limit(2**26)  # enormous cells are quarantined by length, not crashed on
-    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""), strict=True)
+    reader = csv.reader(io.StringIO(_read_text(path), newline=""), strict=True)
     try:
-        if not reader.fieldnames:
+        header = next(reader, None)
+        if not header or not any(h.strip() for h in header):
             raise DataLoadError(f"{path}: CSV has no header row")
+        repeated = sorted({h for h in header if header.count(h) > 1})
+        if repeated:
+            raise DataLoadError(f"{path}: CSV header repeats column {repeated[0]!r}")
         rows = []
         start = reader.line_num + 1
-        for rec in reader:
-            extra = rec.pop(None, None)  # cells beyond the header
-            if extra:
-                raw = json.dumps(rec | {"_extra": extra})
-                rows.append(
-                    RawRow(start, None, raw=raw, parse_error="more cells than header columns")
-                )
-            else:
-                # CSV has no null: an empty cell means "no value", as a missing key does in JSON.
-                rows.append(RawRow(start, {k: (v if v != "" else None) for k, v in rec.items()}))
+        for cells in reader:
+            if cells:  # a blank line holds no row
+                rows.append(_csv_row(start, header, cells))
             start = reader.line_num + 1
     except csv.Error as exc:
         raise DataLoadError(f"{path}: line {reader.line_num}: malformed CSV ({exc})") from None
     if not rows:
         raise DataLoadError(f"{path}: CSV has a header but no rows")
     return rows
+
+
+def _csv_row(row: int, header: list[str], cells: list[str]) -> RawRow:
+    if len(cells) != len(header):
+        more = "more" if len(cells) > len(header) else "fewer"
+        record: dict[str, Any] = dict(zip(header, cells, strict=False))
+        if len(cells) > len(header):
+            record["_extra"] = cells[len(header) :]
+        raw = json.dumps(record, ensure_ascii=False)
+        error = f"{more} cells than header columns ({len(cells)} for {len(header)})"
+        return RawRow(row, None, raw=raw, parse_error=error)
+    # CSV has no null: an empty cell means "no value", as a missing key does in JSON.
+    return RawRow(row, {k: (v if v != "" else None) for k, v in zip(header, cells, strict=True)})
 
 
 def _read_parquet(path: Path) -> list[RawRow]:
@@ -221,7 +312,9 @@ def read_rows(source: str, fmt: str = "auto", hf_split: str = "train") -> list[R
 def write_raw_rows(rows: list[RawRow], path: Path) -> None:
     """Persists loaded rows as JSONL so the next task gets a path, not a live object."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
+    # backslashreplace: a lone surrogate (JSON allows "\ud800") cannot be encoded as UTF-8,
+    # but written as `\ud800` inside a JSON string it is the same escape, read back as is.
+    with path.open("w", encoding="utf-8", errors="backslashreplace") as f:
         for r in rows:
             f.write(json.dumps(r.__dict__, ensure_ascii=False, default=str) + "\n")
 

@@ -25,7 +25,7 @@ import pandas as pd
 import pandera.pandas as pa
 from prefect import task
 
-from tasks.load_data import RawRow, read_raw_rows
+from tasks.load_data import RawRow, parse_json, read_raw_rows
 
 ROLES = frozenset({"system", "user", "assistant"})
 TEXT_FIELDS = ("instruction", "input", "output", "task")
@@ -51,6 +51,26 @@ class ValidationReport:
 
 def _is_text(value: Any) -> bool:
     return isinstance(value, str)
+
+
+def _not_unicode(rec: dict[str, Any]) -> str | None:
+    """The reason when a field holds an unpaired surrogate (JSON can spell one, "\\ud800"):
+    such text cannot be written as UTF-8 or tokenized. Checked before pandera, whose failure
+    report breaks on it."""
+    for name in (*TEXT_FIELDS, "messages"):
+        try:
+            json.dumps(rec.get(name), ensure_ascii=False, default=str).encode("utf-8")
+        except UnicodeEncodeError:
+            return f"{name}: is not valid Unicode (an unpaired surrogate)"
+    return None
+
+
+def _is_family_name(value: Any) -> bool:
+    """Task families name metric keys (`exact_match.<task>`, which MLflow may store as files), so
+    `../x`, `/x` and `a//b` are refused; `qa/math` is fine."""
+    if not isinstance(value, str) or not value.strip():
+        return True  # reported as "must be text" / "is blank"
+    return all(part.strip(". ") for part in value.split("/"))
 
 
 def _turns(value: Any) -> list[dict[str, str]] | None:
@@ -84,6 +104,11 @@ def build_schema(max_chars: int) -> pa.DataFrameSchema:
     is_text = pa.Check(_is_text, element_wise=True, error="must be text")
     blank = pa.Check(not_blank, error="is blank")
     too_long = pa.Check(within_limit, error=f"is longer than {max_chars} characters")
+    family = pa.Check(
+        _is_family_name,
+        element_wise=True,
+        error="must be a family name, not a path (no leading '/', no empty, '.' or '..' parts)",
+    )
     chat_checks = [
         pa.Check(
             lambda v: _turns(v) is not None,
@@ -125,7 +150,7 @@ def build_schema(max_chars: int) -> pa.DataFrameSchema:
             "instruction": pa.Column(object, nullable=True, checks=[is_text, blank, too_long]),
             "input": pa.Column(object, nullable=True, checks=[is_text, too_long]),
             "output": pa.Column(object, nullable=True, checks=[is_text, blank, too_long]),
-            "task": pa.Column(object, nullable=True, checks=[is_text, blank]),
+            "task": pa.Column(object, nullable=True, checks=[is_text, blank, too_long, family]),
             "messages": pa.Column(object, nullable=True, checks=chat_checks),
         },
         checks=[
@@ -156,8 +181,8 @@ def _frame(records: list[dict[str, Any]]) -> pd.DataFrame:
         messages = rec.get("messages")
         if isinstance(messages, str):  # CSV cells carry messages as a JSON string
             # Undecodable text stays a string: the format check rejects it with a reason.
-            with contextlib.suppress(json.JSONDecodeError):
-                messages = json.loads(messages)
+            with contextlib.suppress(ValueError):
+                messages = parse_json(messages)
         columns["messages"].append(messages)
     return pd.DataFrame({k: pd.Series(v, dtype=object) for k, v in columns.items()})
 
@@ -210,6 +235,8 @@ def validate_rows(
     for r in rows:
         if r.record is None:
             quarantine.append({"row": r.row, "reason": r.parse_error, "record": r.raw})
+        elif reason := _not_unicode(r.record):
+            quarantine.append({"row": r.row, "reason": reason, "record": r.record})
         else:
             parsed.append(r)
     frame = _frame([r.record for r in parsed])
@@ -235,7 +262,8 @@ def validate_rows(
 
 def write_jsonl(items: list[dict[str, Any]], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
+    # A quarantined record may hold a lone surrogate; as `\ud800` it stays the same JSON string.
+    with path.open("w", encoding="utf-8", errors="backslashreplace") as f:
         for item in items:
             f.write(json.dumps(item, ensure_ascii=False, default=str) + "\n")
 

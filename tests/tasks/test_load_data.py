@@ -130,7 +130,7 @@ def test_csv_messages_column_and_row_with_too_many_cells():
     assert json.loads(rows[0].record["messages"])[1] == {"role": "assistant", "content": "Paris."}
     extra = rows[1]
     assert extra.record is None
-    assert extra.parse_error == "more cells than header columns"
+    assert extra.parse_error == "more cells than header columns (3 for 2)"
     assert json.loads(extra.raw)["_extra"] == ["extra cell"]
     assert "Madrid." in json.loads(extra.raw)["messages"]
     assert rows[2].record == {"task": "qa", "messages": "not json at all"}
