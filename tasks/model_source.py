@@ -113,8 +113,13 @@ def load_pretrained(model_dir: str | Path, trust_remote_code: bool = False) -> t
             model = AutoModelForCausalLM.from_pretrained(
                 model_dir, trust_remote_code=trust_remote_code, **kwargs
             )
-    except (OSError, ValueError, SafetensorError) as exc:
+    # Corrupt files surface as many types: OSError (missing file), ValueError and KeyError
+    # (bad config), TypeError (config.json not an object), RuntimeError (weights whose shapes
+    # differ from config.json), SafetensorError (truncated or garbage weights).
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
         first = _first_line(exc)
+        if "mismatched_sizes" in first:  # transformers points at a report printed above
+            first = "the weights' shapes do not match config.json"
         raise ModelSourceError(f"{model_dir}: cannot load model: {first}") from None
     if tokenizer.pad_token_id is None:  # many causal LMs ship without one
         tokenizer.pad_token = tokenizer.eos_token
@@ -169,6 +174,8 @@ def resolve_model_dir(cfg: ModelConfig, train_records: list[dict[str, Any]], out
     if source.startswith("models:/"):
         return download_registry_model(source, out_dir / "base")
     local = Path(source).expanduser()
+    if local.is_file():
+        raise ModelSourceError(f"{source}: is a file; model.source needs a checkpoint directory")
     if local.exists():
         if not (local / "config.json").is_file():
             raise ModelSourceError(f"{source}: directory has no config.json")

@@ -147,7 +147,10 @@ def validate(
         _fail(str(exc))
     valid, rejected = validate_rows(rows, max_chars)
     if quarantine is None:
-        quarantine = Path(f"{Path(data.removeprefix('hf:')).name}.quarantine.jsonl")
+        # In the working directory, named after the data: a name holds no separator, and
+        # a source with none (`/`, `hf:`) still gets a visible file name.
+        name = Path(data.removeprefix("hf:")).name.strip(".") or "dataset"
+        quarantine = Path(f"{name}.quarantine.jsonl")
     write_jsonl(rejected, quarantine)
     for entry in rejected[:20]:
         line = f"row {entry['row']}: {entry['reason']}"
@@ -189,21 +192,35 @@ def evaluate(
     """Score a model on a dataset (every valid row): loss, perplexity, exact match, ROUGE-L."""
     import tempfile
 
+    from pydantic import ValidationError
+
     from tasks.evaluate import evaluate_records
     from tasks.load_data import DataLoadError, read_rows
     from tasks.model_source import ModelSourceError, resolve_model_dir
     from tasks.validate_data import validate_rows
-    from tuneforge.config import EvalConfig, ModelConfig
+    from tuneforge.config import ConfigError, EvalConfig, ModelConfig
+    from tuneforge.preflight import check_tracking_server
     from tuneforge.tracking import resolve_tracking_uri
 
+    try:
+        cfg = EvalConfig(max_examples=max_examples, max_new_tokens=max_new_tokens)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        _fail(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}")
+    if max_length <= 8:
+        _fail(f"--max-length: {max_length} tokens leave no room for an answer; use more than 8")
     try:
         valid, rejected = validate_rows(read_rows(data), max_chars=100_000)
     except DataLoadError as exc:
         _fail(str(exc))
     if not valid:
         _fail(f"{data}: no valid rows to evaluate ({len(rejected)} rejected)")
-    cfg = EvalConfig(max_examples=max_examples, max_new_tokens=max_new_tokens)
-    resolve_tracking_uri(tracking_uri)
+    uri = resolve_tracking_uri(tracking_uri)
+    if model.startswith("models:/") and uri.startswith(("http://", "https://")):
+        try:  # MLflow's client retries a dead server for minutes; this asks once, briefly
+            check_tracking_server(uri)
+        except ConfigError as exc:
+            _fail(f"{model}: {str(exc).removeprefix('tracking.tracking_uri: ')}")
     with tempfile.TemporaryDirectory() as tmp:
         try:
             model_dir = resolve_model_dir(ModelConfig(source=model), [], Path(tmp))
