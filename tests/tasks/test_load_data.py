@@ -12,8 +12,10 @@ from tasks.load_data import (
     RawRow,
     detect_format,
     load_dataset,
+    parse_json,
     read_raw_rows,
     read_rows,
+    write_raw_rows,
 )
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -331,3 +333,52 @@ def test_save_to_disk_directories_load(tmp_path, monkeypatch):
     for name in ("single", "dict"):
         loaded = read_rows(str(tmp_path / name))
         assert [r.record for r in loaded] == rows and [r.row for r in loaded] == [1, 2]
+
+
+# Strict JSON and encodings
+
+
+@pytest.mark.parametrize(
+    ("text", "phrase"),
+    [
+        ('{"a": 1, "a": 2}', "key 'a' appears twice"),
+        ('{"a": NaN}', "NaN is not JSON"),
+        ('{"a": -Infinity}', "-Infinity is not JSON"),
+        ('{"a": ' + "1" * 5000 + "}", "Exceeds the limit (4300 digits)"),
+        ("[" * 65 + "]" * 65, "nested deeper than 64 levels"),
+        ("[" * 100_000, "nested deeper than 64 levels"),
+        ('{"a": 1', "invalid JSON: Expecting ',' delimiter at column 8"),
+    ],
+)
+def test_parse_json_is_strict_and_errors_are_one_line(text, phrase):
+    with pytest.raises(ValueError) as info:
+        parse_json(text)
+    assert phrase in str(info.value) and "\n" not in str(info.value)
+    assert "set_int_max_str_digits" not in str(info.value)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-32", "utf-16-be"])
+def test_utf16_and_utf32_with_a_byte_order_mark_are_decoded(tmp_path, encoding):
+    import codecs
+
+    path = tmp_path / "wide.jsonl"
+    bom = codecs.BOM_UTF16_BE if encoding == "utf-16-be" else b""
+    path.write_bytes(bom + '{"instruction": "café", "output": "b"}\n'.encode(encoding))
+
+    assert read_rows(str(path)) == [RawRow(1, {"instruction": "café", "output": "b"})]
+
+
+def test_csv_repeated_header_is_unusable_and_short_rows_are_quarantined(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("instruction,output,task\nq,a,t\nq2,a2\n", encoding="utf-8")
+    rows = read_rows(str(path))
+    assert rows[1].record is None and rows[1].parse_error.startswith("fewer cells")
+    assert json.loads(rows[1].raw) == {"instruction": "q2", "output": "a2"}
+    path.write_text("instruction,output,output\nq,a,b\n", encoding="utf-8")
+    assert "repeats column 'output'" in _load_error(path)
+
+
+def test_lone_surrogate_survives_the_hand_off_file(tmp_path):
+    rows = [RawRow(1, {"instruction": "a\ud800", "output": "b"}), RawRow(2, None, "x\udfff", "e")]
+    write_raw_rows(rows, tmp_path / "loaded.jsonl")
+    assert read_raw_rows(tmp_path / "loaded.jsonl") == rows

@@ -297,9 +297,10 @@ _SCALARS = (
     st.none()
     | st.booleans()
     | st.integers()
-    | st.floats()
+    | st.floats()  # NaN and infinities included: Parquet and HF rows can hold them
     | st.text(max_size=12)
-    | st.sampled_from(["", " ", "user", "assistant", "system"])
+    | st.text(st.characters(exclude_categories=()), max_size=4)  # lone surrogates, controls
+    | st.sampled_from(["", " ", "\u3000", "user", "assistant", "system", "../x", "/abs", ".."])
 )
 _VALUES = st.recursive(
     _SCALARS,
@@ -335,3 +336,4 @@ def test_random_rows_never_crash_and_are_all_accounted_for(records, max_chars):
     for v in valid:
         assert set(v) == {"row", "task", "messages"}
         assert v["messages"][-1]["role"] == "assistant"
+        json.dumps(v, ensure_ascii=False).encode("utf-8")  # writable and tokenizable text
