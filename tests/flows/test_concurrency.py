@@ -43,3 +43,22 @@ def test_second_retrain_of_a_busy_model_gives_up_and_says_so(
     # Once free, the slot can be taken again at once.
     with concurrency(slot_name("it-busy"), occupy=1, strict=True, timeout_seconds=5):
         pass
+
+
+def test_two_first_runs_creating_the_limit_at_once_both_get_the_slot(prefect_harness, monkeypatch):
+    # The upsert reads then creates; two first runs of a new model started together can both
+    # read "no limit" and both create it. Played here: the limit exists, the read says it does not.
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.exceptions import ObjectNotFound
+
+    from tuneforge.concurrency import one_retrain_at_a_time
+
+    with one_retrain_at_a_time("it-first-twice", wait_s=5):
+        pass  # the other run created the limit
+
+    def not_yet(self, name):
+        raise ObjectNotFound(http_exc=None)
+
+    monkeypatch.setattr(SyncPrefectClient, "read_global_concurrency_limit_by_name", not_yet)
+    with one_retrain_at_a_time("it-first-twice", wait_s=5):
+        pass
