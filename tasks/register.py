@@ -2,8 +2,10 @@
 
 The model is saved in MLflow's transformers flavour (safetensors weights plus tokenizer) with a
 prompt template, so `mlflow.pyfunc.load_model("models:/NAME@champion").predict([...])` answers
-plain instructions. The files are uploaded to the run first and the version is registered from
-them afterwards, so a version never points at a half-uploaded model.
+plain instructions. The files are uploaded to the run first, every one checked by path and size,
+and only then is a version registered from them, so a version never points at a half-uploaded
+model. The task is safe to repeat: a re-run (or a Prefect retry) for the same run finds the
+version it registered and finishes it (tags, alias, description) instead of adding another.
 
 Promotion: the new version takes the `champion` alias when there is no champion yet or when it
 beats the champion on `tuned.<metric>`; otherwise it takes the `challenger` alias and the
@@ -24,6 +26,7 @@ from tasks.model_source import load_pretrained
 from tuneforge.config import RegistryConfig
 from tuneforge.model_registry import CHALLENGER, CHAMPION
 from tuneforge.prompts import render_prompt
+from tuneforge.tracking import is_unreachable
 
 MODEL_ARTIFACT = "model"
 
@@ -48,10 +51,61 @@ def _pip_requirements() -> list[str]:
     return [f"{pkg}=={version(pkg).split('+')[0]}" for pkg in packages]
 
 
+class IncompleteUpload(ValueError):
+    """The run's copy of the model lacks files or has some at the wrong size (one line)."""
+
+
+def local_files(root: Path) -> dict[str, int]:
+    """Every file under `root`, by path relative to it, with its size in bytes."""
+    return {
+        path.relative_to(root).as_posix(): path.stat().st_size
+        for path in root.rglob("*")
+        if path.is_file()
+    }
+
+
+def uploaded_files(client: Any, run_id: str, root: str) -> dict[str, int | None]:
+    """Every artifact file of the run under `root` (recursively), by path relative to `root`,
+    with the size the artifact store reports (None where it reports none)."""
+    found: dict[str, int | None] = {}
+    pending = [root]
+    while pending:
+        for info in client.list_artifacts(run_id, pending.pop()):
+            if info.is_dir:
+                pending.append(info.path)
+            else:
+                found[info.path.removeprefix(f"{root}/")] = info.file_size
+    return found
+
+
+def check_upload(
+    local: dict[str, int], uploaded: dict[str, int | None], run_id: str, tracking_uri: str
+) -> None:
+    """Raises `IncompleteUpload` unless every local file was uploaded with its size."""
+    missing = sorted(set(local) - set(uploaded))
+    wrong_size = sorted(
+        f"{path} ({uploaded[path]} of {size} bytes)"
+        for path, size in local.items()
+        if uploaded.get(path) is not None and uploaded[path] != size
+    )
+    problems = []
+    if missing:
+        problems.append(f"missing {missing}")
+    if wrong_size:
+        problems.append(f"wrong size {wrong_size}")
+    if problems:
+        raise IncompleteUpload(
+            f"model upload to run {run_id} at {tracking_uri} incomplete "
+            f"({len(missing) + len(wrong_size)} of {len(local)} files): {'; '.join(problems)}; "
+            "nothing was registered"
+        )
+
+
 def log_model_artifacts(
     model_dir: str, run_id: str, tracking_uri: str, trust_remote_code: bool = False
 ) -> str:
-    """Saves the checkpoint as an MLflow transformers model under the run; returns its URI."""
+    """Saves the checkpoint as an MLflow transformers model under the run and returns its URI
+    once every file is in the artifact store at its size (else `IncompleteUpload`)."""
     import mlflow.transformers
     from mlflow.tracking import MlflowClient
 
@@ -75,12 +129,8 @@ def log_model_artifacts(
         )
         client = MlflowClient(tracking_uri)
         client.log_artifacts(run_id, str(local), artifact_path=MODEL_ARTIFACT)
-        uploaded = {Path(f.path).name for f in client.list_artifacts(run_id, MODEL_ARTIFACT)}
-        missing = {p.name for p in local.iterdir()} - uploaded
-        if missing:
-            raise RuntimeError(
-                f"model upload to run {run_id} incomplete: missing {sorted(missing)}"
-            )
+        uploaded = uploaded_files(client, run_id, MODEL_ARTIFACT)
+        check_upload(local_files(local), uploaded, run_id, tracking_uri)
     return f"runs:/{run_id}/{MODEL_ARTIFACT}"
 
 
@@ -172,7 +222,29 @@ def champion_score(
     return client.get_run(champion.run_id).data.metrics.get(f"tuned.{metric}")
 
 
-@task(name="register_model")
+def retry_if_unreachable(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect retry condition: retry a registration that failed for want of a tracking server
+    (or lost an upload file), not one that failed on its inputs."""
+    error = state.data if isinstance(state.data, BaseException) else None
+    return error is not None and (is_unreachable(error) or isinstance(error, IncompleteUpload))
+
+
+# Run tags that registration writes itself: not lineage, and present on a re-run's run.
+_OWN_RUN_TAGS = ("tuneforge.registered_version", "tuneforge.decision")
+
+
+# Retries: every MLflow call already retries for about four minutes on its own
+# (MLFLOW_HTTP_REQUEST_MAX_RETRIES); these cover longer outages. A Prefect retry repeats the
+# whole task (reload, save and re-upload the model: seconds to minutes for a big one) rather
+# than only the call that failed, which a retry loop around each of the ten calls could do;
+# in exchange one mechanism covers a failure anywhere in the task, and it is safe because the
+# task finds and finishes the version it registered before instead of registering another.
+@task(
+    name="register_model",
+    retries=3,
+    retry_delay_seconds=[30, 60, 120],
+    retry_condition_fn=retry_if_unreachable,
+)
 def register_model(
     model_dir: str,
     run_id: str,
@@ -184,39 +256,45 @@ def register_model(
     trust_remote_code: bool = False,
 ) -> Registration:
     """Registers the tuned model as a new version with its lineage tags and model card, and
-    moves `champion` to it only when it passes the promotion gate (else: `challenger`)."""
-    import mlflow
+    moves `champion` to it only when it passes the promotion gate (else: `challenger`).
+
+    Idempotent: if a version of `cfg.model_name` already comes from `run_id` (an earlier
+    attempt crashed after creating it), that version is finished instead of a new one made."""
     from mlflow.tracking import MlflowClient
 
-    from tuneforge.model_registry import set_champion
+    from tuneforge.model_registry import version_for_run
 
     if cfg.metric not in tuned_metrics:
         raise ValueError(f"registry.metric {cfg.metric!r} is not among {sorted(tuned_metrics)}")
-    source_uri = log_model_artifacts(model_dir, run_id, tracking_uri, trust_remote_code)
-    mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri)
-    version = str(mlflow.register_model(source_uri, cfg.model_name).version)
-
     lineage = {
-        k: v for k, v in client.get_run(run_id).data.tags.items() if k.startswith("tuneforge.")
+        k: v
+        for k, v in client.get_run(run_id).data.tags.items()
+        if k.startswith("tuneforge.") and k not in _OWN_RUN_TAGS
     }
-    for key, value in lineage.items():
-        client.set_model_version_tag(cfg.model_name, version, key, value)
+    existing = version_for_run(client, cfg.model_name, run_id)
+    if existing is None:
+        log_model_artifacts(model_dir, run_id, tracking_uri, trust_remote_code)  # verified
+        version = _create_version(client, cfg.model_name, run_id, tracking_uri, lineage)
+        held: list[str] = []
+    else:  # registered by an earlier attempt whose upload was verified; finish it
+        version, held = existing.version, list(existing.aliases)
+        for key, value in lineage.items():
+            if existing.tags.get(key) != value:
+                client.set_model_version_tag(cfg.model_name, version, key, value)
 
-    promote, reason = decide(
-        tuned_metrics[cfg.metric],
-        base_metrics.get(cfg.metric),
-        champion_score(client, cfg.model_name, cfg.metric, champion),
-        cfg,
-    )
-    if promote:
-        set_champion(client, cfg.model_name, version, reason)
+    if CHAMPION in held:  # an earlier attempt promoted it: re-deciding would compare it to itself
+        decision = existing.tags.get("tuneforge.decision", "") if existing else ""
+        promote = True
+        reason = decision.removeprefix(f"{CHAMPION}: ") or "promoted by an interrupted attempt"
     else:
-        client.set_registered_model_alias(cfg.model_name, CHALLENGER, version)
-        client.set_model_version_tag(
-            cfg.model_name, version, "tuneforge.decision", f"{CHALLENGER}: {reason}"
+        promote, reason = decide(
+            tuned_metrics[cfg.metric],
+            base_metrics.get(cfg.metric),
+            champion_score(client, cfg.model_name, cfg.metric, champion),
+            cfg,
         )
-    alias = CHAMPION if promote else CHALLENGER
+    alias = _set_alias(client, cfg.model_name, version, promote, reason, held)
 
     card = model_card(
         cfg.model_name, version, f"{alias}: {reason}", lineage, base_metrics, tuned_metrics
@@ -228,3 +306,36 @@ def register_model(
     return Registration(
         cfg.model_name, version, alias, reason, f"models:/{cfg.model_name}/{version}"
     )
+
+
+def _create_version(
+    client: Any, name: str, run_id: str, tracking_uri: str, tags: dict[str, str]
+) -> str:
+    """Creates the registered model if needed and a version from the run's uploaded model,
+    with its lineage tags in the same call (a version never exists without them)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking.artifact_utils import get_artifact_uri
+
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    source = get_artifact_uri(run_id, MODEL_ARTIFACT, tracking_uri=tracking_uri)
+    return str(client.create_model_version(name, source, run_id, tags=tags).version)
+
+
+def _set_alias(
+    client: Any, name: str, version: str, promote: bool, reason: str, held: list[str]
+) -> str:
+    """Gives `version` the alias the gate decided, with the decision tag; returns the alias."""
+    from tuneforge.model_registry import set_champion
+
+    if promote:
+        set_champion(client, name, version, reason)
+        if CHALLENGER in held:  # it was challenger before the champion moved away from it
+            client.delete_registered_model_alias(name, CHALLENGER)
+        return CHAMPION
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    client.set_model_version_tag(name, version, "tuneforge.decision", f"{CHALLENGER}: {reason}")
+    return CHALLENGER

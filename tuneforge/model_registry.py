@@ -59,6 +59,18 @@ def current_champion(client: MlflowClient, name: str) -> Any | None:
         return None
 
 
+def version_for_run(client: MlflowClient, name: str, run_id: str) -> Any | None:
+    """The version of `name` registered from the MLflow run `run_id`, or None: how a repeated
+    registration finds the one an interrupted attempt created instead of adding another."""
+    if "'" in name:  # cannot be quoted in a filter; config names never have one
+        raise RegistryError(f"{name}: a model name with a quote is not supported")
+    found = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    if not found:
+        return None
+    # Fetched again: not every store fills in aliases on search results.
+    return client.get_model_version(name, min(int(v.version) for v in found))
+
+
 def set_champion(client: MlflowClient, name: str, version: str, reason: str) -> None:
     """Moves `champion` to `version` and records it in the history."""
     client.set_registered_model_alias(name, CHAMPION, version)
