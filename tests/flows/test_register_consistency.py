@@ -174,3 +174,39 @@ def test_registration_is_retried_on_connection_errors_only():
     assert retry_if_unreachable(None, None, Failed(data=unreachable))
     assert not retry_if_unreachable(None, None, Failed(data=ValueError("registry.metric")))
     assert register_model.retries == 3 and register_model.retry_condition_fn is not None
+
+
+def test_prefect_retries_a_registration_that_lost_the_server(
+    prefect_harness, mlflow_server, tiny_model_dir, monkeypatch
+):
+    """Under the real task engine: the first attempt loses the server after creating the
+    version; the retry finishes that version instead of registering a second."""
+    from prefect import flow
+
+    import tuneforge.model_registry as model_registry
+
+    set_champion = model_registry.set_champion
+    attempts: list[str] = []
+
+    def flaky_set_champion(*args, **kwargs):
+        attempts.append("set_champion")
+        if len(attempts) == 1:
+            try:
+                raise ConnectionRefusedError(111, "Connection refused")
+            except OSError as exc:  # as MLflow wraps it once its own retries are spent
+                raise MlflowException(f"API request failed with exception {exc}")  # noqa: B904
+        set_champion(*args, **kwargs)
+
+    monkeypatch.setattr(model_registry, "set_champion", flaky_set_champion)
+    name, run_id = "retried", _run(mlflow_server)
+
+    @flow
+    def register() -> object:
+        return register_model.with_options(retry_delay_seconds=0)(
+            str(tiny_model_dir), run_id, BASE, TUNED, None, RegistryConfig(model_name=name),
+            mlflow_server,
+        )  # fmt: skip
+
+    done = register()
+    assert attempts == ["set_champion", "set_champion"]
+    assert done.alias == CHAMPION and len(_versions(mlflow_server, name)) == 1
