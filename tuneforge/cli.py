@@ -79,9 +79,10 @@ def run(
     hf_logging.disable_progress_bar()
     try:
         result = retrain(cfg)
-    except ValueError as exc:
-        # Bad data, a model that cannot load, the mask audit, the split: all say what to fix
-        # in one line (every such error is a ValueError); Prefect has logged the details.
+    except (ValueError, OSError) as exc:
+        # Bad data, a model that cannot load, the mask audit, the split (ValueError); a full
+        # disk, an unwritable directory, a lost server (OSError): all say what went wrong in
+        # one line; Prefect has logged the details.
         _fail(str(exc).strip().splitlines()[0])
     if isinstance(result, SkippedRun):
         out.print(f"Skipped: {result.reason}", markup=False)
