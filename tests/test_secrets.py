@@ -187,9 +187,8 @@ def test_credentials_in_the_tracking_uri_are_refused_without_echoing_them(tmp_pa
     assert not list(tmp_path.iterdir())
 
 
-def test_credentials_in_the_environments_tracking_uri_are_not_echoed(tmp_path):
-    # MLFLOW_TRACKING_URI is not config, so nothing refuses it up front; preflight reports the
-    # unreachable URI, and the CLI's redaction masks the user-info in that line.
+def test_credentials_in_the_environments_tracking_uri_are_refused_and_not_echoed(tmp_path):
+    # Preflight refuses them too: the URI would travel as a Prefect parameter to a train pool.
     password = "PLANTEDenvUriPassword-Qz5"
     done = subprocess.run(
         [
@@ -202,7 +201,7 @@ def test_credentials_in_the_environments_tracking_uri_are_not_echoed(tmp_path):
     )  # fmt: skip
     assert done.returncode == 2
     lines = (done.stdout + done.stderr).strip().splitlines()
-    assert len(lines) == 1 and "cannot reach http://***@127.0.0.1:9" in lines[0]
+    assert len(lines) == 1 and "MLFLOW_TRACKING_URI: embeds credentials" in lines[0]
     assert password not in done.stdout + done.stderr
 
 

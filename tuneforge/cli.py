@@ -28,10 +28,13 @@ from tuneforge.secrets import install_redaction
 
 # MLflow's per-file download bars add nothing to a run's output, and neither MLflow nor
 # Prefect should phone home from a training job (offline machines log errors trying).
+# Prefect's temporary server (no PREFECT_API_URL) gets 90 s to start instead of 20: on a busy
+# machine, or with a second run starting beside the first, 20 s is not always enough.
 for _name, _value in (
     ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"),
     ("MLFLOW_DISABLE_TELEMETRY", "true"),
     ("PREFECT_SERVER_ANALYTICS_ENABLED", "false"),
+    ("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90"),
 ):
     os.environ.setdefault(_name, _value)
 

@@ -267,12 +267,20 @@ class TrackingConfig(Strict):
     @field_validator("tracking_uri")
     @classmethod
     def _no_credentials(cls, uri: str | None) -> str | None:
-        if uri and re.match(r"^\w+://[^/@]+@", uri):
+        if uri and embeds_credentials(uri):
             raise ValueError(
                 "embeds credentials; put them in MLFLOW_TRACKING_USERNAME / "
                 "MLFLOW_TRACKING_PASSWORD instead (the config is logged)"
             )
         return uri
+
+
+def embeds_credentials(uri: str) -> bool:
+    """`scheme://user:pw@host` (any scheme, postgresql+psycopg2 included) or a secret-looking
+    query parameter (`?token=...`): such a URI would be logged as a param in the clear."""
+    userinfo = re.match(r"^[A-Za-z][\w+.-]*://[^/@?#]+@", uri)
+    query = re.search(r"[?&][^=&#]*(token|secret|password|passwd|pwd|key)[^=&#]*=", uri, re.I)
+    return bool(userinfo or query)
 
 
 class RunConfig(Strict):

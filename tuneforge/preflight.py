@@ -1,19 +1,20 @@
 """Checks a run config against the world before any work starts.
 
 Config validation (tuneforge/config.py) checks shapes and values; this checks what only the
-machine can tell: the data file exists, a local model directory exists, and a tracking server
-answers. Each failure is one `ConfigError` line naming the key, raised in seconds rather than
-after a Prefect server has started or a model has trained.
+machine can tell: the data file exists, a local model directory exists, the output directory
+is writable, and a tracking server answers. Each failure is one `ConfigError` line naming the
+key, raised in seconds rather than after a Prefect server has started or a model has trained.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tuneforge.config import ConfigError, RunConfig
+from tuneforge.config import ConfigError, RunConfig, embeds_credentials
 
 HEALTH_TIMEOUT_S = 5
 
@@ -29,16 +30,37 @@ def check_run(config: RunConfig) -> None:
     if source.startswith((".", "/", "~")) and not Path(source).expanduser().exists():
         raise ConfigError(f"model.source: {source}: no such model directory")
     uri = config.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    key = "tracking.tracking_uri" if config.tracking.tracking_uri else "MLFLOW_TRACKING_URI"
+    if uri and embeds_credentials(uri):
+        # It would travel in the clear: as a Prefect parameter to a training pool, in messages.
+        raise ConfigError(
+            f"{key}: embeds credentials; put them in MLFLOW_TRACKING_USERNAME / "
+            "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) instead"
+        )
     if uri and uri.startswith(("http://", "https://")):
-        check_tracking_server(uri)
+        check_tracking_server(uri, key)
     elif config.train.deployment:
         raise ConfigError(
             f"train.deployment: training on another pool hands data over through MLflow, "
             f"which needs a tracking server (http://...), not {uri or './mlflow.db'}"
         )
+    check_writable(config.output_dir)  # last: it creates the directory
 
 
-def check_tracking_server(uri: str) -> None:
+def check_writable(output_dir: str) -> None:
+    """`output_dir` can be created and written: found now, not after an hour of training."""
+    path = Path(output_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".tuneforge-write-check-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"output_dir: {output_dir}: cannot write there ({exc.strerror or exc})"
+        ) from None
+
+
+def check_tracking_server(uri: str, key: str = "tracking.tracking_uri") -> None:
     """The MLflow server at `uri` answers its health endpoint within a few seconds."""
     try:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=HEALTH_TIMEOUT_S):
@@ -49,4 +71,4 @@ def check_tracking_server(uri: str) -> None:
         reason = f"HTTP {exc.code}"
     except (urllib.error.URLError, OSError) as exc:
         reason = str(getattr(exc, "reason", exc))
-    raise ConfigError(f"tracking.tracking_uri: cannot reach {uri} ({reason})")
+    raise ConfigError(f"{key}: cannot reach {uri} ({reason})")
