@@ -1,5 +1,7 @@
 # make demo  - create .venv, install, run the retrain flow on the bundled data (a few minutes)
 # make test  - create/refresh .venv, lint, run the whole test suite
+# make bench - benchmarks (about 40 min on 2 cores; BENCH_QUICK=1 for a smoke run), writes
+#              benchmarks/RESULTS.md
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,7 +12,7 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 export DO_NOT_TRACK ?= true
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: install demo test lint format clean
+.PHONY: install demo test lint format clean bench
 
 # torch first and pinned: an unpinned torch pulls a multi-GB CUDA build. constraints.txt is the
 # lock of every other package, so a fresh machine resolves the same versions.
@@ -28,6 +30,14 @@ demo: install
 
 test: install lint
 	$(BIN)/pytest
+
+# The bench extra (trl) on top of the dev install; each suite waits for an idle machine first.
+$(VENV)/.bench-stamp: $(STAMP)
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,bench]"
+	touch $@
+
+bench: $(VENV)/.bench-stamp
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.run
 
 lint: install
 	$(BIN)/ruff check .

@@ -1,0 +1,231 @@
+"""Builds benchmarks/RESULTS.md from the raw results in benchmarks/results/*.json.
+
+.venv/bin/python -m benchmarks.report
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import STRATEGIES
+
+TARGET_SPEEDUP = 1.3  # tuneforge real tokens/s over the plain Trainer (instruction, lora)
+TARGET_LOSS = 1.02  # tuneforge eval loss at most 2% above the Trainer's
+TARGET_OVERHEAD = 0.10  # share of a two-minute flow run
+TARGET_VALIDATION_S = 30.0  # for 1M rows
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def _machine() -> str:
+    import torch
+
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")),
+        platform.processor(),
+    )  # fmt: skip
+    memory = Path("/proc/meminfo").read_text().split()[1]
+    return (
+        f"{os.cpu_count()} CPU cores ({cpu}), {int(memory) // 1024**2} GiB RAM, no GPU; "
+        f"Python {platform.python_version()}, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads)"
+    )
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _conditions(record: dict[str, Any]) -> str:
+    idle = "idle at start" if record["idle_at_start"] else "**taken under load**"
+    return (
+        f"1-min load {record['load_start']:.2f} at start, {record['load_end']:.2f} at end ({idle})"
+    )
+
+
+def training_section(record: dict[str, Any]) -> list[str]:
+    rows = record["data"]
+    lines = [
+        "## Training throughput: tuneforge vs `transformers.Trainer` vs TRL `SFTTrainer`",
+        "",
+        _conditions(record),
+        "",
+        "Median over repeats (each run its own process, runner order rotated per repeat). "
+        "tokens/s counts real (non-padding) tokens over the training loop alone; wall is the "
+        "loop to N steps; process is the whole child (imports, model load, loop, save, eval); "
+        "eval loss is per response token on the held-out rows (`tasks.evaluate.response_loss`, "
+        "the same call for every runner). Ratios are per repeat, tuneforge / Trainer, then the "
+        "median.",
+        "",
+        "| strategy | runner | real tok/s | padding | loop wall s | process s | peak RSS MB "
+        "| eval loss | tok/s ratio | loss ratio | load (start-end) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    verdicts = []
+    for strategy in ("full", "instruction", "lora"):
+        for runner in ("tuneforge", "tuneforge-grouped", "trainer", "trl"):
+            mine = [r for r in rows if r["strategy"] == strategy and r["runner"] == runner]
+            if not mine:
+                continue
+            base = {
+                r["repeat"]: r
+                for r in rows
+                if r["strategy"] == strategy and r["runner"] == "trainer"
+            }
+            speed = [r["real_tokens"] / r["train_seconds"] for r in mine]
+            ratios = [
+                (r["real_tokens"] / r["train_seconds"])
+                / (base[r["repeat"]]["real_tokens"] / base[r["repeat"]]["train_seconds"])
+                for r in mine
+                if r["repeat"] in base
+            ]
+            loss_ratios = [
+                r["eval_loss"] / base[r["repeat"]]["eval_loss"] for r in mine if r["repeat"] in base
+            ]
+            pad = 1 - sum(r["real_tokens"] for r in mine) / sum(r["padded_tokens"] for r in mine)
+            loads = (
+                f"{min(r['load_start'] for r in mine):.2f}-{max(r['load_end'] for r in mine):.2f}"
+            )
+            lines.append(
+                f"| {strategy} | {runner} | {_median(speed):,.0f} | {pad:.0%} "
+                f"| {_median([r['train_seconds'] for r in mine]):.1f} "
+                f"| {_median([r['process_seconds'] for r in mine]):.1f} "
+                f"| {_median([r['peak_rss_mb'] for r in mine]):,.0f} "
+                f"| {_median([r['eval_loss'] for r in mine]):.4f} "
+                f"| {_median(ratios):.2f}x | {_median(loss_ratios):.3f} | {loads} |"
+            )
+            if runner == "tuneforge" and strategy in ("instruction", "lora"):
+                ok = _median(ratios) >= TARGET_SPEEDUP and _median(loss_ratios) <= TARGET_LOSS
+                verdicts.append(
+                    f"- {strategy}: tuneforge {_median(ratios):.2f}x the Trainer's tokens/s "
+                    f"(target {TARGET_SPEEDUP}x), eval loss ratio {_median(loss_ratios):.3f} "
+                    f"(target <= {TARGET_LOSS}): **{'met' if ok else 'not met'}**"
+                )
+    # Grouped batches hold other rows, so only the ungrouped runners must agree.
+    trained = {
+        s: {
+            r["trained_tokens"] for r in rows if r["strategy"] == s and "grouped" not in r["runner"]
+        }
+        for s in STRATEGIES
+    }
+    same = all(len(counts) == 1 for counts in trained.values())
+    lines += [
+        "",
+        f"{rows[0]['steps']} steps per run; "
+        + (
+            "every runner trained the same number of tokens per strategy (the loss is on the "
+            "same tokens)."
+            if same
+            else f"**trained tokens differ between runners**: {trained}"
+        ),
+        "",
+        *verdicts,
+    ]
+    return lines
+
+
+def flow_section(record: dict[str, Any]) -> list[str]:
+    data = record["data"]
+    lines = [
+        "## Orchestration overhead of the retrain flow",
+        "",
+        _conditions(record),
+        "",
+        f"Prefect server start (`prefect server start`, until /api/health answers): "
+        f"{data['server_start_seconds']:.1f} s. `tuneforge run` without PREFECT_API_URL starts "
+        "a temporary server of the same kind inside the command.",
+    ]
+    if data.get("install_seconds"):
+        lines.append(
+            f"Fresh install (`make install` steps into a new venv, pip cache warm): "
+            f"{data['install_seconds']:.0f} s."
+        )
+    lines += [
+        "",
+        "| run | command s | flow run s | train loop s | evaluate s | overhead s "
+        "| overhead / flow | (command - loop - eval) / command |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for run in data["runs"]:
+        lines.append(
+            f"| {run['label']} | {run['command_seconds']:.1f} | {run['flow_seconds']:.1f} "
+            f"| {run['train_loop_seconds']:.1f} | {run['evaluate_seconds']:.1f} "
+            f"| {run['overhead_seconds']:.1f} | {run['overhead_share']:.1%} "
+            f"| {run['command_overhead_share']:.1%} |"
+        )
+    lines += ["", "Stage split (task run wall times from Prefect's API, seconds):", ""]
+    stages = ("data", "train", "evaluate", "register", "other")
+    lines += [
+        "| run | install | server start | " + " | ".join(stages) + " | CLI + engine |",
+        "| --- | ---: | ---: | " + " | ".join("---:" for _ in stages) + " | ---: |",
+    ]
+    install = f"{data['install_seconds']:.0f}" if data.get("install_seconds") else "-"
+    for run in data["runs"]:
+        cells = [f"{run['stages'].get(s, 0.0):.1f}" for s in stages]
+        engine = run["command_seconds"] - sum(run["stages"].values())
+        lines.append(
+            f"| {run['label']} | {install} | {data['server_start_seconds']:.1f} | "
+            + " | ".join(cells)
+            + f" | {engine:.1f} |"
+        )
+    lines += ["", *(f"- `{run['command']}`" for run in data["runs"])]
+    return lines
+
+
+def validation_section(record: dict[str, Any]) -> list[str]:
+    data = record["data"]
+    verdict = "met" if data["seconds"] < TARGET_VALIDATION_S else "not met"
+    verdict = verdict if data["rows"] >= 1_000_000 else "not measured (fewer rows)"
+    return [
+        "## Data validation throughput",
+        "",
+        _conditions(record),
+        "",
+        f"{data['rows']:,} generated rows ({data['valid']:,} valid, {data['rejected']:,} "
+        f"quarantined) through `tasks.validate_data.validate_file` after `read_raw_rows`: "
+        f"{data['seconds']:.1f} s, **{data['rows_per_second']:,} rows/s** (reading the loaded "
+        f"rows: {data['read_seconds']:.1f} s). Target < {TARGET_VALIDATION_S:.0f} s for 1M rows: "
+        f"**{verdict}**.",
+    ]
+
+
+def write(results: Path, out: Path, quick: bool = False) -> None:
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Written by `make bench{' BENCH_QUICK=1' if quick else ''}` "
+        f"({datetime.now(UTC):%Y-%m-%d %H:%M} UTC). Machine: {_machine()}.",
+        "",
+        "Commands: `make bench` (everything), or `.venv/bin/python -m benchmarks.run "
+        "[training|flow|validation]`; each suite waits until the 1-minute load average is "
+        "below 1.2 before it starts (timings shared with other work are worthless).",
+        "",
+    ]
+    if quick:
+        lines += ["**Quick mode: smoke-test sizes, the figures mean nothing.**", ""]
+    for name, section in (
+        ("training", training_section),
+        ("flow", flow_section),
+        ("validation", validation_section),
+    ):
+        record = _load(results / f"{name}.json")
+        if record:
+            lines += [*section(record), ""]
+    notes = Path(__file__).resolve().parent / "NOTES.md"  # the analysis, written by hand
+    if notes.exists() and not quick:
+        lines += [notes.read_text()]
+    out.write_text("\n".join(lines).rstrip() + "\n")
+
+
+if __name__ == "__main__":
+    here = Path(__file__).resolve().parent
+    write(here / "results", here / "RESULTS.md")

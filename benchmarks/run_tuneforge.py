@@ -1,0 +1,79 @@
+"""One benchmark run through tuneforge's own training loop (`tasks.train.train_model`).
+
+    .venv/bin/python -m benchmarks.run_tuneforge STRATEGY OUT_DIR CACHE_DIR [--group-by-length]
+
+Called by `benchmarks/run.py`, one process per run; writes OUT_DIR/result.json.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import (
+    BenchConfig,
+    RunResult,
+    build_base,
+    eval_loss,
+    load_split,
+    strategy_for,
+    write_result,
+)
+
+
+def padded_tokens(lengths: list[int], cfg: BenchConfig, group_by_length: bool) -> int:
+    """What the loop computed: every batch is as wide as its longest row (same order as
+    `train_model`, which is deterministic for a seed)."""
+    from tasks.train import batch_order
+
+    order = batch_order(
+        len(lengths), cfg.batch_size, cfg.steps, cfg.seed, lengths if group_by_length else None
+    )
+    return sum(max(lengths[i] for i in batch) * len(batch) for batch in order)
+
+
+def main(strategy: str, out_dir: Path, cache_dir: Path, group_by_length: bool) -> None:
+    from tasks.model_source import load_pretrained
+    from tasks.train import train_model
+    from tuneforge.config import TrainConfig
+
+    cfg = BenchConfig.from_env()
+    base = build_base(cfg, cache_dir)
+    train, evaluation = load_split()
+    train_cfg = TrainConfig(
+        strategy=strategy,
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        warmup_steps=cfg.warmup_steps,
+        max_length=cfg.max_length,
+        seed=cfg.seed,
+        log_every=cfg.steps,
+        checkpoint_every=0,  # the Trainer runs save nothing mid-run either
+        group_by_length=group_by_length,
+    )
+    result = train_model(base, train, train_cfg, out_dir / "model")
+    # Padding share, for the report: rebuild the examples the loop trained on.
+    _, tokenizer = load_pretrained(base)
+    strat = strategy_for(strategy)
+    lengths = [len(strat.build_example(r, tokenizer, cfg.max_length).input_ids) for r in train]
+    write_result(
+        RunResult(
+            runner="tuneforge-grouped" if group_by_length else "tuneforge",
+            strategy=strategy,
+            steps=result.steps,
+            real_tokens=result.real_tokens,
+            padded_tokens=padded_tokens(lengths, cfg, train_cfg.group_by_length),
+            trained_tokens=result.trained_tokens,
+            train_seconds=result.seconds,
+            eval_loss=eval_loss(Path(result.model_dir), evaluation, cfg),
+            threads=torch.get_num_threads(),
+        ),
+        out_dir / "result.json",
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), "--group-by-length" in sys.argv)
