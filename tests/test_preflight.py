@@ -17,6 +17,13 @@ from tuneforge.config import ConfigError, load_config
 from tuneforge.preflight import check_run
 
 
+@pytest.fixture(autouse=True)
+def _no_tracking_uri_from_earlier_tests(monkeypatch):
+    # mlflow.set_tracking_uri (called by in-process flows) exports MLFLOW_TRACKING_URI; a
+    # server an earlier test stopped must not decide these checks.
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
