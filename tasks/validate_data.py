@@ -57,17 +57,15 @@ def _not_unicode(rec: dict[str, Any]) -> str | None:
     """The reason when a field holds an unpaired surrogate (JSON can spell one, "\\ud800"):
     such text cannot be written as UTF-8 or tokenized. Checked before pandera, whose failure
     report breaks on it."""
-    fields = (*TEXT_FIELDS, "messages")
-    # One encode of all fields together first: nearly every row is fine, and six json.dumps
-    # calls per row were a fifth of the validation time. Only a failing row is re-checked
-    # field by field, to name the field.
-    with contextlib.suppress(UnicodeEncodeError):
-        values = [rec.get(name) for name in fields]
-        json.dumps(values, ensure_ascii=False, default=str).encode("utf-8")
-        return None
-    for name in fields:
+    # Text is checked by encoding it directly: a json.dumps per field took a quarter of the
+    # validation time (cProfile). Only non-text values (messages, numbers) go through JSON.
+    for name in (*TEXT_FIELDS, "messages"):
+        value = rec.get(name)
         try:
-            json.dumps(rec.get(name), ensure_ascii=False, default=str).encode("utf-8")
+            if isinstance(value, str):
+                value.encode("utf-8")
+            elif value is not None:
+                json.dumps(value, ensure_ascii=False, default=str).encode("utf-8")
         except UnicodeEncodeError:
             return f"{name}: is not valid Unicode (an unpaired surrogate)"
     return None
@@ -251,13 +249,15 @@ def validate_rows(
     reasons = _failure_reasons(build_schema(max_chars), frame)
 
     valid: list[dict[str, Any]] = []
-    seen: dict[str, int] = {}
+    seen: dict[tuple[tuple[str, str], ...], int] = {}
     for i, r in enumerate(parsed):
         if i in reasons:
             quarantine.append({"row": r.row, "reason": "; ".join(reasons[i]), "record": r.record})
             continue
         record = canonical_record(r.row, r.record)
-        key = json.dumps(record["messages"], sort_keys=True)
+        # Canonical turns hold exactly role and content, so this tuple is as exact a key as
+        # their JSON, at a tenth of the cost.
+        key = tuple((m["role"], m["content"]) for m in record["messages"])
         if key in seen:
             reason = f"duplicate of row {seen[key]}"
             quarantine.append({"row": r.row, "reason": reason, "record": r.record})
