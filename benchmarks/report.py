@@ -64,7 +64,10 @@ def training_section(record: dict[str, Any]) -> list[str]:
         "loop to N steps; process is the whole child (imports, model load, loop, save, eval); "
         "eval loss is per response token on the held-out rows (`tasks.evaluate.response_loss`, "
         "the same call for every runner). Ratios are per repeat, tuneforge / Trainer, then the "
-        "median.",
+        "median. The load range is the 1-minute load average at the start and end of each run; "
+        "a running benchmark itself (2 threads) holds it near 1.6, so only a start well above "
+        "that means other work. `tuneforge-grouped` and `tuneforge-bf16` are variants, not "
+        "what ships: see the notes below.",
         "",
         "| strategy | runner | real tok/s | padding | loop wall s | process s | peak RSS MB "
         "| eval loss | tok/s ratio | loss ratio | load (start-end) |",
@@ -72,7 +75,7 @@ def training_section(record: dict[str, Any]) -> list[str]:
     ]
     verdicts = []
     for strategy in ("full", "instruction", "lora"):
-        for runner in ("tuneforge", "tuneforge-grouped", "trainer", "trl"):
+        for runner in ("tuneforge", "tuneforge-grouped", "tuneforge-bf16", "trainer", "trl"):
             mine = [r for r in rows if r["strategy"] == strategy and r["runner"] == runner]
             if not mine:
                 continue
@@ -103,10 +106,15 @@ def training_section(record: dict[str, Any]) -> list[str]:
                 f"| {_median([r['eval_loss'] for r in mine]):.4f} "
                 f"| {_median(ratios):.2f}x | {_median(loss_ratios):.3f} | {loads} |"
             )
-            if runner == "tuneforge" and strategy in ("instruction", "lora"):
+            if runner.startswith("tuneforge") and strategy in ("instruction", "lora"):
                 ok = _median(ratios) >= TARGET_SPEEDUP and _median(loss_ratios) <= TARGET_LOSS
+                variant = {
+                    "tuneforge": "tuneforge as shipped",
+                    "tuneforge-grouped": "with `train.group_by_length: true` (a shipped option)",
+                    "tuneforge-bf16": "with bf16 autocast (NOT a tuneforge option yet)",
+                }[runner]
                 verdicts.append(
-                    f"- {strategy}: tuneforge {_median(ratios):.2f}x the Trainer's tokens/s "
+                    f"- {strategy}, {variant}: {_median(ratios):.2f}x the Trainer's tokens/s "
                     f"(target {TARGET_SPEEDUP}x), eval loss ratio {_median(loss_ratios):.3f} "
                     f"(target <= {TARGET_LOSS}): **{'met' if ok else 'not met'}**"
                 )
@@ -207,7 +215,9 @@ def write(results: Path, out: Path, quick: bool = False) -> None:
         "",
         "Commands: `make bench` (everything), or `.venv/bin/python -m benchmarks.run "
         "[training|flow|validation]`; each suite waits until the 1-minute load average is "
-        "below 1.2 before it starts (timings shared with other work are worthless).",
+        "below 1.2 before it starts (timings shared with other work are worthless). Alone: "
+        "`.venv/bin/python -m benchmarks.validation [ROWS]`, "
+        "`.venv/bin/python -m benchmarks.profile_step STRATEGY CACHE_DIR [STEPS [VARIANT ...]]`.",
         "",
     ]
     if quick:

@@ -32,10 +32,11 @@ from benchmarks.common import (
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-RUNNERS = ("tuneforge", "trainer", "trl", "tuneforge-grouped")
+RUNNERS = ("tuneforge", "trainer", "trl", "tuneforge-grouped", "tuneforge-bf16")
 # Length grouping is a config choice that changes which rows share a batch (less padding, but
 # single-task batches on the bundled data): measured as a lever for the response-only strategies.
 GROUPED_STRATEGIES = ("instruction", "lora")
+# tuneforge-bf16: train_model under bfloat16 autocast (TRL's default precision), from outside.
 PYTHON = sys.executable
 
 
@@ -74,9 +75,10 @@ def training(repeats: int, runners: tuple[str, ...]) -> list[dict]:
                 out = cache / f"{runner}-{strategy}-{repeat}"
                 out.mkdir()
                 if runner.startswith("tuneforge"):
-                    grouped = ["--group-by-length"] if runner == "tuneforge-grouped" else []
+                    flag = {"tuneforge-grouped": "--group-by-length", "tuneforge-bf16": "--bf16"}
+                    extra = [flag[runner]] if runner in flag else []
                     command = [PYTHON, "-m", "benchmarks.run_tuneforge", strategy]
-                    command += [str(out), str(cache), *grouped]
+                    command += [str(out), str(cache), *extra]
                 else:
                     command = [PYTHON, "-m", "benchmarks.run_hf", runner, strategy]
                     command += [str(out), str(cache)]
