@@ -66,12 +66,14 @@ def start_server(home: Path, port: int) -> tuple[subprocess.Popen[bytes], float]
 
 def task_durations(api: str) -> tuple[float, dict[str, float]]:
     """The latest flow run's wall time and the summed wall time of its tasks by name."""
-    os.environ["PREFECT_API_URL"] = api
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.client.schemas.sorting import FlowRunSort
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with get_client(sync_client=True) as client:
+    # Settings, not os.environ: prefect may already be imported (by the training suite in the
+    # same process), and would then ask a temporary server of its own holding other runs.
+    with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
         flow_run = client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)[0]
         tasks = client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id]))
@@ -113,6 +115,8 @@ def one_run(api: str, work: Path, label: str, steps: int | None) -> dict[str, An
     if done.returncode:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
     flow_seconds, tasks = task_durations(api)
+    if flow_seconds > wall:
+        raise RuntimeError(f"read another flow run ({flow_seconds:.0f} s > command {wall:.0f} s)")
     stages: dict[str, float] = {}
     for name, seconds in tasks.items():
         stage = STAGES.get(name, "other")
