@@ -1,6 +1,6 @@
 """Run the benchmarks and write `benchmarks/RESULTS.md`.
 
-    .venv/bin/python -m benchmarks.run                 # everything (about 40 minutes on 2 cores)
+    .venv/bin/python -m benchmarks.run                 # everything (~25 min on 2 idle cores)
     BENCH_QUICK=1 .venv/bin/python -m benchmarks.run   # smoke test: tiny sizes, 1 repeat
     .venv/bin/python -m benchmarks.run training flow   # only some suites
 
