@@ -111,7 +111,7 @@ def training_section(record: dict[str, Any]) -> list[str]:
                 variant = {
                     "tuneforge": "tuneforge as shipped",
                     "tuneforge-grouped": "with `train.group_by_length: true` (a shipped option)",
-                    "tuneforge-bf16": "with bf16 autocast (NOT a tuneforge option yet)",
+                    "tuneforge-bf16": "with `train.precision: bf16` (opt-in)",
                 }[runner]
                 verdicts.append(
                     f"- {strategy}, {variant}: {_median(ratios):.2f}x the Trainer's tokens/s "

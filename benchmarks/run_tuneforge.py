@@ -3,12 +3,10 @@
     .venv/bin/python -m benchmarks.run_tuneforge STRATEGY OUT_DIR CACHE_DIR [--group-by-length]
     .venv/bin/python -m benchmarks.run_tuneforge STRATEGY OUT_DIR CACHE_DIR --bf16
 
-`--bf16` runs the loop's forward pass (`tasks.train.token_mean_loss`) under
-`torch.autocast("cpu", dtype=torch.bfloat16)`, patched in from here: tuneforge has no precision
-setting yet; this measures what one would give. As in TRL (whose default this is), only the
-forward is autocast; weights, gradients, optimizer state and the loss stay float32. (Wrapping
-the whole loop in autocast, backward and optimizer step included, barely trained: eval loss
-6.55 against 3.49 for `full`.)
+`--bf16` sets `train.precision: bf16`: the forward pass runs under bfloat16 autocast; weights,
+gradients, optimizer state and the loss stay float32 (as in TRL, whose default this is).
+(Wrapping the whole loop in autocast, backward and optimizer step included, barely trained:
+eval loss 6.55 against 3.49 for `full`.)
 
 Called by `benchmarks/run.py`, one process per run; writes OUT_DIR/result.json.
 """
@@ -17,7 +15,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -62,17 +59,8 @@ def main(strategy: str, out_dir: Path, cache_dir: Path, group_by_length: bool, b
         log_every=cfg.steps,
         checkpoint_every=0,  # the Trainer runs save nothing mid-run either
         group_by_length=group_by_length,
+        precision="bf16" if bf16 else "fp32",
     )
-    if bf16:
-        import tasks.train
-
-        fp32_loss = tasks.train.token_mean_loss
-
-        def bf16_loss(*args: Any, **kwargs: Any) -> Any:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                return fp32_loss(*args, **kwargs)
-
-        tasks.train.token_mean_loss = bf16_loss
     result = train_model(base, train, train_cfg, out_dir / "model")
     # Padding share, for the report: rebuild the examples the loop trained on.
     _, tokenizer = load_pretrained(base)

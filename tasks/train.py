@@ -332,8 +332,9 @@ def train_model(
             shard = indices[rank::world]
             batch = collate([examples[i] for i in shard], tokenizer.pad_token_id)
             batch = {k: v.to(device) for k, v in batch.items()}
-            loss, loss_value = token_mean_loss(model, batch, world)
-            loss.backward()
+            with torch.autocast(device.type, torch.bfloat16, enabled=cfg.precision == "bf16"):
+                loss, loss_value = token_mean_loss(model, batch, world)
+            loss.backward()  # outside autocast, as PyTorch recommends
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()

@@ -198,3 +198,18 @@ def test_periodic_evaluation_keeps_the_best_step(tiny_model_dir, bundled_records
     model, tokenizer = load_pretrained(tmp_path)
     answers = generate_answers(model, tokenizer, held, max_new_tokens=24, bs=48)
     assert score(held, answers)[0]["exact_match"] == best
+
+
+def test_bf16_autocast_trains_like_fp32_and_keeps_fp32_weights(
+    tiny_model_dir, bundled_records, tmp_path
+):
+    records = bundled_records[:64]
+    _, fp32 = _train(tiny_model_dir, records, tmp_path / "fp32", steps=20)
+    result, bf16 = _train(tiny_model_dir, records, tmp_path / "bf16", steps=20, precision="bf16")
+    fp32_loss = [m["train.loss"] for _, m in fp32]
+    bf16_loss = [m["train.loss"] for _, m in bf16]
+    assert bf16_loss != fp32_loss  # autocast really ran in bfloat16
+    assert abs(bf16_loss[0] - fp32_loss[0]) / fp32_loss[0] < 0.02  # same model, same batch
+    assert bf16_loss[-1] < bf16_loss[0] * 0.8  # and it learns
+    weights = load_file(Path(result.model_dir) / "model.safetensors")
+    assert {t.dtype for t in weights.values()} == {torch.float32}
