@@ -13,7 +13,6 @@ from __future__ import annotations
 import codecs
 import json
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +24,7 @@ from typer.testing import CliRunner
 
 from tasks.load_data import DataLoadError, read_rows
 from tasks.validate_data import validate_rows, write_jsonl
-from tests.conftest import PRESET
+from tests.conftest import PRESET, _free_port
 from tuneforge.cli import app
 from tuneforge.config import ConfigError, load_config, parse_config
 from tuneforge.paths import inside, safe_component
@@ -431,12 +430,6 @@ def test_corrupt_checkpoint_fails_evaluate_in_one_line(tiny_model_dir, tmp_path,
     result = CliRunner().invoke(app, ["evaluate", str(broken), str(data), "--json"])
 
     _one_line_error(result, str(broken), phrase)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize(

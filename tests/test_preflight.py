@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import PRESET
+from tests.conftest import PRESET, _free_port
 from tuneforge.cli import app
 from tuneforge.config import ConfigError, load_config
 from tuneforge.preflight import check_run
@@ -22,12 +21,6 @@ def _no_tracking_uri_from_earlier_tests(monkeypatch):
     # mlflow.set_tracking_uri (called by in-process flows) exports MLFLOW_TRACKING_URI; a
     # server an earlier test stopped must not decide these checks.
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # released on close: nothing listens there
 
 
 def test_shipped_preset_passes(monkeypatch):
@@ -58,7 +51,7 @@ def test_an_unwritable_output_directory_is_named(monkeypatch, tmp_path):
 
 def test_unreachable_tracking_server_fails_fast(monkeypatch):
     monkeypatch.chdir(PRESET.parents[2])
-    uri = f"http://127.0.0.1:{_closed_port()}"
+    uri = f"http://127.0.0.1:{_free_port()}"
     with pytest.raises(ConfigError, match=r"tracking\.tracking_uri: cannot reach http://127"):
         check_run(load_config(PRESET, [f"tracking.tracking_uri={uri}"]))
 
@@ -101,7 +94,7 @@ def test_training_on_another_pool_needs_a_tracking_server(monkeypatch):
 def test_real_cli_fails_fast_on_an_unreachable_tracking_server(tmp_path):
     """`tuneforge run` as a user runs it: exit 2, one line naming the URI, no traceback, and
     nothing built (no run directory, no Prefect server) before it gives up."""
-    uri = f"http://127.0.0.1:{_closed_port()}"
+    uri = f"http://127.0.0.1:{_free_port()}"
     out_dir = tmp_path / "runs"
     started = time.monotonic()
     done = subprocess.run(

@@ -171,38 +171,40 @@ def test_planted_secrets_are_nowhere_in_either_servers_storage(planted_run, tmp_
 
 def test_credentials_in_the_tracking_uri_are_refused_without_echoing_them(tmp_path):
     password = "PLANTEDuriPassword-Lv3"
-    done = subprocess.run(
-        [
-            *TUNEFORGE, "run", str(PRESET),
-            "--set", f"data.path={BUNDLED_DATA}",
-            "--set", f"output_dir={tmp_path}",
-            "--set", f"tracking.tracking_uri=https://someone:{password}@mlflow.example:5000",
-        ],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    assert done.returncode == 2
-    lines = (done.stdout + done.stderr).strip().splitlines()
-    assert len(lines) == 1 and "tracking.tracking_uri: embeds credentials" in lines[0]
-    assert password not in done.stdout + done.stderr
+    uri = f"https://someone:{password}@mlflow.example:5000"
+    line = _refused_run(tmp_path, password, ["--set", f"tracking.tracking_uri={uri}"])
+    assert "tracking.tracking_uri: embeds credentials" in line
     assert not list(tmp_path.iterdir())
 
 
 def test_credentials_in_the_environments_tracking_uri_are_refused_and_not_echoed(tmp_path):
     # Preflight refuses them too: the URI would travel as a Prefect parameter to a train pool.
     password = "PLANTEDenvUriPassword-Qz5"
+    env = {"MLFLOW_TRACKING_URI": f"http://someone:{password}@127.0.0.1:9"}
+    line = _refused_run(tmp_path, password, [], env)
+    assert "MLFLOW_TRACKING_URI: embeds credentials" in line
+
+
+def _refused_run(
+    tmp_path: Path, password: str, args: list[str], env: dict[str, str] | None = None
+) -> str:
+    """Runs `tuneforge run` on the preset; asserts it stops with exit 2 in one line that does
+    not echo `password`, and returns that line."""
     done = subprocess.run(
         [
             *TUNEFORGE, "run", str(PRESET),
             "--set", f"data.path={BUNDLED_DATA}",
             "--set", f"output_dir={tmp_path}",
+            *args,
         ],
-        env={**os.environ, "MLFLOW_TRACKING_URI": f"http://someone:{password}@127.0.0.1:9"},
+        env={**os.environ, **(env or {})},
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert done.returncode == 2
     lines = (done.stdout + done.stderr).strip().splitlines()
-    assert len(lines) == 1 and "MLFLOW_TRACKING_URI: embeds credentials" in lines[0]
+    assert len(lines) == 1
     assert password not in done.stdout + done.stderr
+    return lines[0]
 
 
 def test_redact_masks_secret_env_values_and_url_user_info_only():

@@ -7,7 +7,6 @@ one is started on the same port over the same SQLite store.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
@@ -16,6 +15,7 @@ import requests
 from mlflow.exceptions import MlflowException, RestException
 from mlflow.tracking import MlflowClient
 
+from tests.conftest import _free_port
 from tuneforge.tracking import MetricLogger, TrackingUnavailable, is_unreachable, start_run
 
 pytestmark = pytest.mark.integration
@@ -34,12 +34,6 @@ def _mlflow_default_retries(monkeypatch):
 
 def _values(step: int) -> dict[str, float]:
     return {"train.loss": 10.0 / (step + 1), "train.learning_rate": step * 1e-4}
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_metrics_logged_during_an_outage_reach_mlflow_when_it_returns(restartable_mlflow_server):
@@ -114,7 +108,7 @@ def test_a_hung_server_costs_a_bounded_wait_not_minutes(restartable_mlflow_serve
 
 
 def test_final_flush_gives_up_after_its_deadline_in_one_line_naming_the_uri():
-    uri = f"http://127.0.0.1:{_closed_port()}"
+    uri = f"http://127.0.0.1:{_free_port()}"
     logger = MetricLogger(uri, "0123456789abcdef", flush_every=1, flush_deadline=3)
     started = time.monotonic()
     for step in range(50):
