@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from plugins.examples import check_chat_template
 from plugins.registry import load_strategy
 from plugins.strategy import IGNORE_INDEX, Example
-from tasks import checkpoint, parallel
+from tasks import checkpoint, padding_free, parallel
 from tasks.model_source import load_pretrained, pick_device
 from tasks.split_data import read_jsonl
 from tuneforge.config import TrainConfig
@@ -82,6 +83,8 @@ class TrainResult:
     total_parameters: int
     audit: MaskAudit
     resumed_from_step: int = 0  # the checkpoint this attempt continued from (0: from scratch)
+    # "padding-free", or "padded: <why>" (see tasks/padding_free.py)
+    batches: str = "padded"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainResult:
@@ -212,23 +215,31 @@ class BestCheckpoint:
 
 
 def token_mean_loss(
-    model: Any, batch: dict[str, torch.Tensor], world: int
+    model: Any, batch: dict[str, Any], world: int, slim: bool = True
 ) -> tuple[torch.Tensor, float]:
     """Cross-entropy averaged over the trained tokens of the whole (global) batch.
+
+    `batch` is padded (`collate`) or padding-free (`padding_free.collate_flat`). With `slim`
+    the output head runs only where a trained token is predicted (the model's
+    `logits_to_keep`), not on prompts and padding: the same loss, less work.
 
     Returns the loss to backpropagate and the global mean for logging. Under DDP each rank holds
     a shard; its loss is scaled so that DDP's gradient averaging over ranks gives exactly the
     gradient of the token mean over the global batch, as one process would compute it.
     """
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    targets = batch["labels"][:, 1:]
+    labels = batch["labels"]
+    trained = labels[:, 1:] != IGNORE_INDEX
+    keep = torch.nn.functional.pad(trained, (0, 1))  # position i predicts token i + 1
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    if slim:
+        inputs["logits_to_keep"] = keep
+    logits = model(**inputs).logits
+    if not slim:
+        logits = logits[keep]
     local = torch.nn.functional.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.size(-1)).float(),
-        targets.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
+        logits.reshape(-1, logits.size(-1)).float(), labels[:, 1:][trained], reduction="sum"
     )
-    sums = torch.stack([local.detach(), (targets != IGNORE_INDEX).sum().to(local.dtype)])
+    sums = torch.stack([local.detach(), trained.sum().to(local.dtype)])
     if world > 1:
         torch.distributed.all_reduce(sums)
     total, count = sums.tolist()
@@ -290,6 +301,13 @@ def train_model(
         )
 
     lengths = [len(e.input_ids) for e in examples] if cfg.group_by_length else None
+    why_padded = (
+        padding_free.unsupported_reason(core, cfg.max_length)
+        if cfg.padding_free
+        else "train.padding_free is off"
+    )
+    flat = why_padded is None
+    slim = padding_free.takes_logits_to_keep(core)
     trained_per_example = [sum(y != IGNORE_INDEX for y in e.labels[1:]) for e in examples]
     if world > 1:  # before the optimizer: FSDP replaces the parameters with sharded ones
         model = parallel.wrap(model, cfg.parallel)
@@ -321,7 +339,8 @@ def train_model(
     started = time.perf_counter()
     paused = 0.0  # evaluation and checkpoint writing: kept out of tokens/s
     window_tokens, window_start = 0, started
-    with _progress(enabled=lead) as bar:
+    swapped = padding_free.attention(core) if flat else nullcontext()
+    with _progress(enabled=lead) as bar, swapped:
         progress = bar.add_task("train", total=cfg.steps, loss=state.loss, tps=0.0)
         bar.update(progress, completed=resumed_from)
         for step, indices in enumerate(
@@ -330,10 +349,15 @@ def train_model(
             if step <= resumed_from:  # the checkpoint's RNG and optimizer already include it
                 continue
             shard = indices[rank::world]
-            batch = collate([examples[i] for i in shard], tokenizer.pad_token_id)
-            batch = {k: v.to(device) for k, v in batch.items()}
+            chosen = [examples[i] for i in shard]
+            batch = (
+                padding_free.collate_flat(chosen)
+                if flat
+                else collate(chosen, tokenizer.pad_token_id)
+            )
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
             with torch.autocast(device.type, torch.bfloat16, enabled=cfg.precision == "bf16"):
-                loss, loss_value = token_mean_loss(model, batch, world)
+                loss, loss_value = token_mean_loss(model, batch, world, slim)
             loss.backward()  # outside autocast, as PyTorch recommends
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
@@ -406,6 +430,7 @@ def train_model(
         total_parameters=sum(p.numel() for p in core.parameters()),
         audit=audit,
         resumed_from_step=resumed_from,
+        batches="padding-free" if flat else f"padded: {why_padded}",
     )
 
 
@@ -526,6 +551,8 @@ def train_with_strategy(
         )  # fmt: skip
     if result.resumed_from_step:
         logger.info("resumed from the checkpoint of step %d", result.resumed_from_step)
+    if cfg.padding_free and result.batches != "padding-free":
+        logger.warning("trained with %s", result.batches)
     metrics.log(
         {
             "train.seconds": result.seconds,
@@ -542,4 +569,5 @@ def train_with_strategy(
     )
     metrics.flush()
     metrics.client.set_tag(run_id, "tuneforge.checkpoint_step", str(result.best_step))
+    metrics.client.set_tag(run_id, "tuneforge.batches", result.batches)
     return result

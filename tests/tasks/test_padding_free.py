@@ -1,0 +1,166 @@
+"""Padding-free batches compute the same loss and gradients as padded ones, on real models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+from plugins.lora import LoraSettings, LoraStrategy
+from plugins.strategy import IGNORE_INDEX, Example
+from tasks import padding_free
+from tasks.train import collate, token_mean_loss, train_model
+from tuneforge.config import TrainConfig
+
+VOCAB = 96
+PAD = 0
+
+
+def _examples(lengths: list[int], prompt: int = 3) -> list[Example]:
+    generator = torch.Generator().manual_seed(len(lengths))
+    out = []
+    for n in lengths:
+        ids = torch.randint(1, VOCAB, (n,), generator=generator).tolist()
+        out.append(Example(ids, [IGNORE_INDEX] * min(prompt, n - 1) + ids[min(prompt, n - 1) :]))
+    return out
+
+
+def test_collate_flat_lays_examples_end_to_end():
+    a, b = Example([5, 6, 7], [IGNORE_INDEX, 6, 7]), Example([8, 9], [8, 9])
+    batch = padding_free.collate_flat([a, b])
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
+    # b's first token is the target of a's last one: never trained (nor in a padded batch).
+    assert batch["labels"].tolist() == [[IGNORE_INDEX, 6, 7, IGNORE_INDEX, 9]]
+    assert batch["tuneforge_slots"].tolist() == [0, 1, 2, 3, 4]  # a -> row 0, b -> row 1
+    assert batch["tuneforge_shape"] == (2, 3)
+
+
+# Different attention layouts: plain multi-head, grouped-query (fewer key/value heads),
+# a learned-position model (GPT-2), and a sliding window wider than the examples.
+ARCHITECTURES = {
+    "llama": lambda: transformers.LlamaConfig(num_attention_heads=4, num_key_value_heads=4),
+    "llama-gqa": lambda: transformers.LlamaConfig(num_attention_heads=4, num_key_value_heads=2),
+    "qwen2": lambda: transformers.Qwen2Config(num_attention_heads=4, num_key_value_heads=2),
+    "mistral-window": lambda: transformers.MistralConfig(
+        num_attention_heads=4, num_key_value_heads=4, sliding_window=64
+    ),
+    "gpt2": lambda: transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64),
+}
+
+
+def _model(kind: str) -> torch.nn.Module:
+    config = ARCHITECTURES[kind]()
+    if kind != "gpt2":
+        config.update(
+            {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+             "max_position_embeddings": 64}
+        )  # fmt: skip
+    config.update({"vocab_size": VOCAB, "pad_token_id": PAD})
+    torch.manual_seed(0)
+    return transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+
+
+def _loss_and_grads(model, batch) -> tuple[float, dict[str, torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    loss, value = token_mean_loss(model, batch, world=1)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return value, grads
+
+
+@pytest.mark.parametrize("kind", sorted(ARCHITECTURES))
+def test_padding_free_loss_and_gradients_equal_padded(kind):
+    model = _model(kind).eval()  # eval: no dropout, so both passes see the same network
+    examples = _examples([9, 3, 17, 12, 5])  # uneven: the padded batch is 47% padding
+    assert padding_free.unsupported_reason(model, max_length=32) is None
+
+    padded_loss, padded = _loss_and_grads(model, collate(examples, PAD))
+    with padding_free.attention(model):
+        flat_loss, flat = _loss_and_grads(model, padding_free.collate_flat(examples))
+
+    assert flat_loss == pytest.approx(padded_loss, rel=1e-6)
+    assert flat.keys() == padded.keys() and len(flat) == len(list(model.parameters()))
+    for name in padded:
+        torch.testing.assert_close(flat[name], padded[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_padding_free_lora_gradients_equal_padded():
+    strategy = LoraStrategy(LoraSettings(dropout=0.0))
+    model = strategy.prepare_model(_model("llama")).eval()
+    with torch.no_grad():  # B starts at zero, so A's gradient would be zero on both sides
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.1)
+    examples = _examples([11, 4, 20, 7])
+    padded_loss, padded = _loss_and_grads(model, collate(examples, PAD))
+    with padding_free.attention(model):
+        flat_loss, flat = _loss_and_grads(model, padding_free.collate_flat(examples))
+    assert flat_loss == pytest.approx(padded_loss, rel=1e-6)
+    assert padded and all("lora_" in name for name in padded)
+    for name in padded:
+        torch.testing.assert_close(flat[name], padded[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_evaluation_inside_the_swap_is_plain_sdpa():
+    """Periodic evaluation generates while the padding-free attention is swapped in: padded
+    generation must give the same tokens as with the model's own attention."""
+    model = _model("llama").eval()
+    prompts = torch.tensor([[PAD, PAD, 5, 6, 7], [8, 9, 10, 11, 12]])  # left-padded, as generate
+    mask = (prompts != PAD).long()
+    kwargs = {"max_new_tokens": 6, "do_sample": False, "pad_token_id": PAD}
+    plain = model.generate(prompts, attention_mask=mask, **kwargs)
+    with padding_free.attention(model):
+        assert model.config._attn_implementation == padding_free.ATTENTION
+        swapped = model.generate(prompts, attention_mask=mask, **kwargs)
+    assert model.config._attn_implementation == "sdpa"  # restored
+    assert torch.equal(plain, swapped)
+
+
+def test_models_that_cannot_train_padding_free_say_why():
+    narrow = transformers.MistralConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=4, vocab_size=VOCAB, sliding_window=16,
+    )  # fmt: skip
+    model = transformers.AutoModelForCausalLM.from_config(narrow, attn_implementation="sdpa")
+    assert "sliding attention window (16)" in padding_free.unsupported_reason(model, 32)
+    assert padding_free.unsupported_reason(model, 16) is None
+    eager = _model("llama")
+    eager.set_attn_implementation("eager")
+    assert padding_free.unsupported_reason(eager, 32) is None  # eager and sdpa both qualify
+    flex = _model("llama")
+    flex.config._attn_implementation_internal = "flash_attention_2"
+    assert "'flash_attention_2' was chosen" in padding_free.unsupported_reason(flex, 32)
+
+
+def _train(model_dir: Path, records: list[dict], out: Path, **kw):
+    cfg = TrainConfig(steps=6, batch_size=8, warmup_steps=0, log_every=1, max_length=128, **kw)
+    logged: list[float] = []
+    result = train_model(model_dir, records, cfg, out, lambda s, m: logged.append(m["train.loss"]))
+    return result, logged
+
+
+@pytest.mark.parametrize("strategy", ["instruction", "lora"])
+def test_training_padding_free_follows_the_padded_run(
+    strategy, tiny_model_dir, bundled_records, tmp_path
+):
+    settings = {"dropout": 0.0} if strategy == "lora" else {}
+    records = bundled_records[:48]
+    flat, flat_losses = _train(
+        tiny_model_dir, records, tmp_path / "flat", strategy=strategy, settings=settings
+    )
+    padded, padded_losses = _train(
+        tiny_model_dir, records, tmp_path / "padded", strategy=strategy, settings=settings,
+        padding_free=False,
+    )  # fmt: skip
+    assert flat.batches == "padding-free"
+    assert padded.batches == "padded: train.padding_free is off"
+    assert flat.real_tokens == padded.real_tokens
+    assert flat_losses == pytest.approx(padded_losses, rel=1e-4)
+    assert flat_losses[-1] < flat_losses[0]
+    # The saved config names the model's own attention, not the training-time swap.
+    saved = [json.loads(p.read_text()) for p in (tmp_path / "flat").rglob("*config.json")]
+    assert saved and padding_free.ATTENTION not in json.dumps(saved)
