@@ -21,8 +21,41 @@ TARGET_OVERHEAD = 0.10  # share of a two-minute flow run
 TARGET_VALIDATION_S = 30.0  # for 1M rows
 
 
+# Table order; a runner missing from the results is skipped.
+RUNNER_ORDER = (
+    "tuneforge", "tuneforge-padded", "tuneforge-grouped", "tuneforge-bf16",
+    "trainer", "trainer-bf16", "trl",
+)  # fmt: skip
+VARIANTS = {
+    "tuneforge": "tuneforge as shipped (padding-free, fp32)",
+    "tuneforge-padded": "with `train.padding_free: false` (padded batches, as the Trainer's)",
+    "tuneforge-grouped": "with `train.group_by_length: true` (a shipped option)",
+    "tuneforge-bf16": "with `train.precision: bf16` (opt-in)",
+}
+
+
 def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
+
+
+def _speed(row: dict[str, Any]) -> float:
+    return row["real_tokens"] / row["train_seconds"]
+
+
+def _same_precision(runner: str) -> str:
+    return "trainer-bf16" if runner.endswith("bf16") or runner == "trl" else "trainer"
+
+
+def _ratios(
+    rows: list[dict[str, Any]], mine: list[dict[str, Any]], baseline: str, value: Any
+) -> list[float]:
+    """value(run) / value(baseline run of the same strategy and repeat), for each of `mine`."""
+    base = {
+        r["repeat"]: r
+        for r in rows
+        if r["strategy"] == mine[0]["strategy"] and r["runner"] == baseline
+    }
+    return [value(r) / value(base[r["repeat"]]) for r in mine if r["repeat"] in base]
 
 
 def _machine() -> str:
@@ -64,36 +97,27 @@ def training_section(record: dict[str, Any]) -> list[str]:
         "loop to N steps; process is the whole child (imports, model load, loop, save, eval); "
         "eval loss is per response token on the held-out rows (`tasks.evaluate.response_loss`, "
         "the same call for every runner). Ratios are per repeat, tuneforge / Trainer, then the "
-        "median. The load range is the 1-minute load average at the start and end of each run; "
-        "a running benchmark itself (2 threads) holds it near 1.6, so only a start well above "
-        "that means other work. `tuneforge-grouped` and `tuneforge-bf16` are variants, not "
-        "what ships: see the notes below.",
+        "median, against the fp32 Trainer (its default) and against the Trainer at the same "
+        "precision (`trainer-bf16` for bf16 runners; TRL runs bf16 by default). The load range "
+        "is the 1-minute load average at the start and end of each run; a running benchmark "
+        "itself (2 threads) holds it near 1.6, so only a start well above that means other "
+        "work. Variants: `-padded` turns tuneforge's padding-free batches off, `-bf16` sets "
+        "`train.precision: bf16` (opt-in), `-grouped` sets `train.group_by_length`.",
         "",
         "| strategy | runner | real tok/s | padding | loop wall s | process s | peak RSS MB "
-        "| eval loss | tok/s ratio | loss ratio | load (start-end) |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| eval loss | tok/s vs Trainer | same precision | loss ratio | load (start-end) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     verdicts = []
     for strategy in ("full", "instruction", "lora"):
-        for runner in ("tuneforge", "tuneforge-grouped", "tuneforge-bf16", "trainer", "trl"):
+        for runner in RUNNER_ORDER:
             mine = [r for r in rows if r["strategy"] == strategy and r["runner"] == runner]
             if not mine:
                 continue
-            base = {
-                r["repeat"]: r
-                for r in rows
-                if r["strategy"] == strategy and r["runner"] == "trainer"
-            }
-            speed = [r["real_tokens"] / r["train_seconds"] for r in mine]
-            ratios = [
-                (r["real_tokens"] / r["train_seconds"])
-                / (base[r["repeat"]]["real_tokens"] / base[r["repeat"]]["train_seconds"])
-                for r in mine
-                if r["repeat"] in base
-            ]
-            loss_ratios = [
-                r["eval_loss"] / base[r["repeat"]]["eval_loss"] for r in mine if r["repeat"] in base
-            ]
+            speed = [_speed(r) for r in mine]
+            ratios = _ratios(rows, mine, "trainer", _speed)
+            same = _ratios(rows, mine, _same_precision(runner), _speed)
+            loss_ratios = _ratios(rows, mine, "trainer", lambda r: r["eval_loss"])
             pad = 1 - sum(r["real_tokens"] for r in mine) / sum(r["padded_tokens"] for r in mine)
             loads = (
                 f"{min(r['load_start'] for r in mine):.2f}-{max(r['load_end'] for r in mine):.2f}"
@@ -104,19 +128,17 @@ def training_section(record: dict[str, Any]) -> list[str]:
                 f"| {_median([r['process_seconds'] for r in mine]):.1f} "
                 f"| {_median([r['peak_rss_mb'] for r in mine]):,.0f} "
                 f"| {_median([r['eval_loss'] for r in mine]):.4f} "
-                f"| {_median(ratios):.2f}x | {_median(loss_ratios):.3f} | {loads} |"
+                f"| {_median(ratios):.2f}x | {_median(same):.2f}x "
+                f"| {_median(loss_ratios):.3f} | {loads} |"
             )
-            if runner.startswith("tuneforge") and strategy in ("instruction", "lora"):
+            if runner in VARIANTS and strategy in ("instruction", "lora"):
                 ok = _median(ratios) >= TARGET_SPEEDUP and _median(loss_ratios) <= TARGET_LOSS
-                variant = {
-                    "tuneforge": "tuneforge as shipped",
-                    "tuneforge-grouped": "with `train.group_by_length: true` (a shipped option)",
-                    "tuneforge-bf16": "with `train.precision: bf16` (opt-in)",
-                }[runner]
                 verdicts.append(
-                    f"- {strategy}, {variant}: {_median(ratios):.2f}x the Trainer's tokens/s "
-                    f"(target {TARGET_SPEEDUP}x), eval loss ratio {_median(loss_ratios):.3f} "
-                    f"(target <= {TARGET_LOSS}): **{'met' if ok else 'not met'}**"
+                    f"- {strategy}, {VARIANTS[runner]}: {_median(ratios):.2f}x the Trainer's "
+                    f"tokens/s (target {TARGET_SPEEDUP}x), eval loss ratio "
+                    f"{_median(loss_ratios):.3f} (target <= {TARGET_LOSS}): "
+                    f"**{'met' if ok else 'not met'}**; at the same precision "
+                    f"{_median(same):.2f}x"
                 )
     # Grouped batches hold other rows, so only the ungrouped runners must agree.
     trained = {

@@ -3,6 +3,7 @@
     .venv/bin/python -m benchmarks.run                 # everything (~25 min on 2 idle cores)
     BENCH_QUICK=1 .venv/bin/python -m benchmarks.run   # smoke test: tiny sizes, 1 repeat
     .venv/bin/python -m benchmarks.run training flow   # only some suites
+    .venv/bin/python -m benchmarks.run training --runners tuneforge,trainer
 
 Suites: `training` (tuneforge vs Trainer vs TRL per strategy), `flow` (orchestration overhead
 of the retrain flow), `validation` (1M rows). Raw results go to benchmarks/results/*.json and
@@ -32,11 +33,17 @@ from benchmarks.common import (
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-RUNNERS = ("tuneforge", "trainer", "trl", "tuneforge-grouped", "tuneforge-bf16")
-# Length grouping is a config choice that changes which rows share a batch (less padding, but
-# single-task batches on the bundled data): measured as a lever for the response-only strategies.
-GROUPED_STRATEGIES = ("instruction", "lora")
-# tuneforge-bf16: train_model under bfloat16 autocast (TRL's default precision), from outside.
+# tuneforge as shipped, the same with padded batches (what padding-free batches buy), with
+# bf16 autocast; the Trainer at its default fp32 and with bf16=True; TRL at its defaults (bf16).
+# `tuneforge-grouped` (train.group_by_length) is measured when asked for by name:
+#   .venv/bin/python -m benchmarks.run training --runners tuneforge,tuneforge-grouped,trainer
+RUNNERS = ("tuneforge", "tuneforge-padded", "tuneforge-bf16", "trainer", "trainer-bf16", "trl")
+TUNEFORGE_FLAGS = {
+    "tuneforge": [],
+    "tuneforge-padded": ["--padded"],
+    "tuneforge-grouped": ["--group-by-length"],
+    "tuneforge-bf16": ["--bf16"],
+}
 PYTHON = sys.executable
 
 
@@ -70,15 +77,11 @@ def training(repeats: int, runners: tuple[str, ...]) -> list[dict]:
         order = runners[repeat % len(runners) :] + runners[: repeat % len(runners)]
         for strategy in STRATEGIES:
             for runner in order:
-                if runner == "tuneforge-grouped" and strategy not in GROUPED_STRATEGIES:
-                    continue
                 out = cache / f"{runner}-{strategy}-{repeat}"
                 out.mkdir()
-                if runner.startswith("tuneforge"):
-                    flag = {"tuneforge-grouped": "--group-by-length", "tuneforge-bf16": "--bf16"}
-                    extra = [flag[runner]] if runner in flag else []
+                if runner in TUNEFORGE_FLAGS:
                     command = [PYTHON, "-m", "benchmarks.run_tuneforge", strategy]
-                    command += [str(out), str(cache), *extra]
+                    command += [str(out), str(cache), *TUNEFORGE_FLAGS[runner]]
                 else:
                     command = [PYTHON, "-m", "benchmarks.run_hf", runner, strategy]
                     command += [str(out), str(cache)]
@@ -95,7 +98,7 @@ def training(repeats: int, runners: tuple[str, ...]) -> list[dict]:
     return rows
 
 
-def main(suites: list[str]) -> None:
+def main(suites: list[str], chosen: tuple[str, ...] = RUNNERS) -> None:
     from benchmarks import report
 
     # Quick (smoke) results stay out of the repository.
@@ -106,7 +109,7 @@ def main(suites: list[str]) -> None:
         idle = load_average() < 1.2 if quick() else wait_for_idle()
         started_load = load_average()
         if suite == "training":
-            runners = RUNNERS if _has_trl() else tuple(r for r in RUNNERS if r != "trl")
+            runners = chosen if _has_trl() else tuple(r for r in chosen if r != "trl")
             data: object = training(1 if quick() else 3, runners)
         elif suite == "flow":
             from benchmarks import flow_overhead
@@ -135,4 +138,13 @@ def _has_trl() -> bool:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["validation", "training", "flow"])
+    args = sys.argv[1:]
+    runners = RUNNERS
+    if "--runners" in args:
+        at = args.index("--runners")
+        runners = tuple(args[at + 1].split(","))
+        del args[at : at + 2]
+    unknown = set(runners) - {*RUNNERS, *TUNEFORGE_FLAGS}
+    if unknown:
+        raise SystemExit(f"unknown runners {sorted(unknown)}; known: {', '.join(RUNNERS)}")
+    main(args or ["validation", "training", "flow"], runners)

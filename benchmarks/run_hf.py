@@ -1,7 +1,10 @@
 """One benchmark run through Hugging Face's loops: a plain `transformers.Trainer` with the usual
 dynamic padding (`DataCollatorForSeq2Seq`), or TRL's `SFTTrainer` with its own collator.
 
-    .venv/bin/python -m benchmarks.run_hf trainer|trl STRATEGY OUT_DIR CACHE_DIR
+    .venv/bin/python -m benchmarks.run_hf trainer|trainer-bf16|trl STRATEGY OUT_DIR CACHE_DIR
+
+`trainer-bf16` is the same Trainer with `bf16=True` (bfloat16 autocast of the forward, as
+tuneforge's `precision: bf16`): the equal-precision comparison for that setting.
 
 Called by `benchmarks/run.py`, one process per run; writes OUT_DIR/result.json. The model is
 prepared and the examples are tokenized by the same tuneforge strategy (so the same weights train
@@ -94,7 +97,7 @@ def main(runner: str, strategy_name: str, out_dir: Path, cache_dir: Path) -> Non
     model = strategy.prepare_model(model)
     examples = [strategy.build_example(r, tokenizer, cfg.max_length) for r in train]
 
-    if runner == "trainer":
+    if runner in ("trainer", "trainer-bf16"):
         from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
         rows = [
@@ -103,7 +106,7 @@ def main(runner: str, strategy_name: str, out_dir: Path, cache_dir: Path) -> Non
         ]
         trainer = counting(Trainer)(
             model=model,
-            args=TrainingArguments(**training_args(cfg, out_dir)),
+            args=TrainingArguments(**training_args(cfg, out_dir), bf16=runner == "trainer-bf16"),
             train_dataset=Dataset.from_list(rows),
             data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True),
             processing_class=tokenizer,
@@ -133,7 +136,7 @@ def main(runner: str, strategy_name: str, out_dir: Path, cache_dir: Path) -> Non
         )
 
     else:
-        raise SystemExit(f"unknown runner {runner!r} (trainer, trl)")
+        raise SystemExit(f"unknown runner {runner!r} (trainer, trainer-bf16, trl)")
     counters = trainer.counters
 
     class Clock(TrainerCallback):

@@ -1,10 +1,12 @@
 """One benchmark run through tuneforge's own training loop (`tasks.train.train_model`).
 
-    .venv/bin/python -m benchmarks.run_tuneforge STRATEGY OUT_DIR CACHE_DIR [--group-by-length]
-    .venv/bin/python -m benchmarks.run_tuneforge STRATEGY OUT_DIR CACHE_DIR --bf16
+    .venv/bin/python -m benchmarks.run_tuneforge STRATEGY OUT_DIR CACHE_DIR [FLAG ...]
 
-`--bf16` sets `train.precision: bf16`: the forward pass runs under bfloat16 autocast; weights,
-gradients, optimizer state and the loss stay float32 (as in TRL, whose default this is).
+With no flag, tuneforge's defaults (padding-free batches, fp32). `--padded` turns padding-free
+batches off (`train.padding_free: false`): the usual right-padded batches, as the Trainer's.
+`--group-by-length` sets `train.group_by_length`. `--bf16` sets `train.precision: bf16`: the
+forward pass runs under bfloat16 autocast; weights, gradients, optimizer state and the loss
+stay float32 (as in TRL, whose default this is).
 (Wrapping the whole loop in autocast, backward and optimizer step included, barely trained:
 eval loss 6.55 against 3.49 for `full`.)
 
@@ -29,22 +31,39 @@ from benchmarks.common import (
 )
 
 
-def padded_tokens(lengths: list[int], cfg: BenchConfig, group_by_length: bool) -> int:
-    """What the loop computed: every batch is as wide as its longest row (same order as
-    `train_model`, which is deterministic for a seed)."""
+def padded_tokens(
+    lengths: list[int], cfg: BenchConfig, group_by_length: bool, padding_free: bool
+) -> int:
+    """What the loop's layers computed: every batch as wide as its longest row (same order as
+    `train_model`, which is deterministic for a seed); padding-free, the real tokens alone
+    (attention alone still works in the padded layout)."""
+    if padding_free:
+        return sum(lengths[i] for batch in _order(lengths, cfg, group_by_length) for i in batch)
+    return sum(
+        max(lengths[i] for i in batch) * len(batch)
+        for batch in _order(lengths, cfg, group_by_length)
+    )
+
+
+def _order(lengths: list[int], cfg: BenchConfig, group_by_length: bool) -> list[list[int]]:
     from tasks.train import batch_order
 
-    order = batch_order(
+    return batch_order(
         len(lengths), cfg.batch_size, cfg.steps, cfg.seed, lengths if group_by_length else None
     )
-    return sum(max(lengths[i] for i in batch) * len(batch) for batch in order)
 
 
-def main(strategy: str, out_dir: Path, cache_dir: Path, group_by_length: bool, bf16: bool) -> None:
+def main(strategy: str, out_dir: Path, cache_dir: Path, flags: list[str]) -> None:
     from tasks.model_source import load_pretrained
     from tasks.train import train_model
     from tuneforge.config import TrainConfig
 
+    unknown = set(flags) - {"--padded", "--group-by-length", "--bf16"}
+    if unknown:
+        raise SystemExit(f"unknown flags {sorted(unknown)}")
+    padded, group_by_length, bf16 = (
+        f in flags for f in ("--padded", "--group-by-length", "--bf16")
+    )
     cfg = BenchConfig.from_env()
     base = build_base(cfg, cache_dir)
     train, evaluation = load_split()
@@ -59,6 +78,7 @@ def main(strategy: str, out_dir: Path, cache_dir: Path, group_by_length: bool, b
         log_every=cfg.steps,
         checkpoint_every=0,  # the Trainer runs save nothing mid-run either
         group_by_length=group_by_length,
+        padding_free=not padded,
         precision="bf16" if bf16 else "fp32",
     )
     result = train_model(base, train, train_cfg, out_dir / "model")
@@ -69,12 +89,15 @@ def main(strategy: str, out_dir: Path, cache_dir: Path, group_by_length: bool, b
     write_result(
         RunResult(
             runner="tuneforge"
+            + ("-padded" if padded else "")
             + ("-grouped" if group_by_length else "")
             + ("-bf16" if bf16 else ""),
             strategy=strategy,
             steps=result.steps,
             real_tokens=result.real_tokens,
-            padded_tokens=padded_tokens(lengths, cfg, train_cfg.group_by_length),
+            padded_tokens=padded_tokens(
+                lengths, cfg, group_by_length, result.batches == "padding-free"
+            ),
             trained_tokens=result.trained_tokens,
             train_seconds=result.seconds,
             eval_loss=eval_loss(Path(result.model_dir), evaluation, cfg),
@@ -85,11 +108,4 @@ def main(strategy: str, out_dir: Path, cache_dir: Path, group_by_length: bool, b
 
 
 if __name__ == "__main__":
-    flags = sys.argv[4:]
-    main(
-        sys.argv[1],
-        Path(sys.argv[2]),
-        Path(sys.argv[3]),
-        "--group-by-length" in flags,
-        "--bf16" in flags,
-    )
+    main(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4:])
