@@ -130,11 +130,12 @@ class TrainConfig(Strict):
     padding_free: bool = True
     seed: int = 0
     # fp32: full precision everywhere. bf16: the forward pass runs under bfloat16 autocast
-    # while weights, gradients, optimizer state and the loss stay fp32 (as TRL does). Much
-    # faster where the hardware has bf16 units (GPUs since Ampere, CPUs with AVX512-BF16/AMX):
-    # on this project's 2-core benchmark, 1.57x tokens/s for instruction and 1.34x for lora,
-    # eval loss within 1% (benchmarks/RESULTS.md). Costs bit-exact reproducibility across
-    # machines; on hardware without bf16 units it is emulated and slower.
+    # while weights, gradients, optimizer state and the loss stay fp32 (as TRL does). Pays off
+    # for models big enough that matrix products dominate, on hardware with bf16 units (GPUs
+    # since Ampere, CPUs with AVX512-BF16/AMX): on this project's 2-core benchmark (10.5M
+    # parameters) 1.4-1.8x tokens/s, eval loss within 1% (benchmarks/RESULTS.md). For tiny
+    # models the casts cost more than they save: the 0.4M-parameter demo trains 1.6x slower.
+    # Costs bit-exact reproducibility across machines; without bf16 units it is emulated.
     precision: Literal["fp32", "bf16"] = "fp32"
     # 0 leaves torch's default (all cores). Pinning avoids oversubscription when several
     # workers share a machine.
