@@ -2,16 +2,18 @@
 
     .venv/bin/python -m benchmarks.profile_step STRATEGY CACHE_DIR [STEPS [VARIANT ...]]
 
-Runs the loop's own pieces (`collate`, `token_mean_loss`, backward, clipping, fused AdamW) on
-the benchmark model and batches, timing each, for: the loop as it is; the forward without the
-KV cache (`use_cache=False`, which `transformers.Trainer` and TRL set for training); one thread
-instead of two; bfloat16 autocast (TRL's default, `bf16=True`). Prints one JSON line per
-variant. Each variant starts from the same weights and runs the same batches; the first 3
-steps are warm-up and not timed.
+Runs the loop's own pieces (collation, `token_mean_loss`, backward, clipping, fused AdamW) on
+the benchmark model and batches, timing each, for: the loop as it is (padding-free batches);
+with padded batches (`train.padding_free: false`); the forward without the KV cache
+(`use_cache=False`, which `transformers.Trainer` and TRL set for training); one thread instead
+of two; bfloat16 autocast (TRL's default, `bf16=True`). Prints one JSON line per variant. Each
+variant starts from the same weights and runs the same batches; the first 3 steps are warm-up
+and not timed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -24,6 +26,7 @@ from benchmarks.common import BenchConfig, build_base, load_split, strategy_for
 
 
 def run_variant(name: str, strategy_name: str, base: Path, steps: int, **options: Any) -> dict:
+    from tasks import padding_free
     from tasks.model_source import load_pretrained
     from tasks.train import batch_order, collate, token_mean_loss
 
@@ -45,9 +48,15 @@ def run_variant(name: str, strategy_name: str, base: Path, steps: int, **options
     parts = dict.fromkeys(("collate", "forward", "backward", "clip", "optimizer"), 0.0)
     real = 0
     order = batch_order(len(examples), cfg.batch_size, steps + 3, cfg.seed)
+    flat = not options.get("padded")
+    swapped = padding_free.attention(model) if flat else contextlib.nullcontext()
+    swapped.__enter__()  # left on: each variant loads its own model
     for step, indices in enumerate(order):
         marks = [time.perf_counter()]
-        batch = collate([examples[i] for i in indices], tokenizer.pad_token_id)
+        chosen = [examples[i] for i in indices]
+        batch = (
+            padding_free.collate_flat(chosen) if flat else collate(chosen, tokenizer.pad_token_id)
+        )
         marks.append(time.perf_counter())
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(options.get("bf16"))):
             loss, _ = token_mean_loss(model, batch, 1)
@@ -62,7 +71,7 @@ def run_variant(name: str, strategy_name: str, base: Path, steps: int, **options
         if step >= 3:
             for key, start, end in zip(parts, marks, marks[1:], strict=False):
                 parts[key] += end - start
-            real += int(batch["attention_mask"].sum())
+            real += sum(len(e.input_ids) for e in chosen)
     total = sum(parts.values())
     return {
         "variant": name,
@@ -79,13 +88,14 @@ if __name__ == "__main__":
     base = build_base(BenchConfig.from_env(), cache)
     variants = {
         "as is": {},
+        "padded": {"padded": True},
         "use_cache=False": {"no_cache": True},
         "1 thread": {"threads": 1},
         # What TRL's SFTConfig does by default (bf16=True): autocast, a change of precision.
         "bf16 autocast": {"bf16": True},
         "torch.compile": {"compile": True},  # not in the default set: minutes of compiling
     }
-    chosen = sys.argv[4:] or ["as is", "use_cache=False", "as is", "1 thread", "bf16 autocast"]
-    for name in chosen:
+    names = sys.argv[4:] or ["as is", "padded", "as is", "padded", "1 thread", "bf16 autocast"]
+    for name in names:
         result = run_variant(name, strategy, base, steps, **variants[name])
         print(json.dumps(result), flush=True)
