@@ -146,12 +146,19 @@ def attention(model: Any) -> Iterator[None]:
         inner.set_attn_implementation(before)
 
 
-def collate_flat(examples: list[Example]) -> dict[str, Any]:
+def collate_flat(examples: list[Example], multiple: int = 1, pad_id: int = 0) -> dict[str, Any]:
     """One row of the examples' real tokens, positions restarting per example.
 
     Each example's first label is set to IGNORE_INDEX: it is the target of the previous example's
     last token, which a padded batch never trains (and a first token is never a target anyway).
+
+    With `multiple`, the row is filled up to a multiple of that many tokens with `pad_id`, as
+    one more example that trains nothing and that no other example attends to: fewer distinct
+    shapes from step to step.
     """
+    tail = -sum(len(e.input_ids) for e in examples) % multiple
+    if tail:
+        examples = [*examples, Example([pad_id] * tail, [IGNORE_INDEX] * tail)]
     width = max(len(e.input_ids) for e in examples)
     input_ids: list[int] = []
     labels: list[int] = []

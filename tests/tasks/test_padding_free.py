@@ -39,6 +39,16 @@ def test_collate_flat_lays_examples_end_to_end():
     assert batch["tuneforge_shape"] == (2, 3)
 
 
+def test_collate_flat_rounds_the_row_up_with_an_untrained_example():
+    a, b = Example([5, 6, 7], [IGNORE_INDEX, 6, 7]), Example([8, 9], [8, 9])
+    batch = padding_free.collate_flat([a, b], multiple=8, pad_id=0)
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9, 0, 0, 0]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0, 1, 2]]
+    assert batch["labels"].tolist() == [[IGNORE_INDEX, 6, 7, IGNORE_INDEX, 9, *[IGNORE_INDEX] * 3]]
+    assert batch["tuneforge_shape"] == (3, 3)  # the filler is a row of its own
+    assert padding_free.collate_flat([a, b], multiple=5)["input_ids"].shape == (1, 5)
+
+
 # Different attention layouts: plain multi-head, grouped-query (fewer key/value heads),
 # a learned-position model (GPT-2), and a sliding window wider than the examples.
 ARCHITECTURES = {
@@ -72,15 +82,18 @@ def _loss_and_grads(model, batch) -> tuple[float, dict[str, torch.Tensor]]:
     return value, grads
 
 
-@pytest.mark.parametrize("kind", sorted(ARCHITECTURES))
-def test_padding_free_loss_and_gradients_equal_padded(kind):
+@pytest.mark.parametrize(
+    "kind, multiple", [(kind, 1) for kind in sorted(ARCHITECTURES)] + [("llama-gqa", 16)]
+)
+def test_padding_free_loss_and_gradients_equal_padded(kind, multiple):
     model = _model(kind).eval()  # eval: no dropout, so both passes see the same network
     examples = _examples([9, 3, 17, 12, 5])  # uneven: the padded batch is 47% padding
     assert padding_free.unsupported_reason(model, max_length=32) is None
 
     padded_loss, padded = _loss_and_grads(model, collate(examples, PAD))
     with padding_free.attention(model):
-        flat_loss, flat = _loss_and_grads(model, padding_free.collate_flat(examples))
+        flat = padding_free.collate_flat(examples, multiple, PAD)
+        flat_loss, flat = _loss_and_grads(model, flat)
 
     assert flat_loss == pytest.approx(padded_loss, rel=1e-6)
     assert flat.keys() == padded.keys() and len(flat) == len(list(model.parameters()))
