@@ -133,7 +133,7 @@ class TrainConfig(Strict):
     # while weights, gradients, optimizer state and the loss stay fp32 (as TRL does). Pays off
     # for models big enough that matrix products dominate, on hardware with bf16 units (GPUs
     # since Ampere, CPUs with AVX512-BF16/AMX): on this project's 2-core benchmark (10.5M
-    # parameters) 1.4-1.8x tokens/s, eval loss within 1% (benchmarks/RESULTS.md). For tiny
+    # parameters) 1.4-1.7x tokens/s, eval loss within 2% (benchmarks/RESULTS.md). For tiny
     # models the casts cost more than they save: the 0.4M-parameter demo trains 1.6x slower.
     # Costs bit-exact reproducibility across machines; without bf16 units it is emulated.
     precision: Literal["fp32", "bf16"] = "fp32"
