@@ -185,6 +185,20 @@ def test_credentials_in_the_environments_tracking_uri_are_refused_and_not_echoed
     assert "MLFLOW_TRACKING_URI: embeds credentials" in line
 
 
+def test_credentials_in_plugin_settings_are_refused_without_echoing_them(tmp_path):
+    # A plugin's settings are logged as MLflow params like the rest of the config.
+    password = "PLANTEDsettingsToken-Wq8"
+    args = ["--set", f"train.settings.hub.api_token={password}"]
+    line = _refused_run(tmp_path, password, args)
+    assert "train.settings: hub.api_token looks like a credential" in line
+    # Short values and ordinary keys stay allowed: only the secret-looking key is named.
+    from tuneforge.config import credential_keys
+
+    settings = {"rank": 8, "key": "short", "target_modules": ["q_proj"], "auth": [{"pwd": "x"}]}
+    assert credential_keys(settings) == []
+    assert credential_keys({"layers": [{"db_password": "long-enough"}]}) == ["layers.0.db_password"]
+
+
 def _refused_run(
     tmp_path: Path, password: str, args: list[str], env: dict[str, str] | None = None
 ) -> str:

@@ -195,6 +195,17 @@ class TrainConfig(Strict):
             )
         return self
 
+    @field_validator("settings")
+    @classmethod
+    def _no_credentials_in_settings(cls, settings: dict[str, Any]) -> dict[str, Any]:
+        found = credential_keys(settings)
+        if found:
+            raise ValueError(
+                f"{', '.join(found)} looks like a credential; the config is logged (MLflow "
+                "params, Prefect parameters): let the plugin read it from an environment variable"
+            )
+        return settings
+
     @field_validator("strategy")
     @classmethod
     def _strategy_is_registered(cls, name: str) -> str:
@@ -287,6 +298,32 @@ class TrackingConfig(Strict):
                 "MLFLOW_TRACKING_PASSWORD instead (the config is logged)"
             )
         return uri
+
+
+def credential_keys(node: Any, path: str = "") -> list[str]:
+    """Dotted paths of the secret-looking keys (`api_token`, `password`, ...) holding a string
+    long enough to be a secret, anywhere in nested dicts and lists. The values are not returned,
+    so an error message cannot echo them."""
+    from tuneforge.secrets import MIN_SECRET_LENGTH, looks_secret
+
+    if isinstance(node, dict):
+        items: Any = node.items()
+    elif isinstance(node, list):
+        items = enumerate(node)
+    else:
+        return []
+    found: list[str] = []
+    for key, value in items:
+        where = f"{path}.{key}" if path else str(key)
+        if isinstance(value, dict | list):
+            found += credential_keys(value, where)
+        elif (
+            isinstance(value, str)
+            and len(value) >= MIN_SECRET_LENGTH
+            and looks_secret(str(key).replace("-", "_"))
+        ):
+            found.append(where)
+    return found
 
 
 def embeds_credentials(uri: str) -> bool:
