@@ -16,8 +16,8 @@ the example layout (`tuneforge_slots`); any other call (evaluation, generation) 
 attention, unchanged.
 
 The loss is the same sum over the same trained tokens as the padded batch; gradients agree to
-float rounding (tests/tasks/test_padding_free.py). Models qualify when their attention goes
-through transformers' attention interface and they take `position_ids`; a sliding window
+float rounding (tests/tasks/test_padding_free.py). Models qualify when they are transformers'
+own code of a verified architecture (`VERIFIED`) using its attention interface; a sliding window
 shorter than `max_length` does not qualify (the padded attention here has no window). Anything
 else trains with padded batches, as before.
 """
@@ -62,6 +62,8 @@ def attention_forward(
     rows, width = shape
     # Attention variants this function does not implement: refuse rather than compute wrong.
     extras = [k for k in ("softcap", "s_aux", "position_bias") if kwargs.get(k) is not None]
+    if kwargs.get("is_causal") is False or not getattr(module, "is_causal", True):
+        extras.append("non-causal attention")
     window = kwargs.get("sliding_window")
     if extras or (window is not None and window < width):
         raise NotImplementedError(f"padding-free attention: {extras or 'sliding window'}")
@@ -107,12 +109,22 @@ def _transformers_model(model: Any) -> Any:
     return get_base() if callable(get_base) else model
 
 
+# Architectures whose padding-free loss and gradients are tested equal to padded batches
+# (tests/tasks/test_padding_free.py). Others may carry attention features this module does not
+# implement (chunked attention, mask overlays for image tokens, ...): they train padded.
+VERIFIED = frozenset({"llama", "mistral", "qwen2", "qwen3", "gpt2", "phi3", "gemma"})
+
+
 def unsupported_reason(model: Any, max_length: int) -> str | None:
     """Why this model cannot train padding-free (None: it can)."""
     inner = _transformers_model(model)
     config = inner.config
-    if not getattr(inner, "_supports_attention_backend", False):
-        return f"{type(inner).__name__} does not use transformers' attention interface"
+    if not _library_code(inner):
+        return f"{type(inner).__name__} is custom model code, not transformers' own"
+    if config.model_type not in VERIFIED:
+        return f"model type {config.model_type!r} is not verified for padding-free batches"
+    if not inner._can_set_attn_implementation():
+        return f"{type(inner).__name__} cannot swap its attention implementation"
     if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager", ATTENTION):
         return f"attention implementation {config._attn_implementation!r} was chosen"
     if "position_ids" not in inspect.signature(inner.forward).parameters:
@@ -127,10 +139,17 @@ def unsupported_reason(model: Any, max_length: int) -> str | None:
     return None
 
 
+def _library_code(inner: Any) -> bool:
+    return type(inner).__module__.startswith("transformers.")
+
+
 def takes_logits_to_keep(model: Any) -> bool:
-    """Whether the model can compute the output head on chosen positions only."""
+    """Whether the model can compute the output head on chosen positions only, given as a
+    boolean mask: transformers' own models do (`slice_logits_to_keep`); custom model code
+    written for older versions takes the argument but slices with it in ways a mask breaks."""
     inner = _transformers_model(model)
-    return "logits_to_keep" in inspect.signature(inner.forward).parameters
+    parameters = inspect.signature(inner.forward).parameters
+    return _library_code(inner) and "logits_to_keep" in parameters
 
 
 @contextmanager
@@ -139,8 +158,12 @@ def attention(model: Any) -> Iterator[None]:
     inner = _transformers_model(model)
     before = inner.config._attn_implementation
     _register()
-    inner.set_attn_implementation(ATTENTION)
     try:
+        inner.set_attn_implementation(ATTENTION)
+        # transformers only logs a warning when it cannot swap: attention would then run across
+        # the examples of the row. Never train like that.
+        if inner.config._attn_implementation != ATTENTION:
+            raise RuntimeError(f"{type(inner).__name__} did not take the padding-free attention")
         yield
     finally:
         inner.set_attn_implementation(before)

@@ -91,9 +91,10 @@ class ModelConfig(Strict):
     tiny: TinyModelConfig = TinyModelConfig()
 
 
-# Training settings that change the weights a run ends with by float rounding at most (how
-# often to log or checkpoint, retries, threads, how many processes share a batch, padded or
-# padding-free batches): left out of the config fingerprint and of a checkpoint's resume key.
+# Training settings that do not change what a run computes, only float rounding or which
+# dropout masks get drawn (how often to log or checkpoint, retries, threads, how many processes
+# share a batch, padded or padding-free batches): the same training in distribution, so left
+# out of the config fingerprint and of a checkpoint's resume key.
 TRAIN_NOT_SHAPING = {
     "log_every", "num_threads", "checkpoint_every", "keep_checkpoints", "resume", "retries",
     "deployment", "num_processes", "parallel", "padding_free",

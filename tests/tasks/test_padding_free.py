@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -59,6 +58,13 @@ ARCHITECTURES = {
         num_attention_heads=4, num_key_value_heads=4, sliding_window=64
     ),
     "gpt2": lambda: transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64),
+    "qwen3": lambda: transformers.Qwen3Config(
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8
+    ),
+    "phi3": lambda: transformers.Phi3Config(num_attention_heads=4, num_key_value_heads=4),
+    "gemma": lambda: transformers.GemmaConfig(
+        num_attention_heads=4, num_key_value_heads=1, head_dim=8
+    ),
 }
 
 
@@ -133,7 +139,11 @@ def test_evaluation_inside_the_swap_is_plain_sdpa():
     assert torch.equal(plain, swapped)
 
 
-def test_models_that_cannot_train_padding_free_say_why():
+class CustomLlama(transformers.LlamaForCausalLM):
+    """Stands for remote model code (`trust_remote_code`): not transformers' own module."""
+
+
+def test_models_that_cannot_train_padding_free_say_why(monkeypatch):
     narrow = transformers.MistralConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
         num_key_value_heads=4, vocab_size=VOCAB, sliding_window=16,
@@ -144,9 +154,42 @@ def test_models_that_cannot_train_padding_free_say_why():
     eager = _model("llama")
     eager.set_attn_implementation("eager")
     assert padding_free.unsupported_reason(eager, 32) is None  # eager and sdpa both qualify
-    flex = _model("llama")
-    flex.config._attn_implementation_internal = "flash_attention_2"
-    assert "'flash_attention_2' was chosen" in padding_free.unsupported_reason(flex, 32)
+    flash = _model("llama")
+    flash.config._attn_implementation_internal = "flash_attention_2"
+    assert "'flash_attention_2' was chosen" in padding_free.unsupported_reason(flash, 32)
+
+    custom = CustomLlama(_model("llama").config)
+    assert "custom model code" in padding_free.unsupported_reason(custom, 32)
+    assert not padding_free.takes_logits_to_keep(custom)  # nor the boolean logits_to_keep
+    opt = transformers.OPTConfig(
+        hidden_size=32, ffn_dim=64, num_hidden_layers=1, num_attention_heads=4,
+        vocab_size=VOCAB, word_embed_proj_dim=32,
+    )  # fmt: skip
+    opt_model = transformers.AutoModelForCausalLM.from_config(opt)
+    assert "'opt' is not verified" in padding_free.unsupported_reason(opt_model, 32)
+
+    # transformers' own check that a class can swap its attention implementation says no.
+    llama = _model("llama")
+    monkeypatch.setattr(
+        transformers.LlamaForCausalLM,
+        "_can_set_attn_implementation_cached_value",
+        False,
+        raising=False,
+    )
+    assert "cannot swap its attention" in padding_free.unsupported_reason(llama, 32)
+
+
+def test_the_swap_is_undone_on_errors_and_refused_when_it_does_not_take(monkeypatch):
+    model = _model("llama")
+    with pytest.raises(KeyError), padding_free.attention(model):
+        assert model.config._attn_implementation == padding_free.ATTENTION
+        raise KeyError("a step failed")
+    assert model.config._attn_implementation == "sdpa"
+    # If transformers declines the swap (it only logs a warning), attention would run across
+    # the examples of a row: training must stop instead.
+    monkeypatch.setattr(type(model), "set_attn_implementation", lambda self, name: None)
+    with pytest.raises(RuntimeError, match="did not take"), padding_free.attention(model):
+        pass
 
 
 def _train(model_dir: Path, records: list[dict], out: Path, **kw):
@@ -174,6 +217,3 @@ def test_training_padding_free_follows_the_padded_run(
     assert flat.real_tokens == padded.real_tokens
     assert flat_losses == pytest.approx(padded_losses, rel=1e-4)
     assert flat_losses[-1] < flat_losses[0]
-    # The saved config names the model's own attention, not the training-time swap.
-    saved = [json.loads(p.read_text()) for p in (tmp_path / "flat").rglob("*config.json")]
-    assert saved and padding_free.ATTENTION not in json.dumps(saved)
