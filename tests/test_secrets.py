@@ -191,6 +191,7 @@ def test_credentials_in_plugin_settings_are_refused_without_echoing_them(tmp_pat
     args = ["--set", f"train.settings.hub.api_token={password}"]
     line = _refused_run(tmp_path, password, args)
     assert "train.settings: hub.api_token looks like a credential" in line
+    assert not list(tmp_path.iterdir())  # refused before anything was written
     # Short values and ordinary keys stay allowed: only the secret-looking key is named.
     from tuneforge.config import credential_keys
 
