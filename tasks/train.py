@@ -307,11 +307,7 @@ def train_model(
         else "train.padding_free is off"
     )
     flat = why_padded is None
-    # Under bf16 on CPUs, oneDNN compiles and caches a kernel for every new matrix shape, and a
-    # padding-free row has a new length nearly every step: +200-260 MB of cached kernels on the
-    # benchmark. Rounding the row up to a multiple of 16 tokens bounds the shapes (memory back
-    # to the padded run's, speed unchanged within noise); fp32 needs no rounding.
-    row_multiple = 16 if cfg.precision == "bf16" else 1
+    row_multiple = padding_free.row_multiple(cfg.precision)
     slim = padding_free.takes_logits_to_keep(core)
     trained_per_example = [sum(y != IGNORE_INDEX for y in e.labels[1:]) for e in examples]
     if world > 1:  # before the optimizer: FSDP replaces the parameters with sharded ones
