@@ -32,28 +32,28 @@ from benchmarks.common import (
 
 
 def padded_tokens(
-    lengths: list[int], cfg: BenchConfig, group_by_length: bool, padding_free: bool
+    lengths: list[int],
+    cfg: BenchConfig,
+    group_by_length: bool,
+    padding_free: bool,
+    row_multiple: int = 1,
 ) -> int:
-    """What the loop's layers computed: every batch as wide as its longest row (same order as
-    `train_model`, which is deterministic for a seed); padding-free, the real tokens alone
-    (attention alone still works in the padded layout)."""
-    if padding_free:
-        return sum(lengths[i] for batch in _order(lengths, cfg, group_by_length) for i in batch)
-    return sum(
-        max(lengths[i] for i in batch) * len(batch)
-        for batch in _order(lengths, cfg, group_by_length)
-    )
-
-
-def _order(lengths: list[int], cfg: BenchConfig, group_by_length: bool) -> list[list[int]]:
+    """What the loop's layers computed, batch by batch in `train_model`'s order (deterministic
+    for a seed): padded, every row as wide as the batch's longest; padding-free, the real tokens
+    rounded up to `row_multiple` (the filler of `padding_free.collate_flat`). Attention alone
+    still works in the padded layout."""
     from tasks.train import batch_order
 
-    return batch_order(
+    order = batch_order(
         len(lengths), cfg.batch_size, cfg.steps, cfg.seed, lengths if group_by_length else None
     )
+    if padding_free:
+        return sum(-(-sum(lengths[i] for i in b) // row_multiple) * row_multiple for b in order)
+    return sum(max(lengths[i] for i in batch) * len(batch) for batch in order)
 
 
 def main(strategy: str, out_dir: Path, cache_dir: Path, flags: list[str]) -> None:
+    from tasks import padding_free
     from tasks.model_source import load_pretrained
     from tasks.train import train_model
     from tuneforge.config import TrainConfig
@@ -96,7 +96,11 @@ def main(strategy: str, out_dir: Path, cache_dir: Path, flags: list[str]) -> Non
             steps=result.steps,
             real_tokens=result.real_tokens,
             padded_tokens=padded_tokens(
-                lengths, cfg, group_by_length, result.batches == "padding-free"
+                lengths,
+                cfg,
+                group_by_length,
+                result.batches == "padding-free",
+                padding_free.row_multiple(train_cfg.precision),
             ),
             trained_tokens=result.trained_tokens,
             train_seconds=result.seconds,

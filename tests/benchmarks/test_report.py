@@ -19,6 +19,9 @@ def test_padded_tokens_counts_each_batch_at_its_widest_row() -> None:
     # Padding-free, the layers compute the real tokens alone.
     flat = padded_tokens(lengths, cfg, group_by_length=False, padding_free=True)
     assert flat == cfg.steps * (7 * 10 + 40)
+    # Under bf16 each row is rounded up with filler tokens: 110 -> 112 for a multiple of 16.
+    rounded = padded_tokens(lengths, cfg, group_by_length=False, padding_free=True, row_multiple=16)
+    assert rounded == cfg.steps * 112
 
 
 def _row(runner: str, strategy: str, repeat: int, seconds: float, loss: float) -> dict:
