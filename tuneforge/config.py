@@ -126,8 +126,9 @@ class TrainConfig(Strict):
     # Lay each batch's examples end to end instead of padding them to the longest: the
     # layers compute real tokens only (the padding was 17-24% of the bundled data's tokens),
     # attention stays within each example, the loss is the same (tasks/padding_free.py).
-    # Models outside transformers' attention interface, or with a sliding window shorter
-    # than max_length, train padded (logged). Off only to compare against padded batches.
+    # Architectures not verified for it (padding_free.VERIFIED), custom model code, or a
+    # sliding window shorter than max_length train padded (logged, tuneforge.batches tag).
+    # Off only to compare against padded batches.
     padding_free: bool = True
     seed: int = 0
     # fp32: full precision everywhere. bf16: the forward pass runs under bfloat16 autocast
