@@ -67,59 +67,61 @@ def retrain(config: RunConfig) -> RetrainResult | SkippedRun:
     config.strategy_settings()  # bad strategy settings fail here, before any work
     check_run(config)
     tracking_uri = resolve_tracking_uri(config.tracking.tracking_uri)
-    run_id = start_tracking_run(config, tracking_uri)
-    run_dir = str(Path(config.output_dir).resolve() / run_id)
     data, model, train, evaluation = config.data, config.model, config.train, config.evaluation
     remote_code = model.trust_remote_code
-
     registry = config.registry
-    with (
-        run_status(tracking_uri, run_id),
-        one_retrain_at_a_time(registry.model_name, registry.wait_for_slot_s),
-    ):
-        loaded = load_dataset(data.path, data.format, data.hf_split, f"{run_dir}/data")
-        validation = validate_dataset(
-            loaded, data.max_chars, data.max_rejected_fraction, data.path, run_id, tracking_uri
-        )
-        if not config.force:
-            unchanged = unchanged_since_champion(
-                registry.model_name, validation.fingerprint, config.fingerprint(),
-                tracking_uri, run_id,
-            )  # fmt: skip
-            if unchanged:
-                return SkippedRun(run_id, tracking_uri, unchanged)
-        split = split_dataset(
-            validation.valid_path, data.eval_fraction, data.seed, data.holdout_tasks
-        )
-        base_dir = resolve_base_model(model, split.train_path, run_dir, run_id, tracking_uri)
-        if train.deployment:  # training on another work pool, e.g. GPUs
-            trained = train_on_pool(
-                config, run_id, tracking_uri, split.train_path, split.eval_path, run_dir
+
+    # The slot first: holding it, any unfinished MLflow run of this model is a crashed one,
+    # which start_tracking_run continues instead of opening another.
+    with one_retrain_at_a_time(registry.model_name, registry.wait_for_slot_s) as slot:
+        tracking = start_tracking_run(config, tracking_uri)
+        run_id = tracking.run_id
+        run_dir = str(Path(config.output_dir).resolve() / run_id)
+        with run_status(tracking_uri, run_id):
+            loaded = load_dataset(data.path, data.format, data.hf_split, f"{run_dir}/data")
+            validation = validate_dataset(
+                loaded, data.max_chars, data.max_rejected_fraction, data.path, run_id, tracking_uri
             )
-        else:
-            trained = train_with_strategy.with_options(retries=train.retries)(
-                base_dir, split.train_path, train, f"{run_dir}/tuned", run_id, tracking_uri,
-                remote_code, split.eval_path, checkpoint_dir(config),
-            )  # fmt: skip
-        scores = {
-            label: evaluate_model(
-                model_dir, split.eval_path, label, evaluation, train.max_length, run_id,
-                tracking_uri, remote_code, data.holdout_tasks,
+            if not (config.force or tracking.resumed):
+                unchanged = unchanged_since_champion(
+                    registry.model_name, validation.fingerprint, config.fingerprint(),
+                    tracking_uri, run_id,
+                )  # fmt: skip
+                if unchanged:
+                    return SkippedRun(run_id, tracking_uri, unchanged)
+            split = split_dataset(
+                validation.valid_path, data.eval_fraction, data.seed, data.holdout_tasks
             )
-            for label, model_dir in (("base", base_dir), ("tuned", trained.model_dir))
-        }  # fmt: skip
-        champion = evaluate_champion(
-            registry.model_name, split.eval_path, evaluation, train.max_length, run_id,
-            tracking_uri, run_dir, scores["base"], data.holdout_tasks,
-        )  # fmt: skip
-        registration = register_model(
-            trained.model_dir, run_id, scores["base"], scores["tuned"], champion,
-            registry, tracking_uri, remote_code,
-        )  # fmt: skip
-        report_run(
-            run_id, tracking_uri, str(Path(split.eval_path).parent), scores["base"],
-            scores["tuned"], registration.decision,
-        )  # fmt: skip
+            base_dir = resolve_base_model(model, split.train_path, run_dir, run_id, tracking_uri)
+            if train.deployment:  # training on another work pool, e.g. GPUs
+                trained = train_on_pool(
+                    config, run_id, tracking_uri, split.train_path, split.eval_path, run_dir
+                )
+            else:
+                trained = train_with_strategy.with_options(retries=train.retries)(
+                    base_dir, split.train_path, train, f"{run_dir}/tuned", run_id,
+                    tracking_uri, remote_code, split.eval_path, checkpoint_dir(config),
+                )  # fmt: skip
+            scores = {
+                label: evaluate_model(
+                    model_dir, split.eval_path, label, evaluation, train.max_length, run_id,
+                    tracking_uri, remote_code, data.holdout_tasks,
+                )
+                for label, model_dir in (("base", base_dir), ("tuned", trained.model_dir))
+            }  # fmt: skip
+            champion = evaluate_champion(
+                registry.model_name, split.eval_path, evaluation, train.max_length, run_id,
+                tracking_uri, run_dir, scores["base"], data.holdout_tasks,
+            )  # fmt: skip
+            slot.check_held()  # registration is the one step two runs must never both take
+            registration = register_model(
+                trained.model_dir, run_id, scores["base"], scores["tuned"], champion,
+                registry, tracking_uri, remote_code,
+            )  # fmt: skip
+            report_run(
+                run_id, tracking_uri, str(Path(split.eval_path).parent), scores["base"],
+                scores["tuned"], registration.decision,
+            )  # fmt: skip
 
     return RetrainResult(
         run_id, tracking_uri, run_dir, validation, split, trained, scores["base"], scores["tuned"],

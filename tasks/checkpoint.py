@@ -139,7 +139,9 @@ def find_resumable(root: Path, key: ResumeKey, resume: str) -> Path | None:
 
 
 def complete_checkpoints(root: Path) -> list[Path]:
-    """Finished checkpoints under `root`, oldest first."""
+    """Finished checkpoints under `root`, oldest first (none if it does not exist)."""
+    if not root.is_dir():
+        return []
     found = [p for p in root.iterdir() if _STEP_DIR.match(p.name) and (p / "state.json").exists()]
     return sorted(found, key=lambda p: p.name)
 
@@ -259,6 +261,15 @@ def _write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     except SafetensorError as exc:  # the Rust writer's I/O errors (disk full, file too large)
         raise OSError(f"{path.name}: {exc}") from exc
     _fsync(path)
+
+
+def write_json_atomically(path: Path, data: Any) -> None:
+    """Writes `data` as JSON to `path` so that a crash leaves the old file or the new one,
+    never half of one."""
+    tmp = path.with_name(f"{_TMP_PREFIX}{path.name}-{os.getpid()}")
+    _write_bytes(tmp, json.dumps(data).encode())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
 
 
 def _write_bytes(path: Path, data: bytes) -> None:

@@ -26,6 +26,7 @@ from tasks.model_source import load_pretrained, pick_device
 from tasks.split_data import read_jsonl
 from tasks.train import collate
 from tuneforge.config import EvalConfig
+from tuneforge.pause_points import pause_point
 from tuneforge.prompts import render_prompt, split_turns
 from tuneforge.tracking import MetricLogger
 
@@ -192,6 +193,7 @@ def evaluate_model(
 ) -> dict[str, float]:
     """Evaluates one model and logs its metrics as `<label>.<metric>` (e.g. `tuned.exact_match`)
     plus its generations as the artifact `eval/<label>_generations.jsonl`."""
+    pause_point(f"evaluate:{label}")
     metrics, rows = evaluate_records(
         model_dir, read_jsonl(eval_path), cfg, max_length, trust_remote_code, holdout_tasks
     )

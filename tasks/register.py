@@ -25,6 +25,7 @@ from prefect import task
 from tasks.model_source import load_pretrained
 from tuneforge.config import RegistryConfig
 from tuneforge.model_registry import CHALLENGER, CHAMPION
+from tuneforge.pause_points import pause_point
 from tuneforge.prompts import render_prompt
 from tuneforge.tracking import is_unreachable
 
@@ -276,6 +277,7 @@ def register_model(
     if existing is None:
         log_model_artifacts(model_dir, run_id, tracking_uri, trust_remote_code)  # verified
         version = _create_version(client, cfg.model_name, run_id, tracking_uri, lineage)
+        pause_point("register:version-created")
         held: list[str] = []
     else:  # registered by an earlier attempt whose upload was verified; finish it
         version, held = existing.version, list(existing.aliases)

@@ -5,10 +5,15 @@ from __future__ import annotations
 import json
 import platform
 import subprocess
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
+from uuid import UUID
 
-from prefect import task
+from mlflow.tracking import MlflowClient
+from prefect import get_run_logger, task
+from prefect.exceptions import ObjectNotFound
 
 from tuneforge.config import RunConfig
 from tuneforge.tracking import flatten, start_run
@@ -45,9 +50,48 @@ def package_versions() -> str:
     return ",".join(found)
 
 
+@dataclass(frozen=True)
+class TrackingRun:
+    run_id: str
+    resumed: bool  # continues the MLflow run of a crashed retrain (same model and config)
+
+
 @task(name="start_tracking_run")
-def start_tracking_run(config: RunConfig, tracking_uri: str) -> str:
-    """Creates the run with the whole resolved config as params; returns the run id."""
+def start_tracking_run(config: RunConfig, tracking_uri: str) -> TrackingRun:
+    """Creates the run with the whole resolved config as params, unless a crashed retrain of
+    the same model and config left one: that run is continued instead (see `crashed_runs`).
+
+    Continuing it keeps one MLflow run, one run directory and at most one registered version
+    per retrain, however often it is killed: the re-run finds the trained model (or the
+    checkpoints) it left, and registration finishes the version it may have created."""
+    from prefect.runtime import flow_run
+
+    flow_run_id = str(flow_run.id or "")
+    client = MlflowClient(tracking_uri)
+    resumable = None
+    for run in crashed_runs(client, config, flow_run_id):
+        same = run.data.tags.get("tuneforge.config_hash") == config.fingerprint() and (
+            run.data.tags.get("tuneforge.data_source") == config.data.path
+        )
+        if same and resumable is None:  # the newest one (runs come newest first)
+            resumable = run
+        else:
+            client.set_tag(run.info.run_id, "tuneforge.crashed", "superseded by a later retrain")
+            client.set_terminated(run.info.run_id, status="KILLED")
+    if resumable is not None:
+        run_id = resumable.info.run_id
+        attempt = int(resumable.data.tags.get("tuneforge.attempt", "1")) + 1
+        client.set_tag(run_id, "tuneforge.attempt", str(attempt))
+        client.set_tag(run_id, "tuneforge.flow_run_id", flow_run_id)
+        get_run_logger().warning(
+            "continuing MLflow run %s (attempt %d): a retrain of %s with the same config was "
+            "killed before it finished",
+            run_id,
+            attempt,
+            config.registry.model_name,
+        )
+        return TrackingRun(run_id, resumed=True)
+
     tags = {
         "tuneforge.strategy": config.train.strategy,
         "tuneforge.strategy_settings": json.dumps(
@@ -56,9 +100,46 @@ def start_tracking_run(config: RunConfig, tracking_uri: str) -> str:
         "tuneforge.config_hash": config.fingerprint(),
         "tuneforge.base_model": config.model.source,
         "tuneforge.data_source": config.data.path,
+        "tuneforge.model_name": config.registry.model_name,
+        "tuneforge.flow_run_id": flow_run_id,
         "tuneforge.python": platform.python_version(),
         "tuneforge.code_version": code_version(),
         "tuneforge.packages": package_versions(),
     }
     params = flatten(config.model_dump(mode="json"))
-    return start_run(tracking_uri, config.tracking.experiment, config.name, params, tags)
+    run_id = start_run(tracking_uri, config.tracking.experiment, config.name, params, tags)
+    return TrackingRun(run_id, resumed=False)
+
+
+def crashed_runs(client: MlflowClient, config: RunConfig, flow_run_id: str) -> list[Any]:
+    """MLflow runs of this model left RUNNING by a retrain whose process died, newest first.
+
+    Called while holding the model's retrain slot, so no other retrain of the model is alive
+    on this Prefect server: a RUNNING run of the model whose flow run this server knows is
+    dead. A run whose flow run this server does not know (another Prefect server sharing the
+    MLflow server) is left alone."""
+    from prefect import get_client
+
+    experiment = client.get_experiment_by_name(config.tracking.experiment)
+    if experiment is None or not flow_run_id:
+        return []
+    running = client.search_runs(
+        [experiment.experiment_id],
+        filter_string="attributes.status = 'RUNNING'",
+        order_by=["attributes.start_time DESC"],
+    )
+    found = []
+    with get_client(sync_client=True) as prefect:
+        for run in running:
+            tags = run.data.tags
+            other = tags.get("tuneforge.flow_run_id", "")
+            if tags.get("tuneforge.model_name") != config.registry.model_name:
+                continue
+            if not other or other == flow_run_id:
+                continue
+            try:
+                prefect.read_flow_run(UUID(other))
+            except (ObjectNotFound, ValueError):
+                continue
+            found.append(run)
+    return found

@@ -8,6 +8,7 @@ from the strategy object, found by name in the plugin registry.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -416,9 +417,7 @@ def train_model(
             core.load_state_dict(full)
         out_dir.mkdir(parents=True, exist_ok=True)
         strategy.save(core.to("cpu"), tokenizer, out_dir)
-        if root:
-            checkpoint.clear_checkpoints(root)
-    return TrainResult(
+    result = TrainResult(
         model_dir=str(out_dir),
         steps=cfg.steps,
         examples=len(examples),
@@ -433,6 +432,25 @@ def train_model(
         resumed_from_step=resumed_from,
         batches="padding-free" if flat else f"padded: {why_padded}",
     )
+    if lead:
+        # The result marks the saved model complete before the checkpoints go: a crash in
+        # between leaves one or the other to continue from, never neither.
+        checkpoint.write_json_atomically(result_path(out_dir), asdict(result))
+        if root:
+            checkpoint.clear_checkpoints(root)
+    return result
+
+
+def result_path(out_dir: str | Path) -> Path:
+    """Where a finished training run's `TrainResult` is kept, beside its saved model."""
+    out_dir = Path(out_dir)
+    return out_dir.with_name(f"{out_dir.name}.result.json")
+
+
+def finished_result(out_dir: str | Path) -> TrainResult | None:
+    """The result of a training run that already saved its model to `out_dir`, if any."""
+    path = result_path(out_dir)
+    return TrainResult.from_dict(json.loads(path.read_text())) if path.exists() else None
 
 
 def _find_resumable(
@@ -539,6 +557,15 @@ def train_with_strategy(
                 values["train.tokens_per_second"],
             )
 
+    result = finished_result(out_dir)
+    if result is not None:
+        # An earlier attempt of this run (a retry, or a re-run after a crash that continued
+        # its MLflow run) saved the model: training again would only reproduce it.
+        logger.info("training finished in an earlier attempt of this run; using its model")
+        return result
+    found = checkpoint_dir and checkpoint.complete_checkpoints(Path(checkpoint_dir))
+    if found and cfg.checkpoint_every and cfg.resume != "never":
+        logger.info("resuming from checkpoint %s if it matches this run's inputs", found[-1])
     if cfg.num_processes > 1:
         result = train_distributed(
             base_dir, train_path, cfg, out_dir, on_metrics, trust_remote_code, eval_path,

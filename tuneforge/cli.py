@@ -5,6 +5,7 @@
     tuneforge evaluate models:/tuneforge-demo@champion data/instructions.jsonl [--json]
     tuneforge strategies [--json]
     tuneforge models list|show|compare|promote|rollback [--json]
+    tuneforge slots list|release MODEL [--json]
     tuneforge data push data/instructions.jsonl
     tuneforge sample-data data/instructions.jsonl
 
@@ -78,10 +79,14 @@ def run(
     from transformers.utils import logging as hf_logging
 
     from flows.retrain import SkippedRun, retrain
+    from tuneforge.prefect_server import PrefectServerError, prefect_api
 
     hf_logging.disable_progress_bar()
     try:
-        result = retrain(cfg)
+        with prefect_api():
+            result = retrain(cfg)
+    except PrefectServerError as exc:
+        _fail(str(exc))
     except (ValueError, OSError) as exc:
         # Bad data, a model that cannot load, the mask audit, the split (ValueError); a full
         # disk, an unwritable directory, a lost server (OSError): all say what went wrong in
@@ -405,6 +410,66 @@ def models_rollback(
             markup=False,
         ),
     )
+
+
+slots_app = typer.Typer(
+    no_args_is_help=True,
+    help="Retrain slots: one retrain per model at a time (PREFECT_API_URL, or a local server).",
+)
+app.add_typer(slots_app, name="slots")
+
+
+def _with_prefect(action: Any) -> Any:
+    """Runs `action(client)` against the Prefect API, failing in one line when it cannot."""
+    import httpx
+    from prefect import get_client
+
+    from tuneforge.concurrency import SlotBusyError
+    from tuneforge.prefect_server import PrefectServerError, prefect_api
+
+    try:
+        with prefect_api(), get_client(sync_client=True) as client:
+            return action(client)
+    except (SlotBusyError, PrefectServerError) as exc:
+        _fail(str(exc))
+    except httpx.HTTPError as exc:
+        _fail(f"Prefect API: {exc}")
+
+
+@slots_app.command("list")
+def slots_list(as_json: JsonOption = False) -> None:
+    """Each model's retrain slot: taken or free, and the flow run recorded as holding it."""
+    from tuneforge.concurrency import list_slots
+
+    def render(rows: list[dict]) -> None:
+        table = Table("model", "taken", "holder (flow run)", "state", "started")
+        for row in rows:
+            holder = row["holders"][0] if row["holders"] else {}
+            run = f"{holder.get('flow_run', '-')} {holder.get('flow_run_id', '')}".strip()
+            taken = f"{row['taken']}/{row['limit']}"
+            started = holder.get("started") or "-"
+            table.add_row(row["model"], taken, run, holder.get("state", "-"), started)
+        out.print(table)
+
+    _emit(_with_prefect(list_slots), as_json, render)
+
+
+@slots_app.command("release")
+def slots_release(
+    model: Annotated[str, typer.Argument(help="The registered model name")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Also when the holder's flow run has not ended")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Free a model's retrain slot by hand, e.g. after its holder's machine was lost."""
+    from tuneforge.concurrency import release_slot
+
+    def render(result: dict) -> None:
+        held = "; ".join(result["released_holders"]) or "no recorded holder"
+        out.print(f"{result['model']}: retrain slot released ({held})", markup=False)
+
+    _emit(_with_prefect(lambda client: release_slot(client, model, force)), as_json, render)
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Announce new data to scheduled retraining.")

@@ -247,9 +247,11 @@ class RegistryConfig(Strict):
     min_improvement: float = Field(0.0, ge=0)
     # Margin over the base model: a tuned model no better than where it started is not shipped.
     min_improvement_over_base: float = Field(0.0, ge=0)
-    # Only one retrain per model name runs at a time. None waits for the running one to end;
-    # a number of seconds gives up after that long (0: refuse at once).
-    wait_for_slot_s: float | None = Field(None, ge=0)
+    # Only one retrain per model name runs at a time; a second one waits for the slot this
+    # many seconds, then gives up naming the run that holds it (0: refuse at once; null: wait
+    # for ever). An hour lets a nightly run queue behind a long one without piling up; a
+    # killed holder frees the slot on its own about a minute after it died.
+    wait_for_slot_s: float | None = Field(3600, ge=0)
 
     @field_validator("model_name")
     @classmethod

@@ -1,22 +1,68 @@
-"""One retrain per model name at a time, through a real Prefect global concurrency limit."""
+"""One retrain per model name at a time, through a real Prefect global concurrency limit, and
+how the slot is freed from holders that are gone (tuneforge/concurrency.py).
+
+All against the session's Prefect test server. The holders here are flow runs (as retrain's
+are): a slot taken outside any flow run is recorded nowhere, and counts as an orphan.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from uuid import UUID
+
 import pytest
+from prefect import flow
 
 from tests.conftest import BUNDLED_DATA, PRESET
 
 pytestmark = pytest.mark.integration
 
 
-def test_second_retrain_of_a_busy_model_gives_up_and_says_so(
-    prefect_harness, mlflow_server, tmp_path
+@pytest.fixture
+def tuneforge_logs(caplog):
+    caplog.set_level(logging.INFO, logger="prefect.tuneforge")
+    return caplog
+
+
+def _client():
+    from prefect import get_client
+
+    return get_client(sync_client=True)
+
+
+def _taken(slot: str) -> int:
+    with _client() as client:
+        return client.read_global_concurrency_limit_by_name(slot).active_slots
+
+
+@flow
+def _take_and_die(model_name: str) -> str:
+    """Takes the slot and records it, as retrain does, then ends without releasing it: a run
+    whose process died before its `finally` (its lease is still counted)."""
+    from tuneforge.concurrency import _current_flow_run_id, _ensure_limit, _retag, _try_acquire
+
+    slot = f"retrain-{model_name}"
+    me = _current_flow_run_id()
+    with _client() as client:
+        _ensure_limit(client, slot)
+        lease = _try_acquire(client, slot, me)
+        assert lease is not None
+        _retag(client, me, slot, lease)
+    return str(me)
+
+
+def test_second_retrain_of_a_busy_model_gives_up_naming_the_holder(
+    prefect_harness, mlflow_server, tmp_path, tuneforge_logs
 ):
     from mlflow.tracking import MlflowClient
-    from prefect.concurrency.sync import concurrency
 
     from flows.retrain import retrain
-    from tuneforge.concurrency import SlotBusyError, one_retrain_at_a_time, slot_name
+    from tuneforge.concurrency import SlotBusyError, one_retrain_at_a_time, release_slot
     from tuneforge.config import load_config
 
     config = load_config(
@@ -30,19 +76,130 @@ def test_second_retrain_of_a_busy_model_gives_up_and_says_so(
             "registry.wait_for_slot_s=1",
         ],
     )
-    # Another retrain of it-busy holds the slot (this test plays that run).
-    busy = pytest.raises(SlotBusyError, match="'it-busy': another retrain holds the slot")
-    with one_retrain_at_a_time("it-busy", wait_s=5), busy:
-        retrain(config)
-    # The refused run is recorded as failed, and nothing was registered.
-    client = MlflowClient(mlflow_server)
-    experiment = client.get_experiment_by_name("concurrency")
-    runs = client.search_runs([experiment.experiment_id])
-    assert [r.info.status for r in runs] == ["FAILED"]
-    assert not client.search_model_versions("name='it-busy'")
-    # Once free, the slot can be taken again at once.
-    with concurrency(slot_name("it-busy"), occupy=1, strict=True, timeout_seconds=5):
+
+    @flow(flow_run_name="the-holder")
+    def holder() -> str:
+        # Another retrain of it-busy holds the slot (this flow plays that run).
+        with one_retrain_at_a_time("it-busy", wait_s=5):
+            with pytest.raises(SlotBusyError) as refused:
+                retrain(config)
+            with _client() as client, pytest.raises(SlotBusyError, match="add --force"):
+                release_slot(client, "it-busy", force=False)  # the holder is alive
+        return str(refused.value)
+
+    message = holder()
+    assert "registry.model_name 'it-busy': the retrain slot is held by flow run 'the-holder'" in (
+        message
+    )
+    assert "Running, started" in message
+    assert message.endswith("tuneforge slots release it-busy --force")
+    assert "\n" not in message
+    waiting = [r.getMessage() for r in tuneforge_logs.records if "waiting for" in r.getMessage()]
+    assert waiting and "flow run 'the-holder'" in waiting[0]
+    # Nothing of the refused run reached MLflow: it never held the slot.
+    experiment = MlflowClient(mlflow_server).get_experiment_by_name("concurrency")
+    assert experiment is None or not MlflowClient(mlflow_server).search_runs(
+        [experiment.experiment_id]
+    )
+    # The holder released the slot on the way out, and its flow run no longer records it.
+    assert _taken("retrain-it-busy") == 0
+    with one_retrain_at_a_time("it-busy", wait_s=0):
         pass
+
+
+def test_a_slot_whose_holder_ended_is_released_at_once_naming_it(prefect_harness, tuneforge_logs):
+    from prefect.states import Crashed
+
+    from tuneforge.concurrency import holders, one_retrain_at_a_time
+
+    dead = _take_and_die("it-dead")
+    with _client() as client:
+        client.set_flow_run_state(UUID(dead), Crashed(message="killed"), force=True)
+    assert _taken("retrain-it-dead") == 1
+
+    started = time.monotonic()
+    with one_retrain_at_a_time("it-dead", wait_s=30):
+        waited = time.monotonic() - started
+        assert _taken("retrain-it-dead") == 1  # ours now
+    assert waited < 5  # released at the first look, not when the lease lapses (60 s)
+    released = [r.getMessage() for r in tuneforge_logs.records if "released" in r.getMessage()]
+    assert len(released) == 1 and dead in released[0] and "Crashed" in released[0]
+    with _client() as client:
+        assert holders(client, "retrain-it-dead") == []  # the dead run's record is cleared
+    assert _taken("retrain-it-dead") == 0
+
+
+def test_a_count_no_run_holds_is_released_after_a_second_look(prefect_harness, tuneforge_logs):
+    # What a Prefect server restarted with in-memory leases leaves: the count, no lease.
+    from tuneforge.concurrency import POLL_S, _ensure_limit, one_retrain_at_a_time
+
+    with _client() as client:
+        _ensure_limit(client, "retrain-it-orphan")
+        client.increment_concurrency_slots(names=["retrain-it-orphan"], slots=1, mode="concurrency")
+    started = time.monotonic()
+    with one_retrain_at_a_time("it-orphan", wait_s=60):
+        waited = time.monotonic() - started
+    assert POLL_S <= waited < 60
+    assert any("no flow run holds it" in r.getMessage() for r in tuneforge_logs.records)
+    assert _taken("retrain-it-orphan") == 0
+
+
+def test_a_holder_whose_lease_the_server_forgot_takes_the_slot_back(
+    prefect_harness, tuneforge_logs
+):
+    from tuneforge.concurrency import RetrainSlot, holders
+
+    @flow
+    def hold() -> tuple[UUID, UUID, UUID]:
+        slot = RetrainSlot("it-forgot")
+        slot.acquire(wait_s=5)
+        first = slot.lease_id
+        with _client() as client:
+            # A restart with in-memory leases: the lease is gone, the count stays.
+            client.release_concurrency_slots_with_lease(first)
+            client.increment_concurrency_slots(names=[slot.slot], slots=1, mode="concurrency")
+            assert slot._take_back(client)  # what the renewal thread does on "lease gone"
+            recorded = holders(client, slot.slot)
+        slot.check_held()
+        slot.release()
+        return first, slot.lease_id, recorded[0].lease_id
+
+    first, second, recorded = hold()
+    assert second != first and recorded == second
+    assert any("took the slot again" in r.getMessage() for r in tuneforge_logs.records)
+    assert _taken("retrain-it-forgot") == 0  # one count, not two, and released
+
+
+def test_slots_commands_list_and_release(prefect_harness):
+    from prefect.settings import get_current_settings
+
+    dead = _take_and_die("it-listed")
+    env = {**os.environ, "PREFECT_API_URL": get_current_settings().api.url}
+
+    def tuneforge(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "tuneforge.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    listed = tuneforge("slots", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    row = next(r for r in json.loads(listed.stdout) if r["model"] == "it-listed")
+    assert row["taken"] == 1 and row["holders"][0]["flow_run_id"] == dead
+    # Its flow run completed (the process "died" after), so no --force is needed.
+    released = tuneforge("slots", "release", "it-listed")
+    assert released.returncode == 0, released.stderr
+    assert dead in released.stdout
+    assert _taken("retrain-it-listed") == 0
+    unknown = tuneforge("slots", "release", "never-ran")
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip().splitlines() == [
+        "error: 'never-ran': no retrain slot (it never ran)"
+    ]
 
 
 def test_two_first_runs_creating_the_limit_at_once_both_get_the_slot(prefect_harness, monkeypatch):
