@@ -31,6 +31,9 @@ os.environ.update(
         ),  # no test may reach the hub; the hub code path fails fast instead
         "TOKENIZERS_PARALLELISM": "false",
         "MLFLOW_TRACKING_URI": f"sqlite:///{_SANDBOX / 'default-mlflow.db'}",
+        # Prefect's temporary servers (a few unit tests' clients start one) get 90 s, not 20:
+        # on two busy cores 20 s is not always enough.
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
     }
 )
 os.environ.pop("PREFECT_API_URL", None)
@@ -82,42 +85,45 @@ def prefect_harness():
         yield
 
 
-class MlflowServerProcess:
-    """A real `mlflow server` that a test can stop and start again on the same port and the
-    same backend store (SQLite) and artifact root: an outage, then a recovery."""
+class ServerProcess:
+    """A real server in its own process group, that a test can stop and start again on the
+    same port and the same storage: an outage, a restart."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        root.mkdir(parents=True, exist_ok=True)
         self.port = _free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
         self.starts = 0
 
-    def start(self, timeout_s: float = 90) -> None:
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    health_url = ""
+    env: dict[str, str] | None = None
+
+    def start(self, timeout_s: float = 120) -> None:
         self.starts += 1
         log_path = self.root / f"server-{self.starts}.log"
         with log_path.open("w") as log:
             self.proc = subprocess.Popen(
-                [
-                    sys.executable, "-m", "mlflow", "server",
-                    "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-                    "--artifacts-destination", str(self.root / "artifacts"),
-                    "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-                ],
-                stdout=log, stderr=subprocess.STDOUT,
+                self.command(),
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: uvicorn runs as a child
-            )  # fmt: skip
+            )
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as response:
+                with urllib.request.urlopen(self.health_url, timeout=2) as response:
                     if response.status == 200:
                         return
             except OSError:
                 pass
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"mlflow server did not start: {log_path.read_text()}")
+                raise RuntimeError(f"{self.command()[2]} did not start: {log_path.read_text()}")
             time.sleep(0.3)
 
     def freeze(self) -> None:
@@ -130,7 +136,7 @@ class MlflowServerProcess:
         os.killpg(self.proc.pid, signal.SIGCONT)
 
     def stop(self) -> None:
-        """Terminates the server and its uvicorn child, and waits until nothing listens."""
+        """Terminates the server and its children, and waits until nothing listens."""
         if self.proc is None:
             return
         os.killpg(self.proc.pid, signal.SIGCONT)  # a frozen server cannot handle SIGTERM
@@ -148,7 +154,47 @@ class MlflowServerProcess:
             except OSError:
                 return
             time.sleep(0.2)
-        raise RuntimeError(f"mlflow server on port {self.port} still answers after stop")
+        raise RuntimeError(f"the server on port {self.port} still answers after stop")
+
+
+class MlflowServerProcess(ServerProcess):
+    """`mlflow server` with a SQLite backend and a local artifact root."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.health_url = f"{self.uri}/health"
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "mlflow", "server",
+            "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+            "--artifacts-destination", str(self.root / "artifacts"),
+            "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+        ]  # fmt: skip
+
+
+class PrefectServerProcess(ServerProcess):
+    """`prefect server start` on a SQLite file, with Prefect's default (in-memory) lease
+    storage unless `settings` say otherwise."""
+
+    def __init__(self, root: Path, **settings: str) -> None:
+        super().__init__(root)
+        self.api_url = f"http://127.0.0.1:{self.port}/api"
+        self.health_url = f"{self.api_url}/health"
+        self.env = {
+            **os.environ,
+            "PREFECT_HOME": str(root / "prefect-home"),
+            "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{root / 'prefect.db'}",
+            "PREFECT_UI_ENABLED": "false",
+            "PREFECT_LOGGING_LEVEL": "INFO",
+            **settings,
+        }
+        self.env.pop("PREFECT_API_URL", None)
+
+    def command(self) -> list[str]:
+        address = ["--host", "127.0.0.1", "--port", str(self.port)]
+        return [sys.executable, "-m", "prefect", "server", "start", *address]
 
 
 @pytest.fixture(scope="session")
@@ -164,7 +210,6 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
 def restartable_mlflow_server(tmp_path: Path):
     """A started `MlflowServerProcess` of this test's own; stopped at the end."""
     server = MlflowServerProcess(tmp_path / "mlflow-server")
-    server.root.mkdir()
     server.start()
     yield server
     server.stop()

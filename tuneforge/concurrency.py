@@ -306,28 +306,13 @@ class RetrainSlot:
     def _take_back(self, client: Any) -> bool:
         """The server no longer has our lease: take the slot again. Returns False if another
         run holds it now."""
+        if not self._drop_lost_lease(client):
+            return False
         lease = _try_acquire(client, self.slot, self.me)
-        if lease is None:
-            others = [h for h in holders(client, self.slot) if h.flow_run_id != self.me]
-            live = [h for h in others if not h.final]
-            if live:
-                self.lost_to = live[0].describe()
-                logger.error(
-                    "lost the retrain slot of %s to %s while this run could not renew its "
-                    "lease; this run will not register its model",
-                    self.model_name,
-                    self.lost_to,
-                )
-                return False
-            # The count is our own, left by a server that restarted and forgot the lease.
-            # (A waiting run cannot take it between these two calls unless it polls exactly
-            # then; if it does, the next branch reports the loss.)
-            client.release_concurrency_slots(names=[self.slot], slots=1, occupancy_seconds=None)
-            lease = _try_acquire(client, self.slot, self.me)
-            if lease is None:
-                self.lost_to = "another run"
-                logger.error("lost the retrain slot of %s to another run", self.model_name)
-                return False
+        if lease is None:  # a waiting run polled between the release and this call
+            self.lost_to = "another run"
+            logger.error("lost the retrain slot of %s to another run", self.model_name)
+            return False
         self._took(client, lease)
         logger.warning(
             "the Prefect server no longer had this run's lease on the retrain slot of %s "
@@ -336,6 +321,36 @@ class RetrainSlot:
             LEASE_S,
         )
         return True
+
+    def _drop_lost_lease(self, client: Any) -> bool:
+        """Our lease is gone from the server. If the slot is still counted as taken and no
+        other live run records holding it, the count is our own, left by a server that
+        restarted and forgot the lease: release it. Returns False (and records the loss) if
+        another run holds the slot now (our lease lapsed and was revoked meanwhile)."""
+        live = [h for h in holders(client, self.slot) if h.flow_run_id != self.me and not h.final]
+        if live:
+            self.lost_to = live[0].describe()
+            logger.error(
+                "lost the retrain slot of %s to %s while this run could not renew its lease; "
+                "this run will not register its model",
+                self.model_name,
+                self.lost_to,
+            )
+            return False
+        active, _ = _slot_count(client, self.slot)
+        if active:
+            client.release_concurrency_slots(names=[self.slot], slots=1, occupancy_seconds=None)
+        return True
+
+    def _lease_gone(self, client: Any) -> bool:
+        """Whether the server has forgotten our lease (a renewal tells, and costs nothing)."""
+        try:
+            client.renew_concurrency_lease(self.lease_id, LEASE_S)
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code in _GONE:
+                return True
+            raise
+        return False
 
     def check_held(self) -> None:
         """Raises `SlotLostError` if another run took the slot while this one held it."""
@@ -355,7 +370,12 @@ class RetrainSlot:
             return
         try:
             with get_client(sync_client=True) as client:
-                client.release_concurrency_slots_with_lease(self.lease_id)
+                # Releasing a lease the server forgot is a silent no-op that would leave the
+                # count taken: ask first (a run that ends before its next renewal).
+                if self._lease_gone(client):
+                    self._drop_lost_lease(client)
+                else:
+                    client.release_concurrency_slots_with_lease(self.lease_id)
                 if self.me is not None:
                     _retag(client, self.me, self.slot, None)
         except (httpx.HTTPError, OSError) as exc:

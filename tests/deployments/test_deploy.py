@@ -9,32 +9,59 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, _free_port
+from tests.conftest import REPO, PrefectServerProcess
 
 pytestmark = pytest.mark.integration
 
 BIN = Path(sys.executable).parent
 
 
-def _wait_http(url: str, proc: subprocess.Popen, log: Path, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[:3]} exited: {log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError(f"{url} did not answer: {log.read_text()[-3000:]}")
+class Worker:
+    """`prefect worker start --pool cpu` in its own process group, killable like a lost
+    machine: the worker and the flow run it is running die together."""
+
+    def __init__(self, env: dict[str, str], home: Path, root: Path) -> None:
+        self.env, self.home, self.root = env, home, root
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        self.log = self.root / f"worker-{self.starts}.log"
+        self.proc = subprocess.Popen(
+            [str(BIN / "prefect"), "worker", "start", "--pool", "cpu"],
+            cwd=self.home,
+            env=self.env,
+            stdout=self.log.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def kill(self, flow_run) -> None:
+        """SIGKILL to the worker's process group and to the flow run's process group (the
+        process worker may start a flow run in a session of its own)."""
+        groups = {self.proc.pid}
+        if flow_run.infrastructure_pid:
+            groups.add(os.getpgid(int(flow_run.infrastructure_pid.rpartition(":")[2])))
+        for group in groups:
+            os.killpg(group, signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
@@ -43,26 +70,18 @@ def deployed(mlflow_server, tmp_path_factory):
     home = root / "project"  # a copy of the project, as a worker machine would have it
     for part in ("flows", "tasks", "plugins", "tuneforge", "deployments", "data"):
         shutil.copytree(REPO / part, home / part)
-    port = _free_port()
+    # A real `prefect server`, its repossessor checking leases every 5 s instead of 15 s.
+    server = PrefectServerProcess(
+        root / "server", PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS="5"
+    )
     env = {
-        **os.environ,
+        **server.env,
         "PREFECT_HOME": str(root / "prefect-home"),
-        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{root / 'prefect.db'}",
-        "PREFECT_LOGGING_LEVEL": "INFO",
+        "PREFECT_API_URL": server.api_url,
         "MLFLOW_TRACKING_URI": mlflow_server,
         "TUNEFORGE_HOME": str(home),
     }
-    procs: list[subprocess.Popen] = []
-
-    def start(name: str, *args: str) -> tuple[subprocess.Popen, Path]:
-        log = root / f"{name}.log"
-        proc = subprocess.Popen(
-            [str(BIN / "prefect"), *args], cwd=home, env=env,
-            stdout=log.open("w"), stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        procs.append(proc)
-        return proc, log
+    worker = Worker(env, home, root)
 
     def prefect(*args: str) -> str:
         done = subprocess.run(
@@ -73,8 +92,7 @@ def deployed(mlflow_server, tmp_path_factory):
         return done.stdout
 
     try:
-        server, log = start("server", "server", "start", "--host", "127.0.0.1", "--port", str(port))
-        _wait_http(f"http://127.0.0.1:{port}/api/health", server, log)
+        server.start()
         prefect("work-pool", "create", "cpu", "--type", "process")
         template = home / "deployments" / "work-pools" / "gpu-kubernetes.json"
         prefect("work-pool", "create", "gpu", "--type", "kubernetes", "--base-job-template",
@@ -83,16 +101,11 @@ def deployed(mlflow_server, tmp_path_factory):
         # The GPU training stage, deployed on the CPU pool here: no GPUs, same mechanics.
         prefect("--no-prompt", "deploy", "flows/train_stage.py:train_stage", "--name", "on-cpu",
                 "--pool", "cpu")  # fmt: skip
-        start("worker", "worker", "start", "--pool", "cpu")
-        yield env, home, root
+        worker.start()
+        yield env, home, root, worker
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        worker.stop()
+        server.stop()
 
 
 def _client(env):
@@ -117,7 +130,7 @@ def _wait_run(client, deployment_id, seconds: float = 420):
 
 
 def test_deploys_with_schedules_and_pools(deployed):
-    env, _, _ = deployed
+    env, _, _, _ = deployed
     with _client(env) as client:
         nightly = client.read_deployment_by_name("retrain-preset/nightly")
         schedule = nightly.schedules[0].schedule
@@ -132,14 +145,14 @@ def test_deploys_with_schedules_and_pools(deployed):
 def test_nightly_run_registers_then_pushed_unchanged_data_is_skipped(deployed, mlflow_server):
     from mlflow.tracking import MlflowClient
 
-    env, home, root = deployed
+    env, home, _, worker = deployed
     mlflow = MlflowClient(mlflow_server)
     with _client(env) as client:
         nightly = client.read_deployment_by_name("retrain-preset/nightly")
         run = client.create_flow_run_from_deployment(nightly.id)
         finished = _wait_run(client, nightly.id)
         assert finished.id == run.id
-        assert finished.state.is_completed(), (root / "worker.log").read_text()[-4000:]
+        assert finished.state.is_completed(), worker.log.read_text()[-4000:]
         champion = mlflow.get_model_version_by_alias("tuneforge-demo", "champion")
         assert champion.tags["tuneforge.data_source"] == "data/instructions.jsonl"
 
@@ -151,7 +164,7 @@ def test_nightly_run_registers_then_pushed_unchanged_data_is_skipped(deployed, m
         assert pushed.returncode == 0, pushed.stderr
         on_data = client.read_deployment_by_name("retrain-preset/on-new-data")
         triggered = _wait_run(client, on_data.id, seconds=300)
-        assert triggered.state.is_completed(), (root / "worker.log").read_text()[-4000:]
+        assert triggered.state.is_completed(), worker.log.read_text()[-4000:]
         assert triggered.parameters["dataset"].endswith("data/instructions.jsonl")
 
     experiment = mlflow.get_experiment_by_name("tuneforge")
@@ -166,7 +179,7 @@ def test_nightly_run_registers_then_pushed_unchanged_data_is_skipped(deployed, m
 def test_training_runs_as_a_deployment_on_another_pool(deployed, mlflow_server):
     from mlflow.tracking import MlflowClient
 
-    env, home, _ = deployed
+    env, home, _, _ = deployed
     done = subprocess.run(
         [
             str(BIN / "tuneforge"), "run", "deployments/presets/tiny-cpu.yaml",
@@ -188,3 +201,55 @@ def test_training_runs_as_a_deployment_on_another_pool(deployed, mlflow_server):
     with _client(env) as prefect_client:
         stage = prefect_client.read_deployment_by_name("train-stage/on-cpu")
         assert _wait_run(prefect_client, stage.id, seconds=5).state.is_completed()
+
+
+def _wait_flow_run(client, flow_run_id, seconds: float):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        run = client.read_flow_run(flow_run_id)
+        if run.state and run.state.is_final():
+            return run
+        time.sleep(2)
+    raise AssertionError(f"flow run {flow_run_id} did not finish in {seconds} s")
+
+
+def test_a_worker_killed_mid_training_leaves_the_next_run_to_resume(deployed, mlflow_server):
+    """The machine running the nightly deployment dies (worker and flow run, SIGKILL) after
+    the checkpoint of step 200. The next run of the deployment, triggered by hand on a new
+    worker, waits for the dead run's lease to lapse, continues its MLflow run from the
+    checkpoint, and completes; the slot is free afterwards."""
+    from mlflow.tracking import MlflowClient
+
+    env, home, _, worker = deployed
+    parameters = {
+        "preset": "deployments/presets/tiny-cpu.yaml",
+        "overrides": [
+            "registry.model_name=kr-worker", "train.steps=400", "train.checkpoint_every=100",
+            "train.eval_every=0", "evaluation.max_examples=24",
+        ],
+    }  # fmt: skip
+    checkpoint = home / "runs" / "checkpoints" / "kr-worker" / "step-000000200"
+    with _client(env) as client:
+        nightly = client.read_deployment_by_name("retrain-preset/nightly")
+        first = client.create_flow_run_from_deployment(nightly.id, parameters=parameters)
+        deadline = time.monotonic() + 300
+        while not checkpoint.exists():
+            state = client.read_flow_run(first.id).state
+            assert not (state and state.is_final()), worker.log.read_text()[-4000:]
+            assert time.monotonic() < deadline, worker.log.read_text()[-4000:]
+            time.sleep(0.5)
+        worker.kill(client.read_flow_run(first.id))
+        worker.start()
+        second = client.create_flow_run_from_deployment(nightly.id, parameters=parameters)
+        finished = _wait_flow_run(client, second.id, seconds=600)
+        assert finished.state.is_completed(), worker.log.read_text()[-4000:]
+        slot = client.read_global_concurrency_limit_by_name("retrain-kr-worker")
+        assert slot.active_slots == 0
+
+    mlflow = MlflowClient(mlflow_server)
+    versions = mlflow.search_model_versions("name='kr-worker'")
+    assert [v.version for v in versions] == ["1"]
+    run = mlflow.get_run(versions[0].run_id)
+    assert run.data.metrics["train.resumed_from_step"] == 200
+    assert run.data.tags["tuneforge.attempt"] == "2" and run.info.status == "FINISHED"
+    assert "champion" in mlflow.get_model_version("kr-worker", "1").aliases

@@ -170,6 +170,23 @@ def test_a_holder_whose_lease_the_server_forgot_takes_the_slot_back(
     assert _taken("retrain-it-forgot") == 0  # one count, not two, and released
 
 
+def test_a_run_that_ends_before_noticing_its_lease_is_gone_leaves_the_slot_free(
+    prefect_harness,
+):
+    # The server restarted (in-memory leases) and the run ended before its next renewal:
+    # releasing the forgotten lease alone is a no-op that would leave the slot taken.
+    from tuneforge.concurrency import one_retrain_at_a_time
+
+    @flow
+    def hold_through_a_restart() -> None:
+        with one_retrain_at_a_time("it-ended", wait_s=5) as slot, _client() as client:
+            client.release_concurrency_slots_with_lease(slot.lease_id)
+            client.increment_concurrency_slots(names=[slot.slot], slots=1, mode="concurrency")
+
+    hold_through_a_restart()
+    assert _taken("retrain-it-ended") == 0
+
+
 def test_slots_commands_list_and_release(prefect_harness):
     from prefect.settings import get_current_settings
 

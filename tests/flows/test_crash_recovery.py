@@ -1,0 +1,272 @@
+"""Crash recovery of the whole `tuneforge run` command: SIGKILL of its process group (the CLI,
+its local Prefect server, the flow) at a chosen point, then the same command again.
+
+Every command here runs as a user's would, with no PREFECT_API_URL: each starts its own local
+Prefect server on one PREFECT_HOME (tuneforge/prefect_server.py), and all log to a real MLflow
+server over HTTP. Four commands start together, one thread each:
+
+- `ref`  trains 400 steps uninterrupted;
+- `a`    trains the same 400 steps and is killed after step 250 (checkpoints at 100 and 200);
+- `b`    is killed while evaluating its tuned model (pause point `evaluate:tuned`);
+- `c`    is killed between creating its model version and giving it an alias (pause point
+         `register:version-created`).
+
+Then `a`, `b` and `c` run again, each waiting for its killed predecessor's lease to lapse.
+Checked: every re-run completes; `a` resumed from its newest checkpoint and registered the
+same weights (hash) and metrics as `ref`; `b` and `c` continued the killed MLflow run (one
+run, one version, one champion, no second training); no slot is left taken.
+
+About 4 minutes on two cores, most of it the re-runs waiting out the killed runs' leases.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BUNDLED_DATA, PRESET
+
+pytestmark = pytest.mark.integration
+
+RUNS = {
+    "ref": ("train.steps=400", "train.checkpoint_every=100"),
+    "a": ("train.steps=400", "train.checkpoint_every=100"),
+    "b": ("train.steps=100",),
+    "c": ("train.steps=100",),
+}
+PAUSE = {"b": "evaluate:tuned", "c": "register:version-created"}
+
+
+class Command:
+    """One `tuneforge run` in its own process group, its output in a file."""
+
+    def __init__(
+        self, name: str, root: Path, env: dict[str, str], tracking_uri: str, *overrides: str
+    ) -> None:
+        self.name, self.root, self.env = name, root, env
+        settings = [
+            f"name=crash-{name}",
+            f"data.path={BUNDLED_DATA}",
+            f"output_dir={root / 'out'}",
+            f"tracking.tracking_uri={tracking_uri}",
+            "tracking.experiment=crash-recovery",
+            f"registry.model_name=kr-{name}",
+            "train.eval_every=0",
+            "evaluation.max_examples=24",
+            *overrides,
+        ]
+        self.args = [sys.executable, "-m", "tuneforge.cli", "run", str(PRESET)]
+        self.args += [arg for setting in settings for arg in ("--set", setting)]
+        self.attempts = 0
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def log(self) -> Path:
+        return self.root / f"{self.name}-{self.attempts}.log"
+
+    def start(self, **extra_env: str) -> None:
+        self.attempts += 1
+        self.started = time.monotonic()
+        with self.log.open("w") as out:
+            self.proc = subprocess.Popen(
+                self.args,
+                cwd=self.root,
+                env={**self.env, **extra_env},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def reached(self, pattern: str) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"{self.name} ended early:\n{self.output()[-4000:]}")
+        return re.search(pattern, self.output()) is not None
+
+    def kill(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def finish(self, timeout_s: float) -> tuple[int, str, float]:
+        code = self.proc.wait(timeout=timeout_s)
+        return code, self.output(), time.monotonic() - self.started
+
+
+def _wait_all(conditions: dict[str, tuple[Command, str]], timeout_s: float) -> None:
+    """Kills each command once its pattern appears in its output."""
+    deadline = time.monotonic() + timeout_s
+    pending = dict(conditions)
+    while pending:
+        for name, (command, pattern) in list(pending.items()):
+            if command.reached(pattern):
+                command.kill()
+                del pending[name]
+        assert time.monotonic() < deadline, f"never reached: {sorted(pending)}"
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def recovered(mlflow_server, tmp_path_factory):
+    root = tmp_path_factory.mktemp("crash-recovery")
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(root / "prefect-home"),
+        "PREFECT_LOGGING_LEVEL": "INFO",
+    }
+    env.pop("PREFECT_API_URL", None)  # the default set-up: each command's own local server
+    # One command first creates the Prefect database (four servers migrating one new SQLite
+    # file at once would race); it is also `tuneforge slots` in the default set-up.
+    first = subprocess.run(
+        [sys.executable, "-m", "tuneforge.cli", "slots", "list", "--json"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert first.returncode == 0 and json.loads(first.stdout) == [], first.stderr
+
+    # One thread each: four at once on two cores, and the same sums in `ref` and `a`.
+    commands = {
+        name: Command(name, root, env, mlflow_server, "train.num_threads=1", *overrides)
+        for name, overrides in RUNS.items()
+    }
+    for name, command in commands.items():
+        command.start(**({"TUNEFORGE_PAUSE_AT": PAUSE[name]} if name in PAUSE else {}))
+    killed = {
+        "a": (commands["a"], r"step 250/400"),
+        "b": (commands["b"], r"tuneforge: paused at evaluate:tuned"),
+        "c": (commands["c"], r"tuneforge: paused at register:version-created"),
+    }
+    _wait_all(killed, timeout_s=420)
+    for name in killed:
+        commands[name].start()
+    results = {name: command.finish(timeout_s=600) for name, command in commands.items()}
+    for name, (_, _, seconds) in results.items():
+        print(f"{name}: last attempt {seconds:.0f} s")
+
+    slots = subprocess.run(
+        [sys.executable, "-m", "tuneforge.cli", "slots", "list", "--json"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    return results, json.loads(slots.stdout or "null")
+
+
+def _champion(tracking_uri: str, model: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    versions = client.search_model_versions(f"name='{model}'")
+    champion = client.get_model_version_by_alias(model, "champion")
+    return client, versions, champion
+
+
+def _weights_hash(client, run_id: str, tmp: Path) -> str:
+    path = client.download_artifacts(run_id, "model/model/model.safetensors", str(tmp))
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def test_every_rerun_completes_and_frees_its_slot(recovered):
+    results, slots = recovered
+    for name, (code, output, _) in results.items():
+        assert code == 0, f"{name}:\n{output[-4000:]}"
+    assert slots is not None and {row["model"]: row["taken"] for row in slots} == {
+        f"kr-{name}": 0 for name in RUNS
+    }
+
+
+def test_killed_mid_training_resumes_and_registers_what_an_uninterrupted_run_does(
+    recovered, mlflow_server, tmp_path
+):
+    results, _ = recovered
+    _, output, _ = results["a"]
+    # The re-run waited for the killed run's lease to lapse (not for ever), then resumed.
+    freed = re.search(r"the retrain slot of kr-a was freed by the expiry of the lease", output)
+    assert freed, output[-4000:]
+    waited = float(re.search(r"took the retrain slot of kr-a after waiting (\d+) s", output)[1])
+    assert waited < 120  # one lease (60 s) and the repossessor's pass; never "for ever"
+    assert re.search(r"resuming from checkpoint \S+/kr-a/step-000000200", output)
+    assert "resumed from the checkpoint of step 200" in output
+    assert "continuing MLflow run" in output
+
+    client, versions, champion = _champion(mlflow_server, "kr-a")
+    _, ref_versions, ref = _champion(mlflow_server, "kr-ref")
+    assert len(versions) == len(ref_versions) == 1
+    assert _weights_hash(client, champion.run_id, tmp_path / "a") == _weights_hash(
+        client, ref.run_id, tmp_path / "ref"
+    )
+    metrics = client.get_run(champion.run_id).data.metrics
+    ref_metrics = client.get_run(ref.run_id).data.metrics
+    scored = {k: v for k, v in ref_metrics.items() if k.startswith(("tuned.", "base."))}
+    assert scored and {k: metrics[k] for k in scored} == scored
+    run = client.get_run(champion.run_id)
+    assert run.data.tags["tuneforge.attempt"] == "2" and run.info.status == "FINISHED"
+
+
+@pytest.mark.parametrize("name", ["b", "c"])
+def test_killed_after_training_continues_the_same_run_to_one_version(
+    recovered, mlflow_server, name
+):
+    results, _ = recovered
+    _, output, _ = results[name]
+    client, versions, champion = _champion(mlflow_server, f"kr-{name}")
+    # One MLflow run for both attempts, one version from it, holding the champion alias.
+    assert [v.version for v in versions] == ["1"] and champion.version == "1"
+    run = client.get_run(champion.run_id)
+    assert run.data.tags["tuneforge.attempt"] == "2" and run.info.status == "FINISHED"
+    assert f"continuing MLflow run {champion.run_id}" in output
+    assert "training finished in an earlier attempt of this run" in output
+    assert run.data.tags["tuneforge.decision"].startswith("champion: ")
+    experiment = client.get_experiment_by_name("crash-recovery")
+    runs = client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`tuneforge.model_name` = 'kr-{name}'"
+    )
+    assert [r.info.run_id for r in runs] == [champion.run_id]
+    assert len(client.get_metric_history(champion.run_id, "train.loss")) == 100 // 50
+
+
+def test_a_prefect_server_restart_while_a_run_holds_the_slot(mlflow_server, tmp_path):
+    """A real `prefect server` with its default in-memory leases, restarted mid-training: it
+    forgets the run's lease but keeps the slot counted. The run finds its lease gone at the
+    next renewal, takes the slot again, completes, and leaves the slot free."""
+    from prefect.client.orchestration import SyncPrefectClient
+
+    from tests.conftest import PrefectServerProcess
+
+    server = PrefectServerProcess(tmp_path / "prefect-server")
+    server.start()
+    try:
+        env = {**os.environ, "PREFECT_API_URL": server.api_url, "PREFECT_LOGGING_LEVEL": "INFO"}
+        run = Command("restart", tmp_path, env, mlflow_server, "train.steps=1200")
+        run.start()
+        deadline = time.monotonic() + 300
+        while not run.reached(r"step 100/1200"):
+            assert time.monotonic() < deadline, run.output()[-3000:]
+            time.sleep(0.2)
+        server.stop()
+        server.start()
+        code, output, _ = run.finish(timeout_s=600)
+        assert code == 0, output[-4000:]
+        assert "took the slot again" in output, output[-4000:]
+        with SyncPrefectClient(server.api_url) as client:
+            slot = client.read_global_concurrency_limit_by_name("retrain-kr-restart")
+        assert slot.active_slots == 0
+    finally:
+        server.stop()
