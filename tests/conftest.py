@@ -206,10 +206,11 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
     server.stop()
 
 
-@pytest.fixture
-def restartable_mlflow_server(tmp_path: Path):
-    """A started `MlflowServerProcess` of this test's own; stopped at the end."""
-    server = MlflowServerProcess(tmp_path / "mlflow-server")
+@pytest.fixture(scope="module")
+def restartable_mlflow_server(tmp_path_factory: pytest.TempPathFactory):
+    """A started `MlflowServerProcess` of this module's own (each test may stop, freeze or
+    restart it, and leaves it running); stopped at the end of the module."""
+    server = MlflowServerProcess(tmp_path_factory.mktemp("mlflow-server"))
     server.start()
     yield server
     server.stop()

@@ -232,15 +232,17 @@ class RetrainSlot:
     def _free_stale(self, client: Any, unheld_seen: bool) -> tuple[list[Holder], bool, bool]:
         """Frees the slot from holders that are gone. Returns the live recorded holders,
         whether a count no run holds was seen now, and whether anything was freed."""
-        for holder in release_dead_holders(client, self.slot, self.me):
+        released = release_dead_holders(client, self.slot, self.me)
+        for holder in released:
             logger.warning(
                 "released the retrain slot of %s held by %s: the run has ended but its lease "
                 "was still counted",
                 self.model_name,
                 holder.describe(),
             )
+        if released:
             return [], False, True
-        live = [h for h in holders(client, self.slot) if h.flow_run_id != self.me]
+        live = [h for h in holders(client, self.slot) if h.flow_run_id != self.me and not h.final]
         active, limit = _slot_count(client, self.slot)
         if live or active < limit:  # held, or freed since the last try (a lease lapsed)
             return live, False, False

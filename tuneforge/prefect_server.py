@@ -83,8 +83,6 @@ def start_server(log_path: Path, timeout_s: float) -> tuple[subprocess.Popen, st
 
     port = _free_port()
     api_url = f"http://127.0.0.1:{port}/api"
-    import prefect
-
     env = {
         **os.environ,
         # The caller's Prefect settings (PREFECT_HOME, database URL, profile values) first,
@@ -93,13 +91,11 @@ def start_server(log_path: Path, timeout_s: float) -> tuple[subprocess.Popen, st
         **SERVER_SETTINGS,
     }
     env.pop("PREFECT_API_URL", None)
-    command = [
-        sys.executable, "-m", "uvicorn",
-        "--app-dir", str(Path(prefect.__file__).parent.parent),
-        "--factory", "prefect.server.api.server:create_app",
-        "--host", "127.0.0.1", "--port", str(port),
-        "--log-level", "error", "--lifespan", "on",
-    ]  # fmt: skip
+    # Prefect's server app under uvicorn, as its temporary server runs it, minus the flag
+    # (PREFECT__SERVER_EPHEMERAL) that makes it temporary.
+    app = ["--factory", "prefect.server.api.server:create_app", "--lifespan", "on"]
+    address = ["--host", "127.0.0.1", "--port", str(port), "--log-level", "error"]
+    command = [sys.executable, "-m", "uvicorn", *app, *address]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         process = subprocess.Popen(

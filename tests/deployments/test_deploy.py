@@ -129,6 +129,16 @@ def _wait_run(client, deployment_id, seconds: float = 420):
     raise AssertionError(f"no finished run of deployment {deployment_id} in {seconds} s")
 
 
+def _wait_flow_run(client, flow_run_id, seconds: float):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        run = client.read_flow_run(flow_run_id)
+        if run.state and run.state.is_final():
+            return run
+        time.sleep(2)
+    raise AssertionError(f"flow run {flow_run_id} did not finish in {seconds} s")
+
+
 def test_deploys_with_schedules_and_pools(deployed):
     env, _, _, _ = deployed
     with _client(env) as client:
@@ -142,19 +152,38 @@ def test_deploys_with_schedules_and_pools(deployed):
         assert "nvidia.com/gpu" in limits["spec"]["containers"][0]["resources"]["limits"]
 
 
-def test_nightly_run_registers_then_pushed_unchanged_data_is_skipped(deployed, mlflow_server):
+def test_nightly_run_killed_resumed_then_pushed_unchanged_data_is_skipped(deployed, mlflow_server):
+    """The machine running the nightly deployment dies (worker and flow run, SIGKILL) after
+    the checkpoint of step 200. The next run of the deployment, triggered by hand on a new
+    worker, waits for the dead run's lease to lapse, continues its MLflow run from the
+    checkpoint, registers, and leaves the slot free. Then the same data is pushed: the
+    triggered run finds nothing changed since that champion and stops early."""
     from mlflow.tracking import MlflowClient
 
     env, home, _, worker = deployed
     mlflow = MlflowClient(mlflow_server)
+    checkpoint = home / "runs" / "checkpoints" / "tuneforge-demo" / "step-000000200"
     with _client(env) as client:
         nightly = client.read_deployment_by_name("retrain-preset/nightly")
-        run = client.create_flow_run_from_deployment(nightly.id)
-        finished = _wait_run(client, nightly.id)
-        assert finished.id == run.id
+        killed = client.create_flow_run_from_deployment(nightly.id)
+        deadline = time.monotonic() + 300
+        while not checkpoint.exists():
+            state = client.read_flow_run(killed.id).state
+            assert not (state and state.is_final()), worker.log.read_text()[-4000:]
+            assert time.monotonic() < deadline, worker.log.read_text()[-4000:]
+            time.sleep(0.5)
+        worker.kill(client.read_flow_run(killed.id))
+        worker.start()
+        again = client.create_flow_run_from_deployment(nightly.id)
+        finished = _wait_flow_run(client, again.id, seconds=600)
         assert finished.state.is_completed(), worker.log.read_text()[-4000:]
+        slot = client.read_global_concurrency_limit_by_name("retrain-tuneforge-demo")
+        assert slot.active_slots == 0
         champion = mlflow.get_model_version_by_alias("tuneforge-demo", "champion")
         assert champion.tags["tuneforge.data_source"] == "data/instructions.jsonl"
+        run = mlflow.get_run(champion.run_id)
+        assert run.data.metrics["train.resumed_from_step"] >= 200
+        assert run.data.tags["tuneforge.attempt"] == "2" and run.info.status == "FINISHED"
 
         # New data announced (the same file: nothing new): the triggered run stops early.
         pushed = subprocess.run(
@@ -201,55 +230,3 @@ def test_training_runs_as_a_deployment_on_another_pool(deployed, mlflow_server):
     with _client(env) as prefect_client:
         stage = prefect_client.read_deployment_by_name("train-stage/on-cpu")
         assert _wait_run(prefect_client, stage.id, seconds=5).state.is_completed()
-
-
-def _wait_flow_run(client, flow_run_id, seconds: float):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        run = client.read_flow_run(flow_run_id)
-        if run.state and run.state.is_final():
-            return run
-        time.sleep(2)
-    raise AssertionError(f"flow run {flow_run_id} did not finish in {seconds} s")
-
-
-def test_a_worker_killed_mid_training_leaves_the_next_run_to_resume(deployed, mlflow_server):
-    """The machine running the nightly deployment dies (worker and flow run, SIGKILL) after
-    the checkpoint of step 200. The next run of the deployment, triggered by hand on a new
-    worker, waits for the dead run's lease to lapse, continues its MLflow run from the
-    checkpoint, and completes; the slot is free afterwards."""
-    from mlflow.tracking import MlflowClient
-
-    env, home, _, worker = deployed
-    parameters = {
-        "preset": "deployments/presets/tiny-cpu.yaml",
-        "overrides": [
-            "registry.model_name=kr-worker", "train.steps=400", "train.checkpoint_every=100",
-            "train.eval_every=0", "evaluation.max_examples=24",
-        ],
-    }  # fmt: skip
-    checkpoint = home / "runs" / "checkpoints" / "kr-worker" / "step-000000200"
-    with _client(env) as client:
-        nightly = client.read_deployment_by_name("retrain-preset/nightly")
-        first = client.create_flow_run_from_deployment(nightly.id, parameters=parameters)
-        deadline = time.monotonic() + 300
-        while not checkpoint.exists():
-            state = client.read_flow_run(first.id).state
-            assert not (state and state.is_final()), worker.log.read_text()[-4000:]
-            assert time.monotonic() < deadline, worker.log.read_text()[-4000:]
-            time.sleep(0.5)
-        worker.kill(client.read_flow_run(first.id))
-        worker.start()
-        second = client.create_flow_run_from_deployment(nightly.id, parameters=parameters)
-        finished = _wait_flow_run(client, second.id, seconds=600)
-        assert finished.state.is_completed(), worker.log.read_text()[-4000:]
-        slot = client.read_global_concurrency_limit_by_name("retrain-kr-worker")
-        assert slot.active_slots == 0
-
-    mlflow = MlflowClient(mlflow_server)
-    versions = mlflow.search_model_versions("name='kr-worker'")
-    assert [v.version for v in versions] == ["1"]
-    run = mlflow.get_run(versions[0].run_id)
-    assert run.data.metrics["train.resumed_from_step"] == 200
-    assert run.data.tags["tuneforge.attempt"] == "2" and run.info.status == "FINISHED"
-    assert "champion" in mlflow.get_model_version("kr-worker", "1").aliases

@@ -30,7 +30,8 @@ def test_committed_templates_are_what_the_generator_writes(name):
     assert (POOLS / name).read_text() == generator.render(generator.TEMPLATES[name])
 
 
-def test_kubernetes_template_requests_gpus_on_gpu_nodes():
+def test_kubernetes_template_requests_gpus_on_gpu_nodes(prefect_harness):
+    # Rendering takes a Prefect client: the session's test server, not a temporary one.
     from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
 
     template = json.loads((POOLS / "gpu-kubernetes.json").read_text())

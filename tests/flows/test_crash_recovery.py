@@ -5,8 +5,8 @@ Every command here runs as a user's would, with no PREFECT_API_URL: each starts 
 Prefect server on one PREFECT_HOME (tuneforge/prefect_server.py), and all log to a real MLflow
 server over HTTP. Four commands start together, one thread each:
 
-- `ref`  trains 400 steps uninterrupted;
-- `a`    trains the same 400 steps and is killed after step 250 (checkpoints at 100 and 200);
+- `ref`  trains 300 steps uninterrupted;
+- `a`    trains the same 300 steps and is killed after step 250 (checkpoints at 100 and 200);
 - `b`    is killed while evaluating its tuned model (pause point `evaluate:tuned`);
 - `c`    is killed between creating its model version and giving it an alias (pause point
          `register:version-created`).
@@ -38,8 +38,8 @@ from tests.conftest import BUNDLED_DATA, PRESET
 pytestmark = pytest.mark.integration
 
 RUNS = {
-    "ref": ("train.steps=400", "train.checkpoint_every=100"),
-    "a": ("train.steps=400", "train.checkpoint_every=100"),
+    "ref": ("train.steps=300", "train.checkpoint_every=100"),
+    "a": ("train.steps=300", "train.checkpoint_every=100"),
     "b": ("train.steps=100",),
     "c": ("train.steps=100",),
 }
@@ -61,7 +61,7 @@ class Command:
             "tracking.experiment=crash-recovery",
             f"registry.model_name=kr-{name}",
             "train.eval_every=0",
-            "evaluation.max_examples=24",
+            "evaluation.max_examples=16",
             *overrides,
         ]
         self.args = [sys.executable, "-m", "tuneforge.cli", "run", str(PRESET)]
@@ -146,7 +146,7 @@ def recovered(mlflow_server, tmp_path_factory):
     for name, command in commands.items():
         command.start(**({"TUNEFORGE_PAUSE_AT": PAUSE[name]} if name in PAUSE else {}))
     killed = {
-        "a": (commands["a"], r"step 250/400"),
+        "a": (commands["a"], r"step 250/300"),
         "b": (commands["b"], r"tuneforge: paused at evaluate:tuned"),
         "c": (commands["c"], r"tuneforge: paused at register:version-created"),
     }
@@ -200,8 +200,9 @@ def test_killed_mid_training_resumes_and_registers_what_an_uninterrupted_run_doe
     # The re-run waited for the killed run's lease to lapse (not for ever), then resumed.
     freed = re.search(r"the retrain slot of kr-a was freed by the expiry of the lease", output)
     assert freed, output[-4000:]
-    waited = float(re.search(r"took the retrain slot of kr-a after waiting (\d+) s", output)[1])
-    assert waited < 120  # one lease (60 s) and the repossessor's pass; never "for ever"
+    # (No wait at all when the lease lapsed while the re-run was starting.)
+    waited = re.search(r"took the retrain slot of kr-a after waiting (\d+) s", output)
+    assert waited is None or float(waited[1]) < 120  # a lease (60 s) and a repossessor pass
     assert re.search(r"resuming from checkpoint \S+/kr-a/step-000000200", output)
     assert "resumed from the checkpoint of step 200" in output
     assert "continuing MLflow run" in output
@@ -254,10 +255,10 @@ def test_a_prefect_server_restart_while_a_run_holds_the_slot(mlflow_server, tmp_
     server.start()
     try:
         env = {**os.environ, "PREFECT_API_URL": server.api_url, "PREFECT_LOGGING_LEVEL": "INFO"}
-        run = Command("restart", tmp_path, env, mlflow_server, "train.steps=1200")
+        run = Command("restart", tmp_path, env, mlflow_server, "train.steps=900")
         run.start()
         deadline = time.monotonic() + 300
-        while not run.reached(r"step 100/1200"):
+        while not run.reached(r"step 50/900"):
             assert time.monotonic() < deadline, run.output()[-3000:]
             time.sleep(0.2)
         server.stop()
