@@ -31,6 +31,9 @@ os.environ.update(
         ),  # no test may reach the hub; the hub code path fails fast instead
         "TOKENIZERS_PARALLELISM": "false",
         "MLFLOW_TRACKING_URI": f"sqlite:///{_SANDBOX / 'default-mlflow.db'}",
+        # MLflow's server otherwise starts eight job-runner processes (huey consumers) that
+        # tuneforge never uses: about a minute of CPU on two cores, every server start.
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         # Prefect's temporary servers (a few unit tests' clients start one) get 90 s, not 20:
         # on two busy cores 20 s is not always enough.
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",

@@ -70,6 +70,19 @@ def deployed(mlflow_server, tmp_path_factory):
     home = root / "project"  # a copy of the project, as a worker machine would have it
     for part in ("flows", "tasks", "plugins", "tuneforge", "deployments", "data"):
         shutil.copytree(REPO / part, home / part)
+    # The deployments run the demo preset; here a shorter one of the same shape (600 steps,
+    # fewer evaluation rows): these tests are about schedules, triggers, pools and crashes.
+    preset = home / "deployments" / "presets" / "tiny-cpu.yaml"
+    text = preset.read_text()
+    shorter = {
+        "steps: 2000 ": "steps: 600 ",
+        "eval_every: 500 ": "eval_every: 0 ",
+        "max_examples: 240": "max_examples: 48",
+    }
+    for old, new in shorter.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    preset.write_text(text)
     # A real `prefect server`, its repossessor checking leases every 5 s instead of 15 s.
     server = PrefectServerProcess(
         root / "server", PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS="5"

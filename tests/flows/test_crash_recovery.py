@@ -62,6 +62,9 @@ class Command:
             f"registry.model_name=kr-{name}",
             "train.eval_every=0",
             "evaluation.max_examples=16",
+            # Moves within 100 steps (exact match on 16 rows may not), so each run is champion.
+            "registry.metric=eval_loss",
+            "registry.higher_is_better=null",
             *overrides,
         ]
         self.args = [sys.executable, "-m", "tuneforge.cli", "run", str(PRESET)]
