@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tuneforge.config import TinyModelConfig
+from tuneforge.models import TinyModelConfig
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "instructions.jsonl"
 STRATEGIES = ("full", "instruction", "lora")
@@ -73,9 +73,9 @@ class BenchConfig:
 
 def load_split() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The bundled data, validated and split exactly as the retrain flow does (seed 0, 20%)."""
-    from tasks.load_data import read_rows
-    from tasks.split_data import split_records
-    from tasks.validate_data import validate_rows
+    from tuneforge.tasks.load_data import read_rows
+    from tuneforge.tasks.split_data import split_records
+    from tuneforge.tasks.validate_data import validate_rows
 
     valid, _ = validate_rows(read_rows(str(DATA)), max_chars=4000)
     return split_records(valid, eval_fraction=0.2, seed=0, holdout_tasks=[])
@@ -83,7 +83,7 @@ def load_split() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
 
 def build_base(cfg: BenchConfig, cache_dir: Path) -> Path:
     """Builds (once) the random-init model and tokenizer every runner starts from."""
-    from tasks.model_source import build_tiny_model
+    from tuneforge.models import build_tiny_model
 
     m = cfg.model
     out = cache_dir / f"base-{m.hidden_size}x{m.num_layers}-{m.vocab_size}"
@@ -97,7 +97,7 @@ def strategy_for(name: str) -> Any:
     """The tuneforge strategy object with default settings: the Trainer and TRL runners use it
     too, so the model preparation (which weights train, LoRA adapters) and the tokens that carry
     loss are identical; only the training loop differs."""
-    from plugins.registry import load_strategy
+    from tuneforge.plugins.registry import load_strategy
 
     cls = load_strategy(name)
     return cls(cls.Settings())
@@ -105,11 +105,11 @@ def strategy_for(name: str) -> Any:
 
 def eval_loss(model_dir: Path, eval_records: list[dict[str, Any]], cfg: BenchConfig) -> float:
     """Mean cross-entropy per response token on the held-out rows, by the flow's own evaluation
-    code (`tasks.evaluate.response_loss`); the same call for every runner."""
+    code (`tuneforge.tasks.evaluate.response_loss`); the same call for every runner."""
     import torch
 
-    from tasks.evaluate import response_loss, spread
-    from tasks.model_source import load_pretrained
+    from tuneforge.models import load_pretrained
+    from tuneforge.tasks.evaluate import response_loss, spread
 
     model, tokenizer = load_pretrained(model_dir)
     model.eval()

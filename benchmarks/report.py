@@ -23,9 +23,14 @@ TARGET_VALIDATION_S = 30.0  # for 1M rows
 
 # Table order; a runner missing from the results is skipped.
 RUNNER_ORDER = (
-    "tuneforge", "tuneforge-padded", "tuneforge-grouped", "tuneforge-bf16",
-    "trainer", "trainer-bf16", "trl",
-)  # fmt: skip
+    "tuneforge",
+    "tuneforge-padded",
+    "tuneforge-grouped",
+    "tuneforge-bf16",
+    "trainer",
+    "trainer-bf16",
+    "trl",
+)
 VARIANTS = {
     "tuneforge": "tuneforge as shipped (padding-free, fp32)",
     "tuneforge-padded": "with `train.padding_free: false` (padded batches, as the Trainer's)",
@@ -62,10 +67,13 @@ def _machine() -> str:
     import torch
 
     cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")),
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
         platform.processor(),
-    )  # fmt: skip
+    )
     memory = Path("/proc/meminfo").read_text().split()[1]
     return (
         f"{os.cpu_count()} CPU cores ({cpu}), {int(memory) // 1024**2} GiB RAM, no GPU; "
@@ -95,14 +103,15 @@ def training_section(record: dict[str, Any]) -> list[str]:
         "Median over repeats (each run its own process, runner order rotated per repeat). "
         "tokens/s counts real (non-padding) tokens over the training loop alone; wall is the "
         "loop to N steps; process is the whole child (imports, model load, loop, save, eval); "
-        "eval loss is per response token on the held-out rows (`tasks.evaluate.response_loss`, "
-        "the same call for every runner). Ratios are per repeat, tuneforge / Trainer, then the "
-        "median, against the fp32 Trainer (its default) and against the Trainer at the same "
-        "precision (`trainer-bf16` for bf16 runners; TRL runs bf16 by default). The load range "
-        "is the 1-minute load average at the start and end of each run; a running benchmark "
-        "itself (2 threads) holds it near 1.6, so only a start well above that means other "
-        "work. Variants: `-padded` turns tuneforge's padding-free batches off, `-bf16` sets "
-        "`train.precision: bf16` (opt-in), `-grouped` sets `train.group_by_length`.",
+        "eval loss is per response token on the held-out rows "
+        "(`tuneforge.tasks.evaluate.response_loss`, the same call for every runner). Ratios are "
+        "per repeat, tuneforge / Trainer, then the median, against the fp32 Trainer (its "
+        "default) and against the Trainer at the same precision (`trainer-bf16` for bf16 "
+        "runners; TRL runs bf16 by default). The load range is the 1-minute load average at the "
+        "start and end of each run; a running benchmark itself (2 threads) holds it near 1.6, so"
+        " only a start well above that means other work. Variants: `-padded` turns tuneforge's "
+        "padding-free batches off, `-bf16` sets `train.precision: bf16` (opt-in), `-grouped` "
+        "sets `train.group_by_length`.",
         "",
         "| strategy | runner | real tok/s | padding | loop wall s | process s | peak RSS MB "
         "| eval loss | tok/s vs Trainer | same precision | loss ratio | load (start-end) |",
@@ -221,7 +230,8 @@ def validation_section(record: dict[str, Any]) -> list[str]:
         _conditions(record),
         "",
         f"{data['rows']:,} generated rows ({data['valid']:,} valid, {data['rejected']:,} "
-        f"quarantined) through `tasks.validate_data.validate_file` after `read_raw_rows`: "
+        f"quarantined) through `tuneforge.tasks.validate_data.validate_file` after "
+        "`read_raw_rows`: "
         f"{data['seconds']:.1f} s, **{data['rows_per_second']:,} rows/s** (reading the loaded "
         f"rows: {data['read_seconds']:.1f} s). Target < {TARGET_VALIDATION_S:.0f} s for 1M rows: "
         f"**{verdict}**.",

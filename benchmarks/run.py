@@ -119,8 +119,11 @@ def main(suites: list[str], chosen: tuple[str, ...] = RUNNERS) -> None:
             rows = 20_000 if quick() else 1_000_000
             done = subprocess.run(
                 [PYTHON, "-m", "benchmarks.validation", str(rows)],
-                cwd=ROOT, check=True, capture_output=True, text=True,
-            )  # fmt: skip
+                cwd=ROOT,
+                check=True,
+                capture_output=True,
+                text=True,
+            )
             data = json.loads(done.stdout.strip().splitlines()[-1])
         else:
             raise SystemExit(f"unknown suite {suite!r} (training, flow, validation)")

@@ -30,7 +30,7 @@ from benchmarks.common import (
     strategy_for,
     write_result,
 )
-from plugins.strategy import IGNORE_INDEX
+from tuneforge.batching import IGNORE_INDEX
 
 
 class Counters:
@@ -86,7 +86,7 @@ def main(runner: str, strategy_name: str, out_dir: Path, cache_dir: Path) -> Non
     from datasets import Dataset
     from transformers import TrainerCallback
 
-    from tasks.model_source import load_pretrained
+    from tuneforge.models import load_pretrained
 
     cfg = BenchConfig.from_env()
     base = build_base(cfg, cache_dir)

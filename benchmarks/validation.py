@@ -19,9 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from tasks.load_data import RawRow, read_raw_rows, write_raw_rows
-from tasks.validate_data import validate_file
 from tuneforge.sample_data import generate_rows
+from tuneforge.tasks.load_data import RawRow, read_raw_rows, write_raw_rows
+from tuneforge.tasks.validate_data import validate_file
 
 
 def make_rows(n: int) -> list[RawRow]:

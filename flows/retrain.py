@@ -2,11 +2,11 @@
 
     tuneforge run deployments/presets/tiny-cpu.yaml
 
-Steps: open an MLflow run -> load -> validate (quarantine bad rows) -> stop if data and config
-equal the current champion's (unless `force`) -> split -> resolve the
-base model -> train with the configured strategy -> evaluate base, tuned and the current
-champion on the same split -> register, and move the `champion` alias only when the tuned
-model beats both base and champion -> report (plots,
+Steps: take the model's retrain slot -> open an MLflow run (or continue a crashed one) ->
+load -> validate (quarantine bad rows) -> stop if data and config equal the current champion's
+(unless `force`) -> split -> resolve the base model -> train with the configured strategy ->
+evaluate base, tuned and the current champion on the same split -> register, and move the
+`champion` alias only when the tuned model beats both base and champion -> report (plots,
 sample generations, a markdown summary in MLflow and the Prefect UI).
 """
 
@@ -17,34 +17,45 @@ from pathlib import Path
 
 from prefect import flow
 
-from tasks.evaluate import evaluate_champion, evaluate_model
-from tasks.load_data import load_dataset
-from tasks.model_source import resolve_base_model
-from tasks.register import Registration, register_model, unchanged_since_champion
-from tasks.report import report_run
-from tasks.split_data import SplitPaths, split_dataset
-from tasks.tracking_run import start_tracking_run
-from tasks.train import TrainResult, train_with_strategy
-from tasks.train_remote import train_on_pool
-from tasks.validate_data import ValidationReport, validate_dataset
-from tuneforge.concurrency import one_retrain_at_a_time
+from tuneforge.concurrency import RetrainSlot, one_retrain_at_a_time
 from tuneforge.config import RunConfig
 from tuneforge.paths import inside, safe_component
 from tuneforge.preflight import check_run
+from tuneforge.run_context import RunContext
+from tuneforge.tasks.evaluate import evaluate_champion, evaluate_model
+from tuneforge.tasks.load_data import load_dataset
+from tuneforge.tasks.model_source import resolve_base_model
+from tuneforge.tasks.register import Registration, register_model, unchanged_since_champion
+from tuneforge.tasks.report import report_run
+from tuneforge.tasks.split_data import SplitPaths, split_dataset
+from tuneforge.tasks.tracking_run import start_tracking_run
+from tuneforge.tasks.train import TrainResult, train_with_strategy
+from tuneforge.tasks.train_remote import train_on_pool
+from tuneforge.tasks.validate_data import ValidationReport, validate_dataset
 from tuneforge.tracking import resolve_tracking_uri, run_status
 
 
 @dataclass(frozen=True)
 class RetrainResult:
-    run_id: str
-    tracking_uri: str
-    run_dir: str
+    ctx: RunContext
     data: ValidationReport
     split: SplitPaths
     training: TrainResult
     base: dict[str, float]
     tuned: dict[str, float]
     registration: Registration
+
+    @property
+    def run_id(self) -> str:
+        return self.ctx.run_id
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.ctx.tracking_uri
+
+    @property
+    def run_dir(self) -> str:
+        return self.ctx.run_dir
 
 
 @dataclass(frozen=True)
@@ -64,66 +75,72 @@ def checkpoint_dir(config: RunConfig) -> str:
 @flow(name="retrain", flow_run_name="{config.name}")
 def retrain(config: RunConfig) -> RetrainResult | SkippedRun:
     """Validates fresh data, fine-tunes, evaluates base vs tuned, registers the tuned model."""
-    config.strategy_settings()  # bad strategy settings fail here, before any work
+    config.train.strategy_settings()  # bad strategy settings fail here, before any work
     check_run(config)
     tracking_uri = resolve_tracking_uri(config.tracking.tracking_uri)
-    data, model, train, evaluation = config.data, config.model, config.train, config.evaluation
-    remote_code = model.trust_remote_code
-    registry = config.registry
-
     # The slot first: holding it, any unfinished MLflow run of this model is a crashed one,
     # which start_tracking_run continues instead of opening another.
-    with one_retrain_at_a_time(registry.model_name, registry.wait_for_slot_s) as slot:
-        tracking = start_tracking_run(config, tracking_uri)
-        run_id = tracking.run_id
-        run_dir = str(Path(config.output_dir).resolve() / run_id)
-        with run_status(tracking_uri, run_id):
-            loaded = load_dataset(data.path, data.format, data.hf_split, f"{run_dir}/data")
-            validation = validate_dataset(
-                loaded, data.max_chars, data.max_rejected_fraction, data.path, run_id, tracking_uri
-            )
-            if not (config.force or tracking.resumed):
-                unchanged = unchanged_since_champion(
-                    registry.model_name, validation.fingerprint, config.fingerprint(),
-                    tracking_uri, run_id,
-                )  # fmt: skip
-                if unchanged:
-                    return SkippedRun(run_id, tracking_uri, unchanged)
-            split = split_dataset(
-                validation.valid_path, data.eval_fraction, data.seed, data.holdout_tasks
-            )
-            base_dir = resolve_base_model(model, split.train_path, run_dir, run_id, tracking_uri)
-            if train.deployment:  # training on another work pool, e.g. GPUs
-                trained = train_on_pool(
-                    config, run_id, tracking_uri, split.train_path, split.eval_path, run_dir
-                )
-            else:
-                trained = train_with_strategy.with_options(retries=train.retries)(
-                    base_dir, split.train_path, train, f"{run_dir}/tuned", run_id,
-                    tracking_uri, remote_code, split.eval_path, checkpoint_dir(config),
-                )  # fmt: skip
-            scores = {
-                label: evaluate_model(
-                    model_dir, split.eval_path, label, evaluation, train.max_length, run_id,
-                    tracking_uri, remote_code, data.holdout_tasks,
-                )
-                for label, model_dir in (("base", base_dir), ("tuned", trained.model_dir))
-            }  # fmt: skip
-            champion = evaluate_champion(
-                registry.model_name, split.eval_path, evaluation, train.max_length, run_id,
-                tracking_uri, run_dir, scores["base"], data.holdout_tasks,
-            )  # fmt: skip
-            slot.check_held()  # registration is the one step two runs must never both take
-            registration = register_model(
-                trained.model_dir, run_id, scores["base"], scores["tuned"], champion,
-                registry, tracking_uri, remote_code,
-            )  # fmt: skip
-            report_run(
-                run_id, tracking_uri, str(Path(split.eval_path).parent), scores["base"],
-                scores["tuned"], registration.decision,
-            )  # fmt: skip
+    with one_retrain_at_a_time(config.registry.model_name, config.registry.wait_for_slot_s) as slot:
+        ctx = start_tracking_run(config=config, tracking_uri=tracking_uri)
+        with run_status(tracking_uri, ctx.run_id):
+            return _retrain_in(ctx, config, slot)
 
+
+def _retrain_in(
+    ctx: RunContext, config: RunConfig, slot: RetrainSlot
+) -> RetrainResult | SkippedRun:
+    """The steps, inside the model's retrain slot and the open MLflow run."""
+    loaded = load_dataset(data=config.data, ctx=ctx)
+    validation = validate_dataset(loaded_path=loaded, data=config.data, ctx=ctx)
+    if not (config.force or ctx.resumed):
+        unchanged = unchanged_since_champion(
+            model_name=config.registry.model_name,
+            data_fingerprint=validation.fingerprint,
+            config_hash=config.fingerprint(),
+            ctx=ctx,
+        )
+        if unchanged:
+            return SkippedRun(ctx.run_id, ctx.tracking_uri, unchanged)
+    split = split_dataset(valid_path=validation.valid_path, data=config.data)
+    base_dir = resolve_base_model(model=config.model, train_path=split.train_path, ctx=ctx)
+    if config.train.deployment:  # training on another work pool, e.g. GPUs
+        trained = train_on_pool(
+            config=config, train_path=split.train_path, eval_path=split.eval_path, ctx=ctx
+        )
+    else:
+        trained = train_with_strategy.with_options(retries=config.train.retries)(
+            base_dir=base_dir,
+            train_path=split.train_path,
+            eval_path=split.eval_path,
+            train=config.train,
+            checkpoint_dir=checkpoint_dir(config),
+            ctx=ctx,
+        )
+    scores = {
+        label: evaluate_model(
+            model_dir=model_dir, label=label, eval_path=split.eval_path, config=config, ctx=ctx
+        )
+        for label, model_dir in (("base", base_dir), ("tuned", trained.model_dir))
+    }
+    champion = evaluate_champion(
+        eval_path=split.eval_path, base_metrics=scores["base"], config=config, ctx=ctx
+    )
+    slot.check_held()  # registration is the one step two runs must never both take
+    registration = register_model(
+        model_dir=trained.model_dir,
+        base_metrics=scores["base"],
+        tuned_metrics=scores["tuned"],
+        champion=champion,
+        registry=config.registry,
+        ctx=ctx,
+    )
+    report_run(
+        eval_dir=str(Path(split.eval_path).parent),
+        base=scores["base"],
+        tuned=scores["tuned"],
+        decision=registration.decision,
+        ctx=ctx,
+    )
     return RetrainResult(
-        run_id, tracking_uri, run_dir, validation, split, trained, scores["base"], scores["tuned"],
-        registration,
-    )  # fmt: skip
+        ctx, validation, split, trained, scores["base"], scores["tuned"], registration
+    )

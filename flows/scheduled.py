@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.retrain import RetrainResult, SkippedRun, retrain
 from tuneforge.config import load_config
+from tuneforge.flows.retrain import RetrainResult, SkippedRun, retrain
 
 DATASET_PREFIX = "tuneforge.dataset."
 

@@ -17,11 +17,12 @@ from typing import Any
 
 from prefect import flow
 
-from flows.retrain import checkpoint_dir
-from tasks.model_source import resolve_base_model
-from tasks.train import train_with_strategy
-from tasks.train_remote import HANDOVER
 from tuneforge.config import RunConfig
+from tuneforge.flows.retrain import checkpoint_dir
+from tuneforge.run_context import RunContext
+from tuneforge.tasks.model_source import resolve_base_model
+from tuneforge.tasks.train import train_with_strategy
+from tuneforge.tasks.train_remote import HANDOVER
 
 
 @flow(name="train-stage")
@@ -32,14 +33,20 @@ def train_stage(config: dict[str, Any], run_id: str, tracking_uri: str) -> dict[
     cfg = RunConfig.model_validate(config)
     client = MlflowClient(tracking_uri)
     work = Path(tempfile.mkdtemp(prefix="tuneforge-stage-"))
+    ctx = RunContext(run_id, tracking_uri, str(work), cfg.model.trust_remote_code)
     data = Path(client.download_artifacts(run_id, f"{HANDOVER}/data", str(work)))
     parent = client.get_run(run_id).data.tags.get("tuneforge.parent_version")
     model = cfg.model.model_copy(update={"source": f"models:/{parent}"}) if parent else cfg.model
-    base_dir = resolve_base_model(model, str(data / "train.jsonl"), str(work), run_id, tracking_uri)
+    train_path = str(data / "train.jsonl")
+    base_dir = resolve_base_model(model=model, train_path=train_path, ctx=ctx)
     trained = train_with_strategy.with_options(retries=cfg.train.retries)(
-        base_dir, str(data / "train.jsonl"), cfg.train, str(work / "tuned"), run_id, tracking_uri,
-        cfg.model.trust_remote_code, str(data / "eval.jsonl"), checkpoint_dir(cfg),
-    )  # fmt: skip
+        base_dir=base_dir,
+        train_path=train_path,
+        eval_path=str(data / "eval.jsonl"),
+        train=cfg.train,
+        checkpoint_dir=checkpoint_dir(cfg),
+        ctx=ctx,
+    )
     client.log_artifacts(run_id, trained.model_dir, f"{HANDOVER}/tuned")
     client.log_text(run_id, json.dumps(asdict(trained)), f"{HANDOVER}/train_result.json")
     return {"steps": trained.steps, "seconds": trained.seconds}

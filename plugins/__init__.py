@@ -1,1 +1,21 @@
-"""Tuning strategies: the `TuningStrategy` contract, the registry, and the built-in strategies."""
+"""The public plugin API: everything a tuning strategy imports from tuneforge.
+
+    from tuneforge.plugins import IGNORE_INDEX, Example, TuningStrategy, tokenize_prompt_response
+    from tuneforge.plugins.testing import check_strategy, sample_records, tiny_checkpoint
+
+These names, and `tuneforge.plugins.testing`, are the stable API (docs/writing-a-strategy.md);
+everything else in tuneforge may change between versions. The built-in strategies (`full`,
+`instruction`, `lora`) are written against the same API, one file each beside this one.
+"""
+
+from tuneforge.batching import IGNORE_INDEX, Example
+from tuneforge.plugins.examples import check_chat_template, tokenize_prompt_response
+from tuneforge.plugins.strategy import TuningStrategy
+
+__all__ = [
+    "IGNORE_INDEX",
+    "Example",
+    "TuningStrategy",
+    "check_chat_template",
+    "tokenize_prompt_response",
+]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from plugins.strategy import IGNORE_INDEX, Example
+from tuneforge.batching import IGNORE_INDEX, Example
 from tuneforge.prompts import render_prompt, split_turns
 
 

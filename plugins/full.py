@@ -10,18 +10,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-from plugins.examples import tokenize_prompt_response
-from plugins.strategy import Example
+from tuneforge.plugins import Example, tokenize_prompt_response
 
 
 class FullSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    # Recompute activations in the backward pass instead of storing them: roughly a third
-    # more compute for much less activation memory. Worth it only for long sequences on a GPU.
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = Field(
+        False,
+        description=(
+            "Recompute activations in the backward pass instead of storing them: roughly a "
+            "third more compute for much less activation memory. Worth it for long sequences."
+        ),
+    )
 
 
 class FullStrategy:

@@ -20,8 +20,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from plugins.examples import tokenize_prompt_response
-from plugins.strategy import Example
+from tuneforge.plugins import Example, tokenize_prompt_response
 
 DEFAULT_TEMPLATES = (
     "{prompt}",
@@ -34,13 +33,24 @@ DEFAULT_TEMPLATES = (
 class InstructionSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    # Wrappers around the user's request; each must contain {prompt}. More phrasings teach the
-    # model the task rather than the template; "{prompt}" alone keeps the eval format in the mix.
-    templates: list[str] = Field(default_factory=lambda: list(DEFAULT_TEMPLATES), min_length=1)
-    # None trains every layer. N trains only the top N decoder layers and the final norm
-    # (embeddings and lower layers stay bit-identical): cheaper, forgets less, learns less.
-    train_top_layers: int | None = Field(None, ge=1)
-    seed: int = 0
+    templates: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_TEMPLATES),
+        min_length=1,
+        description=(
+            "Wrappers around the user's request, each with a {prompt} placeholder; one is drawn "
+            "per example. More phrasings teach the task rather than the template; '{prompt}' "
+            "alone keeps the evaluation format in the mix."
+        ),
+    )
+    train_top_layers: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Train only the top N decoder layers and the final norm (embeddings and lower "
+            "layers stay bit-identical): cheaper, forgets less, learns less. null: every layer."
+        ),
+    )
+    seed: int = Field(0, description="Seed of the template draw.")
 
     @field_validator("templates")
     @classmethod

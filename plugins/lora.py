@@ -17,8 +17,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from plugins.examples import tokenize_prompt_response
-from plugins.strategy import Example
+from tuneforge.plugins import Example, tokenize_prompt_response
 
 # peft 0.21 still calls a transformers 5 API that warns on every model load.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
@@ -35,19 +34,33 @@ DEFAULT_TARGETS = {
 class LoraSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    # Rank of the update: higher fits more, costs more, and overfits small data sooner.
-    rank: int = Field(8, ge=1, le=1024)
-    # Scale of the update is alpha / rank; 2x rank is the common starting point.
-    alpha: float = Field(16.0, gt=0)
-    dropout: float = Field(0.05, ge=0, lt=1)
-    # None: the attention projections for known architectures (else all linear layers);
-    # "all-linear": every linear layer but the output head; or an explicit list of names.
-    target_modules: list[str] | Literal["all-linear"] | None = None
-    # Also write base+adapter merged into one checkpoint (`merged/` beside the adapter).
-    merge_export: bool = False
-    # QLoRA: a 4-bit base through bitsandbytes, CUDA only. Not available yet: refused here
-    # rather than silently training in full precision.
-    quantize_4bit: bool = False
+    rank: int = Field(
+        8,
+        ge=1,
+        le=1024,
+        description="Rank of the update: higher fits more, costs more, overfits small data sooner.",
+    )
+    alpha: float = Field(
+        16.0, gt=0, description="The update is scaled by alpha / rank; 2x rank is usual."
+    )
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapters' input.")
+    target_modules: list[str] | Literal["all-linear"] | None = Field(
+        None,
+        description=(
+            "Layers that get adapters: a list of module names; 'all-linear' (every linear "
+            "layer but the output head); null: the attention projections of known "
+            "architectures (llama, mistral, qwen2, gpt2), else all linear layers."
+        ),
+    )
+    merge_export: bool = Field(
+        False,
+        description="Also write base and adapter merged into one checkpoint (merged/ beside it).",
+    )
+    # Not available yet: refused at config time rather than silently training in full
+    # precision (issue 15 builds it).
+    quantize_4bit: bool = Field(
+        False, description="QLoRA: a 4-bit base through bitsandbytes (not supported yet)."
+    )
 
     @model_validator(mode="after")
     def _qlora_is_refused(self) -> LoraSettings:

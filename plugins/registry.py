@@ -1,9 +1,11 @@
-"""Finds tuning strategies through the `tuneforge.strategies` entry-point group.
+"""Finds tuning strategies through the `tuneforge.strategies` entry-point group, and parses
+their settings.
 
 Built-in strategies are registered in tuneforge's own pyproject.toml exactly like a third-party
 plugin's, so there is one way in. A plugin that fails to import is skipped with a warning (one
 broken package must not take down every run); asking for an unknown name fails with the list
-of names that are available.
+of names that are available; a name two distributions register fails naming both.
+`parse_settings` is the one place `train.settings` becomes a strategy's own `Settings`.
 """
 
 from __future__ import annotations
@@ -12,8 +14,11 @@ import warnings
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import EntryPoint, entry_points
+from typing import Any
 
-from plugins.strategy import TuningStrategy
+from pydantic import BaseModel
+
+from tuneforge.plugins.strategy import TuningStrategy
 
 ENTRY_POINT_GROUP = "tuneforge.strategies"
 
@@ -23,21 +28,39 @@ class UnknownStrategyError(LookupError):
         return str(self.args[0])
 
 
+class StrategyConflictError(UnknownStrategyError):
+    """Two installed distributions register the same strategy name."""
+
+
 @dataclass(frozen=True)
 class StrategyInfo:
     name: str
     cls: type[TuningStrategy]
     package: str  # the distribution that registered it
+    version: str  # that distribution's version
+    target: str  # the entry point's `module:Class`
+
+    @property
+    def label(self) -> str:
+        """`strategy 'bitfit' (tuneforge-bitfit 0.1.0)`: how errors name it."""
+        return f"strategy {self.name!r} ({self.package} {self.version})"
 
 
 def _entry_points() -> list[EntryPoint]:
     return list(entry_points(group=ENTRY_POINT_GROUP))
 
 
+@dataclass(frozen=True)
+class Discovery:
+    strategies: dict[str, StrategyInfo]
+    conflicts: dict[str, list[StrategyInfo]]  # names registered more than once
+
+
 @cache
-def discover_strategies() -> dict[str, StrategyInfo]:
-    """Imports every registered strategy; broken ones warn and are left out."""
-    found: dict[str, StrategyInfo] = {}
+def discover() -> Discovery:
+    """Imports every registered strategy; broken ones warn and are left out, and a name
+    registered by two distributions is set aside as a conflict (it warns, and using it fails)."""
+    seen: dict[str, list[StrategyInfo]] = {}
     for ep in _entry_points():
         try:
             cls = ep.load()
@@ -48,15 +71,70 @@ def discover_strategies() -> dict[str, StrategyInfo]:
                 stacklevel=2,
             )
             continue
-        package = ep.dist.name if ep.dist else "unknown"
-        found[ep.name] = StrategyInfo(name=ep.name, cls=cls, package=package)
-    return found
+        dist = ep.dist
+        info = StrategyInfo(
+            name=ep.name,
+            cls=cls,
+            package=dist.name if dist else "unknown",
+            version=dist.version if dist else "unknown",
+            target=ep.value,
+        )
+        seen.setdefault(ep.name, []).append(info)
+    conflicts = {name: infos for name, infos in seen.items() if len(infos) > 1}
+    for name, infos in conflicts.items():
+        warnings.warn(_conflict_message(name, infos), stacklevel=2)
+    strategies = {name: infos[0] for name, infos in seen.items() if name not in conflicts}
+    return Discovery(strategies, conflicts)
+
+
+def _conflict_message(name: str, infos: list[StrategyInfo]) -> str:
+    both = " and ".join(f"{i.package} {i.version} ({i.target})" for i in infos)
+    return f"strategy {name!r} is registered by {both}; uninstall one of them to use it"
+
+
+def discover_strategies() -> dict[str, StrategyInfo]:
+    """Every usable strategy by name (conflicting names left out)."""
+    return discover().strategies
+
+
+def strategy_info(name: str) -> StrategyInfo:
+    """The registration of strategy `name`; `UnknownStrategyError` (or its subclass
+    `StrategyConflictError`) in one line otherwise."""
+    found = discover()
+    if name in found.conflicts:
+        raise StrategyConflictError(_conflict_message(name, found.conflicts[name]))
+    if name not in found.strategies:
+        available = ", ".join(sorted(found.strategies)) or "none"
+        raise UnknownStrategyError(f"unknown strategy {name!r}; available: {available}")
+    return found.strategies[name]
 
 
 def load_strategy(name: str) -> type[TuningStrategy]:
     """Returns the strategy class registered as `name`."""
-    strategies = discover_strategies()
-    if name not in strategies:
-        available = ", ".join(sorted(strategies)) or "none"
-        raise UnknownStrategyError(f"unknown strategy {name!r}; available: {available}")
-    return strategies[name].cls
+    return strategy_info(name).cls
+
+
+def parse_settings(name: str, raw: dict[str, Any]) -> BaseModel:
+    """`train.settings` as strategy `name`'s own `Settings` model (pydantic's
+    `ValidationError` for bad keys or values)."""
+    return load_strategy(name).Settings.model_validate(raw)
+
+
+def describe_settings(settings: type[BaseModel]) -> dict[str, dict[str, Any]]:
+    """Each setting of a `Settings` model: its type (as written in Python), default and
+    description, for `tuneforge strategies` and the docs."""
+    described = {}
+    for key, field in settings.model_fields.items():
+        described[key] = {
+            "type": _type_name(field.annotation),
+            "default": field.get_default(call_default_factory=True),
+            "description": field.description or "",
+        }
+    return described
+
+
+def _type_name(annotation: Any) -> str:
+    """`bool`, `int`, `list[str] | None`: one spelling for every type."""
+    if isinstance(annotation, type) and not getattr(annotation, "__args__", None):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")

@@ -5,33 +5,20 @@ A strategy is a class registered under the `tuneforge.strategies` entry-point gr
     [project.entry-points."tuneforge.strategies"]
     bitfit = "my_package.bitfit:BitFitStrategy"
 
-The generic training loop (`tasks/train.py`) owns the optimizer, batching, logging and
+The generic training loop (`tuneforge.tasks.train`) owns the optimizer, batching, logging and
 checkpoints; a strategy only says what is specific to it. This Protocol is a contract, not a
-vehicle for code reuse: share code through free functions (`plugins/examples.py`), not by
+vehicle for code reuse: share code through free functions (`tuneforge.plugins.examples`), not by
 subclassing another strategy.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
-IGNORE_INDEX = -100  # label value the causal-LM loss skips
-
-
-@dataclass(frozen=True)
-class Example:
-    """One tokenized training example; `labels[i] == IGNORE_INDEX` means token i is not trained."""
-
-    input_ids: list[int]
-    labels: list[int]
-
-    @property
-    def trained_tokens(self) -> int:
-        return sum(label != IGNORE_INDEX for label in self.labels)
+from tuneforge.batching import Example
 
 
 @runtime_checkable

@@ -1,7 +1,7 @@
 """One rank of a distributed training run; `train_with_strategy` launches it through torchrun:
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 \
-        -m tasks.distributed_train SPEC.json
+        -m tuneforge.tasks.distributed_train SPEC.json
 
 SPEC.json holds the arguments of `train_model` (paths, the train config). Every rank trains its
 shard of each batch under DDP (gloo on CPUs, NCCL on GPUs); rank 0 writes the step metrics
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from tasks.split_data import read_jsonl
-from tasks.train import train_model
 from tuneforge.config import TrainConfig
+from tuneforge.jsonl import read_jsonl
+from tuneforge.tasks.train import train_model
 
 
 def main(spec_path: str) -> None:
@@ -39,10 +39,10 @@ def main(spec_path: str) -> None:
             read_jsonl(spec["train_path"]),
             TrainConfig.model_validate(spec["cfg"]),
             spec["out_dir"],
-            on_metrics,
-            spec["trust_remote_code"],
-            read_jsonl(spec["eval_path"]) if spec.get("eval_path") else None,
-            spec.get("checkpoint_dir"),
+            on_metrics=on_metrics,
+            trust_remote_code=spec["trust_remote_code"],
+            eval_records=read_jsonl(spec["eval_path"]) if spec.get("eval_path") else None,
+            checkpoint_dir=spec.get("checkpoint_dir"),
         )
         if dist.get_rank() == 0:
             Path(spec["result_path"]).write_text(json.dumps(asdict(result)))

@@ -20,14 +20,14 @@ from typing import Any
 import torch
 from prefect import task
 
-from plugins.examples import tokenize_prompt_response
-from plugins.strategy import IGNORE_INDEX
-from tasks.model_source import load_pretrained, pick_device
-from tasks.split_data import read_jsonl
-from tasks.train import collate
-from tuneforge.config import EvalConfig
+from tuneforge.batching import IGNORE_INDEX, collate
+from tuneforge.config import EvalConfig, RunConfig
+from tuneforge.jsonl import read_jsonl
+from tuneforge.models import load_pretrained, pick_device
 from tuneforge.pause_points import pause_point
+from tuneforge.plugins.examples import tokenize_prompt_response
 from tuneforge.prompts import render_prompt, split_turns
+from tuneforge.run_context import RunContext
 from tuneforge.tracking import MetricLogger
 
 
@@ -125,9 +125,16 @@ def score(
             groups[key].append((hit, overlap))
         prompt = split_turns(rec)[0][-1]["content"]
         rows.append(
-            {"row": rec["row"], "task": rec.get("task"), "prompt": prompt, "expected": expected,
-             "answer": answer, "exact": hit, "rouge_l": overlap}
-        )  # fmt: skip
+            {
+                "row": rec["row"],
+                "task": rec.get("task"),
+                "prompt": prompt,
+                "expected": expected,
+                "answer": answer,
+                "exact": hit,
+                "rouge_l": overlap,
+            }
+        )
     metrics: dict[str, float] = {}
     families = {k for k in groups if k and k not in (".held_in", ".held_out")}
     for key, values in sorted(groups.items()):
@@ -181,23 +188,23 @@ def evaluate_records(
 
 @task(name="evaluate_model")
 def evaluate_model(
-    model_dir: str,
-    eval_path: str,
-    label: str,
-    cfg: EvalConfig,
-    max_length: int,
-    run_id: str,
-    tracking_uri: str,
-    trust_remote_code: bool = False,
-    holdout_tasks: list[str] | tuple[str, ...] = (),
+    *, model_dir: str, label: str, eval_path: str, config: RunConfig, ctx: RunContext
 ) -> dict[str, float]:
-    """Evaluates one model and logs its metrics as `<label>.<metric>` (e.g. `tuned.exact_match`)
-    plus its generations as the artifact `eval/<label>_generations.jsonl`."""
+    """Evaluates one model as `config.evaluation` says (examples `train.max_length` tokens long,
+    `data.holdout_tasks` reported as held out) and logs its metrics as `<label>.<metric>` (e.g.
+    `tuned.exact_match`) plus its generations as the artifact `eval/<label>_generations.jsonl`."""
     pause_point(f"evaluate:{label}")
+    records = read_jsonl(eval_path)
     metrics, rows = evaluate_records(
-        model_dir, read_jsonl(eval_path), cfg, max_length, trust_remote_code, holdout_tasks
+        model_dir,
+        records,
+        config.evaluation,
+        config.train.max_length,
+        trust_remote_code=ctx.trust_remote_code,
+        holdout_tasks=config.data.holdout_tasks,
     )
-    logger = MetricLogger(tracking_uri, run_id)
+    run_id = ctx.run_id
+    logger = MetricLogger(ctx.tracking_uri, run_id)
     logger.log({f"{label}.{k}": v for k, v in metrics.items()}, step=0)
     logger.flush()
     generations = Path(eval_path).parent / f"{label}_generations.jsonl"
@@ -208,15 +215,7 @@ def evaluate_model(
 
 @task(name="evaluate_champion")
 def evaluate_champion(
-    model_name: str,
-    eval_path: str,
-    cfg: EvalConfig,
-    max_length: int,
-    run_id: str,
-    tracking_uri: str,
-    out_dir: str,
-    base_metrics: dict[str, float],
-    holdout_tasks: list[str] | tuple[str, ...] = (),
+    *, eval_path: str, base_metrics: dict[str, float], config: RunConfig, ctx: RunContext
 ) -> dict[str, Any] | None:
     """Scores the current champion on this run's eval split, so that promotion compares like
     with like (the champion's own run was scored on its own, older split). Returns
@@ -226,10 +225,12 @@ def evaluate_champion(
     from mlflow.tracking import MlflowClient
     from prefect import get_run_logger
 
-    from tasks.model_source import ModelSourceError, download_registry_model
     from tuneforge.model_registry import current_champion
+    from tuneforge.models import ModelSourceError
+    from tuneforge.tasks.model_source import download_registry_model
 
-    client = MlflowClient(tracking_uri)
+    model_name, run_id = config.registry.model_name, ctx.run_id
+    client = MlflowClient(ctx.tracking_uri)
     champion = current_champion(client, model_name)
     if champion is None:
         return None
@@ -239,14 +240,18 @@ def evaluate_champion(
         metrics = base_metrics
     else:
         try:
-            model_dir = download_registry_model(uri, Path(out_dir) / "champion")
+            model_dir = download_registry_model(uri, Path(ctx.path("champion")))
             metrics, _ = evaluate_records(
-                model_dir, read_jsonl(eval_path), cfg, max_length, holdout_tasks=holdout_tasks
+                model_dir,
+                read_jsonl(eval_path),
+                config.evaluation,
+                config.train.max_length,
+                holdout_tasks=config.data.holdout_tasks,
             )
         except (ModelSourceError, ValueError) as exc:
             get_run_logger().warning("cannot score champion %s here (%s)", uri, exc)
             return {"version": champion.version, "metrics": None}
-    logger = MetricLogger(tracking_uri, run_id)
+    logger = MetricLogger(ctx.tracking_uri, run_id)
     logger.log({f"champion.{k}": v for k, v in metrics.items()}, step=0)
     logger.flush()
     return {"version": champion.version, "metrics": metrics}

@@ -19,6 +19,9 @@ from typing import Any
 
 from prefect import task
 
+from tuneforge.config import DataConfig
+from tuneforge.run_context import RunContext
+
 FORMATS = ("jsonl", "json", "csv", "parquet", "hf")
 _SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv"}
 _SUFFIXES |= {".parquet": "parquet", ".pq": "parquet"}
@@ -325,9 +328,10 @@ def read_raw_rows(path: Path) -> list[RawRow]:
 
 
 @task(name="load_dataset")
-def load_dataset(source: str, fmt: str, hf_split: str, out_dir: str) -> str:
-    """Reads the dataset and stores its numbered rows as `loaded.jsonl` in `out_dir`."""
-    rows = read_rows(source, fmt, hf_split)
-    path = Path(out_dir) / "loaded.jsonl"
+def load_dataset(*, data: DataConfig, ctx: RunContext) -> str:
+    """Reads `data.path` and stores its numbered rows as `data/loaded.jsonl` in the run
+    directory; returns that path."""
+    rows = read_rows(data.path, data.format, data.hf_split)
+    path = Path(ctx.path("data", "loaded.jsonl"))
     write_raw_rows(rows, path)
     return str(path)

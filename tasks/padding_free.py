@@ -1,10 +1,10 @@
 """Padding-free training batches: a step computes on real tokens only.
 
-The usual dynamic padding (`tasks.train.collate`, and what `transformers.Trainer` does) right-pads
-every example to the longest in its batch. Every linear layer then also multiplies the padding:
-17-24% of the tokens computed on the bundled data. Here the batch's examples are laid end to end
-in one row instead, with positions restarting at 0 for each example, so embeddings, projections,
-MLPs and the output head see real tokens only.
+The usual dynamic padding (`tuneforge.batching.collate`, and what `transformers.Trainer` does)
+right-pads every example to the longest in its batch. Every linear layer then also multiplies the
+padding: 17-24% of the tokens computed on the bundled data. Here the batch's examples are laid end
+to end in one row instead, with positions restarting at 0 for each example, so embeddings,
+projections, MLPs and the output head see real tokens only.
 
 Attention must not cross from one example into the next. For that the model's attention
 implementation is swapped for `attention_forward` below, which scatters queries, keys and values
@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from plugins.strategy import IGNORE_INDEX, Example
+from tuneforge.batching import IGNORE_INDEX, Example
 
 ATTENTION = "tuneforge_padding_free"
 

@@ -22,11 +22,12 @@ from typing import Any
 
 from prefect import task
 
-from tasks.model_source import load_pretrained
 from tuneforge.config import RegistryConfig
 from tuneforge.model_registry import CHALLENGER, CHAMPION
+from tuneforge.models import load_pretrained
 from tuneforge.pause_points import pause_point
 from tuneforge.prompts import render_prompt
+from tuneforge.run_context import RunContext
 from tuneforge.tracking import is_unreachable
 
 MODEL_ARTIFACT = "model"
@@ -169,9 +170,10 @@ def model_card(name: str, version: str, reason: str, tags: dict, base: dict, tun
         f"| {k.removeprefix('tuneforge.')} | {v} |" for k, v in sorted(tags.items())
     )
     rows = "\n".join(
-        f"| {k} | {base.get(k, float('nan')):.4f} | {v:.4f} |" for k, v in tuned.items()
+        f"| {k} | {base.get(k, float('nan')):.4f} | {v:.4f} |"
+        for k, v in tuned.items()
         if k != "examples"
-    )  # fmt: skip
+    )
     return (
         f"# {name} version {version}\n\n"
         f"Decision: {reason}\n\n"
@@ -182,7 +184,7 @@ def model_card(name: str, version: str, reason: str, tags: dict, base: dict, tun
 
 @task(name="check_unchanged")
 def unchanged_since_champion(
-    model_name: str, data_fingerprint: str, config_hash: str, tracking_uri: str, run_id: str
+    *, model_name: str, data_fingerprint: str, config_hash: str, ctx: RunContext
 ) -> str | None:
     """Why retraining can be skipped (the champion was trained on the same data with the same
     config), or None. A skip is tagged on the run as `tuneforge.skipped`."""
@@ -190,7 +192,7 @@ def unchanged_since_champion(
 
     from tuneforge.model_registry import current_champion
 
-    client = MlflowClient(tracking_uri)
+    client = MlflowClient(ctx.tracking_uri)
     champion = current_champion(client, model_name)
     if champion is None:
         return None
@@ -203,7 +205,7 @@ def unchanged_since_champion(
         f"data {data_fingerprint} and config {config_hash} are those of {model_name} "
         f"version {champion.version} (champion); nothing to retrain (force: true overrides)"
     )
-    client.set_tag(run_id, "tuneforge.skipped", reason)
+    client.set_tag(ctx.run_id, "tuneforge.skipped", reason)
     return reason
 
 
@@ -247,24 +249,24 @@ _OWN_RUN_TAGS = ("tuneforge.registered_version", "tuneforge.decision")
     retry_condition_fn=retry_if_unreachable,
 )
 def register_model(
+    *,
     model_dir: str,
-    run_id: str,
     base_metrics: dict[str, float],
     tuned_metrics: dict[str, float],
     champion: dict[str, Any] | None,
-    cfg: RegistryConfig,
-    tracking_uri: str,
-    trust_remote_code: bool = False,
+    registry: RegistryConfig,
+    ctx: RunContext,
 ) -> Registration:
     """Registers the tuned model as a new version with its lineage tags and model card, and
     moves `champion` to it only when it passes the promotion gate (else: `challenger`).
 
-    Idempotent: if a version of `cfg.model_name` already comes from `run_id` (an earlier
+    Idempotent: if a version of `registry.model_name` already comes from this run (an earlier
     attempt crashed after creating it), that version is finished instead of a new one made."""
     from mlflow.tracking import MlflowClient
 
     from tuneforge.model_registry import version_for_run
 
+    cfg, run_id, tracking_uri = registry, ctx.run_id, ctx.tracking_uri
     if cfg.metric not in tuned_metrics:
         raise ValueError(f"registry.metric {cfg.metric!r} is not among {sorted(tuned_metrics)}")
     client = MlflowClient(tracking_uri)
@@ -275,7 +277,7 @@ def register_model(
     }
     existing = version_for_run(client, cfg.model_name, run_id)
     if existing is None:
-        log_model_artifacts(model_dir, run_id, tracking_uri, trust_remote_code)  # verified
+        log_model_artifacts(model_dir, run_id, tracking_uri, ctx.trust_remote_code)  # verified
         version = _create_version(client, cfg.model_name, run_id, tracking_uri, lineage)
         pause_point("register:version-created")
         held: list[str] = []

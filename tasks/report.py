@@ -12,6 +12,8 @@ from typing import Any
 
 from prefect import task
 
+from tuneforge.run_context import RunContext
+
 SAMPLE_ROWS = 20
 
 
@@ -85,18 +87,18 @@ def plot_by_task(base: dict[str, float], tuned: dict[str, float], path: Path) ->
 
 @task(name="report_run")
 def report_run(
-    run_id: str,
-    tracking_uri: str,
+    *,
     eval_dir: str,
     base: dict[str, float],
     tuned: dict[str, float],
     decision: str,
+    ctx: RunContext,
 ) -> str:
     """Logs plots, the generations sample and a markdown summary; returns the summary."""
     from mlflow.tracking import MlflowClient
     from prefect.artifacts import create_markdown_artifact
 
-    client = MlflowClient(tracking_uri)
+    client, run_id = MlflowClient(ctx.tracking_uri), ctx.run_id
     out = Path(eval_dir)
     history = client.get_metric_history(run_id, "train.loss")
     plot_loss(

@@ -15,7 +15,8 @@ from typing import Any
 
 from prefect import task
 
-from tasks.validate_data import write_jsonl
+from tuneforge.config import DataConfig
+from tuneforge.jsonl import read_jsonl, write_jsonl
 
 
 @dataclass(frozen=True)
@@ -52,18 +53,12 @@ def split_records(
     return train, evaluation
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    with Path(path).open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 @task(name="split_dataset")
-def split_dataset(
-    valid_path: str, eval_fraction: float, seed: int, holdout_tasks: list[str]
-) -> SplitPaths:
-    """Writes `train.jsonl` and `eval.jsonl` beside the valid records."""
+def split_dataset(*, valid_path: str, data: DataConfig) -> SplitPaths:
+    """Writes `train.jsonl` and `eval.jsonl` beside the valid records (`data.eval_fraction`,
+    `data.seed`, whole `data.holdout_tasks` families to eval)."""
     records = read_jsonl(valid_path)
-    train, evaluation = split_records(records, eval_fraction, seed, holdout_tasks)
+    train, evaluation = split_records(records, data.eval_fraction, data.seed, data.holdout_tasks)
     if not train or not evaluation:
         raise ValueError(
             f"{valid_path}: split of {len(records)} valid rows left train={len(train)}, "

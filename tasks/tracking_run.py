@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import platform
 import subprocess
-from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,8 @@ from prefect import get_run_logger, task
 from prefect.exceptions import ObjectNotFound
 
 from tuneforge.config import RunConfig
+from tuneforge.plugins.registry import strategy_info
+from tuneforge.run_context import RunContext
 from tuneforge.tracking import flatten, start_run
 
 PACKAGES = ("tuneforge", "torch", "transformers", "peft", "mlflow", "prefect", "pandera")
@@ -33,16 +34,23 @@ def code_version() -> str:
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip()  # fmt: skip
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return f"{commit}+dirty" if dirty else commit
 
 
 def package_versions() -> str:
+    """`name==version` of the packages that shape a model: the stack, and every distribution
+    that registers a tuning strategy (the code that trained it may be a plugin's)."""
+    from tuneforge.plugins.registry import discover_strategies
+
+    plugins = sorted({info.package for info in discover_strategies().values()})
     found = []
-    for name in PACKAGES:
+    for name in dict.fromkeys([*PACKAGES, *plugins]):
         try:
             found.append(f"{name}=={version(name)}")
         except PackageNotFoundError:
@@ -50,16 +58,11 @@ def package_versions() -> str:
     return ",".join(found)
 
 
-@dataclass(frozen=True)
-class TrackingRun:
-    run_id: str
-    resumed: bool  # continues the MLflow run of a crashed retrain (same model and config)
-
-
 @task(name="start_tracking_run")
-def start_tracking_run(config: RunConfig, tracking_uri: str) -> TrackingRun:
+def start_tracking_run(*, config: RunConfig, tracking_uri: str) -> RunContext:
     """Creates the run with the whole resolved config as params, unless a crashed retrain of
     the same model and config left one: that run is continued instead (see `crashed_runs`).
+    Returns the context every later task gets (run id, URI, run directory).
 
     Continuing it keeps one MLflow run, one run directory and at most one registered version
     per retrain, however often it is killed: the re-run finds the trained model (or the
@@ -90,12 +93,15 @@ def start_tracking_run(config: RunConfig, tracking_uri: str) -> TrackingRun:
             attempt,
             config.registry.model_name,
         )
-        return TrackingRun(run_id, resumed=True)
+        return _context(config, tracking_uri, run_id, resumed=True)
 
+    strategy = strategy_info(config.train.strategy)
     tags = {
         "tuneforge.strategy": config.train.strategy,
+        # The distribution whose code trained the model, and its version.
+        "tuneforge.strategy_package": f"{strategy.package}=={strategy.version}",
         "tuneforge.strategy_settings": json.dumps(
-            config.strategy_settings().model_dump(mode="json"), sort_keys=True
+            config.train.strategy_settings().model_dump(mode="json"), sort_keys=True
         ),
         "tuneforge.config_hash": config.fingerprint(),
         "tuneforge.base_model": config.model.source,
@@ -108,7 +114,17 @@ def start_tracking_run(config: RunConfig, tracking_uri: str) -> TrackingRun:
     }
     params = flatten(config.model_dump(mode="json"))
     run_id = start_run(tracking_uri, config.tracking.experiment, config.name, params, tags)
-    return TrackingRun(run_id, resumed=False)
+    return _context(config, tracking_uri, run_id, resumed=False)
+
+
+def _context(config: RunConfig, tracking_uri: str, run_id: str, resumed: bool) -> RunContext:
+    return RunContext(
+        run_id=run_id,
+        tracking_uri=tracking_uri,
+        run_dir=str(Path(config.output_dir).resolve() / run_id),
+        trust_remote_code=config.model.trust_remote_code,
+        resumed=resumed,
+    )
 
 
 def crashed_runs(client: MlflowClient, config: RunConfig, flow_run_id: str) -> list[Any]:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,53 +21,18 @@ import torch
 from prefect import get_run_logger, task
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from plugins.examples import check_chat_template
-from plugins.registry import load_strategy
-from plugins.strategy import IGNORE_INDEX, Example
-from tasks import checkpoint, padding_free, parallel
-from tasks.model_source import load_pretrained, pick_device
-from tasks.split_data import read_jsonl
+from tuneforge.batching import IGNORE_INDEX, MaskAudit, audit_examples, collate
 from tuneforge.config import TrainConfig
+from tuneforge.jsonl import read_jsonl
+from tuneforge.models import load_pretrained, pick_device
+from tuneforge.plugins.examples import check_chat_template
+from tuneforge.plugins.registry import strategy_info
+from tuneforge.run_context import RunContext
+from tuneforge.tasks import checkpoint, padding_free, parallel
+from tuneforge.tasks.evaluate import generate_answers, score, spread
 from tuneforge.tracking import MetricLogger
 
 MetricsCallback = Callable[[int, dict[str, float]], None]
-
-
-@dataclass(frozen=True)
-class MaskAudit:
-    """What the loss will see, counted before the first step."""
-
-    examples: int
-    truncated: int  # examples that lost their tail (and end-of-sequence token) to max_length
-    trained_tokens: int  # tokens with a label, over all examples
-    masked_tokens: int  # tokens without one (prompt tokens for response-only strategies)
-
-
-def audit_examples(
-    examples: list[Example], rows: list[int], eos_id: int, max_length: int
-) -> MaskAudit:
-    """Refuses examples the loss would silently mistreat; counts the rest.
-
-    Every example must keep a trained token after truncation, and every example that was not
-    truncated must train its end-of-sequence token (or the model never learns to stop).
-    """
-    empty = [row for row, e in zip(rows, examples, strict=True) if not e.trained_tokens]
-    if empty:
-        raise ValueError(
-            f"{len(empty)} examples have no trained token after truncation to "
-            f"train.max_length={max_length} (rows {empty[:5]}); raise train.max_length"
-        )
-    truncated = 0
-    for row, e in zip(rows, examples, strict=True):
-        if e.labels[-1] == eos_id:
-            continue
-        if len(e.input_ids) >= max_length:
-            truncated += 1
-            continue
-        raise ValueError(f"row {row}: the end-of-sequence token is not trained (strategy bug)")
-    trained = sum(e.trained_tokens for e in examples)
-    total = sum(len(e.input_ids) for e in examples)
-    return MaskAudit(len(examples), truncated, trained, total - trained)
 
 
 @dataclass(frozen=True)
@@ -96,20 +61,6 @@ class TrainResult:
     def tokens_per_second(self) -> float:
         """Real (non-padding) tokens per second: what the hardware actually processed."""
         return self.real_tokens / self.seconds if self.seconds else 0.0
-
-
-def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pads a batch to its longest example; padding is masked and never trained."""
-    width = max(len(e.input_ids) for e in examples)
-    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for i, e in enumerate(examples):
-        n = len(e.input_ids)
-        input_ids[i, :n] = torch.tensor(e.input_ids)
-        labels[i, :n] = torch.tensor(e.labels)
-        attention_mask[i, :n] = 1
-    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
 
 
 def batch_order(
@@ -185,8 +136,6 @@ class BestCheckpoint:
         return bool(self.records and self.every) and (step % self.every == 0 or last)
 
     def evaluate(self, model: Any, step: int) -> float:
-        from tasks.evaluate import generate_answers, score
-
         model.eval()
         answers = generate_answers(model, self.tokenizer, self.records, max_new_tokens=24, bs=48)
         model.train()
@@ -252,6 +201,7 @@ def train_model(
     records: list[dict[str, Any]],
     cfg: TrainConfig,
     out_dir: str | Path,
+    *,
     on_metrics: MetricsCallback | None = None,
     trust_remote_code: bool = False,
     eval_records: list[dict[str, Any]] | None = None,
@@ -270,175 +220,284 @@ def train_model(
     same arguments: each takes its shard of every global batch, the model is wrapped in DDP or
     FSDP (`cfg.parallel`), and rank 0 alone logs, evaluates and saves.
     """
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    world = torch.distributed.get_world_size() if distributed else 1
-    rank = torch.distributed.get_rank() if distributed else 0
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    torch.manual_seed(cfg.seed)
-    strategy_cls = load_strategy(cfg.strategy)
-    strategy = strategy_cls(strategy_cls.Settings.model_validate(cfg.settings))
+    run = TrainingRun(cfg, base_dir, trust_remote_code, on_metrics)
+    run.setup(records, eval_records or [])
+    run.resume(checkpoint_dir, records)
+    run.train()
+    return run.save(Path(out_dir))
 
-    model, tokenizer = load_pretrained(base_dir, trust_remote_code=trust_remote_code)
-    model = strategy.prepare_model(model)
-    device = pick_device()
-    if device.type == "cuda" and distributed:
-        device = torch.device("cuda", rank % torch.cuda.device_count())
-        torch.cuda.set_device(device)  # FSDP and NCCL use the current device
-    model.to(device).train()
-    core = model  # unwrapped: what strategies save and evaluation scores
-    check_chat_template(tokenizer)
-    examples = [strategy.build_example(r, tokenizer, cfg.max_length) for r in records]
-    audit = audit_examples(
-        examples, [r["row"] for r in records], tokenizer.eos_token_id, cfg.max_length
-    )
-    if audit.truncated:
-        # A truncated example loses its end-of-sequence token (and, for response-only
-        # strategies, possibly its answer): the model would learn to ramble or to stop mid-way.
-        raise ValueError(
-            f"{audit.truncated} of {audit.examples} examples are longer than "
-            f"train.max_length={cfg.max_length} tokens; raise train.max_length or quarantine "
-            "long rows with a lower data.max_chars"
+
+class StrategyError(ValueError):
+    """A tuning strategy failed (raised, or broke the contract the loop relies on). One line
+    that names the strategy and its distribution; a ValueError, so it is not retried."""
+
+
+class TrainingRun:
+    """One training run, as the steps a reader follows: `setup` (strategy, model, examples,
+    batches, optimizer, periodic evaluation), `resume` (from a checkpoint), `train` (the
+    loop), `save` (the model, its result, then the checkpoints go)."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        base_dir: str | Path,
+        trust_remote_code: bool,
+        on_metrics: MetricsCallback | None,
+    ) -> None:
+        self.cfg, self.base_dir, self.trust_remote_code = cfg, base_dir, trust_remote_code
+        self.distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.world = torch.distributed.get_world_size() if self.distributed else 1
+        self.rank = torch.distributed.get_rank() if self.distributed else 0
+        self.lead = self.rank == 0  # the one process that logs, evaluates and saves
+        self.on_metrics = on_metrics if self.lead else None
+        self.info = strategy_info(cfg.strategy)
+
+    # Setup ------------------------------------------------------------------------------
+
+    def setup(self, records: list[dict[str, Any]], eval_records: list[dict[str, Any]]) -> None:
+        cfg = self.cfg
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        torch.manual_seed(cfg.seed)
+        with self._blame("building it"):
+            self.strategy = self.info.cls(cfg.strategy_settings())
+        self._setup_model()
+        self._setup_examples(records)
+        self._setup_batches()
+        self._setup_optimizer()
+        held_back = spread(eval_records, cfg.eval_examples) if self.lead else []
+        self.best = BestCheckpoint(held_back, self.tokenizer, cfg.eval_every)
+
+    def _setup_model(self) -> None:
+        model, self.tokenizer = load_pretrained(self.base_dir, self.trust_remote_code)
+        with self._blame("prepare_model"):
+            model = self.strategy.prepare_model(model)
+        device = pick_device()
+        if device.type == "cuda" and self.distributed:
+            device = torch.device("cuda", self.rank % torch.cuda.device_count())
+            torch.cuda.set_device(device)  # FSDP and NCCL use the current device
+        self.device = device
+        model.to(device).train()
+        self.model = model
+        self.core = model  # unwrapped: what strategies save and evaluation scores
+
+    def _setup_examples(self, records: list[dict[str, Any]]) -> None:
+        cfg, tokenizer = self.cfg, self.tokenizer
+        check_chat_template(tokenizer)
+        with self._blame("build_example"):
+            build = self.strategy.build_example
+            self.examples = [build(r, tokenizer, cfg.max_length) for r in records]
+        with self._blame("the loss-mask audit"):
+            self.audit = audit_examples(
+                self.examples, [r["row"] for r in records], tokenizer.eos_token_id, cfg.max_length
+            )
+        if self.audit.truncated:
+            # A truncated example loses its end-of-sequence token (and, for response-only
+            # strategies, possibly its answer): the model would learn to ramble or to stop mid-way.
+            raise ValueError(
+                f"{self.audit.truncated} of {self.audit.examples} examples are longer than "
+                f"train.max_length={cfg.max_length} tokens; raise train.max_length or quarantine "
+                "long rows with a lower data.max_chars"
+            )
+
+    def _setup_batches(self) -> None:
+        cfg, examples = self.cfg, self.examples
+        self.lengths = [len(e.input_ids) for e in examples] if cfg.group_by_length else None
+        self.why_padded = (
+            padding_free.unsupported_reason(self.core, cfg.max_length)
+            if cfg.padding_free
+            else "train.padding_free is off"
+        )
+        self.flat = self.why_padded is None
+        self.row_multiple = padding_free.row_multiple(cfg.precision)
+        self.slim = padding_free.takes_logits_to_keep(self.core)
+        self.trained_per_example = [sum(y != IGNORE_INDEX for y in e.labels[1:]) for e in examples]
+
+    def _setup_optimizer(self) -> None:
+        cfg = self.cfg
+        if self.world > 1:  # before the optimizer: FSDP replaces the parameters with sharded ones
+            self.model = parallel.wrap(self.model, cfg.parallel)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        if not self.params:
+            raise StrategyError(f"{self.info.label}: prepare_model left no parameter trainable")
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=True
+        )  # fused AdamW exists for CPU and CUDA tensors alike
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, linear_schedule(cfg.warmup_steps, cfg.steps)
         )
 
-    lengths = [len(e.input_ids) for e in examples] if cfg.group_by_length else None
-    why_padded = (
-        padding_free.unsupported_reason(core, cfg.max_length)
-        if cfg.padding_free
-        else "train.padding_free is off"
-    )
-    flat = why_padded is None
-    row_multiple = padding_free.row_multiple(cfg.precision)
-    slim = padding_free.takes_logits_to_keep(core)
-    trained_per_example = [sum(y != IGNORE_INDEX for y in e.labels[1:]) for e in examples]
-    if world > 1:  # before the optimizer: FSDP replaces the parameters with sharded ones
-        model = parallel.wrap(model, cfg.parallel)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError(f"strategy {cfg.strategy!r} left no parameter trainable")
-    optimizer = torch.optim.AdamW(
-        params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=True
-    )  # fused AdamW exists for CPU and CUDA tensors alike
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, linear_schedule(cfg.warmup_steps, cfg.steps)
-    )
-    lead = rank == 0
-    on_metrics = on_metrics if lead else None
+    # Resume -----------------------------------------------------------------------------
 
-    from tasks.evaluate import spread
+    def resume(self, checkpoint_dir: str | Path | None, records: list[dict[str, Any]]) -> None:
+        """Continues from a matching checkpoint in `checkpoint_dir`, if there is one."""
+        cfg = self.cfg
+        self.root = Path(checkpoint_dir) if checkpoint_dir and cfg.checkpoint_every else None
+        self.key = checkpoint.ResumeKey.of(records, self.base_dir, cfg) if self.root else None
+        self.state = checkpoint.LoopState()
+        if self.root and self.key:
+            found = _find_resumable(self.root, self.key, cfg.resume, self.lead, self.distributed)
+            if found:
+                self.state, best_weights = checkpoint.load_checkpoint(
+                    found, self.core, self.optimizer, self.scheduler
+                )
+                self.best.resume(self.state.best_step, self.state.best_score, best_weights)
+        self.resumed_from = self.state.step
 
-    held_back = spread(eval_records or [], cfg.eval_examples) if lead else []
-    best = BestCheckpoint(held_back, tokenizer, cfg.eval_every)
-    root = Path(checkpoint_dir) if checkpoint_dir and cfg.checkpoint_every else None
-    key = checkpoint.ResumeKey.of(records, base_dir, cfg) if root else None
-    state = checkpoint.LoopState()
-    if root and key:
-        found = _find_resumable(root, key, cfg.resume, lead, distributed)
-        if found:
-            state, best_weights = checkpoint.load_checkpoint(found, core, optimizer, scheduler)
-            best.resume(state.best_step, state.best_score, best_weights)
-    resumed_from, earlier_seconds = state.step, state.seconds
-    started = time.perf_counter()
-    paused = 0.0  # evaluation and checkpoint writing: kept out of tokens/s
-    window_tokens, window_start = 0, started
-    swapped = padding_free.attention(core) if flat else nullcontext()
-    with _progress(enabled=lead) as bar, swapped:
-        progress = bar.add_task("train", total=cfg.steps, loss=state.loss, tps=0.0)
-        bar.update(progress, completed=resumed_from)
-        for step, indices in enumerate(
-            batch_order(len(examples), cfg.batch_size, cfg.steps, cfg.seed, lengths), start=1
-        ):
-            if step <= resumed_from:  # the checkpoint's RNG and optimizer already include it
-                continue
-            shard = indices[rank::world]
-            chosen = [examples[i] for i in shard]
-            batch = (
-                padding_free.collate_flat(chosen, row_multiple, tokenizer.pad_token_id)
-                if flat
-                else collate(chosen, tokenizer.pad_token_id)
+    # The loop ---------------------------------------------------------------------------
+
+    def train(self) -> None:
+        cfg, state = self.cfg, self.state
+        earlier_seconds = state.seconds
+        self.started = time.perf_counter()
+        self.paused = 0.0  # evaluation and checkpoint writing: kept out of tokens/s
+        self.window_tokens, self.window_start = 0, self.started
+        swapped = padding_free.attention(self.core) if self.flat else nullcontext()
+        order = batch_order(len(self.examples), cfg.batch_size, cfg.steps, cfg.seed, self.lengths)
+        with _progress(enabled=self.lead) as bar, swapped:
+            self.bar = bar
+            self.progress = bar.add_task("train", total=cfg.steps, loss=state.loss, tps=0.0)
+            bar.update(self.progress, completed=self.resumed_from)
+            for step, indices in enumerate(order, start=1):
+                if step <= self.resumed_from:  # the checkpoint's RNG and optimizer include it
+                    continue
+                loss_value, grad_norm = self._step(indices)
+                tokens = sum(len(self.examples[i].input_ids) for i in indices)  # global batch
+                self.window_tokens += tokens
+                state.step, state.loss = step, loss_value
+                state.real_tokens += tokens
+                state.trained_tokens += sum(self.trained_per_example[i] for i in indices)
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    self._log(step, loss_value, grad_norm)
+                if self.best.due(step, last=step == cfg.steps):
+                    self._paused(self._evaluate, step)
+                if self._checkpoint_due(step):
+                    self._paused(self._checkpoint, earlier_seconds)
+                bar.advance(self.progress)
+        self.seconds = earlier_seconds + time.perf_counter() - self.started - self.paused
+
+    def _step(self, indices: list[int]) -> tuple[float, Any]:
+        """One optimizer step on this process's shard of the global batch `indices`."""
+        cfg, tokenizer = self.cfg, self.tokenizer
+        chosen = [self.examples[i] for i in indices[self.rank :: self.world]]
+        batch = (
+            padding_free.collate_flat(chosen, self.row_multiple, tokenizer.pad_token_id)
+            if self.flat
+            else collate(chosen, tokenizer.pad_token_id)
+        )
+        batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=cfg.precision == "bf16"):
+            loss, loss_value = token_mean_loss(self.model, batch, self.world, self.slim)
+        loss.backward()  # outside autocast, as PyTorch recommends
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_value, grad_norm
+
+    def _log(self, step: int, loss_value: float, grad_norm: Any) -> None:
+        now = time.perf_counter()
+        tps = self.window_tokens / (now - self.window_start)
+        self.window_tokens, self.window_start = 0, now
+        self.bar.update(self.progress, loss=loss_value, tps=tps)
+        if self.on_metrics:
+            self.on_metrics(
+                step,
+                {
+                    "train.loss": loss_value,
+                    "train.learning_rate": self.scheduler.get_last_lr()[0],
+                    "train.grad_norm": float(grad_norm),
+                    "train.tokens_per_second": tps,
+                },
             )
-            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            with torch.autocast(device.type, torch.bfloat16, enabled=cfg.precision == "bf16"):
-                loss, loss_value = token_mean_loss(model, batch, world, slim)
-            loss.backward()  # outside autocast, as PyTorch recommends
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
 
-            tokens = sum(len(examples[i].input_ids) for i in indices)  # the global batch
-            window_tokens += tokens
-            state.step, state.loss = step, loss_value
-            state.real_tokens += tokens
-            state.trained_tokens += sum(trained_per_example[i] for i in indices)
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                now = time.perf_counter()
-                tps = window_tokens / (now - window_start)
-                window_tokens, window_start = 0, now
-                bar.update(progress, loss=loss_value, tps=tps)
-                if on_metrics:
-                    on_metrics(
-                        step,
-                        {
-                            "train.loss": loss_value,
-                            "train.learning_rate": scheduler.get_last_lr()[0],
-                            "train.grad_norm": float(grad_norm),
-                            "train.tokens_per_second": tps,
-                        },
-                    )
-            if best.due(step, last=step == cfg.steps):
-                pause = time.perf_counter()
-                value = best.evaluate(core, step)
-                if on_metrics:
-                    on_metrics(step, {"train.eval_exact_match": value})
-                window_start = time.perf_counter()
-                paused += window_start - pause
-            if root and key and lead and step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                pause = time.perf_counter()
-                state.best_step, state.best_score = best.best_step, best.best_score
-                state.seconds = earlier_seconds + pause - started - paused
-                checkpoint.save_checkpoint(
-                    root, key, state, core, optimizer, scheduler, best.weights,
-                    cfg.keep_checkpoints,
-                )  # fmt: skip
-                window_start = time.perf_counter()
-                paused += window_start - pause
-            bar.advance(progress)
-    seconds = earlier_seconds + time.perf_counter() - started - paused
-    best.restore(core)
+    def _paused(self, work: Callable[..., None], *args: Any) -> None:
+        """Runs `work(*args)` with its time kept out of the training time and tokens/s."""
+        pause = time.perf_counter()
+        work(*args)
+        self.window_start = time.perf_counter()
+        self.paused += self.window_start - pause
 
-    out_dir = Path(out_dir)
-    core.eval()
-    full = parallel.full_state_dict(core, cfg.parallel) if world > 1 else None
-    if lead:
-        if full is not None:  # FSDP: put the gathered weights into an unsharded copy
-            core, _ = load_pretrained(base_dir, trust_remote_code=trust_remote_code)
-            core = strategy.prepare_model(core)
-            core.load_state_dict(full)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        strategy.save(core.to("cpu"), tokenizer, out_dir)
-    result = TrainResult(
-        model_dir=str(out_dir),
-        steps=cfg.steps,
-        examples=len(examples),
-        real_tokens=state.real_tokens,
-        trained_tokens=state.trained_tokens,
-        seconds=seconds,
-        final_loss=state.loss,
-        best_step=best.best_step or cfg.steps,
-        trainable_parameters=sum(p.numel() for p in params),
-        total_parameters=sum(p.numel() for p in core.parameters()),
-        audit=audit,
-        resumed_from_step=resumed_from,
-        batches="padding-free" if flat else f"padded: {why_padded}",
-    )
-    if lead:
-        # The result marks the saved model complete before the checkpoints go: a crash in
-        # between leaves one or the other to continue from, never neither.
-        checkpoint.write_json_atomically(result_path(out_dir), asdict(result))
-        if root:
-            checkpoint.clear_checkpoints(root)
-    return result
+    def _evaluate(self, step: int) -> None:
+        value = self.best.evaluate(self.core, step)
+        if self.on_metrics:
+            self.on_metrics(step, {"train.eval_exact_match": value})
+
+    def _checkpoint_due(self, step: int) -> bool:
+        every = self.cfg.checkpoint_every
+        return bool(self.root and self.key and self.lead and step % every == 0) and (
+            step < self.cfg.steps
+        )
+
+    def _checkpoint(self, earlier_seconds: float) -> None:
+        state = self.state
+        state.best_step, state.best_score = self.best.best_step, self.best.best_score
+        state.seconds = earlier_seconds + time.perf_counter() - self.started - self.paused
+        checkpoint.save_checkpoint(
+            self.root,
+            self.key,
+            state,
+            self.core,
+            self.optimizer,
+            self.scheduler,
+            self.best.weights,
+            self.cfg.keep_checkpoints,
+        )
+
+    # Save -------------------------------------------------------------------------------
+
+    def save(self, out_dir: Path) -> TrainResult:
+        """Saves the best step's weights through the strategy, then the result beside them,
+        then deletes the checkpoints (in that order: a crash leaves one or the other)."""
+        cfg, core = self.cfg, self.core
+        self.best.restore(core)
+        core.eval()
+        full = parallel.full_state_dict(core, cfg.parallel) if self.world > 1 else None
+        if self.lead:
+            if full is not None:  # FSDP: put the gathered weights into an unsharded copy
+                core, _ = load_pretrained(self.base_dir, self.trust_remote_code)
+                core = self.strategy.prepare_model(core)
+                core.load_state_dict(full)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            with self._blame("save"):
+                self.strategy.save(core.to("cpu"), self.tokenizer, out_dir)
+        state = self.state
+        result = TrainResult(
+            model_dir=str(out_dir),
+            steps=cfg.steps,
+            examples=len(self.examples),
+            real_tokens=state.real_tokens,
+            trained_tokens=state.trained_tokens,
+            seconds=self.seconds,
+            final_loss=state.loss,
+            best_step=self.best.best_step or cfg.steps,
+            trainable_parameters=sum(p.numel() for p in self.params),
+            total_parameters=sum(p.numel() for p in core.parameters()),
+            audit=self.audit,
+            resumed_from_step=self.resumed_from,
+            batches="padding-free" if self.flat else f"padded: {self.why_padded}",
+        )
+        if self.lead:
+            checkpoint.write_json_atomically(result_path(out_dir), asdict(result))
+            if self.root:
+                checkpoint.clear_checkpoints(self.root)
+        return result
+
+    @contextmanager
+    def _blame(self, what: str) -> Iterator[None]:
+        """Turns a failure inside the strategy into one `StrategyError` line naming it."""
+        try:
+            yield
+        except StrategyError:
+            raise
+        except Exception as exc:
+            text = str(exc).strip().splitlines()
+            detail = text[0] if text else ""
+            kind = "" if isinstance(exc, ValueError) else f"{type(exc).__name__}: "
+            raise StrategyError(
+                f"{self.info.label}: {what}: {kind}{detail}; a plugin's own tests catch this "
+                "with tuneforge.plugins.testing.check_strategy"
+            ) from exc
 
 
 def result_path(out_dir: str | Path) -> Path:
@@ -471,6 +530,7 @@ def train_distributed(
     train_path: str,
     cfg: TrainConfig,
     out_dir: str | Path,
+    *,
     on_metrics: MetricsCallback | None = None,
     trust_remote_code: bool = False,
     eval_path: str | None = None,
@@ -496,10 +556,15 @@ def train_distributed(
         }
         Path(tmp, "spec.json").write_text(json.dumps(spec))
         command = [
-            sys.executable, "-m", "torch.distributed.run", "--standalone",
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
             f"--nproc_per_node={cfg.num_processes}",
-            "-m", "tasks.distributed_train", f"{tmp}/spec.json",
-        ]  # fmt: skip
+            "-m",
+            "tuneforge.tasks.distributed_train",
+            f"{tmp}/spec.json",
+        ]
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         if done.returncode:
             tail = "\n".join(done.stderr.strip().splitlines()[-15:])
@@ -526,23 +591,23 @@ def retry_unless_bad_input(task: Any, task_run: Any, state: Any) -> bool:
 
 @task(name="train_with_strategy", retry_condition_fn=retry_unless_bad_input)
 def train_with_strategy(
+    *,
     base_dir: str,
     train_path: str,
-    cfg: TrainConfig,
-    out_dir: str,
-    run_id: str,
-    tracking_uri: str,
-    trust_remote_code: bool = False,
-    eval_path: str | None = None,
-    checkpoint_dir: str | None = None,
+    eval_path: str,
+    train: TrainConfig,
+    checkpoint_dir: str,
+    ctx: RunContext,
 ) -> TrainResult:
-    """Trains with the configured strategy; logs metrics per step to the MLflow run `run_id`,
-    and tags the run with the step whose weights were kept (`tuneforge.checkpoint_step`).
+    """Trains with the configured strategy into `tuned/` in the run directory; logs metrics per
+    step to the MLflow run, and tags it with the step whose weights were kept
+    (`tuneforge.checkpoint_step`).
 
     Resumes from a matching checkpoint in `checkpoint_dir` (see `train_model`); the flow runs
-    this task with `cfg.retries` Prefect retries, each of which resumes."""
+    this task with `train.retries` Prefect retries, each of which resumes."""
     logger = get_run_logger()
-    metrics = MetricLogger(tracking_uri, run_id)
+    metrics = MetricLogger(ctx.tracking_uri, ctx.run_id)
+    out_dir = ctx.path("tuned")
     # On a terminal the progress bar shows each step; log lines would tear it apart.
     log_steps = not sys.stderr.isatty()
 
@@ -552,7 +617,7 @@ def train_with_strategy(
             logger.info(
                 "step %d/%d loss %.4f tokens/s %.0f",
                 step,
-                cfg.steps,
+                train.steps,
                 values["train.loss"],
                 values["train.tokens_per_second"],
             )
@@ -563,23 +628,25 @@ def train_with_strategy(
         # its MLflow run) saved the model: training again would only reproduce it.
         logger.info("training finished in an earlier attempt of this run; using its model")
         return result
-    found = checkpoint_dir and checkpoint.complete_checkpoints(Path(checkpoint_dir))
-    if found and cfg.checkpoint_every and cfg.resume != "never":
+    found = checkpoint.complete_checkpoints(Path(checkpoint_dir))
+    if found and train.checkpoint_every and train.resume != "never":
         logger.info("resuming from checkpoint %s if it matches this run's inputs", found[-1])
-    if cfg.num_processes > 1:
+    common = {
+        "on_metrics": on_metrics,
+        "trust_remote_code": ctx.trust_remote_code,
+        "checkpoint_dir": checkpoint_dir,
+    }
+    if train.num_processes > 1:
         result = train_distributed(
-            base_dir, train_path, cfg, out_dir, on_metrics, trust_remote_code, eval_path,
-            checkpoint_dir,
-        )  # fmt: skip
+            base_dir, train_path, train, out_dir, eval_path=eval_path, **common
+        )
     else:
-        eval_records = read_jsonl(eval_path) if eval_path and cfg.eval_every else None
-        result = train_model(
-            base_dir, read_jsonl(train_path), cfg, out_dir, on_metrics, trust_remote_code,
-            eval_records, checkpoint_dir,
-        )  # fmt: skip
+        eval_records = read_jsonl(eval_path) if train.eval_every else None
+        records = read_jsonl(train_path)
+        result = train_model(base_dir, records, train, out_dir, eval_records=eval_records, **common)
     if result.resumed_from_step:
         logger.info("resumed from the checkpoint of step %d", result.resumed_from_step)
-    if cfg.padding_free and result.batches != "padding-free":
+    if train.padding_free and result.batches != "padding-free":
         logger.warning("trained with %s", result.batches)
     metrics.log(
         {
@@ -596,6 +663,6 @@ def train_with_strategy(
         step=result.steps,
     )
     metrics.flush()
-    metrics.client.set_tag(run_id, "tuneforge.checkpoint_step", str(result.best_step))
-    metrics.client.set_tag(run_id, "tuneforge.batches", result.batches)
+    metrics.client.set_tag(ctx.run_id, "tuneforge.checkpoint_step", str(result.best_step))
+    metrics.client.set_tag(ctx.run_id, "tuneforge.batches", result.batches)
     return result

@@ -12,20 +12,23 @@ from pathlib import Path
 
 from prefect import task
 
-from tasks.train import TrainResult
 from tuneforge.config import RunConfig
+from tuneforge.run_context import RunContext
+from tuneforge.tasks.train import TrainResult
 
 HANDOVER = "handover"
 
 
 @task(name="train_on_pool")
 def train_on_pool(
-    config: RunConfig, run_id: str, tracking_uri: str, train_path: str, eval_path: str, out_dir: str
+    *, config: RunConfig, train_path: str, eval_path: str, ctx: RunContext
 ) -> TrainResult:
-    """Runs training as the deployment `config.train.deployment` and waits for it."""
+    """Runs training as the deployment `config.train.deployment` and waits for it; the tuned
+    checkpoint comes back into `tuned/` in the run directory."""
     from mlflow.tracking import MlflowClient
     from prefect.deployments import run_deployment
 
+    run_id, tracking_uri = ctx.run_id, ctx.tracking_uri
     client = MlflowClient(tracking_uri)
     for path in (train_path, eval_path):
         client.log_artifact(run_id, path, f"{HANDOVER}/data")
@@ -42,7 +45,7 @@ def train_on_pool(
         raise RuntimeError(
             f"train.deployment {config.train.deployment}: flow run {flow_run.name} ended {state}"
         )
-    local = Path(out_dir)
+    local = Path(ctx.path("tuned"))
     local.mkdir(parents=True, exist_ok=True)
     tuned = client.download_artifacts(run_id, f"{HANDOVER}/tuned", str(local))
     result = client.download_artifacts(run_id, f"{HANDOVER}/train_result.json", str(local))

@@ -25,7 +25,11 @@ import pandas as pd
 import pandera.pandas as pa
 from prefect import task
 
-from tasks.load_data import RawRow, parse_json, read_raw_rows
+from tuneforge.config import DataConfig
+from tuneforge.jsonl import write_jsonl
+from tuneforge.records import canonical_record
+from tuneforge.run_context import RunContext
+from tuneforge.tasks.load_data import RawRow, parse_json, read_raw_rows
 
 ROLES = frozenset({"system", "user", "assistant"})
 TEXT_FIELDS = ("instruction", "input", "output", "task")
@@ -214,24 +218,6 @@ def _failure_reasons(schema: pa.DataFrameSchema, frame: pd.DataFrame) -> dict[in
     return reasons
 
 
-def canonical_record(row: int, rec: dict[str, Any]) -> dict[str, Any]:
-    """The record every later step uses: task family plus chat-style messages."""
-    if rec.get("messages") is not None:
-        messages = rec["messages"]
-        if isinstance(messages, str):
-            messages = json.loads(messages)
-        messages = [{"role": m["role"], "content": m["content"]} for m in messages]
-    else:
-        prompt = rec["instruction"]
-        if isinstance(rec.get("input"), str) and rec["input"].strip():
-            prompt = f"{prompt}\n\n{rec['input']}"
-        messages = [
-            {"role": "user", "content": prompt},
-            {"role": "assistant", "content": rec["output"]},
-        ]
-    return {"row": row, "task": rec.get("task"), "messages": messages}
-
-
 def validate_rows(
     rows: list[RawRow], max_chars: int
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -268,14 +254,6 @@ def validate_rows(
     return valid, quarantine
 
 
-def write_jsonl(items: list[dict[str, Any]], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A quarantined record may hold a lone surrogate; as `\ud800` it stays the same JSON string.
-    with path.open("w", encoding="utf-8", errors="backslashreplace") as f:
-        for item in items:
-            f.write(json.dumps(item, ensure_ascii=False, default=str) + "\n")
-
-
 def validate_file(
     rows: list[RawRow], max_chars: int, valid_path: Path, quarantine_path: Path
 ) -> ValidationReport:
@@ -303,29 +281,21 @@ def check_rejected_fraction(report: ValidationReport, limit: float, source: str)
 
 
 @task(name="validate_dataset")
-def validate_dataset(
-    loaded_path: str,
-    max_chars: int,
-    max_rejected_fraction: float,
-    source: str,
-    run_id: str,
-    tracking_uri: str,
-) -> ValidationReport:
+def validate_dataset(*, loaded_path: str, data: DataConfig, ctx: RunContext) -> ValidationReport:
     """Validates the loaded rows, writes `valid.jsonl` and `quarantine.jsonl` beside them, logs
     the counts (and the quarantine file) to MLflow, and fails when the rejected share is above
-    `max_rejected_fraction`."""
+    `data.max_rejected_fraction`."""
     from tuneforge.tracking import MetricLogger
 
     out = Path(loaded_path).parent
-    report = validate_file(
-        read_raw_rows(Path(loaded_path)), max_chars, out / "valid.jsonl", out / "quarantine.jsonl"
-    )
-    metrics = MetricLogger(tracking_uri, run_id)
+    rows = read_raw_rows(Path(loaded_path))
+    report = validate_file(rows, data.max_chars, out / "valid.jsonl", out / "quarantine.jsonl")
+    metrics = MetricLogger(ctx.tracking_uri, ctx.run_id)
     counts = {"total": report.total, "valid": report.valid, "rejected": report.rejected}
     metrics.log({f"data.{k}": v for k, v in counts.items()}, step=0)
     metrics.flush()
-    metrics.client.set_tag(run_id, "tuneforge.data_fingerprint", report.fingerprint)
+    metrics.client.set_tag(ctx.run_id, "tuneforge.data_fingerprint", report.fingerprint)
     if report.rejected:
-        metrics.client.log_artifact(run_id, report.quarantine_path, artifact_path="data")
-    check_rejected_fraction(report, max_rejected_fraction, source)
+        metrics.client.log_artifact(ctx.run_id, report.quarantine_path, artifact_path="data")
+    check_rejected_fraction(report, data.max_rejected_fraction, data.path)
     return report

@@ -55,8 +55,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 @pytest.fixture(scope="session")
 def bundled_records() -> list[dict]:
     """The bundled dataset, validated into canonical records."""
-    from tasks.load_data import read_rows
-    from tasks.validate_data import validate_rows
+    from tuneforge.tasks.load_data import read_rows
+    from tuneforge.tasks.validate_data import validate_rows
 
     valid, rejected = validate_rows(read_rows(str(BUNDLED_DATA)), max_chars=2000)
     assert not rejected
@@ -66,8 +66,7 @@ def bundled_records() -> list[dict]:
 @pytest.fixture(scope="session")
 def tiny_model_dir(bundled_records: list[dict], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A freshly initialised tiny model (random weights) with its tokenizer; do not modify."""
-    from tasks.model_source import build_tiny_model
-    from tuneforge.config import TinyModelConfig
+    from tuneforge.models import TinyModelConfig, build_tiny_model
 
     cfg = TinyModelConfig(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128)
     return build_tiny_model(cfg, bundled_records, tmp_path_factory.mktemp("tiny") / "base")
@@ -170,11 +169,21 @@ class MlflowServerProcess(ServerProcess):
 
     def command(self) -> list[str]:
         return [
-            sys.executable, "-m", "mlflow", "server",
-            "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-            "--artifacts-destination", str(self.root / "artifacts"),
-            "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{self.root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(self.root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+        ]
 
 
 class PrefectServerProcess(ServerProcess):

@@ -22,13 +22,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from tasks.load_data import DataLoadError, read_rows
-from tasks.validate_data import validate_rows, write_jsonl
 from tests.conftest import PRESET, _free_port
 from tuneforge.cli import app
 from tuneforge.config import ConfigError, load_config, parse_config
+from tuneforge.jsonl import write_jsonl
 from tuneforge.paths import inside, safe_component
 from tuneforge.preflight import check_run
+from tuneforge.tasks.load_data import DataLoadError, read_rows
+from tuneforge.tasks.validate_data import validate_rows
 
 OK = '{"instruction": "Say hi.", "output": "Hi."}'
 OK2 = '{"instruction": "Say bye.", "output": "Bye."}'
@@ -515,7 +516,7 @@ def test_inside_refuses_a_symlink_out_of_the_root(tmp_path):
 
 @pytest.mark.parametrize("task", ["../../x", "/abs", "..", ".", "a//b", "a/./b", "x/"])
 def test_task_family_that_is_a_path_is_quarantined(task):
-    from tasks.load_data import RawRow
+    from tuneforge.tasks.load_data import RawRow
 
     rows = [RawRow(1, {"instruction": "q", "output": "a", "task": task})]
     valid, quarantine = validate_rows(rows, max_chars=100)
@@ -524,7 +525,7 @@ def test_task_family_that_is_a_path_is_quarantined(task):
 
 @pytest.mark.parametrize("task", ["add", "qa/math", "v1.2", "Reverse words"])
 def test_ordinary_task_families_stay_valid(task):
-    from tasks.load_data import RawRow
+    from tuneforge.tasks.load_data import RawRow
 
     valid, _ = validate_rows([RawRow(1, {"instruction": "q", "output": "a", "task": task})], 100)
     assert valid[0]["task"] == task

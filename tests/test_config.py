@@ -125,3 +125,29 @@ def test_registry_metric_and_direction_are_checked(tmp_path: Path):
 def test_qlora_is_refused_before_any_model_is_built(tmp_path: Path):
     text = MINIMAL + "train:\n  strategy: lora\n  settings:\n    quantize_4bit: true\n"
     assert "train.settings: quantize_4bit" in _error(tmp_path, text)
+
+
+LORA_PRESET = REPO / "deployments" / "presets" / "tiny-cpu-lora.yaml"
+
+
+def test_switching_the_strategy_starts_from_its_defaults_and_says_so(caplog):
+    caplog.set_level("INFO", logger="tuneforge.config")
+    cfg = load_config(LORA_PRESET, ["train.strategy=full"])
+    assert cfg.train.strategy == "full" and cfg.train.settings == {}
+    assert cfg.train.strategy_settings().gradient_checkpointing is False
+    notes = [r.getMessage() for r in caplog.records if r.name == "tuneforge.config"]
+    assert len(notes) == 1
+    assert "train.strategy=full replaces the preset's lora" in notes[0]
+    assert "alpha, dropout, rank, target_modules are dropped" in notes[0]
+
+
+def test_settings_given_with_the_new_strategy_are_kept(caplog):
+    caplog.set_level("INFO", logger="tuneforge.config")
+    cfg = load_config(
+        LORA_PRESET, ["train.strategy=full", "train.settings.gradient_checkpointing=true"]
+    )
+    assert cfg.train.settings == {"gradient_checkpointing": True}
+    assert not [r for r in caplog.records if r.name == "tuneforge.config"]
+    # The same strategy again, or its own settings changed: nothing is dropped.
+    same = load_config(LORA_PRESET, ["train.strategy=lora", "train.settings.rank=4"])
+    assert same.train.settings["rank"] == 4 and same.train.settings["alpha"] == 16

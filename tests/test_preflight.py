@@ -99,11 +99,19 @@ def test_real_cli_fails_fast_on_an_unreachable_tracking_server(tmp_path):
     started = time.monotonic()
     done = subprocess.run(
         [
-            str(Path(sys.executable).with_name("tuneforge")), "run", str(PRESET),
-            "--set", f"tracking.tracking_uri={uri}", "--set", f"output_dir={out_dir}",
+            str(Path(sys.executable).with_name("tuneforge")),
+            "run",
+            str(PRESET),
+            "--set",
+            f"tracking.tracking_uri={uri}",
+            "--set",
+            f"output_dir={out_dir}",
         ],
-        cwd=PRESET.parents[2], capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=PRESET.parents[2],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     seconds = time.monotonic() - started
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stdout + done.stderr

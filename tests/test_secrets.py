@@ -73,18 +73,31 @@ def planted_run(prefect_harness, mlflow_server, tmp_path_factory):
     }
     done = subprocess.run(
         [
-            *TUNEFORGE, "run", str(PRESET),
-            "--set", f"data.path={BUNDLED_DATA}",
-            "--set", f"output_dir={out}",
-            "--set", f"tracking.tracking_uri={mlflow_server}",
-            "--set", "tracking.experiment=secrets",
-            "--set", f"registry.model_name={MODEL}",
-            "--set", "train.steps=20",
-            "--set", "train.eval_every=0",
-            "--set", "evaluation.max_examples=16",
+            *TUNEFORGE,
+            "run",
+            str(PRESET),
+            "--set",
+            f"data.path={BUNDLED_DATA}",
+            "--set",
+            f"output_dir={out}",
+            "--set",
+            f"tracking.tracking_uri={mlflow_server}",
+            "--set",
+            "tracking.experiment=secrets",
+            "--set",
+            f"registry.model_name={MODEL}",
+            "--set",
+            "train.steps=20",
+            "--set",
+            "train.eval_every=0",
+            "--set",
+            "evaluation.max_examples=16",
         ],
-        env=env, capture_output=True, timeout=600, check=False,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        timeout=600,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout.decode()[-2000:] + done.stderr.decode()[-4000:]
     return done, out, api_url
 
@@ -207,14 +220,21 @@ def _refused_run(
     not echo `password`, and returns that line."""
     done = subprocess.run(
         [
-            *TUNEFORGE, "run", str(PRESET),
-            "--set", f"data.path={BUNDLED_DATA}",
-            "--set", f"output_dir={tmp_path}",
+            *TUNEFORGE,
+            "run",
+            str(PRESET),
+            "--set",
+            f"data.path={BUNDLED_DATA}",
+            "--set",
+            f"output_dir={tmp_path}",
             *args,
         ],
         env={**os.environ, **(env or {})},
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 2
     lines = (done.stdout + done.stderr).strip().splitlines()
     assert len(lines) == 1

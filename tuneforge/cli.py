@@ -15,6 +15,7 @@ Errors a user can fix (a bad config key, an unusable data file) print one line a
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -42,9 +43,11 @@ for _name, _value in (
 # install_redaction runs before every command: secrets in the environment are masked in all
 # logs and output (tuneforge/secrets.py).
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0],
+    add_completion=False,
+    no_args_is_help=True,
+    help=__doc__.split("\n\n")[0],
     callback=install_redaction,
-)  # fmt: skip
+)
 out = Console()
 err = Console(stderr=True)
 
@@ -65,11 +68,18 @@ def run(
     force: Annotated[
         bool, typer.Option("--force", help="Retrain even if data and config are unchanged")
     ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks on the console too")
+    ] = False,
 ) -> None:
-    """Run the `retrain` flow: validate, train, evaluate, register."""
+    """Run the `retrain` flow: validate, train, evaluate, register.
+
+    A failure ends in one line saying what went wrong; its traceback is in the Prefect task
+    log (and on the console with --debug)."""
     from tuneforge.config import ConfigError, load_config
     from tuneforge.preflight import check_run
 
+    _print_notes("tuneforge.config")
     try:
         cfg = load_config(config, [*(set_ or []), *(["force=true"] if force else [])])
         check_run(cfg)
@@ -78,24 +88,69 @@ def run(
 
     from transformers.utils import logging as hf_logging
 
-    from flows.retrain import SkippedRun, retrain
+    from tuneforge.flows.retrain import SkippedRun, retrain
     from tuneforge.prefect_server import PrefectServerError, prefect_api
 
     hf_logging.disable_progress_bar()
+    if not debug:
+        _console_without_tracebacks()
     try:
         with prefect_api():
             result = retrain(cfg)
     except PrefectServerError as exc:
         _fail(str(exc))
     except (ValueError, OSError) as exc:
-        # Bad data, a model that cannot load, the mask audit, the split (ValueError); a full
-        # disk, an unwritable directory, a lost server (OSError): all say what went wrong in
-        # one line; Prefect has logged the details.
+        # Bad data, a model that cannot load, a strategy that fails, the mask audit, the split
+        # (ValueError); a full disk, an unwritable directory, a lost server (OSError): all say
+        # what went wrong in one line; Prefect has logged the details.
+        if debug:
+            err.print_exception()
         _fail(str(exc).strip().splitlines()[0])
     if isinstance(result, SkippedRun):
         out.print(f"Skipped: {result.reason}", markup=False)
         return
     _print_summary(result)
+
+
+def _print_notes(logger_name: str) -> None:
+    """Shows the INFO lines of `logger_name` on stderr, as `note: ...`."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("note: %(message)s"))
+    logger = logging.getLogger(logger_name)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+class _WithoutTraceback(logging.Formatter):
+    """Formats a record as `inner` does, leaving out its traceback (kept for other handlers:
+    the Prefect API handler still sends it to the task log)."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        try:
+            return self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
+def _console_without_tracebacks() -> None:
+    """Prefect prints a failed task's or flow's traceback on the console, tens of lines above
+    the one line that says what went wrong; this keeps them in the task log only."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    loggers = [logging.getLogger(), *map(logging.getLogger, logging.root.manager.loggerDict)]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", []):
+            if isinstance(handler, PrefectConsoleHandler):
+                handler.setFormatter(_WithoutTraceback(handler.formatter))
 
 
 def _print_summary(result: Any) -> None:
@@ -147,8 +202,9 @@ def validate(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary last")] = False,
 ) -> None:
     """Validate a dataset. Exit 0: all rows valid; 1: some quarantined; 2: unusable input."""
-    from tasks.load_data import DataLoadError, read_rows
-    from tasks.validate_data import validate_rows, write_jsonl
+    from tuneforge.jsonl import write_jsonl
+    from tuneforge.tasks.load_data import DataLoadError, read_rows
+    from tuneforge.tasks.validate_data import validate_rows
 
     try:
         rows = read_rows(data, format_, hf_split)
@@ -203,12 +259,13 @@ def evaluate(
 
     from pydantic import ValidationError
 
-    from tasks.evaluate import evaluate_records
-    from tasks.load_data import DataLoadError, read_rows
-    from tasks.model_source import ModelSourceError, resolve_model_dir
-    from tasks.validate_data import validate_rows
     from tuneforge.config import ConfigError, EvalConfig, ModelConfig
+    from tuneforge.models import ModelSourceError
     from tuneforge.preflight import check_tracking_server
+    from tuneforge.tasks.evaluate import evaluate_records
+    from tuneforge.tasks.load_data import DataLoadError, read_rows
+    from tuneforge.tasks.model_source import resolve_model_dir
+    from tuneforge.tasks.validate_data import validate_rows
     from tuneforge.tracking import resolve_tracking_uri
 
     try:
@@ -249,31 +306,51 @@ def evaluate(
 
 @app.command()
 def strategies(
+    name: Annotated[str | None, typer.Argument(help="One strategy, with its settings")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
 ) -> None:
     """List the tuning strategies found through the `tuneforge.strategies` entry points."""
-    from plugins.registry import discover_strategies
+    from tuneforge.plugins.registry import (
+        UnknownStrategyError,
+        describe_settings,
+        discover,
+        strategy_info,
+    )
 
-    listing = []
-    for name, info in sorted(discover_strategies().items()):
-        settings = {
-            key: {
-                "default": field.get_default(call_default_factory=True),
-                "type": str(field.annotation),
-            }
-            for key, field in info.cls.Settings.model_fields.items()
+    found = discover()
+    if name is not None:
+        try:
+            infos = [strategy_info(name)]
+        except UnknownStrategyError as exc:
+            _fail(str(exc))
+    else:
+        infos = [found.strategies[key] for key in sorted(found.strategies)]
+    listing = [
+        {
+            "name": info.name,
+            "description": info.cls.description,
+            "package": info.package,
+            "version": info.version,
+            "settings": describe_settings(info.cls.Settings),
         }
-        listing.append(
-            {"name": name, "description": info.cls.description, "package": info.package,
-             "settings": settings}
-        )  # fmt: skip
+        for info in infos
+    ]
     if as_json:
         print(json.dumps(listing, default=str))
         return
     for item in listing:
-        out.print(f"[bold]{item['name']}[/bold] ({item['package']}): {item['description']}")
+        out.print(
+            f"[bold]{escape(item['name'])}[/bold] ({item['package']} {item['version']}): "
+            f"{escape(item['description'])}"
+        )
         for key, field in item["settings"].items():
-            out.print(f"    {key} = {field['default']!r}", highlight=False)
+            line = f"    {key}: {field['type']} = {field['default']!r}"
+            out.print(line, markup=False, highlight=False)
+            if name is not None and field["description"]:
+                out.print(f"        {field['description']}", markup=False, highlight=False)
+    if name is None:
+        for conflict in sorted(found.conflicts):
+            err.print(f"{conflict}: registered twice, unusable (tuneforge strategies {conflict})")
 
 
 models_app = typer.Typer(
@@ -490,9 +567,9 @@ def data_push(
     from prefect.events import emit_event
     from prefect.settings import PREFECT_API_URL
 
-    from flows.scheduled import DATASET_PREFIX
-    from tasks.load_data import DataLoadError, read_rows
-    from tasks.validate_data import validate_rows
+    from tuneforge.flows.scheduled import DATASET_PREFIX
+    from tuneforge.tasks.load_data import DataLoadError, read_rows
+    from tuneforge.tasks.validate_data import validate_rows
 
     if not PREFECT_API_URL.value():
         _fail("PREFECT_API_URL is not set: point it at the Prefect server the deployments are on")

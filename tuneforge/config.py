@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -25,6 +26,8 @@ from pydantic import (
     model_validator,
 )
 
+from tuneforge.models import TinyModelConfig
+
 
 class ConfigError(ValueError):
     """A config problem, phrased as one line that names the file and the key."""
@@ -33,6 +36,8 @@ class ConfigError(ValueError):
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+
+logger = logging.getLogger("tuneforge.config")
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
@@ -59,27 +64,6 @@ class DataConfig(Strict):
     seed: int = 0
 
 
-class TinyModelConfig(Strict):
-    # A Llama-style model built from a config with random weights, plus a byte-level BPE
-    # tokenizer trained on the training split: no download, deterministic for a given seed.
-    # Bigger learns the toy tasks in fewer steps but each step costs more on 2 CPU cores.
-    # The upper bounds are far above "tiny" and only stop a typo from allocating a model that
-    # cannot fit in memory (hidden_size 40960 would be about 100 GB at float32).
-    hidden_size: int = Field(128, gt=0, le=4096)
-    num_layers: int = Field(2, gt=0, le=64)
-    num_heads: int = Field(4, gt=0, le=128)
-    intermediate_size: int = Field(256, gt=0, le=16384)
-    vocab_size: int = Field(384, ge=300, le=65536)  # 256 byte symbols + specials + some merges
-    max_position_embeddings: int = Field(256, gt=0, le=32768)
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _heads_divide_hidden(self) -> TinyModelConfig:
-        if self.hidden_size % self.num_heads:
-            raise ValueError("hidden_size must be a multiple of num_heads")
-        return self
-
-
 class ModelConfig(Strict):
     # "tiny" (built locally), a local directory, a Hugging Face hub id, or a registry URI such
     # as models:/NAME@champion (transfer learning from the current champion).
@@ -96,9 +80,17 @@ class ModelConfig(Strict):
 # share a batch, padded or padding-free batches): the same training in distribution, so left
 # out of the config fingerprint and of a checkpoint's resume key.
 TRAIN_NOT_SHAPING = {
-    "log_every", "num_threads", "checkpoint_every", "keep_checkpoints", "resume", "retries",
-    "deployment", "num_processes", "parallel", "padding_free",
-}  # fmt: skip
+    "log_every",
+    "num_threads",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "resume",
+    "retries",
+    "deployment",
+    "num_processes",
+    "parallel",
+    "padding_free",
+}
 
 
 class TrainConfig(Strict):
@@ -211,13 +203,20 @@ class TrainConfig(Strict):
     @field_validator("strategy")
     @classmethod
     def _strategy_is_registered(cls, name: str) -> str:
-        from plugins.registry import UnknownStrategyError, load_strategy
+        from tuneforge.plugins.registry import UnknownStrategyError, strategy_info
 
         try:
-            load_strategy(name)
+            strategy_info(name)
         except UnknownStrategyError as exc:
             raise ValueError(str(exc)) from None
         return name
+
+    def strategy_settings(self) -> BaseModel:
+        """`settings` parsed into the strategy's own `Settings` model: the one place that
+        happens (`parse_config` turns its errors into `train.settings.KEY` messages)."""
+        from tuneforge.plugins.registry import parse_settings
+
+        return parse_settings(self.strategy, self.settings)
 
 
 class EvalConfig(Strict):
@@ -362,12 +361,6 @@ class RunConfig(Strict):
             )
         return self
 
-    def strategy_settings(self) -> BaseModel:
-        """The strategy settings as the strategy's own (validated) settings model."""
-        from plugins.registry import load_strategy
-
-        return load_strategy(self.train.strategy).Settings.model_validate(self.train.settings)
-
     def fingerprint(self) -> str:
         """A short hash of everything in the config that shapes the model (not where the data
         or outputs live, what the run is called, or whether it was forced; the data's content
@@ -412,7 +405,7 @@ def parse_config(data: dict[str, Any], source: str = "config") -> RunConfig:
     except ValidationError as exc:
         raise ConfigError(_format_errors(source, exc)) from None
     try:
-        cfg.strategy_settings()
+        cfg.train.strategy_settings()
     except ValidationError as exc:
         raise ConfigError(_format_errors(source, exc, prefix="train.settings.")) from None
     return cfg
@@ -435,6 +428,32 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError(f"{path}:{where} invalid YAML") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+    preset_strategy = (data.get("train") or {}).get("strategy", "full")
     for assignment in overrides:
         _apply_override(data, assignment)
+    _reset_settings_of_a_switched_strategy(data, preset_strategy, overrides)
     return parse_config(data, source=str(path))
+
+
+def _reset_settings_of_a_switched_strategy(
+    data: dict[str, Any], preset_strategy: str, overrides: list[str] | tuple[str, ...]
+) -> None:
+    """`--set train.strategy=X` on a preset written for another strategy starts from X's
+    default settings: the preset's `train.settings` are the other strategy's and would fail
+    X's validation (or, worse, mean something else). Giving `train.settings` (or one of its
+    keys) with `--set` keeps what was given. Says so in one log line."""
+    train = data.get("train")
+    if not isinstance(train, dict) or train.get("strategy", "full") == preset_strategy:
+        return
+    if any(o.partition("=")[0].startswith("train.settings") for o in overrides):
+        return
+    dropped = train.pop("settings", None)
+    if dropped:
+        logger.info(
+            "train.strategy=%s replaces the preset's %s: train.settings start from %s's "
+            "defaults (the preset's %s are dropped; set them with --set train.settings.KEY=...)",
+            train["strategy"],
+            preset_strategy,
+            train["strategy"],
+            ", ".join(sorted(dropped)) if isinstance(dropped, dict) else "settings",
+        )

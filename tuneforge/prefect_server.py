@@ -99,9 +99,13 @@ def start_server(log_path: Path, timeout_s: float) -> tuple[subprocess.Popen, st
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            command,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-        )  # fmt: skip
+        )
     deadline = time.monotonic() + timeout_s
     while not _healthy(api_url):
         if process.poll() is not None or time.monotonic() > deadline:

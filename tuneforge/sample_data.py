@@ -23,13 +23,37 @@ WORDS = (
 ).split()
 
 ANTONYMS = {
-    "hot": "cold", "big": "small", "up": "down", "fast": "slow", "light": "dark", "old": "new",
-    "open": "closed", "happy": "sad", "early": "late", "full": "empty", "hard": "soft",
-    "high": "low", "long": "short", "rich": "poor", "strong": "weak", "thick": "thin",
-    "wet": "dry", "young": "old", "loud": "quiet", "near": "far", "clean": "dirty",
-    "first": "last", "left": "right", "win": "lose", "push": "pull", "buy": "sell",
-    "give": "take", "love": "hate", "day": "night", "in": "out",
-}  # fmt: skip
+    "hot": "cold",
+    "big": "small",
+    "up": "down",
+    "fast": "slow",
+    "light": "dark",
+    "old": "new",
+    "open": "closed",
+    "happy": "sad",
+    "early": "late",
+    "full": "empty",
+    "hard": "soft",
+    "high": "low",
+    "long": "short",
+    "rich": "poor",
+    "strong": "weak",
+    "thick": "thin",
+    "wet": "dry",
+    "young": "old",
+    "loud": "quiet",
+    "near": "far",
+    "clean": "dirty",
+    "first": "last",
+    "left": "right",
+    "win": "lose",
+    "push": "pull",
+    "buy": "sell",
+    "give": "take",
+    "love": "hate",
+    "day": "night",
+    "in": "out",
+}
 
 # family -> (phrasings, make(rng) -> (input, output))
 Family = tuple[tuple[str, ...], Callable[[random.Random], tuple[str, str]]]

@@ -30,9 +30,17 @@ MASK = "***"
 
 # Whole `_`-separated words, so TOKENIZERS_PARALLELISM is not a token while HF_TOKEN is.
 _SECRET_WORDS = {
-    "TOKEN", "SECRET", "PASSWORD", "PASSWD", "PASSPHRASE", "CREDENTIAL", "CREDENTIALS",
-    "KEY", "APIKEY", "AUTH",
-}  # fmt: skip
+    "TOKEN",
+    "SECRET",
+    "PASSWORD",
+    "PASSWD",
+    "PASSPHRASE",
+    "CREDENTIAL",
+    "CREDENTIALS",
+    "KEY",
+    "APIKEY",
+    "AUTH",
+}
 # Shorter values are flags and switches ("true", "1", "basic"): masking them everywhere would
 # garble every log line and protect nothing.
 MIN_SECRET_LENGTH = 8

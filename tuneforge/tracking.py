@@ -209,14 +209,17 @@ class MetricLogger:
                 self._down_since = time.monotonic()
                 _log.warning(
                     "cannot reach %s (%s); buffering metrics of run %s and retrying",
-                    self.tracking_uri, self._last_error, self.run_id,
-                )  # fmt: skip
+                    self.tracking_uri,
+                    self._last_error,
+                    self.run_id,
+                )
             return False
         if self._down_since is not None:
             _log.warning(
                 "reached %s again after %.0f s; buffered metrics sent",
-                self.tracking_uri, time.monotonic() - self._down_since,
-            )  # fmt: skip
+                self.tracking_uri,
+                time.monotonic() - self._down_since,
+            )
         self._down_since, self._backoff, self._retry_at = None, 0.0, 0.0
         return True
 
@@ -228,9 +231,13 @@ class MetricLogger:
         # MLflow's own request function (auth headers, TLS settings), with its retries off.
         body = message_to_json(LogBatch(run_id=self.run_id, metrics=[m.to_proto() for m in batch]))
         response = http_request(
-            store.get_host_creds(), _LOG_BATCH_ENDPOINT, "POST",
-            max_retries=0, timeout=timeout, json=json.loads(body),
-        )  # fmt: skip
+            store.get_host_creds(),
+            _LOG_BATCH_ENDPOINT,
+            "POST",
+            max_retries=0,
+            timeout=timeout,
+            json=json.loads(body),
+        )
         verify_rest_response(response, _LOG_BATCH_ENDPOINT)
 
 

@@ -26,11 +26,21 @@ def test_padded_tokens_counts_each_batch_at_its_widest_row() -> None:
 
 def _row(runner: str, strategy: str, repeat: int, seconds: float, loss: float) -> dict:
     return {
-        "runner": runner, "strategy": strategy, "repeat": repeat, "steps": 4,
-        "real_tokens": 1000, "padded_tokens": 1250, "trained_tokens": 300,
-        "train_seconds": seconds, "eval_loss": loss, "threads": 2, "process_seconds": 9.0,
-        "peak_rss_mb": 600.0, "load_start": 0.3, "load_end": 0.9,
-    }  # fmt: skip
+        "runner": runner,
+        "strategy": strategy,
+        "repeat": repeat,
+        "steps": 4,
+        "real_tokens": 1000,
+        "padded_tokens": 1250,
+        "trained_tokens": 300,
+        "train_seconds": seconds,
+        "eval_loss": loss,
+        "threads": 2,
+        "process_seconds": 9.0,
+        "peak_rss_mb": 600.0,
+        "load_start": 0.3,
+        "load_end": 0.9,
+    }
 
 
 def test_report_gives_ratios_against_the_trainer_of_the_same_repeat(tmp_path: Path) -> None:

@@ -98,9 +98,14 @@ def deployed(mlflow_server, tmp_path_factory):
 
     def prefect(*args: str) -> str:
         done = subprocess.run(
-            [str(BIN / "prefect"), *args], cwd=home, env=env, capture_output=True, text=True,
-            timeout=300, check=False,
-        )  # fmt: skip
+            [str(BIN / "prefect"), *args],
+            cwd=home,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
         assert done.returncode == 0, f"prefect {' '.join(args)}: {done.stdout}{done.stderr}"
         return done.stdout
 
@@ -108,12 +113,26 @@ def deployed(mlflow_server, tmp_path_factory):
         server.start()
         prefect("work-pool", "create", "cpu", "--type", "process")
         template = home / "deployments" / "work-pools" / "gpu-kubernetes.json"
-        prefect("work-pool", "create", "gpu", "--type", "kubernetes", "--base-job-template",
-                str(template))  # fmt: skip
+        prefect(
+            "work-pool",
+            "create",
+            "gpu",
+            "--type",
+            "kubernetes",
+            "--base-job-template",
+            str(template),
+        )
         prefect("--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", "--all")
         # The GPU training stage, deployed on the CPU pool here: no GPUs, same mechanics.
-        prefect("--no-prompt", "deploy", "flows/train_stage.py:train_stage", "--name", "on-cpu",
-                "--pool", "cpu")  # fmt: skip
+        prefect(
+            "--no-prompt",
+            "deploy",
+            "flows/train_stage.py:train_stage",
+            "--name",
+            "on-cpu",
+            "--pool",
+            "cpu",
+        )
         worker.start()
         yield env, home, root, worker
     finally:
@@ -201,8 +220,13 @@ def test_nightly_run_killed_resumed_then_pushed_unchanged_data_is_skipped(deploy
         # New data announced (the same file: nothing new): the triggered run stops early.
         pushed = subprocess.run(
             [str(BIN / "tuneforge"), "data", "push", "data/instructions.jsonl"],
-            cwd=home, env=env, capture_output=True, text=True, timeout=120, check=False,
-        )  # fmt: skip
+            cwd=home,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         assert pushed.returncode == 0, pushed.stderr
         on_data = client.read_deployment_by_name("retrain-preset/on-new-data")
         triggered = _wait_run(client, on_data.id, seconds=300)
@@ -224,13 +248,27 @@ def test_training_runs_as_a_deployment_on_another_pool(deployed, mlflow_server):
     env, home, _, _ = deployed
     done = subprocess.run(
         [
-            str(BIN / "tuneforge"), "run", "deployments/presets/tiny-cpu.yaml",
-            "--set", "train.deployment=train-stage/on-cpu", "--set", "train.steps=200",
-            "--set", "train.eval_every=0", "--set", "evaluation.max_examples=48",
-            "--set", "registry.model_name=it-remote",
+            str(BIN / "tuneforge"),
+            "run",
+            "deployments/presets/tiny-cpu.yaml",
+            "--set",
+            "train.deployment=train-stage/on-cpu",
+            "--set",
+            "train.steps=200",
+            "--set",
+            "train.eval_every=0",
+            "--set",
+            "evaluation.max_examples=48",
+            "--set",
+            "registry.model_name=it-remote",
         ],
-        cwd=home, env=env, capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
+        cwd=home,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     client = MlflowClient(mlflow_server)
     version = client.get_model_version_by_alias("it-remote", "champion")

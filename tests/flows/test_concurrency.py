@@ -61,9 +61,9 @@ def test_second_retrain_of_a_busy_model_gives_up_naming_the_holder(
 ):
     from mlflow.tracking import MlflowClient
 
-    from flows.retrain import retrain
     from tuneforge.concurrency import SlotBusyError, one_retrain_at_a_time, release_slot
     from tuneforge.config import load_config
+    from tuneforge.flows.retrain import retrain
 
     config = load_config(
         PRESET,

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from mlflow.exceptions import MlflowException
 
-from tasks.register import IncompleteUpload, register_model, retry_if_unreachable
 from tuneforge.config import RegistryConfig
 from tuneforge.model_registry import CHALLENGER, CHAMPION
+from tuneforge.run_context import RunContext
+from tuneforge.tasks.register import IncompleteUpload, register_model, retry_if_unreachable
 from tuneforge.tracking import start_run
 
 pytestmark = pytest.mark.integration
@@ -34,9 +35,14 @@ def _run(uri: str) -> str:
     return run_id
 
 
-def _register(tiny_model_dir: Path, run_id: str, name: str, uri: str):
-    return register_model.fn(
-        str(tiny_model_dir), run_id, BASE, TUNED, None, RegistryConfig(model_name=name), uri
+def _register(tiny_model_dir: Path, run_id: str, name: str, uri: str, task=register_model.fn):
+    return task(
+        model_dir=str(tiny_model_dir),
+        base_metrics=BASE,
+        tuned_metrics=TUNED,
+        champion=None,
+        registry=RegistryConfig(model_name=name),
+        ctx=RunContext(run_id=run_id, tracking_uri=uri, run_dir=str(tiny_model_dir.parent)),
     )
 
 
@@ -49,8 +55,9 @@ def _versions(uri: str, name: str, run_id: str | None = None) -> list:
 
 def _lose_nested_file(local: Path) -> str:
     # A file two levels down: a check of top-level names alone would not notice it.
-    victim = next(p for p in sorted(local.rglob("*")) if p.is_file() and len(p.parts) - len(
-        local.parts) >= 3)  # fmt: skip
+    victim = next(
+        p for p in sorted(local.rglob("*")) if p.is_file() and len(p.parts) - len(local.parts) >= 3
+    )
     victim.unlink()
     return victim.relative_to(local).as_posix()
 
@@ -202,10 +209,8 @@ def test_prefect_retries_a_registration_that_lost_the_server(
 
     @flow
     def register() -> object:
-        return register_model.with_options(retry_delay_seconds=0)(
-            str(tiny_model_dir), run_id, BASE, TUNED, None, RegistryConfig(model_name=name),
-            mlflow_server,
-        )  # fmt: skip
+        retrying = register_model.with_options(retry_delay_seconds=0)
+        return _register(tiny_model_dir, run_id, name, mlflow_server, task=retrying)
 
     done = register()
     assert attempts == ["set_champion", "set_champion"]

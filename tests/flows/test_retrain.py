@@ -50,7 +50,7 @@ def _aliases(tracking_uri: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def runs(prefect_harness, mlflow_server, tmp_path_factory):
-    from flows.retrain import retrain
+    from tuneforge.flows.retrain import retrain
 
     out = tmp_path_factory.mktemp("runs")
     first = retrain(_config(mlflow_server, out))
@@ -66,7 +66,7 @@ def runs(prefect_harness, mlflow_server, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def lora_run(runs, mlflow_server, tmp_path_factory):
-    from flows.retrain import retrain
+    from tuneforge.flows.retrain import retrain
 
     return retrain(
         _config(
@@ -269,7 +269,7 @@ def test_models_cli_lists_compares_rolls_back_and_promotes(runs, lora_run, mlflo
 def test_unchanged_data_and_config_skip_retraining(runs, mlflow_server):
     from mlflow.tracking import MlflowClient
 
-    from flows.retrain import SkippedRun
+    from tuneforge.flows.retrain import SkippedRun
 
     _, _, chained, _, again = runs
     assert isinstance(again, SkippedRun)

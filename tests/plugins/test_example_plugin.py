@@ -2,14 +2,16 @@
 
 The package is pip-installed into the running environment (from a temporary copy, so its build
 files stay out of the repository), found through its entry point by the `tuneforge` command and
-by the in-process registry, checked with `plugins.testing.check_strategy`, and used by the real
-`retrain` flow. It is uninstalled afterwards, unless it was installed before the tests started.
+by the in-process registry, checked with `tuneforge.plugins.testing.check_strategy`, and used by
+the real `retrain` flow. It is uninstalled afterwards, unless it was installed before the tests
+started.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -44,12 +46,12 @@ def _installed() -> bool:
 
 def _forget_plugin() -> None:
     """Drops what this process cached about installed packages and the plugin module."""
-    from plugins import registry
+    from tuneforge.plugins import registry
 
     for name in [m for m in sys.modules if m.partition(".")[0] == "tuneforge_bitfit"]:
         del sys.modules[name]
     importlib.invalidate_caches()
-    registry.discover_strategies.cache_clear()
+    registry.discover.cache_clear()
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +66,7 @@ def bitfit(tmp_path_factory):
         _pip("install", "--no-deps", "--no-build-isolation", "-q", str(src))
     _forget_plugin()
     try:
-        from plugins.registry import load_strategy
+        from tuneforge.plugins.registry import load_strategy
 
         yield load_strategy("bitfit")
     finally:
@@ -83,32 +85,86 @@ def test_cli_lists_the_installed_plugin_with_its_package_and_settings(bitfit):
     entry = listing["bitfit"]
     assert entry["package"] == DIST
     assert entry["description"] == bitfit.description
-    assert entry["settings"]["include_norms"]["default"] is True
+    assert entry["version"] == "0.1.0"
+    include_norms = entry["settings"]["include_norms"]
+    assert (include_norms["type"], include_norms["default"]) == ("bool", True)
+    assert include_norms["description"].startswith("Also train the weights of normalization")
     assert entry["settings"]["train_prompt"]["default"] is False
     assert listing["full"]["package"] == "tuneforge"
 
+    one = subprocess.run(
+        [str(cli), "strategies", "bitfit"], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert one.returncode == 0, one.stderr[-2000:]
+    assert one.stdout.startswith("bitfit (tuneforge-bitfit 0.1.0): BitFit")
+    assert "include_norms: bool = True" in one.stdout
+    assert "Also train the weights of normalization layers" in one.stdout
 
-def test_plugin_keeps_the_strategy_contract(bitfit, tiny_model_dir, bundled_records):
-    from plugins.testing import check_strategy
 
-    check_records = bundled_records[:48]
-    check_strategy(bitfit, tiny_model_dir, check_records)
-    check_strategy(bitfit, tiny_model_dir, check_records, settings={"train_prompt": True})
+def test_the_plugins_own_tests_pass_on_the_public_test_kit(bitfit):
+    # They check the contract (check_strategy on tiny_checkpoint and sample_records) and the
+    # plugin's own behaviour, importing nothing but tuneforge.plugins(.testing).
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+        cwd=EXAMPLE,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "3 passed" in done.stdout
 
 
-def test_plugin_refuses_a_model_it_cannot_train(bitfit, tiny_model_dir):
-    from tasks.model_source import load_pretrained
+def test_a_strategy_that_fails_ends_the_command_in_one_line(bitfit, prefect_harness, tmp_path):
+    from prefect.settings import get_current_settings
 
-    model, _ = load_pretrained(tiny_model_dir)  # Llama: no bias parameters at all
-    strategy = bitfit(bitfit.Settings(include_norms=False))
-    with pytest.raises(ValueError, match="no bias parameters, so nothing would train"):
-        strategy.prepare_model(model)
+    env = {**os.environ, "PREFECT_API_URL": get_current_settings().api.url}
+    command = [
+        str(Path(sys.executable).parent / "tuneforge"),
+        "run",
+        str(PRESET),
+        "--set",
+        f"data.path={BUNDLED_DATA}",
+        "--set",
+        f"output_dir={tmp_path}",
+        "--set",
+        f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        "--set",
+        "registry.model_name=it-bitfit-broken",
+        "--set",
+        "train.strategy=bitfit",
+        "--set",
+        "train.settings.include_norms=false",
+    ]
+    outcomes = {}
+    for debug in (False, True):
+        done = subprocess.run(
+            command + (["--debug"] if debug else []),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        outcomes[debug] = done
+        assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    quiet = outcomes[False]
+    errors = [line for line in quiet.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: strategy 'bitfit' (tuneforge-bitfit 0.1.0): prepare_model: bitfit: "
+        "LlamaForCausalLM has no bias parameters, so nothing would train (set include_norms: "
+        "true); a plugin's own tests catch this with tuneforge.plugins.testing.check_strategy"
+    ]
+    assert quiet.stderr.strip().endswith(errors[0])  # the last line, alone
+    assert "Traceback" not in quiet.stdout + quiet.stderr
+    assert "Traceback" in outcomes[True].stdout + outcomes[True].stderr
 
 
 @pytest.fixture(scope="module")
 def bitfit_run(bitfit, prefect_harness, mlflow_server, tmp_path_factory):
-    from flows.retrain import retrain
     from tuneforge.config import load_config
+    from tuneforge.flows.retrain import retrain
 
     config = load_config(
         PRESET,
@@ -132,6 +188,9 @@ def test_flow_trains_with_the_plugin_and_registers_the_model(bitfit_run, mlflow_
     client = MlflowClient(mlflow_server)
     version = client.get_model_version(MODEL, bitfit_run.registration.version)
     assert version.run_id == bitfit_run.run_id
+    # The version's lineage names the code that trained it: the plugin's distribution.
+    assert version.tags["tuneforge.strategy_package"] == f"{DIST}==0.1.0"
+    assert f"{DIST}==0.1.0" in version.tags["tuneforge.packages"].split(",")
     run = client.get_run(bitfit_run.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["train.strategy"] == "bitfit"

@@ -8,13 +8,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from plugins.full import FullStrategy
-from plugins.instruction import InstructionStrategy
-from plugins.strategy import IGNORE_INDEX
-from tasks.model_source import load_pretrained
-from tasks.train import collate, train_model
+from tuneforge.batching import collate
 from tuneforge.config import TrainConfig
+from tuneforge.models import load_pretrained
+from tuneforge.plugins import IGNORE_INDEX
+from tuneforge.plugins.full import FullStrategy
+from tuneforge.plugins.instruction import InstructionStrategy
 from tuneforge.prompts import split_turns
+from tuneforge.tasks.train import train_model
 
 
 def _strategy(**settings) -> InstructionStrategy:

@@ -6,10 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from plugins.lora import LoraStrategy
-from tasks.model_source import load_pretrained
-from tasks.train import train_model
 from tuneforge.config import TrainConfig
+from tuneforge.models import load_pretrained
+from tuneforge.plugins.lora import LoraStrategy
+from tuneforge.tasks.train import train_model
 
 
 @pytest.fixture(scope="module")

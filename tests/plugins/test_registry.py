@@ -6,19 +6,19 @@ from importlib.metadata import EntryPoint
 
 import pytest
 
-from plugins import registry
-from plugins.full import FullStrategy
-from plugins.strategy import TuningStrategy
+from tuneforge.plugins import registry
+from tuneforge.plugins.full import FullStrategy
+from tuneforge.plugins.strategy import TuningStrategy
 
 
 @pytest.fixture
 def fake_entry_points(monkeypatch):
     def install(*eps: EntryPoint) -> None:
         monkeypatch.setattr(registry, "_entry_points", lambda: list(eps))
-        registry.discover_strategies.cache_clear()
+        registry.discover.cache_clear()
 
     yield install
-    registry.discover_strategies.cache_clear()
+    registry.discover.cache_clear()
 
 
 def test_builtin_full_is_registered_through_the_entry_point_group():
@@ -30,7 +30,7 @@ def test_builtin_full_is_registered_through_the_entry_point_group():
 
 def test_broken_plugin_warns_and_is_skipped(fake_entry_points):
     fake_entry_points(
-        EntryPoint("full", "plugins.full:FullStrategy", registry.ENTRY_POINT_GROUP),
+        EntryPoint("full", "tuneforge.plugins.full:FullStrategy", registry.ENTRY_POINT_GROUP),
         EntryPoint("broken", "no_such_module_xyz:Strategy", registry.ENTRY_POINT_GROUP),
     )
     with pytest.warns(UserWarning, match="'broken'.*failed to load"):
@@ -40,15 +40,15 @@ def test_broken_plugin_warns_and_is_skipped(fake_entry_points):
 
 def test_unknown_name_lists_available(fake_entry_points):
     fake_entry_points(
-        EntryPoint("full", "plugins.full:FullStrategy", registry.ENTRY_POINT_GROUP),
-        EntryPoint("other", "plugins.full:FullStrategy", registry.ENTRY_POINT_GROUP),
+        EntryPoint("full", "tuneforge.plugins.full:FullStrategy", registry.ENTRY_POINT_GROUP),
+        EntryPoint("other", "tuneforge.plugins.full:FullStrategy", registry.ENTRY_POINT_GROUP),
     )
     with pytest.raises(registry.UnknownStrategyError, match="'lora'; available: full, other"):
         registry.load_strategy("lora")
 
 
 def test_full_strategy_trains_every_token_and_the_end_of_sequence(tiny_model_dir, bundled_records):
-    from tasks.model_source import load_pretrained
+    from tuneforge.models import load_pretrained
 
     model, tokenizer = load_pretrained(tiny_model_dir)
     strategy = FullStrategy(FullStrategy.Settings())
@@ -57,3 +57,63 @@ def test_full_strategy_trains_every_token_and_the_end_of_sequence(tiny_model_dir
     assert example.input_ids[-1] == tokenizer.eos_token_id
     model.requires_grad_(False)
     assert all(p.requires_grad for p in strategy.prepare_model(model).parameters())
+
+
+class _FakeDist:
+    def __init__(self, name: str, version: str) -> None:
+        self.name, self.version = name, version
+
+
+class _FakeEntryPoint:
+    """An entry point of an installed distribution (importlib's own needs real metadata)."""
+
+    def __init__(self, name: str, value: str, dist: _FakeDist) -> None:
+        self.name, self.value, self.dist = name, value, dist
+
+    def load(self) -> object:
+        return EntryPoint(self.name, self.value, registry.ENTRY_POINT_GROUP).load()
+
+
+def test_a_name_two_distributions_register_is_an_error_naming_both(monkeypatch):
+    eps = [
+        _FakeEntryPoint(
+            "full", "tuneforge.plugins.full:FullStrategy", _FakeDist("tuneforge", "0.1.0")
+        ),
+        _FakeEntryPoint("x", "tuneforge.plugins.full:FullStrategy", _FakeDist("pkg-a", "1.0")),
+        _FakeEntryPoint("x", "tuneforge.plugins.lora:LoraStrategy", _FakeDist("pkg-b", "2.1")),
+    ]
+    monkeypatch.setattr(registry, "_entry_points", lambda: eps)
+    registry.discover.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="'x' is registered by pkg-a 1.0"):
+            found = registry.discover_strategies()
+        assert set(found) == {"full"}  # the other names still work
+        with pytest.raises(registry.StrategyConflictError) as raised:
+            registry.load_strategy("x")
+        message = str(raised.value)
+        assert "pkg-a 1.0 (tuneforge.plugins.full:FullStrategy)" in message
+        assert "pkg-b 2.1 (tuneforge.plugins.lora:LoraStrategy)" in message
+        assert registry.strategy_info("full").label == "strategy 'full' (tuneforge 0.1.0)"
+    finally:
+        registry.discover.cache_clear()
+
+
+def test_settings_describe_themselves_with_one_spelling_of_types():
+    from tuneforge.plugins.lora import LoraStrategy
+
+    described = registry.describe_settings(LoraStrategy.Settings)
+    assert described["rank"]["type"] == "int" and described["rank"]["default"] == 8
+    assert described["merge_export"]["type"] == "bool"
+    assert described["target_modules"]["type"] == "list[str] | Literal['all-linear'] | None"
+    assert all(field["description"] for field in described.values())
+
+
+def test_settings_are_parsed_in_one_place():
+    from pydantic import ValidationError
+
+    from tuneforge.config import TrainConfig
+
+    settings = TrainConfig(strategy="lora", settings={"rank": 4}).strategy_settings()
+    assert type(settings).__name__ == "LoraSettings" and settings.rank == 4
+    with pytest.raises(ValidationError, match="rnak"):
+        registry.parse_settings("lora", {"rnak": 4})

@@ -1,4 +1,5 @@
-"""`plugins.testing.check_strategy`: passes a correct strategy, catches each kind of broken one.
+"""`tuneforge.plugins.testing.check_strategy`: passes a correct strategy, catches each kind of
+broken one.
 
 Each broken strategy below differs from `full` by one realistic mistake, so every failure is
 attributable to the check that names it.
@@ -13,10 +14,9 @@ import pytest
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from plugins.examples import tokenize_prompt_response
-from plugins.full import FullStrategy
-from plugins.strategy import IGNORE_INDEX, Example
-from plugins.testing import check_strategy
+from tuneforge.plugins import IGNORE_INDEX, Example, tokenize_prompt_response
+from tuneforge.plugins.full import FullStrategy
+from tuneforge.plugins.testing import check_strategy
 
 
 class _Settings(BaseModel):
@@ -108,7 +108,7 @@ class _SavesTheUntrainedBase(_NormsOnly):
         return super().prepare_model(model)
 
     def save(self, model: Any, tokenizer: Any, out_dir: Path) -> None:
-        from tasks.model_source import load_pretrained
+        from tuneforge.models import load_pretrained
 
         base, _ = load_pretrained(self.base_dir)
         base.save_pretrained(out_dir)

@@ -18,10 +18,11 @@ import torch
 from prefect import flow, task
 from safetensors.torch import load_file
 
-from tasks.checkpoint import CheckpointMismatchError, complete_checkpoints
-from tasks.train import retry_unless_bad_input, train_model, train_with_strategy
 from tests.conftest import REPO
 from tuneforge.config import TrainConfig
+from tuneforge.run_context import RunContext
+from tuneforge.tasks.checkpoint import CheckpointMismatchError, complete_checkpoints
+from tuneforge.tasks.train import retry_unless_bad_input, train_model, train_with_strategy
 
 SETTINGS = {"steps": 150, "batch_size": 8, "warmup_steps": 10, "log_every": 1, "max_length": 64}
 # Dropout makes resuming exact only if the RNG state is restored too: so train LoRA with it.
@@ -29,18 +30,18 @@ LORA = {**SETTINGS, "strategy": "lora", "settings": {"dropout": 0.1}, "checkpoin
 
 TRAIN_SCRIPT = """
 import json, sys
-from tasks.split_data import read_jsonl
-from tasks.train import train_model
+from tuneforge.jsonl import read_jsonl
+from tuneforge.tasks.train import train_model
 from tuneforge.config import TrainConfig
 
 base, data, cfg, out, ckpt, losses = sys.argv[1:]
 with open(losses, "a", buffering=1) as f:  # line by line: a kill loses nothing
-    train_model(
-        base, read_jsonl(data), TrainConfig.model_validate_json(cfg), out,
-        lambda step, m: f.write(json.dumps([step, m["train.loss"]]) + "\\n") if "train.loss" in m
-        else None,
-        checkpoint_dir=ckpt,
-    )
+    def log(step, m):
+        if "train.loss" in m:
+            f.write(json.dumps([step, m["train.loss"]]) + "\\n")
+
+    cfg = TrainConfig.model_validate_json(cfg)
+    train_model(base, read_jsonl(data), cfg, out, on_metrics=log, checkpoint_dir=ckpt)
 """
 
 
@@ -70,9 +71,14 @@ def reference(tiny_model_dir, bundled_records, tmp_path_factory):
     losses: dict[int, float] = {}
     cfg = TrainConfig(**LORA)
     train_model(
-        tiny_model_dir, bundled_records[:200], cfg, out / "model",
-        lambda step, m: losses.__setitem__(step, m["train.loss"]) if "train.loss" in m else None,
-    )  # fmt: skip
+        tiny_model_dir,
+        bundled_records[:200],
+        cfg,
+        out / "model",
+        on_metrics=lambda step, m: (
+            losses.__setitem__(step, m["train.loss"]) if "train.loss" in m else None
+        ),
+    )
     return losses, load_file(out / "model" / "adapter_model.safetensors")
 
 
@@ -83,8 +89,14 @@ def test_killed_then_disk_full_then_resumed_run_ends_like_an_uninterrupted_one(
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in bundled_records[:200]))
     ckpt, losses = tmp_path / "checkpoints", tmp_path / "losses.jsonl"
-    args = [str(tiny_model_dir), str(data), TrainConfig(**LORA).model_dump_json(),
-            str(tmp_path / "model"), str(ckpt), str(losses)]  # fmt: skip
+    args = [
+        str(tiny_model_dir),
+        str(data),
+        TrainConfig(**LORA).model_dump_json(),
+        str(tmp_path / "model"),
+        str(ckpt),
+        str(losses),
+    ]
 
     # 1. SIGKILL once the second checkpoint exists, mid-way through the run.
     proc = _start(args)
@@ -146,21 +158,30 @@ def test_a_checkpoint_of_other_data_is_refused_unless_told_to_start_over(
     cfg = TrainConfig(**{**SETTINGS, "steps": 12, "checkpoint_every": 5})
     ckpt = tmp_path / "checkpoints"
     with pytest.raises(Crash):
-        train_model(tiny_model_dir, bundled_records[:64], cfg, tmp_path / "a", _crash_at(8),
-                    checkpoint_dir=ckpt)  # fmt: skip
+        train_model(
+            tiny_model_dir,
+            bundled_records[:64],
+            cfg,
+            tmp_path / "a",
+            on_metrics=_crash_at(8),
+            checkpoint_dir=ckpt,
+        )
     assert [p.name for p in complete_checkpoints(ckpt)] == ["step-000000005"]
 
     with pytest.raises(CheckpointMismatchError, match=r"different training data; .*resume=never"):
-        train_model(tiny_model_dir, bundled_records[64:128], cfg, tmp_path / "b",
-                    checkpoint_dir=ckpt)  # fmt: skip
+        train_model(
+            tiny_model_dir, bundled_records[64:128], cfg, tmp_path / "b", checkpoint_dir=ckpt
+        )
     changed = cfg.model_copy(update={"learning_rate": 1e-3})
     with pytest.raises(CheckpointMismatchError, match="different training settings"):
-        train_model(tiny_model_dir, bundled_records[:64], changed, tmp_path / "c",
-                    checkpoint_dir=ckpt)  # fmt: skip
+        train_model(
+            tiny_model_dir, bundled_records[:64], changed, tmp_path / "c", checkpoint_dir=ckpt
+        )
 
     fresh = cfg.model_copy(update={"resume": "never"})
-    result = train_model(tiny_model_dir, bundled_records[64:128], fresh, tmp_path / "d",
-                         checkpoint_dir=ckpt)  # fmt: skip
+    result = train_model(
+        tiny_model_dir, bundled_records[64:128], fresh, tmp_path / "d", checkpoint_dir=ckpt
+    )
     assert result.resumed_from_step == 0 and not complete_checkpoints(ckpt)
 
 
@@ -192,9 +213,13 @@ def test_a_prefect_retry_of_the_train_task_resumes(
     @flow
     def run() -> object:
         return train_with_strategy.with_options(retries=1)(
-            str(tiny_model_dir), str(data), cfg, str(tmp_path / "model"), run_id, uri,
+            base_dir=str(tiny_model_dir),
+            train_path=str(data),
+            eval_path=str(data),  # unread: no periodic evaluation
+            train=cfg,
             checkpoint_dir=str(tmp_path / "checkpoints"),
-        )  # fmt: skip
+            ctx=RunContext(run_id=run_id, tracking_uri=uri, run_dir=str(tmp_path / "run")),
+        )
 
     result = run()
     assert calls["crashed"] and result.resumed_from_step == 10 and result.steps == 20

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tasks.train import train_distributed, train_model
 from tuneforge.config import TrainConfig
+from tuneforge.tasks.train import train_distributed, train_model
 
 
 @pytest.mark.parametrize(
@@ -40,15 +40,21 @@ def test_two_gloo_processes_match_one_process(
 
     single_losses: dict[int, float] = {}
     train_model(
-        tiny_model_dir, records, TrainConfig(**common), tmp_path / "single",
-        lambda s, m: single_losses.__setitem__(s, m["train.loss"]),
-    )  # fmt: skip
+        tiny_model_dir,
+        records,
+        TrainConfig(**common),
+        tmp_path / "single",
+        on_metrics=lambda s, m: single_losses.__setitem__(s, m["train.loss"]),
+    )
     ddp_losses: dict[int, float] = {}
     cfg = TrainConfig(**common, num_processes=2, parallel=parallel, checkpoint_every=0)
     result = train_distributed(
-        tiny_model_dir, str(train_path), cfg, tmp_path / "ddp",
-        lambda s, m: ddp_losses.__setitem__(s, m["train.loss"]),
-    )  # fmt: skip
+        tiny_model_dir,
+        str(train_path),
+        cfg,
+        tmp_path / "ddp",
+        on_metrics=lambda s, m: ddp_losses.__setitem__(s, m["train.loss"]),
+    )
 
     assert sorted(ddp_losses) == list(range(1, 7))
     for step, loss in single_losses.items():

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from tasks.evaluate import evaluate_records, generate_answers, score
-from tasks.model_source import load_pretrained
 from tuneforge.config import EvalConfig
+from tuneforge.models import load_pretrained
+from tuneforge.tasks.evaluate import evaluate_records, generate_answers, score
 
 
 def _record(row: int, task: str, answer: str) -> dict:
@@ -32,9 +32,14 @@ def test_score_counts_exact_matches_overall_and_per_task():
     }
     assert [r["exact"] for r in rows] == [True, False, True]
     assert rows[1] == {
-        "row": 2, "task": "a", "prompt": "q", "expected": "Y", "answer": "nope", "exact": False,
+        "row": 2,
+        "task": "a",
+        "prompt": "q",
+        "expected": "Y",
+        "answer": "nope",
+        "exact": False,
         "rouge_l": 0.0,
-    }  # fmt: skip
+    }
 
 
 def test_rouge_l_gives_partial_credit_for_word_overlap():
@@ -71,7 +76,7 @@ def test_batched_generation_equals_one_at_a_time(tiny_model_dir, bundled_records
 
 
 def test_capped_evaluation_covers_every_family_even_when_sorted():
-    from tasks.evaluate import spread
+    from tuneforge.tasks.evaluate import spread
 
     records = [_record(i, "a", "x") for i in range(10)] + [
         _record(10 + i, "b", "y") for i in range(3)

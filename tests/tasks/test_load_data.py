@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.load_data import (
+from tuneforge.config import DataConfig
+from tuneforge.run_context import RunContext
+from tuneforge.tasks.load_data import (
     DataLoadError,
     RawRow,
     detect_format,
@@ -278,14 +280,15 @@ def test_file_with_only_bom_or_unicode_whitespace_is_empty(tmp_path, content):
 def test_load_dataset_task_round_trips_rows_including_parse_errors(tmp_path):
     source = FIXTURES / "bad_rows.jsonl"
 
-    loaded = load_dataset.fn(str(source), "auto", "train", str(tmp_path / "run"))
+    ctx = RunContext(run_id="0" * 32, tracking_uri="unused", run_dir=str(tmp_path / "run"))
+    loaded = load_dataset.fn(data=DataConfig(path=str(source)), ctx=ctx)
 
-    assert loaded == str(tmp_path / "run" / "loaded.jsonl")
+    assert loaded == str(tmp_path / "run" / "data" / "loaded.jsonl")
     assert read_raw_rows(Path(loaded)) == read_rows(str(source))
 
 
 def test_csv_empty_cells_are_missing_values_so_shapes_can_share_a_file(tmp_path):
-    from tasks.validate_data import validate_rows
+    from tuneforge.tasks.validate_data import validate_rows
 
     path = tmp_path / "mixed.csv"
     path.write_text(

@@ -7,13 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.model_source import (
-    ModelSourceError,
-    build_tiny_model,
-    load_pretrained,
-    resolve_model_dir,
-)
-from tuneforge.config import ModelConfig, TinyModelConfig
+from tuneforge.config import ModelConfig
+from tuneforge.models import ModelSourceError, TinyModelConfig, build_tiny_model, load_pretrained
+from tuneforge.tasks.model_source import resolve_model_dir
 
 SMALL = TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
 

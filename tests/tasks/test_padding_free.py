@@ -8,11 +8,11 @@ import pytest
 import torch
 import transformers
 
-from plugins.lora import LoraSettings, LoraStrategy
-from plugins.strategy import IGNORE_INDEX, Example
-from tasks import padding_free
-from tasks.train import collate, token_mean_loss, train_model
+from tuneforge.batching import IGNORE_INDEX, Example, collate
 from tuneforge.config import TrainConfig
+from tuneforge.plugins.lora import LoraSettings, LoraStrategy
+from tuneforge.tasks import padding_free
+from tuneforge.tasks.train import token_mean_loss, train_model
 
 VOCAB = 96
 PAD = 0
@@ -72,9 +72,13 @@ def _model(kind: str) -> torch.nn.Module:
     config = ARCHITECTURES[kind]()
     if kind != "gpt2":
         config.update(
-            {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-             "max_position_embeddings": 64}
-        )  # fmt: skip
+            {
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 2,
+                "max_position_embeddings": 64,
+            }
+        )
     config.update({"vocab_size": VOCAB, "pad_token_id": PAD})
     torch.manual_seed(0)
     return transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
@@ -145,9 +149,14 @@ class CustomLlama(transformers.LlamaForCausalLM):
 
 def test_models_that_cannot_train_padding_free_say_why(monkeypatch):
     narrow = transformers.MistralConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-        num_key_value_heads=4, vocab_size=VOCAB, sliding_window=16,
-    )  # fmt: skip
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        vocab_size=VOCAB,
+        sliding_window=16,
+    )
     model = transformers.AutoModelForCausalLM.from_config(narrow, attn_implementation="sdpa")
     assert "sliding attention window (16)" in padding_free.unsupported_reason(model, 32)
     assert padding_free.unsupported_reason(model, 16) is None
@@ -162,9 +171,13 @@ def test_models_that_cannot_train_padding_free_say_why(monkeypatch):
     assert "custom model code" in padding_free.unsupported_reason(custom, 32)
     assert not padding_free.takes_logits_to_keep(custom)  # nor the boolean logits_to_keep
     opt = transformers.OPTConfig(
-        hidden_size=32, ffn_dim=64, num_hidden_layers=1, num_attention_heads=4,
-        vocab_size=VOCAB, word_embed_proj_dim=32,
-    )  # fmt: skip
+        hidden_size=32,
+        ffn_dim=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        vocab_size=VOCAB,
+        word_embed_proj_dim=32,
+    )
     opt_model = transformers.AutoModelForCausalLM.from_config(opt)
     assert "'opt' is not verified" in padding_free.unsupported_reason(opt_model, 32)
 
@@ -195,7 +208,9 @@ def test_the_swap_is_undone_on_errors_and_refused_when_it_does_not_take(monkeypa
 def _train(model_dir: Path, records: list[dict], out: Path, **kw):
     cfg = TrainConfig(steps=6, batch_size=8, warmup_steps=0, log_every=1, max_length=128, **kw)
     logged: list[float] = []
-    result = train_model(model_dir, records, cfg, out, lambda s, m: logged.append(m["train.loss"]))
+    result = train_model(
+        model_dir, records, cfg, out, on_metrics=lambda s, m: logged.append(m["train.loss"])
+    )
     return result, logged
 
 
@@ -209,9 +224,13 @@ def test_training_padding_free_follows_the_padded_run(
         tiny_model_dir, records, tmp_path / "flat", strategy=strategy, settings=settings
     )
     padded, padded_losses = _train(
-        tiny_model_dir, records, tmp_path / "padded", strategy=strategy, settings=settings,
+        tiny_model_dir,
+        records,
+        tmp_path / "padded",
+        strategy=strategy,
+        settings=settings,
         padding_free=False,
-    )  # fmt: skip
+    )
     assert flat.batches == "padding-free"
     assert padded.batches == "padded: train.padding_free is off"
     assert flat.real_tokens == padded.real_tokens

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.split_data import read_jsonl, split_dataset, split_records
-from tasks.validate_data import write_jsonl
+from tuneforge.config import DataConfig
+from tuneforge.jsonl import read_jsonl, write_jsonl
+from tuneforge.tasks.split_data import split_dataset, split_records
 
 TASKS = ("add", "reverse", "sort", "antonym")
 
@@ -90,7 +91,8 @@ def test_split_dataset_writes_both_sides_beside_the_valid_file(tmp_path):
     valid_path = tmp_path / "valid.jsonl"
     write_jsonl(records, valid_path)
 
-    paths = split_dataset.fn(str(valid_path), 0.25, 0, ["antonym"])
+    data = DataConfig(path="data.jsonl", eval_fraction=0.25, seed=0, holdout_tasks=["antonym"])
+    paths = split_dataset.fn(valid_path=str(valid_path), data=data)
 
     assert Path(paths.train_path) == tmp_path / "train.jsonl"
     assert Path(paths.eval_path) == tmp_path / "eval.jsonl"
@@ -110,8 +112,12 @@ def test_split_dataset_refuses_an_empty_side(tmp_path, fraction, holdout, empty_
     valid_path = tmp_path / "valid.jsonl"
     write_jsonl(_records(20), valid_path)
 
+    # The config refuses eval_fraction 0 and 1 already; the task must refuse them too.
+    data = DataConfig.model_construct(
+        path="data.jsonl", eval_fraction=fraction, seed=0, holdout_tasks=holdout
+    )
     with pytest.raises(ValueError, match="split of 20 valid rows") as info:
-        split_dataset.fn(str(valid_path), fraction, 0, holdout)
+        split_dataset.fn(valid_path=str(valid_path), data=data)
 
     assert empty_side in str(info.value)
     assert str(valid_path) in str(info.value)
@@ -119,7 +125,7 @@ def test_split_dataset_refuses_an_empty_side(tmp_path, fraction, holdout, empty_
 
 
 def test_unknown_holdout_task_is_named():
-    from tasks.split_data import split_records
+    from tuneforge.tasks.split_data import split_records
 
     records = [{"row": 1, "task": "add", "messages": [{"role": "user", "content": "q"}]}]
     with pytest.raises(ValueError, match=r"data\.holdout_tasks: \['nope'\] not among"):

@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from plugins.strategy import IGNORE_INDEX, Example
-from tasks.train import batch_order, collate, linear_schedule, train_model
+from tuneforge.batching import IGNORE_INDEX, Example, collate
 from tuneforge.config import TrainConfig
+from tuneforge.tasks.train import batch_order, linear_schedule, train_model
 
 
 def test_collate_pads_right_and_never_trains_padding():
@@ -41,7 +41,9 @@ def test_linear_schedule_warms_up_then_decays_to_zero():
 def _train(model_dir: Path, records: list[dict], out: Path, steps: int, **kw):
     cfg = TrainConfig(steps=steps, batch_size=8, warmup_steps=0, log_every=1, max_length=64, **kw)
     logged: list[tuple[int, dict]] = []
-    result = train_model(model_dir, records, cfg, out, lambda s, m: logged.append((s, m)))
+    result = train_model(
+        model_dir, records, cfg, out, on_metrics=lambda s, m: logged.append((s, m))
+    )
     return result, logged
 
 
@@ -80,14 +82,14 @@ def test_same_seed_gives_the_same_model(tiny_model_dir, bundled_records, tmp_pat
 def test_examples_truncated_to_nothing_trainable_are_refused(
     tiny_model_dir, bundled_records, tmp_path, monkeypatch
 ):
-    from plugins.examples import tokenize_prompt_response
-    from plugins.full import FullStrategy
+    from tuneforge.plugins.examples import tokenize_prompt_response
+    from tuneforge.plugins.full import FullStrategy
 
     class ResponseOnly(FullStrategy):
         def build_example(self, record, tokenizer, max_length):
             return tokenize_prompt_response(record, tokenizer, max_length, train_prompt=False)
 
-    monkeypatch.setattr("tasks.train.load_strategy", lambda name: ResponseOnly)
+    monkeypatch.setattr("tuneforge.tasks.train.load_strategy", lambda name: ResponseOnly)
     # Every bundled prompt is longer than 9 tokens, so truncation removes the whole response.
     with pytest.raises(ValueError, match="no trained token after truncation"):
         train_model(tiny_model_dir, bundled_records[:4], TrainConfig(max_length=9), tmp_path)
@@ -95,8 +97,8 @@ def test_examples_truncated_to_nothing_trainable_are_refused(
 
 def test_batched_examples_keep_their_own_loss(tiny_model_dir, bundled_records):
     """Examples batched together (padded, attention-masked) score exactly as they do alone."""
-    from plugins.instruction import InstructionStrategy
-    from tasks.model_source import load_pretrained
+    from tuneforge.models import load_pretrained
+    from tuneforge.plugins.instruction import InstructionStrategy
 
     model, tokenizer = load_pretrained(tiny_model_dir)
     strategy = InstructionStrategy(InstructionStrategy.Settings())
@@ -134,7 +136,7 @@ def test_length_grouping_reduces_padding_and_keeps_every_example():
 
 
 def test_audit_counts_masked_and_truncated_examples():
-    from tasks.train import audit_examples
+    from tuneforge.batching import audit_examples
 
     eos = 2
     examples = [
@@ -143,12 +145,15 @@ def test_audit_counts_masked_and_truncated_examples():
     ]
     audit = audit_examples(examples, rows=[1, 2], eos_id=eos, max_length=4)
     assert (audit.examples, audit.truncated, audit.trained_tokens, audit.masked_tokens) == (
-        2, 1, 5, 3,
-    )  # fmt: skip
+        2,
+        1,
+        5,
+        3,
+    )
 
 
 def test_audit_refuses_an_untrained_end_of_sequence():
-    from tasks.train import audit_examples
+    from tuneforge.batching import audit_examples
 
     example = Example([7, 8, 2], [IGNORE_INDEX, 8, IGNORE_INDEX])
     with pytest.raises(ValueError, match="row 5: the end-of-sequence token is not trained"):
@@ -156,8 +161,8 @@ def test_audit_refuses_an_untrained_end_of_sequence():
 
 
 def test_a_chat_template_that_cannot_mark_the_assistant_turn_is_refused(tiny_model_dir):
-    from plugins.examples import check_chat_template
-    from tasks.model_source import load_pretrained
+    from tuneforge.models import load_pretrained
+    from tuneforge.plugins.examples import check_chat_template
 
     _, tokenizer = load_pretrained(tiny_model_dir)
     check_chat_template(tokenizer)  # no template: the plain one marks the response itself
@@ -176,18 +181,28 @@ def test_a_chat_template_that_cannot_mark_the_assistant_turn_is_refused(tiny_mod
 
 
 def test_periodic_evaluation_keeps_the_best_step(tiny_model_dir, bundled_records, tmp_path):
-    from tasks.evaluate import generate_answers, score
-    from tasks.model_source import load_pretrained
+    from tuneforge.models import load_pretrained
+    from tuneforge.tasks.evaluate import generate_answers, score
 
     easy = [r for r in bundled_records if r["task"] in ("first_letter", "uppercase")]
     train, held = easy[:300], easy[300:332]
     cfg = TrainConfig(
-        steps=150, batch_size=16, warmup_steps=5, max_length=64, eval_every=30, eval_examples=32,
+        steps=150,
+        batch_size=16,
+        warmup_steps=5,
+        max_length=64,
+        eval_every=30,
+        eval_examples=32,
         learning_rate=0.01,
-    )  # fmt: skip
+    )
     logged: list[tuple[int, dict]] = []
     result = train_model(
-        tiny_model_dir, train, cfg, tmp_path, lambda s, m: logged.append((s, m)), eval_records=held
+        tiny_model_dir,
+        train,
+        cfg,
+        tmp_path,
+        on_metrics=lambda s, m: logged.append((s, m)),
+        eval_records=held,
     )
     evals = [(s, m["train.eval_exact_match"]) for s, m in logged if "train.eval_exact_match" in m]
     assert [s for s, _ in evals] == [30, 60, 90, 120, 150]

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.load_data import RawRow, read_rows
-from tasks.validate_data import (
+from tuneforge.tasks.load_data import RawRow, read_rows
+from tuneforge.tasks.validate_data import (
     TooManyRejectedError,
     ValidationReport,
     check_rejected_fraction,

@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-from plugins.examples import tokenize_prompt_response
-from plugins.strategy import Example
+from tuneforge.plugins import Example, tokenize_prompt_response
 
 _NORM_TYPES = (
     torch.nn.LayerNorm,
@@ -37,12 +36,20 @@ _NORM_TYPES = (
 class BitFitSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    # Also train the weights of normalization layers (LayerNorm, RMSNorm, ...). Needed for
-    # models without biases (Llama, Mistral, Qwen); adds a few thousand parameters per layer.
-    include_norms: bool = True
-    # Loss on the prompt tokens too, not only on the response. With so few trainable
-    # parameters the capacity is better spent on the answers.
-    train_prompt: bool = False
+    include_norms: bool = Field(
+        True,
+        description=(
+            "Also train the weights of normalization layers (LayerNorm, RMSNorm, ...). Needed "
+            "for models without biases (Llama, Mistral, Qwen); a few thousand parameters a layer."
+        ),
+    )
+    train_prompt: bool = Field(
+        False,
+        description=(
+            "Loss on the prompt tokens too, not only on the response. With so few trainable "
+            "parameters the capacity is better spent on the answers."
+        ),
+    )
 
 
 def is_norm(module: torch.nn.Module) -> bool:

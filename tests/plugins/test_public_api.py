@@ -1,0 +1,69 @@
+"""The public plugin API: what it offers, that its test kit gives what it says, and that the
+plugins in this repository (built-in and example) import nothing else from tuneforge."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+PUBLIC = {"tuneforge.plugins", "tuneforge.plugins.testing"}
+
+
+def _tuneforge_imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {name for name in found if name.split(".")[0] == "tuneforge"}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        *sorted((REPO / "examples" / "tuneforge-bitfit").rglob("*.py")),
+        *(REPO / "plugins" / f"{name}.py" for name in ("full", "instruction", "lora")),
+    ],
+    ids=lambda p: str(p.relative_to(REPO)),
+)
+def test_plugins_import_only_the_public_api(path):
+    assert _tuneforge_imports(path) <= PUBLIC
+
+
+def test_the_public_names_are_there():
+    import tuneforge.plugins as api
+    import tuneforge.plugins.testing as kit
+
+    assert set(api.__all__) == {
+        "IGNORE_INDEX",
+        "Example",
+        "TuningStrategy",
+        "check_chat_template",
+        "tokenize_prompt_response",
+    }
+    assert set(kit.__all__) == {"check_strategy", "sample_records", "tiny_checkpoint"}
+    assert api.IGNORE_INDEX == -100
+
+
+def test_sample_records_are_the_bundled_data_validated(bundled_records):
+    from tuneforge.plugins.testing import sample_records
+
+    assert sample_records(64) == bundled_records[:64]
+    assert len(sample_records(5000)) == len(bundled_records)
+
+
+def test_tiny_checkpoint_is_a_real_checkpoint(tmp_path):
+    from tuneforge.models import load_pretrained
+    from tuneforge.plugins.testing import tiny_checkpoint
+
+    model_dir = tiny_checkpoint(tmp_path / "tiny")
+    assert model_dir == tmp_path / "tiny"
+    model, tokenizer = load_pretrained(model_dir)
+    assert model.config.num_hidden_layers == 2 and model.config.hidden_size == 64
+    assert tokenizer.eos_token_id is not None
+    assert any(model_dir.glob("*.safetensors"))
