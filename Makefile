@@ -42,7 +42,7 @@ bench: $(VENV)/.bench-stamp
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/lint-imports --no-cache
+	$(BIN)/python tools/lint_imports.py
 
 format: install
 	$(BIN)/ruff format .

@@ -14,7 +14,8 @@ import warnings
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
@@ -134,7 +135,16 @@ def describe_settings(settings: type[BaseModel]) -> dict[str, dict[str, Any]]:
 
 
 def _type_name(annotation: Any) -> str:
-    """`bool`, `int`, `list[str] | None`: one spelling for every type."""
-    if isinstance(annotation, type) and not getattr(annotation, "__args__", None):
-        return annotation.__name__
-    return str(annotation).replace("typing.", "")
+    """`bool`, `int`, `list[str] | Literal['all-linear'] | None`: one spelling for every type,
+    as it would be written in Python today (`Optional[X]` and `Union` come out as `|`)."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if annotation is type(None):
+        return "None"
+    if origin in (Union, UnionType):
+        return " | ".join(_type_name(arg) for arg in args)
+    if origin is Literal:
+        return f"Literal[{', '.join(repr(arg) for arg in args)}]"
+    if origin is not None:
+        name = getattr(origin, "__name__", str(origin))
+        return f"{name}[{', '.join(_type_name(arg) for arg in args)}]"
+    return getattr(annotation, "__name__", str(annotation).replace("typing.", ""))

@@ -492,7 +492,7 @@ class TrainingRun:
             raise
         except Exception as exc:
             text = str(exc).strip().splitlines()
-            detail = text[0] if text else ""
+            detail = text[0].rstrip(".") if text else ""
             kind = "" if isinstance(exc, ValueError) else f"{type(exc).__name__}: "
             raise StrategyError(
                 f"{self.info.label}: {what}: {kind}{detail}; a plugin's own tests catch this "

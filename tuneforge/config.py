@@ -440,14 +440,18 @@ def _reset_settings_of_a_switched_strategy(
 ) -> None:
     """`--set train.strategy=X` on a preset written for another strategy starts from X's
     default settings: the preset's `train.settings` are the other strategy's and would fail
-    X's validation (or, worse, mean something else). Giving `train.settings` (or one of its
-    keys) with `--set` keeps what was given. Says so in one log line."""
+    X's validation (or, worse, mean something else). Settings given with `--set` (all of
+    `train.settings`, or some of its keys) are kept. Says so in one log line."""
     train = data.get("train")
     if not isinstance(train, dict) or train.get("strategy", "full") == preset_strategy:
         return
-    if any(o.partition("=")[0].startswith("train.settings") for o in overrides):
+    keys = [o.partition("=")[0] for o in overrides]
+    if "train.settings" in keys:  # the whole mapping was given
         return
-    dropped = train.pop("settings", None)
+    given = {k.split(".")[2] for k in keys if k.startswith("train.settings.")}
+    settings = train.get("settings") or {}
+    dropped = sorted(k for k in settings if k not in given)
+    train["settings"] = {k: v for k, v in settings.items() if k in given}
     if dropped:
         logger.info(
             "train.strategy=%s replaces the preset's %s: train.settings start from %s's "
@@ -455,5 +459,5 @@ def _reset_settings_of_a_switched_strategy(
             train["strategy"],
             preset_strategy,
             train["strategy"],
-            ", ".join(sorted(dropped)) if isinstance(dropped, dict) else "settings",
+            ", ".join(dropped),
         )

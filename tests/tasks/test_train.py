@@ -89,10 +89,14 @@ def test_examples_truncated_to_nothing_trainable_are_refused(
         def build_example(self, record, tokenizer, max_length):
             return tokenize_prompt_response(record, tokenizer, max_length, train_prompt=False)
 
-    monkeypatch.setattr("tuneforge.tasks.train.load_strategy", lambda name: ResponseOnly)
+    from tuneforge.plugins.registry import StrategyInfo
+
+    info = StrategyInfo("full", ResponseOnly, "tuneforge", "0.1.0", "tests:ResponseOnly")
+    monkeypatch.setattr("tuneforge.tasks.train.strategy_info", lambda name: info)
     # Every bundled prompt is longer than 9 tokens, so truncation removes the whole response.
-    with pytest.raises(ValueError, match="no trained token after truncation"):
+    with pytest.raises(ValueError, match="no trained token after truncation") as raised:
         train_model(tiny_model_dir, bundled_records[:4], TrainConfig(max_length=9), tmp_path)
+    assert str(raised.value).startswith("strategy 'full' (tuneforge 0.1.0): the loss-mask audit:")
 
 
 def test_batched_examples_keep_their_own_loss(tiny_model_dir, bundled_records):
