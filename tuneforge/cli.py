@@ -1,9 +1,9 @@
 """The `tuneforge` command line.
 
-    tuneforge run deployments/presets/tiny-cpu.yaml [--set train.steps=50 ...]
+    tuneforge run deployments/presets/tiny-cpu.yaml [--set train.steps=50 ...] [--debug]
     tuneforge validate data/instructions.jsonl [--format jsonl] [--quarantine PATH] [--json]
     tuneforge evaluate models:/tuneforge-demo@champion data/instructions.jsonl [--json]
-    tuneforge strategies [--json]
+    tuneforge strategies [NAME] [--json]
     tuneforge models list|show|compare|promote|rollback [--json]
     tuneforge slots list|release MODEL [--json]
     tuneforge data push data/instructions.jsonl
@@ -144,13 +144,17 @@ class _WithoutTraceback(logging.Formatter):
 def _console_without_tracebacks() -> None:
     """Prefect prints a failed task's or flow's traceback on the console, tens of lines above
     the one line that says what went wrong; this keeps them in the task log only."""
+    for handler in prefect_console_handlers():
+        handler.setFormatter(_WithoutTraceback(handler.formatter))
+
+
+def prefect_console_handlers() -> list[logging.Handler]:
+    """Prefect's console handlers, on whichever loggers its logging setup put them."""
     from prefect.logging.handlers import PrefectConsoleHandler
 
     loggers = [logging.getLogger(), *map(logging.getLogger, logging.root.manager.loggerDict)]
-    for logger in loggers:
-        for handler in getattr(logger, "handlers", []):
-            if isinstance(handler, PrefectConsoleHandler):
-                handler.setFormatter(_WithoutTraceback(handler.formatter))
+    handlers = [h for logger in loggers for h in getattr(logger, "handlers", [])]
+    return [h for h in handlers if isinstance(h, PrefectConsoleHandler)]
 
 
 def _print_summary(result: Any) -> None:

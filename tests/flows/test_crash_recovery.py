@@ -1,12 +1,13 @@
 """Crash recovery of the whole `tuneforge run` command: SIGKILL of its process group (the CLI,
 its local Prefect server, the flow) at a chosen point, then the same command again.
 
-Every command here runs as a user's would, with no PREFECT_API_URL: each starts its own local
-Prefect server on one PREFECT_HOME (tuneforge/prefect_server.py), and all log to a real MLflow
-server over HTTP. Four commands start together, one thread each:
+`a` runs as a user's would, with no PREFECT_API_URL: each of its commands starts its own local
+Prefect server (tuneforge/prefect_server.py). The others share one server of that kind on the
+same PREFECT_HOME. All log to a real MLflow server over HTTP. The four start together, one
+thread each:
 
-- `ref`  trains 300 steps uninterrupted;
-- `a`    trains the same 300 steps and is killed after step 250 (checkpoints at 100 and 200);
+- `ref`  trains 150 steps uninterrupted;
+- `a`    trains the same 150 steps and is killed after step 125 (checkpoints at 50 and 100);
 - `b`    is killed while evaluating its tuned model (pause point `evaluate:tuned`);
 - `c`    is killed between creating its model version and giving it an alias (pause point
          `register:version-created`).
@@ -22,7 +23,6 @@ About 4 minutes on two cores, most of it the re-runs waiting out the killed runs
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import signal
@@ -38,8 +38,8 @@ from tests.conftest import BUNDLED_DATA, PRESET
 pytestmark = pytest.mark.integration
 
 RUNS = {
-    "ref": ("train.steps=300", "train.checkpoint_every=100"),
-    "a": ("train.steps=300", "train.checkpoint_every=100"),
+    "ref": ("train.steps=150", "train.checkpoint_every=50", "train.log_every=25"),
+    "a": ("train.steps=150", "train.checkpoint_every=50", "train.log_every=25"),
     "b": ("train.steps=100",),
     "c": ("train.steps=100",),
 }
@@ -128,48 +128,42 @@ def recovered(mlflow_server, tmp_path_factory):
         "PREFECT_LOGGING_LEVEL": "INFO",
     }
     env.pop("PREFECT_API_URL", None)  # the default set-up: each command's own local server
-    # One command first creates the Prefect database (four servers migrating one new SQLite
-    # file at once would race); it is also `tuneforge slots` in the default set-up.
-    first = subprocess.run(
-        [sys.executable, "-m", "tuneforge.cli", "slots", "list", "--json"],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert first.returncode == 0 and json.loads(first.stdout) == [], first.stderr
+    # `a` runs in that default set-up. The others share one server of the same kind (leases
+    # on disk, the repossessor): six servers starting on two cores would cost a minute.
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.settings import PREFECT_HOME, temporary_settings
 
-    # One thread each: four at once on two cores, and the same sums in `ref` and `a`.
-    commands = {
-        name: Command(name, root, env, mlflow_server, "train.num_threads=1", *overrides)
-        for name, overrides in RUNS.items()
-    }
-    for name, command in commands.items():
-        command.start(**({"TUNEFORGE_PAUSE_AT": PAUSE[name]} if name in PAUSE else {}))
-    killed = {
-        "a": (commands["a"], r"step 250/300"),
-        "b": (commands["b"], r"tuneforge: paused at evaluate:tuned"),
-        "c": (commands["c"], r"tuneforge: paused at register:version-created"),
-    }
-    _wait_all(killed, timeout_s=420)
-    for name in killed:
-        commands[name].start()
-    results = {name: command.finish(timeout_s=600) for name, command in commands.items()}
+    from tuneforge.concurrency import list_slots
+    from tuneforge.prefect_server import start_server, stop_server
+
+    with temporary_settings(updates={PREFECT_HOME: env["PREFECT_HOME"]}):
+        server, api_url = start_server(root / "shared-server.log", timeout_s=180)
+    shared = {**env, "PREFECT_API_URL": api_url}
+    try:
+        # One thread each: four at once on two cores, and the same sums in `ref` and `a`.
+        commands = {}
+        for name, overrides in RUNS.items():
+            prefect = env if name == "a" else shared
+            one_thread = ("train.num_threads=1", *overrides)
+            commands[name] = Command(name, root, prefect, mlflow_server, *one_thread)
+        for name, command in commands.items():
+            command.start(**({"TUNEFORGE_PAUSE_AT": PAUSE[name]} if name in PAUSE else {}))
+        killed = {
+            "a": (commands["a"], r"step 125/150"),
+            "b": (commands["b"], r"tuneforge: paused at evaluate:tuned"),
+            "c": (commands["c"], r"tuneforge: paused at register:version-created"),
+        }
+        _wait_all(killed, timeout_s=420)
+        for name in killed:
+            commands[name].start()
+        results = {name: command.finish(timeout_s=600) for name, command in commands.items()}
+        with SyncPrefectClient(api_url) as client:
+            slots = list_slots(client)
+    finally:
+        stop_server(server)
     for name, (_, _, seconds) in results.items():
         print(f"{name}: last attempt {seconds:.0f} s")
-
-    slots = subprocess.run(
-        [sys.executable, "-m", "tuneforge.cli", "slots", "list", "--json"],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    return results, json.loads(slots.stdout or "null")
+    return results, slots
 
 
 def _champion(tracking_uri: str, model: str):
@@ -206,8 +200,8 @@ def test_killed_mid_training_resumes_and_registers_what_an_uninterrupted_run_doe
     # (No wait at all when the lease lapsed while the re-run was starting.)
     waited = re.search(r"took the retrain slot of kr-a after waiting (\d+) s", output)
     assert waited is None or float(waited[1]) < 120  # a lease (60 s) and a repossessor pass
-    assert re.search(r"resuming from checkpoint \S+/kr-a/step-000000200", output)
-    assert "resumed from the checkpoint of step 200" in output
+    assert re.search(r"resuming from checkpoint \S+/kr-a/step-000000100", output)
+    assert "resumed from the checkpoint of step 100" in output
     assert "continuing MLflow run" in output
 
     client, versions, champion = _champion(mlflow_server, "kr-a")
