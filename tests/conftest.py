@@ -48,6 +48,11 @@ PRESET = REPO / "deployments" / "presets" / "tiny-cpu.yaml"
 BUNDLED_DATA = REPO / "data" / "instructions.jsonl"
 
 
+def set_args(*settings: str) -> list[str]:
+    """`--set KEY=VALUE` arguments of a `tuneforge run` command line, one pair per setting."""
+    return [arg for setting in settings for arg in ("--set", setting)]
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(_SANDBOX, ignore_errors=True)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BUNDLED_DATA, PRESET
+from tests.conftest import BUNDLED_DATA, PRESET, set_args
 
 pytestmark = pytest.mark.integration
 
@@ -223,10 +223,7 @@ def _refused_run(
             *TUNEFORGE,
             "run",
             str(PRESET),
-            "--set",
-            f"data.path={BUNDLED_DATA}",
-            "--set",
-            f"output_dir={tmp_path}",
+            *set_args(f"data.path={BUNDLED_DATA}", f"output_dir={tmp_path}"),
             *args,
         ],
         env={**os.environ, **(env or {})},

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, PrefectServerProcess
+from tests.conftest import REPO, PrefectServerProcess, set_args
 
 pytestmark = pytest.mark.integration
 
@@ -96,18 +96,8 @@ def deployed(mlflow_server, tmp_path_factory):
     }
     worker = Worker(env, home, root)
 
-    def prefect(*args: str) -> str:
-        done = subprocess.run(
-            [str(BIN / "prefect"), *args],
-            cwd=home,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        assert done.returncode == 0, f"prefect {' '.join(args)}: {done.stdout}{done.stderr}"
-        return done.stdout
+    def prefect(*args: str) -> None:
+        _command("prefect", *args, env=env, cwd=home)
 
     try:
         server.start()
@@ -138,6 +128,21 @@ def deployed(mlflow_server, tmp_path_factory):
     finally:
         worker.stop()
         server.stop()
+
+
+def _command(program: str, *args: str, env: dict[str, str], cwd: Path) -> str:
+    """Runs a command of the environment (`prefect`, `tuneforge`); it must succeed."""
+    done = subprocess.run(
+        [str(BIN / program), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, f"{program} {' '.join(args)}: {done.stdout}{done.stderr}"
+    return done.stdout
 
 
 def _client(env):
@@ -218,16 +223,7 @@ def test_nightly_run_killed_resumed_then_pushed_unchanged_data_is_skipped(deploy
         assert run.data.tags["tuneforge.attempt"] == "2" and run.info.status == "FINISHED"
 
         # New data announced (the same file: nothing new): the triggered run stops early.
-        pushed = subprocess.run(
-            [str(BIN / "tuneforge"), "data", "push", "data/instructions.jsonl"],
-            cwd=home,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert pushed.returncode == 0, pushed.stderr
+        _command("tuneforge", "data", "push", "data/instructions.jsonl", env=env, cwd=home)
         on_data = client.read_deployment_by_name("retrain-preset/on-new-data")
         triggered = _wait_run(client, on_data.id, seconds=300)
         assert triggered.state.is_completed(), worker.log.read_text()[-4000:]
@@ -246,30 +242,14 @@ def test_training_runs_as_a_deployment_on_another_pool(deployed, mlflow_server):
     from mlflow.tracking import MlflowClient
 
     env, home, _, _ = deployed
-    done = subprocess.run(
-        [
-            str(BIN / "tuneforge"),
-            "run",
-            "deployments/presets/tiny-cpu.yaml",
-            "--set",
-            "train.deployment=train-stage/on-cpu",
-            "--set",
-            "train.steps=200",
-            "--set",
-            "train.eval_every=0",
-            "--set",
-            "evaluation.max_examples=48",
-            "--set",
-            "registry.model_name=it-remote",
-        ],
-        cwd=home,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    settings = set_args(
+        "train.deployment=train-stage/on-cpu",
+        "train.steps=200",
+        "train.eval_every=0",
+        "evaluation.max_examples=48",
+        "registry.model_name=it-remote",
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    _command("tuneforge", "run", "deployments/presets/tiny-cpu.yaml", *settings, env=env, cwd=home)
     client = MlflowClient(mlflow_server)
     version = client.get_model_version_by_alias("it-remote", "champion")
     run = client.get_run(version.run_id)

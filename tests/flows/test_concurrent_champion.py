@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BUNDLED_DATA, PRESET
+from tests.conftest import BUNDLED_DATA, PRESET, set_args
 
 pytestmark = pytest.mark.integration
 
@@ -48,9 +48,7 @@ def _command(name: str, overrides: tuple[str, ...], tracking_uri: str, out: Path
         "evaluation.max_examples=16",
         *overrides,
     ]
-    return [sys.executable, "-m", "tuneforge.cli", "run", str(PRESET)] + [
-        arg for setting in settings for arg in ("--set", setting)
-    ]
+    return [sys.executable, "-m", "tuneforge.cli", "run", str(PRESET), *set_args(*settings)]
 
 
 @pytest.fixture(scope="module")

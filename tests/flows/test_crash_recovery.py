@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BUNDLED_DATA, PRESET
+from tests.conftest import BUNDLED_DATA, PRESET, set_args
 
 pytestmark = pytest.mark.integration
 
@@ -68,7 +68,7 @@ class Command:
             *overrides,
         ]
         self.args = [sys.executable, "-m", "tuneforge.cli", "run", str(PRESET)]
-        self.args += [arg for setting in settings for arg in ("--set", setting)]
+        self.args += set_args(*settings)
         self.attempts = 0
         self.proc: subprocess.Popen | None = None
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BUNDLED_DATA, PRESET, REPO
+from tests.conftest import BUNDLED_DATA, PRESET, REPO, set_args
 
 pytestmark = pytest.mark.integration
 
@@ -124,18 +124,14 @@ def test_a_strategy_that_fails_ends_the_command_in_one_line(bitfit, prefect_harn
         str(Path(sys.executable).parent / "tuneforge"),
         "run",
         str(PRESET),
-        "--set",
-        f"data.path={BUNDLED_DATA}",
-        "--set",
-        f"output_dir={tmp_path}",
-        "--set",
-        f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
-        "--set",
-        "registry.model_name=it-bitfit-broken",
-        "--set",
-        "train.strategy=bitfit",
-        "--set",
-        "train.settings.include_norms=false",
+        *set_args(
+            f"data.path={BUNDLED_DATA}",
+            f"output_dir={tmp_path}",
+            f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            "registry.model_name=it-bitfit-broken",
+            "train.strategy=bitfit",
+            "train.settings.include_norms=false",
+        ),
     ]
     quiet = subprocess.run(
         command, env=env, capture_output=True, text=True, timeout=300, check=False
