@@ -14,13 +14,16 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
 .PHONY: install demo test lint format clean bench
 
-# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build. constraints.txt is the
-# lock of every other package, so a fresh machine resolves the same versions.
+# torch first and pinned, through pip: an unpinned torch pulls a multi-GB CUDA build, and pip
+# finds the CPU wheel where the machine keeps one. constraints.txt is the lock of every other
+# package, so a fresh machine resolves the same versions; uv installs them (the same set as
+# pip: ~35 s instead of ~2 min here) and keeps the torch already installed. Bytecode is compiled
+# at install, as pip does: where PYTHONDONTWRITEBYTECODE is set, nothing would cache it later.
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install -q torch==2.13.0 uv==0.13.9
+	$(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -33,7 +36,7 @@ test: install lint
 
 # The bench extra (trl) on top of the dev install; each suite waits for an idle machine first.
 $(VENV)/.bench-stamp: $(STAMP)
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,bench]"
+	$(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -c constraints.txt -e ".[dev,bench]"
 	touch $@
 
 bench: $(VENV)/.bench-stamp

@@ -1,23 +1,31 @@
 """Crash recovery of the whole `tuneforge run` command: SIGKILL of its process group (the CLI,
-its local Prefect server, the flow) at a chosen point, then the same command again.
+its local Prefect server, the flow) at a chosen point, then the same command again; and a
+Prefect server restarted under a run that holds its slot.
 
 `a` runs as a user's would, with no PREFECT_API_URL: each of its commands starts its own local
-Prefect server (tuneforge/prefect_server.py). The others share one server of that kind on the
-same PREFECT_HOME. All log to a real MLflow server over HTTP. The four start together, one
+Prefect server (tuneforge/prefect_server.py). `ref`, `b` and `c` share one server of that kind
+on the same PREFECT_HOME. `restart` runs against a real `prefect server` with Prefect's default
+in-memory leases. All log to a real MLflow server over HTTP. The five start together, one
 thread each:
 
-- `ref`  trains 150 steps uninterrupted;
-- `a`    trains the same 150 steps and is killed after step 125 (checkpoints at 50 and 100);
-- `b`    is killed while evaluating its tuned model (pause point `evaluate:tuned`);
-- `c`    is killed between creating its model version and giving it an alias (pause point
-         `register:version-created`).
+- `ref`     trains 150 steps uninterrupted;
+- `a`       trains the same 150 steps and is killed after step 125 (checkpoints at 50 and 100);
+- `b`       is killed while evaluating its tuned model (pause point `evaluate:tuned`);
+- `c`       is killed between creating its model version and giving it an alias (pause point
+            `register:version-created`);
+- `restart` pauses at the start of its tuned model's evaluation, holding its slot; its server
+            is stopped and started again, and once the run says it took its slot back it goes
+            on (pause point with `TUNEFORGE_RESUME_WHEN`).
 
-Then `a`, `b` and `c` run again, each waiting for its killed predecessor's lease to lapse.
-Checked: every re-run completes; `a` resumed from its newest checkpoint and registered the
-same weights (hash) and metrics as `ref`; `b` and `c` continued the killed MLflow run (one
-run, one version, one champion, no second training); no slot is left taken.
+Then `a`, `b` and `c` run again, each waiting for its killed predecessor's lease to lapse
+(the `restart` scenario runs meanwhile: the scenarios share the waiting). Checked: every run
+completes; `a` resumed from its newest checkpoint and registered the same weights (hash) and
+metrics as `ref`; `b` and `c` continued the killed MLflow run (one run, one version, one
+champion, no second training); `restart` took its slot again under a new lease; no slot is
+left taken.
 
-About 4 minutes on two cores, most of it the re-runs waiting out the killed runs' leases.
+About 3 minutes on two cores, most of it start-ups and the re-runs waiting out the killed
+runs' leases.
 """
 
 from __future__ import annotations
@@ -28,22 +36,39 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import BUNDLED_DATA, PRESET, set_args
+from tests.conftest import BUNDLED_DATA, PRESET, PrefectServerProcess, set_args
 
 pytestmark = pytest.mark.integration
+
+# A local Prefect server as `tuneforge run` starts one, held until stdin closes.
+SERVE = """
+import sys
+from tuneforge.prefect_server import prefect_api
+with prefect_api() as api_url:
+    print(api_url, flush=True)
+    sys.stdin.read()
+"""
 
 RUNS = {
     "ref": ("train.steps=150", "train.checkpoint_every=50", "train.log_every=25"),
     "a": ("train.steps=150", "train.checkpoint_every=50", "train.log_every=25"),
     "b": ("train.steps=100",),
     "c": ("train.steps=100",),
+    "restart": ("train.steps=100",),
 }
-PAUSE = {"b": "evaluate:tuned", "c": "register:version-created"}
+PAUSE = {"b": "evaluate:tuned", "c": "register:version-created", "restart": "evaluate:tuned"}
+KILLED_AT = {
+    "a": r"step 125/150",
+    "b": r"tuneforge: paused at evaluate:tuned",
+    "c": r"tuneforge: paused at register:version-created",
+}
 
 
 class Command:
@@ -65,12 +90,15 @@ class Command:
             # Moves within 100 steps (exact match on 16 rows may not), so each run is champion.
             "registry.metric=eval_loss",
             "registry.higher_is_better=null",
+            # One thread each: five at once on two cores, and the same sums in `ref` and `a`.
+            "train.num_threads=1",
             *overrides,
         ]
         self.args = [sys.executable, "-m", "tuneforge.cli", "run", str(PRESET)]
         self.args += set_args(*settings)
         self.attempts = 0
         self.proc: subprocess.Popen | None = None
+        self.seconds = 0.0  # how long the last attempt ran
 
     @property
     def log(self) -> Path:
@@ -97,30 +125,46 @@ class Command:
             raise AssertionError(f"{self.name} ended early:\n{self.output()[-4000:]}")
         return re.search(pattern, self.output()) is not None
 
+    def done(self) -> bool:
+        if self.proc.poll() is None:
+            return False
+        self.seconds = self.seconds or time.monotonic() - self.started
+        return True
+
     def kill(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-
-    def finish(self, timeout_s: float) -> tuple[int, str, float]:
-        code = self.proc.wait(timeout=timeout_s)
-        return code, self.output(), time.monotonic() - self.started
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            self.seconds = 0.0
 
 
-def _wait_all(conditions: dict[str, tuple[Command, str]], timeout_s: float) -> None:
-    """Kills each command once its pattern appears in its output."""
+def _when_reached(actions: dict[str, tuple[Command, str, Callable[[], None]]], timeout_s: float):
+    """Runs each action once its command's output shows its pattern."""
     deadline = time.monotonic() + timeout_s
-    pending = dict(conditions)
+    pending = dict(actions)
     while pending:
-        for name, (command, pattern) in list(pending.items()):
+        for name, (command, pattern, action) in list(pending.items()):
             if command.reached(pattern):
-                command.kill()
+                action()
                 del pending[name]
         assert time.monotonic() < deadline, f"never reached: {sorted(pending)}"
         time.sleep(0.2)
 
 
+def _wait_done(commands: list[Command], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not all(command.done() for command in commands):
+        late = [c.name for c in commands if not c.done()]
+        assert time.monotonic() < deadline, f"still running after {timeout_s:.0f} s: {late}"
+        time.sleep(0.5)
+
+
 @pytest.fixture(scope="module")
 def recovered(mlflow_server, tmp_path_factory):
+    from prefect.client.orchestration import SyncPrefectClient
+
+    from tuneforge.concurrency import list_slots
+
     root = tmp_path_factory.mktemp("crash-recovery")
     env = {
         **os.environ,
@@ -128,41 +172,71 @@ def recovered(mlflow_server, tmp_path_factory):
         "PREFECT_LOGGING_LEVEL": "INFO",
     }
     env.pop("PREFECT_API_URL", None)  # the default set-up: each command's own local server
-    # `a` runs in that default set-up. The others share one server of the same kind (leases
-    # on disk, the repossessor): six servers starting on two cores would cost a minute.
-    from prefect.client.orchestration import SyncPrefectClient
-    from prefect.settings import PREFECT_HOME, temporary_settings
+    # `a` runs in that default set-up. `ref`, `b` and `c` share one server of the same kind on
+    # the same PREFECT_HOME (leases on disk, the repossessor), started by tuneforge's own code
+    # in a process of its own, as a command starts it: more servers starting on two cores
+    # would cost a minute.
+    serving = subprocess.Popen(
+        [sys.executable, "-c", SERVE],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    restartable = PrefectServerProcess(root / "restartable-server")
+    resume = root / "restart.resume"
+    restarted = threading.Event()
 
-    from tuneforge.concurrency import list_slots
-    from tuneforge.prefect_server import start_server, stop_server
+    def restart_server() -> None:
+        restartable.stop()
+        restartable.start()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if "took the slot again" in commands["restart"].output():
+                restarted.set()
+                break
+            time.sleep(0.5)
+        resume.touch()  # on, either way: the test reports what it said
 
-    with temporary_settings(updates={PREFECT_HOME: env["PREFECT_HOME"]}):
-        server, api_url = start_server(root / "shared-server.log", timeout_s=180)
-    shared = {**env, "PREFECT_API_URL": api_url}
+    commands: dict[str, Command] = {}
     try:
-        # One thread each: four at once on two cores, and the same sums in `ref` and `a`.
-        commands = {}
+        api_url = serving.stdout.readline().strip()
+        assert api_url.startswith("http://127.0.0.1:"), api_url
+        restartable.start()
+        servers = {"a": env, "restart": {**env, "PREFECT_API_URL": restartable.api_url}}
         for name, overrides in RUNS.items():
-            prefect = env if name == "a" else shared
-            one_thread = ("train.num_threads=1", *overrides)
-            commands[name] = Command(name, root, prefect, mlflow_server, *one_thread)
+            prefect = servers.get(name, {**env, "PREFECT_API_URL": api_url})
+            commands[name] = Command(name, root, prefect, mlflow_server, *overrides)
         for name, command in commands.items():
-            command.start(**({"TUNEFORGE_PAUSE_AT": PAUSE[name]} if name in PAUSE else {}))
-        killed = {
-            "a": (commands["a"], r"step 125/150"),
-            "b": (commands["b"], r"tuneforge: paused at evaluate:tuned"),
-            "c": (commands["c"], r"tuneforge: paused at register:version-created"),
+            paused = {"TUNEFORGE_PAUSE_AT": PAUSE[name]} if name in PAUSE else {}
+            if name == "restart":  # the others stay paused until they are killed
+                paused["TUNEFORGE_RESUME_WHEN"] = str(resume)
+            command.start(**paused)
+        actions = {
+            name: (commands[name], KILLED_AT[name], commands[name].kill) for name in KILLED_AT
         }
-        _wait_all(killed, timeout_s=420)
-        for name in killed:
+        # The restart takes a while: off the loop, which must kill the others on time.
+        thread = threading.Thread(target=restart_server, daemon=True)
+        actions["restart"] = (commands["restart"], r"tuneforge: paused at", thread.start)
+        _when_reached(actions, timeout_s=420)
+        for name in KILLED_AT:
             commands[name].start()
-        results = {name: command.finish(timeout_s=600) for name, command in commands.items()}
+        _wait_done(list(commands.values()), timeout_s=600)
+        assert restarted.is_set(), commands["restart"].output()[-4000:]
         with SyncPrefectClient(api_url) as client:
             slots = list_slots(client)
+        with SyncPrefectClient(restartable.api_url) as client:
+            slots += list_slots(client)
     finally:
-        stop_server(server)
-    for name, (_, _, seconds) in results.items():
-        print(f"{name}: last attempt {seconds:.0f} s")
+        for command in commands.values():
+            command.kill()
+        serving.stdin.close()  # the end of its input stops the server
+        serving.wait(timeout=60)
+        restartable.stop()
+    results = {}
+    for name, command in commands.items():
+        print(f"{name}: last attempt {command.seconds:.0f} s")
+        results[name] = (command.proc.returncode, command.output())
     return results, slots
 
 
@@ -180,20 +254,18 @@ def _weights_hash(client, run_id: str, tmp: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def test_every_rerun_completes_and_frees_its_slot(recovered):
+def test_every_run_completes_and_frees_its_slot(recovered):
     results, slots = recovered
-    for name, (code, output, _) in results.items():
+    for name, (code, output) in results.items():
         assert code == 0, f"{name}:\n{output[-4000:]}"
-    assert slots is not None and {row["model"]: row["taken"] for row in slots} == {
-        f"kr-{name}": 0 for name in RUNS
-    }
+    assert {row["model"]: row["taken"] for row in slots} == {f"kr-{name}": 0 for name in RUNS}
 
 
 def test_killed_mid_training_resumes_and_registers_what_an_uninterrupted_run_does(
     recovered, mlflow_server, tmp_path
 ):
     results, _ = recovered
-    _, output, _ = results["a"]
+    _, output = results["a"]
     # The re-run waited for the killed run's lease to lapse (not for ever), then resumed.
     freed = re.search(r"the retrain slot of kr-a was freed by the expiry of the lease", output)
     assert freed, output[-4000:]
@@ -223,7 +295,7 @@ def test_killed_after_training_continues_the_same_run_to_one_version(
     recovered, mlflow_server, name
 ):
     results, _ = recovered
-    _, output, _ = results[name]
+    _, output = results[name]
     client, versions, champion = _champion(mlflow_server, f"kr-{name}")
     # One MLflow run for both attempts, one version from it, holding the champion alias.
     assert [v.version for v in versions] == ["1"] and champion.version == "1"
@@ -240,31 +312,13 @@ def test_killed_after_training_continues_the_same_run_to_one_version(
     assert len(client.get_metric_history(champion.run_id, "train.loss")) == 100 // 50
 
 
-def test_a_prefect_server_restart_while_a_run_holds_the_slot(mlflow_server, tmp_path):
+def test_a_prefect_server_restart_while_a_run_holds_the_slot(recovered, mlflow_server):
     """A real `prefect server` with its default in-memory leases, restarted mid-training: it
     forgets the run's lease but keeps the slot counted. The run finds its lease gone at the
-    next renewal, takes the slot again, completes, and leaves the slot free."""
-    from prefect.client.orchestration import SyncPrefectClient
-
-    from tests.conftest import PrefectServerProcess
-
-    server = PrefectServerProcess(tmp_path / "prefect-server")
-    server.start()
-    try:
-        env = {**os.environ, "PREFECT_API_URL": server.api_url, "PREFECT_LOGGING_LEVEL": "INFO"}
-        run = Command("restart", tmp_path, env, mlflow_server, "train.steps=900")
-        run.start()
-        deadline = time.monotonic() + 300
-        while not run.reached(r"step 50/900"):
-            assert time.monotonic() < deadline, run.output()[-3000:]
-            time.sleep(0.2)
-        server.stop()
-        server.start()
-        code, output, _ = run.finish(timeout_s=600)
-        assert code == 0, output[-4000:]
-        assert "took the slot again" in output, output[-4000:]
-        with SyncPrefectClient(server.api_url) as client:
-            slot = client.read_global_concurrency_limit_by_name("retrain-kr-restart")
-        assert slot.active_slots == 0
-    finally:
-        server.stop()
+    next renewal, takes the slot again, completes (one version), and leaves the slot free
+    (checked with the others')."""
+    results, _ = recovered
+    _, output = results["restart"]
+    assert "took the slot again" in output, output[-4000:]
+    _, versions, champion = _champion(mlflow_server, "kr-restart")
+    assert [v.version for v in versions] == ["1"] and champion.version == "1"
