@@ -1,6 +1,7 @@
 """The public plugin API: everything a tuning strategy imports from tuneforge.
 
     from tuneforge.plugins import IGNORE_INDEX, Example, TuningStrategy, tokenize_prompt_response
+    from tuneforge.plugins import tokenize_text_blocks   # raw text (data.schema: text)
     from tuneforge.plugins.testing import check_strategy, sample_records, tiny_checkpoint
 
 These names, and `tuneforge.plugins.testing`, are the stable API (docs/writing-a-strategy.md);
@@ -9,7 +10,11 @@ everything else in tuneforge may change between versions. The built-in strategie
 """
 
 from tuneforge.batching import IGNORE_INDEX, Example
-from tuneforge.plugins.examples import check_chat_template, tokenize_prompt_response
+from tuneforge.plugins.examples import (
+    check_chat_template,
+    tokenize_prompt_response,
+    tokenize_text_blocks,
+)
 from tuneforge.plugins.strategy import TuningStrategy
 
 __all__ = [
@@ -18,4 +23,5 @@ __all__ = [
     "TuningStrategy",
     "check_chat_template",
     "tokenize_prompt_response",
+    "tokenize_text_blocks",
 ]

@@ -48,3 +48,26 @@ def check_chat_template(tokenizer: Any) -> None:
             f"{name}: its chat template cannot mark the assistant turn (the prompt rendered "
             "with a generation prompt is not a prefix of the full conversation)"
         )
+
+
+def tokenize_text_blocks(record: dict[str, Any], tokenizer: Any, max_length: int) -> list[Example]:
+    """Splits a raw-text record (`{"row", "task", "text"}`) into blocks of at most
+    `max_length` tokens, every token trained (causal-LM loss): nothing is cut off and lost.
+
+    The document ends with the end-of-sequence token, trained, in its last block. A block
+    boundary costs the next block the context before it (each block is its own sequence);
+    overlapping blocks would keep some of it at the price of training tokens twice.
+
+    Args:
+        record: a validated text record.
+        tokenizer: a Hugging Face tokenizer.
+        max_length: tokens per block (`train.max_length`).
+    """
+    ids = tokenizer(record["text"], add_special_tokens=False).input_ids
+    ids = [*ids, tokenizer.eos_token_id]
+    # A last block of one token trains nothing (the causal shift never trains position 0):
+    # it joins the block before when that one has room, else the split moves back a token.
+    blocks = [ids[i : i + max_length] for i in range(0, len(ids), max_length)]
+    if len(blocks) > 1 and len(blocks[-1]) == 1:
+        blocks[-2:] = [blocks[-2][:-1], [blocks[-2][-1], blocks[-1][0]]]
+    return [Example(input_ids=block, labels=list(block)) for block in blocks]

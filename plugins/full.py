@@ -31,6 +31,8 @@ class FullStrategy:
     name: ClassVar[str] = "full"
     description: ClassVar[str] = "Full fine-tuning: all weights train, loss on every token."
     Settings: ClassVar[type[BaseModel]] = FullSettings
+    # Raw text (data.schema: text) trains causal-LM loss on every token, in blocks.
+    trains_text: ClassVar[bool] = True
 
     def __init__(self, settings: FullSettings) -> None:
         self.settings = settings

@@ -86,6 +86,8 @@ class LoraStrategy:
         "saves the adapter alone."
     )
     Settings: ClassVar[type[BaseModel]] = LoraSettings
+    # Raw text (data.schema: text) trains causal-LM loss on every token, in blocks.
+    trains_text: ClassVar[bool] = True
 
     def __init__(self, settings: LoraSettings) -> None:
         self.settings = settings

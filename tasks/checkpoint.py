@@ -80,6 +80,7 @@ class LoopState:
     loss: float = float("nan")
     best_step: int = 0
     best_score: float = -1.0
+    best_loss: float = float("inf")
     seconds: float = 0.0  # training time so far, over every attempt
 
 

@@ -25,8 +25,9 @@ from tuneforge.config import EvalConfig, RunConfig
 from tuneforge.jsonl import read_jsonl
 from tuneforge.models import load_pretrained, pick_device
 from tuneforge.pause_points import pause_point
-from tuneforge.plugins.examples import tokenize_prompt_response
+from tuneforge.plugins.examples import tokenize_prompt_response, tokenize_text_blocks
 from tuneforge.prompts import render_prompt, split_turns
+from tuneforge.records import is_text
 from tuneforge.run_context import RunContext
 from tuneforge.tracking import MetricLogger
 
@@ -39,10 +40,14 @@ def _chunks(items: list[Any], size: int) -> list[list[Any]]:
 def response_loss(
     model: Any, tokenizer: Any, records: list[dict], max_length: int, bs: int
 ) -> float:
-    """Mean cross-entropy per response token (prompt and padding are not scored)."""
-    examples = [
-        tokenize_prompt_response(r, tokenizer, max_length, train_prompt=False) for r in records
-    ]
+    """Mean cross-entropy per response token (prompt and padding are not scored); for raw-text
+    records, per token of the text (in `max_length` blocks, as training sees it)."""
+    examples = []
+    for r in records:
+        if is_text(r):
+            examples += tokenize_text_blocks(r, tokenizer, max_length)
+        else:
+            examples.append(tokenize_prompt_response(r, tokenizer, max_length, train_prompt=False))
     total, count = 0.0, 0
     for batch in _chunks(examples, bs):
         inputs = {k: v.to(model.device) for k, v in collate(batch, tokenizer.pad_token_id).items()}
@@ -176,8 +181,13 @@ def evaluate_records(
     model.to(pick_device()).eval()
     records = spread(records, cfg.max_examples)
     loss = response_loss(model, tokenizer, records, max_length, cfg.batch_size)
-    answers = generate_answers(model, tokenizer, records, cfg.max_new_tokens, cfg.batch_size)
-    metrics, rows = score(records, answers, holdout_tasks)
+    # Raw text has no answer to generate: loss and perplexity only.
+    chat = [r for r in records if not is_text(r)]
+    metrics: dict[str, float] = {}
+    rows: list[dict] = []
+    if chat:
+        answers = generate_answers(model, tokenizer, chat, cfg.max_new_tokens, cfg.batch_size)
+        metrics, rows = score(chat, answers, holdout_tasks)
     metrics |= {
         "eval_loss": loss,
         "perplexity": math.exp(min(loss, 50.0)),

@@ -11,11 +11,14 @@ not the format) raises `DataLoadError` with a one-line message naming the file.
 from __future__ import annotations
 
 import codecs
+import io
 import json
 import math
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, TextIO
 
 from prefect import task
 
@@ -64,45 +67,79 @@ _WIDE_BOMS = (
     (codecs.BOM_UTF16_LE, "utf-16"),
     (codecs.BOM_UTF16_BE, "utf-16"),
 )
+_BINARY = (
+    "binary data (NUL bytes), not a text file "
+    "(UTF-16/UTF-32 text needs a byte-order mark; better, save it as UTF-8)"
+)
+_BLOCK = 1 << 20
 
 
-def _decode(path: Path, data: bytes) -> str:
-    for bom, encoding in _WIDE_BOMS:  # UTF-32 first: its LE mark starts with UTF-16's
-        if data.startswith(bom):
+class _NoNul(io.RawIOBase):
+    """A binary file that refuses NUL bytes as it is read (UTF-8 text never has them)."""
+
+    def __init__(self, f: BinaryIO, path: Path) -> None:
+        self._f, self._path = f, path
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self._f.readinto(buffer)
+        if n and b"\x00" in memoryview(buffer)[:n].tobytes():
+            raise DataLoadError(f"{self._path}: {_BINARY}")
+        return n or 0
+
+
+def _bad_utf8(path: Path) -> DataLoadError:
+    """Where a file stops being UTF-8: found by reading it again, block by block."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = lines = 0
+    with path.open("rb") as f:
+        while block := f.read(_BLOCK):
             try:
-                return data.decode(encoding)
-            except UnicodeDecodeError:
-                raise DataLoadError(
-                    f"{path}: starts with a {encoding} byte-order mark but is not {encoding}"
-                ) from None
-    if b"\x00" in data:
-        raise DataLoadError(
-            f"{path}: binary data (NUL bytes), not a text file "
-            "(UTF-16/UTF-32 text needs a byte-order mark; better, save it as UTF-8)"
-        )
-    try:
-        return data.decode("utf-8-sig")  # -sig: a leading byte-order mark is not data
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise DataLoadError(
-            f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}, "
-            f"line {line}); save it as UTF-8"
-        ) from None
+                decoder.decode(block)
+            except UnicodeDecodeError as exc:
+                byte = block[exc.start]
+                where = offset + exc.start
+                line = lines + block.count(b"\n", 0, exc.start) + 1
+                return DataLoadError(
+                    f"{path}: not UTF-8 text (byte 0x{byte:02x} at offset {where}, "
+                    f"line {line}); save it as UTF-8"
+                )
+            offset += len(block)
+            lines += block.count(b"\n")
+    return DataLoadError(f"{path}: not UTF-8 text (it ends inside a character); save it as UTF-8")
 
 
-def _read_text(path: Path) -> str:
+@contextmanager
+def _open_text(path: Path, newline: str) -> Iterator[TextIO]:
+    """Opens a data file as text, streaming: UTF-8 (a leading byte-order mark is not data), or
+    UTF-16/32 with a byte-order mark. Unusable files raise `DataLoadError` naming them, also
+    midway (NUL bytes, bytes that are not UTF-8)."""
     try:
-        data = path.read_bytes()
+        f = path.open("rb")
     except FileNotFoundError:
         raise DataLoadError(f"{path}: file not found") from None
     except IsADirectoryError:
         raise DataLoadError(f"{path}: is a directory, not a data file") from None
     except OSError as exc:
         raise DataLoadError(f"{path}: cannot read ({exc.strerror})") from None
-    text = _decode(path, data)
-    if not text.strip():
-        raise DataLoadError(f"{path}: file is empty")
-    return text
+    with f:
+        head = f.read(4)
+        f.seek(0)
+        wide = next((enc for bom, enc in _WIDE_BOMS if head.startswith(bom)), None)
+        raw: BinaryIO = f if wide else io.BufferedReader(_NoNul(f, path), _BLOCK)
+        text = io.TextIOWrapper(raw, encoding=wide or "utf-8-sig", newline=newline)
+        try:
+            yield text
+        except UnicodeDecodeError:
+            if wide:
+                raise DataLoadError(
+                    f"{path}: starts with a {wide} byte-order mark but is not {wide}"
+                ) from None
+            raise _bad_utf8(path) from None
+        finally:
+            text.detach()
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -152,37 +189,54 @@ def parse_json(text: str, max_depth: int = MAX_DEPTH) -> Any:
     return value
 
 
-def _read_jsonl(path: Path) -> list[RawRow]:
-    rows = []
-    # Split on "\n" only: str.splitlines() also breaks on U+2028 and friends, which JSON
-    # strings may legally contain unescaped.
-    for lineno, line in enumerate(_read_text(path).split("\n"), start=1):
-        # A BOM mid-file comes from concatenating files that each had one; it is never data.
-        line = line.removesuffix("\r").removeprefix("\ufeff")
-        if not line.strip():
-            continue  # blank lines hold no data; numbering still follows the file
-        try:
-            value = parse_json(line)
-        except ValueError as exc:
-            rows.append(RawRow(lineno, None, raw=line, parse_error=str(exc)))
-            continue
-        if isinstance(value, dict):
-            rows.append(RawRow(lineno, value))
-        else:
-            error = f"not a JSON object (got {type(value).__name__})"
-            rows.append(RawRow(lineno, None, raw=line, parse_error=error))
-    if rows and all(r.record is None for r in rows):
-        first = rows[0]
+def _iter_jsonl(path: Path) -> Iterator[RawRow]:
+    parsed = blank = True  # no line yet: parsed=no line parsed; blank=nothing but blanks
+    first_error: RawRow | None = None
+    # Lines end at "\n" only (newline="\n"): U+2028 and friends may appear unescaped in JSON
+    # strings, and are not line breaks here.
+    with _open_text(path, newline="\n") as text:
+        for lineno, line in enumerate(text, start=1):
+            # A BOM mid-file comes from concatenating files that each had one; never data.
+            line = line.removesuffix("\n").removesuffix("\r").removeprefix("\ufeff")
+            if not line.strip():
+                continue  # blank lines hold no data; numbering still follows the file
+            blank = False
+            try:
+                value = parse_json(line)
+            except ValueError as exc:
+                row = RawRow(lineno, None, raw=line, parse_error=str(exc))
+            else:
+                if isinstance(value, dict):
+                    row = RawRow(lineno, value)
+                else:
+                    error = f"not a JSON object (got {type(value).__name__})"
+                    row = RawRow(lineno, None, raw=line, parse_error=error)
+            if row.record is None:
+                first_error = first_error or row
+            else:
+                parsed = False
+            yield row
+    if blank:
+        raise DataLoadError(f"{path}: file is empty")
+    if parsed and first_error is not None:  # every line failed: not JSONL at all
         raise DataLoadError(
-            f"{path}: no line is a JSON object (line {first.row}: {first.parse_error}); "
-            "is this JSONL?"
+            f"{path}: no line is a JSON object (line {first_error.row}: "
+            f"{first_error.parse_error}); is this JSONL?"
         )
-    return rows
+
+
+def _read_text(path: Path) -> str:
+    with _open_text(path, newline="") as text:
+        content = text.read()
+    if not content.strip():
+        raise DataLoadError(f"{path}: file is empty")
+    return content
 
 
 def _read_json(path: Path) -> list[RawRow]:
+    content = _read_text(path)
     try:
-        value = parse_json(_read_text(path))
+        value = parse_json(content)
     except ValueError as exc:  # one bad value spoils the whole array: no row to blame
         raise DataLoadError(f"{path}: {exc}") from None
     if isinstance(value, dict) and isinstance(value.get("data"), list):
@@ -216,38 +270,35 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _rows_from_frame(frame: Any) -> list[RawRow]:
-    records = frame.to_dict(orient="records")
-    return [RawRow(i, {k: _plain(v) for k, v in rec.items()}) for i, rec in enumerate(records, 1)]
-
-
-def _read_csv(path: Path) -> list[RawRow]:
+def _iter_csv(path: Path) -> Iterator[RawRow]:
     """Rows are numbered by the file line they start on (the header is line 1), like a text
     editor shows them; a quoted cell may span lines. A row with more or fewer cells than the
     header is quarantined whole: which cell belongs to which column is a guess."""
     import csv
-    import io
 
     csv.field_size_limit(2**26)  # enormous cells are quarantined by length, not crashed on
-    reader = csv.reader(io.StringIO(_read_text(path), newline=""), strict=True)
-    try:
-        header = next(reader, None)
-        if not header or not any(h.strip() for h in header):
-            raise DataLoadError(f"{path}: CSV has no header row")
-        repeated = sorted({h for h in header if header.count(h) > 1})
-        if repeated:
-            raise DataLoadError(f"{path}: CSV header repeats column {repeated[0]!r}")
-        rows = []
-        start = reader.line_num + 1
-        for cells in reader:
-            if cells:  # a blank line holds no row
-                rows.append(_csv_row(start, header, cells))
+    with _open_text(path, newline="") as text:
+        reader = csv.reader(text, strict=True)
+        try:
+            header = next(reader, None)
+            if header is None:
+                raise DataLoadError(f"{path}: file is empty")
+            if not any(h.strip() for h in header):
+                raise DataLoadError(f"{path}: CSV has no header row")
+            repeated = sorted({h for h in header if header.count(h) > 1})
+            if repeated:
+                raise DataLoadError(f"{path}: CSV header repeats column {repeated[0]!r}")
             start = reader.line_num + 1
-    except csv.Error as exc:
-        raise DataLoadError(f"{path}: line {reader.line_num}: malformed CSV ({exc})") from None
-    if not rows:
+            empty = True
+            for cells in reader:
+                if cells:  # a blank line holds no row
+                    empty = False
+                    yield _csv_row(start, header, cells)
+                start = reader.line_num + 1
+        except csv.Error as exc:
+            raise DataLoadError(f"{path}: line {reader.line_num}: malformed CSV ({exc})") from None
+    if empty:
         raise DataLoadError(f"{path}: CSV has a header but no rows")
-    return rows
 
 
 def _csv_row(row: int, header: list[str], cells: list[str]) -> RawRow:
@@ -263,22 +314,35 @@ def _csv_row(row: int, header: list[str], cells: list[str]) -> RawRow:
     return RawRow(row, {k: (v if v != "" else None) for k, v in zip(header, cells, strict=True)})
 
 
-def _read_parquet(path: Path) -> list[RawRow]:
-    import pandas as pd
+def _iter_parquet(path: Path) -> Iterator[RawRow]:
+    """Read in Arrow record batches: memory holds one batch, not the file."""
+    import pyarrow.parquet as pq
 
     if not path.exists():
         raise DataLoadError(f"{path}: file not found")
     try:
-        frame = pd.read_parquet(path)
+        parquet = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises several unrelated types for a bad file
         raise DataLoadError(f"{path}: not a readable Parquet file ({type(exc).__name__})") from None
-    if frame.empty:
+    if parquet.metadata.num_rows == 0:
         raise DataLoadError(f"{path}: Parquet file has no rows")
-    return _rows_from_frame(frame)
+    row = 0
+    try:
+        for batch in parquet.iter_batches(batch_size=4096):
+            for rec in batch.to_pylist():
+                row += 1
+                yield RawRow(row, {str(k): _plain(v) for k, v in rec.items()})
+    except DataLoadError:
+        raise
+    except Exception as exc:  # a corrupt page midway
+        raise DataLoadError(
+            f"{path}: not a readable Parquet file after row {row} ({type(exc).__name__})"
+        ) from None
 
 
-def _read_hf(source: str, split: str) -> list[RawRow]:
-    """A Hugging Face `datasets` name (hub id, or a local dataset directory)."""
+def _iter_hf(source: str, split: str) -> Iterator[RawRow]:
+    """A Hugging Face `datasets` name (hub id, or a local dataset directory). Datasets are
+    memory-mapped Arrow files: rows are read one at a time."""
     import datasets
 
     name = source.removeprefix("hf:")
@@ -294,44 +358,62 @@ def _read_hf(source: str, split: str) -> list[RawRow]:
         raise DataLoadError(f"{source}: cannot load dataset split {split!r}: {message}") from None
     if len(dataset) == 0:
         raise DataLoadError(f"{source}: dataset split {split!r} has no rows")
-    return [RawRow(i, _plain(dict(rec))) for i, rec in enumerate(dataset, start=1)]
+    for i, rec in enumerate(dataset, start=1):
+        yield RawRow(i, _plain(dict(rec)))
 
 
-def read_rows(source: str, fmt: str = "auto", hf_split: str = "train") -> list[RawRow]:
-    """Reads every row of `source`; see the module docstring for the error contract."""
+def iter_rows(source: str, fmt: str = "auto", hf_split: str = "train") -> Iterator[RawRow]:
+    """Every row of `source`, one at a time (a JSON array is read whole; the other formats
+    stream). Errors follow the module docstring; an unusable file may raise after some rows."""
     fmt = detect_format(source, fmt)
     if fmt == "hf":
-        return _read_hf(source, hf_split)
+        return _iter_hf(source, hf_split)
     path = Path(source)
     if path.is_dir():
         raise DataLoadError(f"{path}: is a directory; use format hf for a dataset directory")
-    readers = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv}
-    readers["parquet"] = _read_parquet
+    readers = {"jsonl": _iter_jsonl, "csv": _iter_csv, "parquet": _iter_parquet}
+    readers["json"] = lambda p: iter(_read_json(p))
     if fmt not in readers:
         raise DataLoadError(f"{source}: unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
     return readers[fmt](path)
 
 
-def write_raw_rows(rows: list[RawRow], path: Path) -> None:
-    """Persists loaded rows as JSONL so the next task gets a path, not a live object."""
+def read_rows(source: str, fmt: str = "auto", hf_split: str = "train") -> list[RawRow]:
+    """Reads every row of `source`; see the module docstring for the error contract."""
+    return list(iter_rows(source, fmt, hf_split))
+
+
+def write_raw_rows(rows: Iterable[RawRow], path: Path) -> int:
+    """Persists loaded rows as JSONL as they come, so the next task gets a path, not a live
+    object; returns how many. Written to a temporary name and renamed: an unusable file that
+    fails midway leaves no half copy."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    count = 0
     # backslashreplace: a lone surrogate (JSON allows "\ud800") cannot be encoded as UTF-8,
     # but written as `\ud800` inside a JSON string it is the same escape, read back as is.
-    with path.open("w", encoding="utf-8", errors="backslashreplace") as f:
+    with partial.open("w", encoding="utf-8", errors="backslashreplace") as f:
         for r in rows:
             f.write(json.dumps(r.__dict__, ensure_ascii=False, default=str) + "\n")
+            count += 1
+    partial.replace(path)
+    return count
+
+
+def iter_raw_rows(path: Path) -> Iterator[RawRow]:
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            yield RawRow(**json.loads(line))
 
 
 def read_raw_rows(path: Path) -> list[RawRow]:
-    with path.open(encoding="utf-8") as f:
-        return [RawRow(**json.loads(line)) for line in f]
+    return list(iter_raw_rows(path))
 
 
 @task(name="load_dataset")
 def load_dataset(*, data: DataConfig, ctx: RunContext) -> str:
     """Reads `data.path` and stores its numbered rows as `data/loaded.jsonl` in the run
     directory; returns that path."""
-    rows = read_rows(data.path, data.format, data.hf_split)
     path = Path(ctx.path("data", "loaded.jsonl"))
-    write_raw_rows(rows, path)
+    write_raw_rows(iter_rows(data.path, data.format, data.hf_split), path)
     return str(path)

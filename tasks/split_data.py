@@ -17,6 +17,7 @@ from prefect import task
 
 from tuneforge.config import DataConfig
 from tuneforge.jsonl import read_jsonl, write_jsonl
+from tuneforge.records import is_text
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,8 @@ class SplitPaths:
 
 
 def _bucket(record: dict[str, Any], seed: int) -> float:
-    key = json.dumps([seed, record["messages"]], sort_keys=True).encode()
+    content = record["text"] if is_text(record) else record["messages"]
+    key = json.dumps([seed, content], sort_keys=True).encode()
     return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2**64
 
 

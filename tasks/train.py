@@ -9,11 +9,12 @@ from the strategy object, found by name in the plugin registry.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +26,12 @@ from tuneforge.batching import IGNORE_INDEX, MaskAudit, audit_examples, collate
 from tuneforge.config import TrainConfig
 from tuneforge.jsonl import read_jsonl
 from tuneforge.models import load_pretrained, pick_device
-from tuneforge.plugins.examples import check_chat_template
+from tuneforge.plugins.examples import check_chat_template, tokenize_text_blocks
 from tuneforge.plugins.registry import strategy_info
+from tuneforge.records import is_text
 from tuneforge.run_context import RunContext
 from tuneforge.tasks import checkpoint, padding_free, parallel
-from tuneforge.tasks.evaluate import generate_answers, score, spread
+from tuneforge.tasks.evaluate import generate_answers, response_loss, score, spread
 from tuneforge.tracking import MetricLogger
 
 MetricsCallback = Callable[[int, dict[str, float]], None]
@@ -51,6 +53,9 @@ class TrainResult:
     resumed_from_step: int = 0  # the checkpoint this attempt continued from (0: from scratch)
     # "padding-free", or "padded: <why>" (see tasks/padding_free.py)
     batches: str = "padded"
+    # The periodic-evaluation scores of `best_step` (`exact_match`, `eval_loss`); empty without
+    # periodic evaluation.
+    best_scores: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainResult:
@@ -119,38 +124,54 @@ def _progress(enabled: bool = True) -> Progress:
 
 
 class BestCheckpoint:
-    """Scores the model every `every` steps by greedy exact match on held-back records, and
-    keeps a copy of the trainable weights of the best step so that step is what gets saved.
+    """Scores the model every `every` steps on held-back records, and keeps a copy of the
+    trainable weights of the best step so that step is what gets saved.
 
+    Best means the highest greedy exact match, ties broken by the lower eval loss (on small
+    data exact match is often tied, at 0.0 early on, and the first of equals is not the one
+    to keep); raw-text records have no answer to match, so there it is the eval loss alone.
     Only trainable parameters are copied (for LoRA: the adapters alone), so this costs little
     memory. With `every == 0` or no records it does nothing and the last step is kept.
     """
 
-    def __init__(self, records: list[dict[str, Any]], tokenizer: Any, every: int) -> None:
+    def __init__(
+        self, records: list[dict[str, Any]], tokenizer: Any, every: int, max_length: int
+    ) -> None:
         self.records, self.tokenizer, self.every = records, tokenizer, every
+        self.max_length = max_length
+        self.chat = [r for r in records if not is_text(r)]
         self.best_score, self.best_step = -1.0, 0
-        self.history: list[tuple[int, float]] = []
+        self.best_loss = math.inf
+        self.history: list[tuple[int, float | None, float]] = []  # step, exact match, loss
         self._weights: dict[str, torch.Tensor] = {}
 
     def due(self, step: int, last: bool) -> bool:
         return bool(self.records and self.every) and (step % self.every == 0 or last)
 
-    def evaluate(self, model: Any, step: int) -> float:
+    def evaluate(self, model: Any, step: int) -> dict[str, float]:
         model.eval()
-        answers = generate_answers(model, self.tokenizer, self.records, max_new_tokens=24, bs=48)
+        loss = response_loss(model, self.tokenizer, self.records, self.max_length, bs=48)
+        value = None
+        if self.chat:
+            answers = generate_answers(model, self.tokenizer, self.chat, max_new_tokens=24, bs=48)
+            value = score(self.chat, answers)[0]["exact_match"]
         model.train()
-        value = score(self.records, answers)[0]["exact_match"]
-        self.history.append((step, value))
-        if value > self.best_score:
-            self.best_score, self.best_step = value, step
+        self.history.append((step, value, loss))
+        # >=: of two steps scoring exactly the same, the later one (trained longer) is kept.
+        if (value or 0.0, -loss) >= (self.best_score, -self.best_loss):
+            self.best_score, self.best_loss, self.best_step = value or 0.0, loss, step
             self._weights = {
                 n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad
             }
-        return value
+        scores = {"train.eval_loss": loss}
+        return scores | ({"train.eval_exact_match": value} if value is not None else {})
 
-    def resume(self, step: int, score: float, weights: dict[str, torch.Tensor]) -> None:
+    def resume(
+        self, step: int, score: float, loss: float, weights: dict[str, torch.Tensor]
+    ) -> None:
         """Takes back the best step found before a crash (from a training checkpoint)."""
-        self.best_step, self.best_score, self._weights = step, score, weights
+        self.best_step, self.best_score, self.best_loss = step, score, loss
+        self._weights = weights
 
     @property
     def weights(self) -> dict[str, torch.Tensor]:
@@ -266,7 +287,7 @@ class TrainingRun:
         self._setup_batches()
         self._setup_optimizer()
         held_back = spread(eval_records, cfg.eval_examples) if self.lead else []
-        self.best = BestCheckpoint(held_back, self.tokenizer, cfg.eval_every)
+        self.best = BestCheckpoint(held_back, self.tokenizer, cfg.eval_every, cfg.max_length)
 
     def _setup_model(self) -> None:
         model, self.tokenizer = load_pretrained(self.base_dir, self.trust_remote_code)
@@ -283,6 +304,9 @@ class TrainingRun:
 
     def _setup_examples(self, records: list[dict[str, Any]]) -> None:
         cfg, tokenizer = self.cfg, self.tokenizer
+        if any(is_text(r) for r in records):  # a file has one schema: then every record
+            self._setup_text_examples(records)
+            return
         check_chat_template(tokenizer)
         with self._blame("build_example"):
             build = self.strategy.build_example
@@ -299,6 +323,25 @@ class TrainingRun:
                 f"train.max_length={cfg.max_length} tokens; raise train.max_length or quarantine "
                 "long rows with a lower data.max_chars"
             )
+
+    def _setup_text_examples(self, records: list[dict[str, Any]]) -> None:
+        """Raw text: causal-LM loss on every token, each document split into
+        `train.max_length` blocks (nothing cut off), for strategies that say they train text."""
+        if not getattr(self.strategy, "trains_text", False):
+            raise ValueError(
+                f"{self.info.label} trains on prompt/response pairs, and raw text (data.schema "
+                "text) has none; use full or lora, or a strategy with trains_text = True"
+            )
+        cfg, tokenizer = self.cfg, self.tokenizer
+        self.examples, rows = [], []
+        for r in records:
+            blocks = tokenize_text_blocks(r, tokenizer, cfg.max_length)
+            self.examples += blocks
+            rows += [r["row"]] * len(blocks)
+        trained = sum(e.trained_tokens for e in self.examples)
+        total = sum(len(e.input_ids) for e in self.examples)
+        # Blocks are cut on purpose: none counts as truncated.
+        self.audit = MaskAudit(len(self.examples), 0, trained, total - trained)
 
     def _setup_batches(self) -> None:
         cfg, examples = self.cfg, self.examples
@@ -341,7 +384,8 @@ class TrainingRun:
                 self.state, best_weights = checkpoint.load_checkpoint(
                     found, self.core, self.optimizer, self.scheduler
                 )
-                self.best.resume(self.state.best_step, self.state.best_score, best_weights)
+                state = self.state
+                self.best.resume(state.best_step, state.best_score, state.best_loss, best_weights)
         self.resumed_from = self.state.step
 
     # The loop ---------------------------------------------------------------------------
@@ -419,9 +463,9 @@ class TrainingRun:
         self.paused += self.window_start - pause
 
     def _evaluate(self, step: int) -> None:
-        value = self.best.evaluate(self.core, step)
+        scores = self.best.evaluate(self.core, step)
         if self.on_metrics:
-            self.on_metrics(step, {"train.eval_exact_match": value})
+            self.on_metrics(step, scores)
 
     def _checkpoint_due(self, step: int) -> bool:
         every = self.cfg.checkpoint_every
@@ -431,7 +475,12 @@ class TrainingRun:
 
     def _checkpoint(self, earlier_seconds: float) -> None:
         state = self.state
-        state.best_step, state.best_score = self.best.best_step, self.best.best_score
+        best = self.best
+        state.best_step, state.best_score, state.best_loss = (
+            best.best_step,
+            best.best_score,
+            best.best_loss,
+        )
         state.seconds = earlier_seconds + time.perf_counter() - self.started - self.paused
         checkpoint.save_checkpoint(
             self.root,
@@ -471,6 +520,7 @@ class TrainingRun:
             seconds=self.seconds,
             final_loss=state.loss,
             best_step=self.best.best_step or cfg.steps,
+            best_scores=self._best_scores(),
             trainable_parameters=sum(p.numel() for p in self.params),
             total_parameters=sum(p.numel() for p in core.parameters()),
             audit=self.audit,
@@ -482,6 +532,14 @@ class TrainingRun:
             if self.root:
                 checkpoint.clear_checkpoints(self.root)
         return result
+
+    def _best_scores(self) -> dict[str, float]:
+        """The kept step's periodic-evaluation scores (empty without periodic evaluation)."""
+        best = self.best
+        if not best.best_step:
+            return {}
+        scores = {"eval_loss": best.best_loss}
+        return scores | ({"exact_match": best.best_score} if best.chat else {})
 
     @contextmanager
     def _blame(self, what: str) -> Iterator[None]:

@@ -1,15 +1,25 @@
 """Validate loaded rows with a pandera schema; quarantine the bad ones with their reasons.
 
-Two row shapes are accepted:
-- instruction rows: `instruction`, optional `input`, `output` (Alpaca style);
-- chat rows: `messages`, a list of `{"role", "content"}` turns with a user turn and ending in
-  the assistant's turn (a JSON string in CSV cells is decoded).
+First the file's columns are matched to a dataset schema (`tuneforge/data_schemas.py`:
+alpaca, dolly, prompt_completion, openai, sharegpt, text; `auto` recognises them), then every
+row is checked in the shape that schema gives it:
+- instruction rows: `instruction`, optional `input`, `output` (alpaca, dolly,
+  prompt_completion);
+- chat rows: `messages`, a list of turns with a user turn and ending in the assistant's turn
+  (openai `{role, content}`, sharegpt `{from, value}`; a JSON string in CSV cells is decoded);
+- text rows: `text`, raw text trained on every token (any length: training splits it into
+  blocks).
 An optional `task` names the task family (used for per-family evaluation and held-out tasks).
 
 Every row ends up in exactly one place: valid rows become canonical records
-`{"row", "task", "messages"}`; rejected rows go to a quarantine JSONL entry
-`{"row", "reason", "record"}` holding the original row, so nothing is silently dropped and
-`valid + rejected == total` always holds. Duplicates keep their first occurrence.
+(`{"row", "task", "messages"}`, or `{"row", "task", "text"}`); rejected rows go to a quarantine
+JSONL entry `{"row", "reason", "record"}` holding the original row, so nothing is silently
+dropped and `valid + rejected == total` always holds. Duplicates keep their first occurrence.
+A column that nothing reads makes the whole file unusable (`SchemaError`), unless it is mapped
+or listed in `data.ignore_columns`.
+
+Rows are checked in chunks of `CHUNK` and written as they are judged, so memory does not grow
+with the file beyond one digest per valid row (for duplicates).
 """
 
 from __future__ import annotations
@@ -17,7 +27,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +38,28 @@ import pandera.pandas as pa
 from prefect import task
 
 from tuneforge.config import DataConfig
-from tuneforge.jsonl import write_jsonl
+from tuneforge.data_schemas import SCHEMAS, ColumnMap, SchemaError, convert_turns, resolve_columns
+from tuneforge.jsonl import JsonlWriter
 from tuneforge.records import canonical_record
 from tuneforge.run_context import RunContext
-from tuneforge.tasks.load_data import RawRow, parse_json, read_raw_rows
+from tuneforge.tasks.load_data import RawRow, iter_raw_rows, parse_json
 
 ROLES = frozenset({"system", "user", "assistant"})
-TEXT_FIELDS = ("instruction", "input", "output", "task")
+PAIR_FIELDS = ("instruction", "input", "output")
+CHUNK = 10_000  # rows per pandera call: large enough to amortise it, small enough to bound memory
+
+__all__ = [
+    "CHUNK",
+    "SchemaError",
+    "TooManyRejectedError",
+    "ValidationReport",
+    "check_rejected_fraction",
+    "column_stats",
+    "resolve_rows",
+    "validate_dataset",
+    "validate_file",
+    "validate_rows",
+]
 
 
 class TooManyRejectedError(ValueError):
@@ -47,31 +74,75 @@ class ValidationReport:
     valid_path: str
     quarantine_path: str
     fingerprint: str  # sha256 of the valid records: what training will see
+    schema: str = "alpaca"
+    columns: dict[str, str] = field(default_factory=dict)  # tuneforge field -> file column
 
     @property
     def rejected_fraction(self) -> float:
         return self.rejected / self.total if self.total else 0.0
 
 
+@dataclass
+class ColumnStats:
+    rows: int  # rows that have the column (a key, or a CSV/Parquet column)
+    first_row: int
+
+
+def column_stats(rows: Iterable[RawRow]) -> dict[str, ColumnStats]:
+    """Which columns the parsed rows have, in how many rows, and the first row with each."""
+    stats: dict[str, ColumnStats] = {}
+    for r in rows:
+        if r.record is None:
+            continue
+        for key in r.record:
+            if key in stats:
+                stats[key].rows += 1
+            else:
+                stats[key] = ColumnStats(1, r.row)
+    return stats
+
+
+def resolve_rows(
+    rows: Iterable[RawRow],
+    source: str,
+    schema: str = "auto",
+    columns: dict[str, str] | None = None,
+    ignore: Iterable[str] = (),
+) -> ColumnMap | None:
+    """The file's `ColumnMap` (raises `SchemaError`), or None when no row parsed at all."""
+    parsed = False
+
+    def noting(rows: Iterable[RawRow]) -> Iterator[RawRow]:
+        nonlocal parsed
+        for r in rows:
+            parsed = parsed or r.record is not None
+            yield r
+
+    stats = column_stats(noting(rows))
+    if not parsed:
+        return None
+    found = {column: s.rows for column, s in stats.items()}
+    return resolve_columns(found, source, schema, columns, ignore)
+
+
 def _is_text(value: Any) -> bool:
     return isinstance(value, str)
 
 
-def _not_unicode(rec: dict[str, Any]) -> str | None:
+def _not_unicode(fields: dict[str, Any], cmap: ColumnMap) -> str | None:
     """The reason when a field holds an unpaired surrogate (JSON can spell one, "\\ud800"):
     such text cannot be written as UTF-8 or tokenized. Checked before pandera, whose failure
     report breaks on it."""
     # Text is checked by encoding it directly: a json.dumps per field took a quarter of the
     # validation time (cProfile). Only non-text values (messages, numbers) go through JSON.
-    for name in (*TEXT_FIELDS, "messages"):
-        value = rec.get(name)
+    for name, value in fields.items():
         try:
             if isinstance(value, str):
                 value.encode("utf-8")
             elif value is not None:
                 json.dumps(value, ensure_ascii=False, default=str).encode("utf-8")
         except UnicodeEncodeError:
-            return f"{name}: is not valid Unicode (an unpaired surrogate)"
+            return f"{cmap.column(name)}: is not valid Unicode (an unpaired surrogate)"
     return None
 
 
@@ -102,8 +173,15 @@ def _chat_check(rule: Any) -> Any:
     return lambda value: _turns(value) is None or bool(rule(_turns(value)))
 
 
-def build_schema(max_chars: int) -> pa.DataFrameSchema:
-    """The row schema. Each check's `error` is the reason written to the quarantine file."""
+def _kind(cmap: ColumnMap) -> str:
+    fields = SCHEMAS[cmap.schema].columns
+    return "chat" if "messages" in fields else "text" if "text" in fields else "pair"
+
+
+def build_schema(max_chars: int, cmap: ColumnMap) -> pa.DataFrameSchema:
+    """The row schema of the file's kind of rows. Columns are tuneforge's field names; each
+    check's `error` is the reason written to the quarantine file (reported under the file's
+    own column name)."""
 
     def not_blank(s: pd.Series) -> pd.Series:
         return s.map(lambda v: not isinstance(v, str) or bool(v.strip()))
@@ -119,12 +197,14 @@ def build_schema(max_chars: int) -> pa.DataFrameSchema:
         element_wise=True,
         error="must be a family name, not a path (no leading '/', no empty, '.' or '..' parts)",
     )
+    role, text = ("role", "content") if cmap.turns is None else cmap.turns[:2]
+    turn_keys = f"{{{role}, {text}}}"
     chat_checks = [
         pa.Check(
             lambda v: _turns(v) is not None,
             element_wise=True,
-            error="must be a non-empty list of {role, content} turns "
-            "(role: system, user or assistant; content: text)",
+            error=f"must be a non-empty list of {turn_keys} turns "
+            "(roles: system, user and assistant; text in each)",
         ),
         pa.Check(
             _chat_check(lambda t: {"user", "assistant"} <= {m["role"] for m in t}),
@@ -148,56 +228,49 @@ def build_schema(max_chars: int) -> pa.DataFrameSchema:
         ),
     ]
 
-    def shape_check(error: str, bad: Any) -> pa.Check:
-        # ignore_na=False: pandera would otherwise skip rows whose fields are all missing.
-        return pa.Check(lambda df: ~bad(df), error=error, ignore_na=False)
+    def missing(name: str) -> pa.Check:
+        # ignore_na=False: pandera would otherwise skip the very rows whose value is missing.
+        return pa.Check(
+            lambda df: df[name].notna(), error=f"{cmap.column(name)} is missing", ignore_na=False
+        )
 
-    def alpaca(df: pd.DataFrame) -> pd.Series:
-        return df["instruction"].notna() | df["output"].notna()
-
-    return pa.DataFrameSchema(
-        {
-            "instruction": pa.Column(object, nullable=True, checks=[is_text, blank, too_long]),
-            "input": pa.Column(object, nullable=True, checks=[is_text, too_long]),
-            "output": pa.Column(object, nullable=True, checks=[is_text, blank, too_long]),
-            "task": pa.Column(object, nullable=True, checks=[is_text, blank, too_long, family]),
-            "messages": pa.Column(object, nullable=True, checks=chat_checks),
-        },
-        checks=[
-            shape_check(
-                "has neither instruction/output nor messages",
-                lambda df: ~alpaca(df) & df["messages"].isna(),
-            ),
-            shape_check(
-                "has both messages and instruction/output; use one shape per row",
-                lambda df: alpaca(df) & df["messages"].notna(),
-            ),
-            shape_check(
-                "instruction is missing", lambda df: df["output"].notna() & df["instruction"].isna()
-            ),
-            shape_check(
-                "output is missing", lambda df: df["instruction"].notna() & df["output"].isna()
-            ),
-        ],
-        coerce=False,
-    )
+    columns = {"task": pa.Column(object, nullable=True, checks=[is_text, blank, too_long, family])}
+    kind = _kind(cmap)
+    if kind == "pair":
+        text_checks = {"instruction": [blank, too_long], "input": [too_long]}
+        text_checks["output"] = [blank, too_long]
+        for name, checks in text_checks.items():
+            columns[name] = pa.Column(object, nullable=True, checks=[is_text, *checks])
+        frame_checks = [missing("instruction"), missing("output")]
+    elif kind == "chat":
+        columns["messages"] = pa.Column(object, nullable=True, checks=chat_checks)
+        frame_checks = [missing("messages")]
+    else:
+        # No length limit: a document is split into train.max_length blocks, never cut.
+        columns["text"] = pa.Column(object, nullable=True, checks=[is_text, blank])
+        frame_checks = [missing("text")]
+    return pa.DataFrameSchema(columns, checks=frame_checks, coerce=False)
 
 
-def _frame(records: list[dict[str, Any]]) -> pd.DataFrame:
-    columns: dict[str, list[Any]] = {name: [] for name in (*TEXT_FIELDS, "messages")}
-    for rec in records:
-        for name in TEXT_FIELDS:
-            columns[name].append(rec.get(name))
-        messages = rec.get("messages")
-        if isinstance(messages, str):  # CSV cells carry messages as a JSON string
-            # Undecodable text stays a string: the format check rejects it with a reason.
-            with contextlib.suppress(ValueError):
-                messages = parse_json(messages)
-        columns["messages"].append(messages)
-    return pd.DataFrame({k: pd.Series(v, dtype=object) for k, v in columns.items()})
+def _fields(record: dict[str, Any], cmap: ColumnMap) -> tuple[dict[str, Any], str | None]:
+    """A row's values under tuneforge's field names, and a reason if its turns cannot be read."""
+    kind = _kind(cmap)
+    names = {"pair": PAIR_FIELDS, "chat": ("messages",), "text": ("text",)}[kind]
+    fields = {name: record.get(cmap.column(name)) for name in (*names, "task")}
+    if kind != "chat":
+        return fields, None
+    messages = fields["messages"]
+    if isinstance(messages, str):  # CSV cells carry turns as a JSON string
+        # Undecodable text stays a string: the format check rejects it with a reason.
+        with contextlib.suppress(ValueError):
+            messages = parse_json(messages)
+    fields["messages"], reason = convert_turns(messages, cmap)
+    return fields, reason
 
 
-def _failure_reasons(schema: pa.DataFrameSchema, frame: pd.DataFrame) -> dict[int, list[str]]:
+def _failure_reasons(
+    schema: pa.DataFrameSchema, frame: pd.DataFrame, cmap: ColumnMap
+) -> dict[int, list[str]]:
     try:
         schema.validate(frame, lazy=True)
     except pa.errors.SchemaErrors as exc:
@@ -209,65 +282,145 @@ def _failure_reasons(schema: pa.DataFrameSchema, frame: pd.DataFrame) -> dict[in
         cases["schema_context"], cases["column"], cases["check"], cases["index"], strict=True
     ):
         if index is None or pd.isna(index):
-            # A failure without a row (e.g. a missing column) is a bug in _frame, not bad data.
+            # A failure without a row (e.g. a missing column) is a bug in _fields, not bad data.
             raise RuntimeError(f"schema failure without a row: {column}: {error}")
-        reason = f"{column}: {error}" if ctx == "Column" else error
+        reason = f"{cmap.column(column)}: {error}" if ctx == "Column" else error
         row_reasons = reasons.setdefault(int(index), [])
         if reason not in row_reasons:  # frame-level checks are reported once per column
             row_reasons.append(reason)
     return reasons
 
 
-def validate_rows(
-    rows: list[RawRow], max_chars: int
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Splits rows into canonical valid records and quarantine entries (each with a reason)."""
-    quarantine: list[dict[str, Any]] = []
-    parsed = []
-    for r in rows:
-        if r.record is None:
-            quarantine.append({"row": r.row, "reason": r.parse_error, "record": r.raw})
-        elif reason := _not_unicode(r.record):
-            quarantine.append({"row": r.row, "reason": reason, "record": r.record})
-        else:
-            parsed.append(r)
-    frame = _frame([r.record for r in parsed])
-    reasons = _failure_reasons(build_schema(max_chars), frame)
+def _duplicate_key(record: dict[str, Any]) -> bytes:
+    # A digest, not the content: memory per valid row stays 16 bytes however long the rows.
+    if "text" in record:
+        content = ("text", record["text"])
+    else:  # canonical turns hold exactly role and content
+        content = tuple((m["role"], m["content"]) for m in record["messages"])
+    return hashlib.blake2b(repr(content).encode("utf-8"), digest_size=16).digest()
 
-    valid: list[dict[str, Any]] = []
-    seen: dict[tuple[tuple[str, str], ...], int] = {}
-    for i, r in enumerate(parsed):
-        if i in reasons:
-            quarantine.append({"row": r.row, "reason": "; ".join(reasons[i]), "record": r.record})
+
+Verdict = tuple[dict[str, Any] | None, dict[str, Any] | None]  # (valid record, quarantine entry)
+
+
+def _judge_chunk(
+    chunk: list[RawRow],
+    max_chars: int,
+    cmap: ColumnMap | None,
+    schema: pa.DataFrameSchema | None,
+    seen: dict[bytes, int],
+) -> Iterator[Verdict]:
+    """Each row's verdict, in row order."""
+    checked: list[tuple[int, RawRow, dict[str, Any]]] = []
+    early: dict[int, dict[str, Any]] = {}
+    for i, r in enumerate(chunk):
+        if r.record is None:
+            early[i] = {"row": r.row, "reason": r.parse_error, "record": r.raw}
             continue
-        record = canonical_record(r.row, r.record)
-        # Canonical turns hold exactly role and content, so this tuple is as exact a key as
-        # their JSON, at a tenth of the cost.
-        key = tuple((m["role"], m["content"]) for m in record["messages"])
+        assert cmap is not None  # a parsed row means the file has columns
+        fields, reason = _fields(r.record, cmap)
+        reason = reason or _not_unicode(fields, cmap)
+        if reason:
+            early[i] = {"row": r.row, "reason": reason, "record": r.record}
+        else:
+            checked.append((i, r, fields))
+    reasons: dict[int, list[str]] = {}
+    if checked:
+        frame = pd.DataFrame(
+            {
+                name: pd.Series([f[name] for _, _, f in checked], dtype=object)
+                for name in checked[0][2]
+            }
+        )
+        reasons = _failure_reasons(schema, frame, cmap)
+    verdicts: dict[int, Verdict] = {i: (None, entry) for i, entry in early.items()}
+    for position, (i, r, fields) in enumerate(checked):
+        if position in reasons:
+            entry = {"row": r.row, "reason": "; ".join(reasons[position]), "record": r.record}
+            verdicts[i] = (None, entry)
+            continue
+        record = canonical_record(r.row, fields)
+        key = _duplicate_key(record)
         if key in seen:
-            reason = f"duplicate of row {seen[key]}"
-            quarantine.append({"row": r.row, "reason": reason, "record": r.record})
+            entry = {"row": r.row, "reason": f"duplicate of row {seen[key]}", "record": r.record}
+            verdicts[i] = (None, entry)
             continue
         seen[key] = r.row
-        valid.append(record)
-    quarantine.sort(key=lambda q: q["row"])
+        verdicts[i] = (record, None)
+    for i in range(len(chunk)):
+        yield verdicts[i]
+
+
+def judge_rows(rows: Iterable[RawRow], max_chars: int, cmap: ColumnMap | None) -> Iterator[Verdict]:
+    """Every row's verdict, in row order: `(record, None)` or `(None, quarantine entry)`."""
+    schema = build_schema(max_chars, cmap) if cmap is not None else None
+    seen: dict[bytes, int] = {}
+    rows = iter(rows)
+    while chunk := list(islice(rows, CHUNK)):
+        yield from _judge_chunk(chunk, max_chars, cmap, schema, seen)
+
+
+def validate_rows(
+    rows: list[RawRow],
+    max_chars: int,
+    cmap: ColumnMap | None = None,
+    source: str = "the data",
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Splits rows into canonical valid records and quarantine entries (each with a reason),
+    both in row order. Without `cmap`, the schema is recognised from the rows (`auto`);
+    raises `SchemaError` when it cannot be."""
+    if cmap is None:
+        cmap = resolve_rows(rows, source)
+    valid: list[dict[str, Any]] = []
+    quarantine: list[dict[str, Any]] = []
+    for record, entry in judge_rows(rows, max_chars, cmap):
+        if record is not None:
+            valid.append(record)
+        else:
+            quarantine.append(entry)
     return valid, quarantine
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def validate_file(
-    rows: list[RawRow], max_chars: int, valid_path: Path, quarantine_path: Path
+    rows: Callable[[], Iterable[RawRow]] | list[RawRow],
+    max_chars: int,
+    valid_path: Path,
+    quarantine_path: Path,
+    cmap: ColumnMap | None = None,
+    source: str = "the data",
 ) -> ValidationReport:
-    """Validates rows and writes both outputs; the quarantine file is written even when empty."""
-    valid, quarantine = validate_rows(rows, max_chars)
-    write_jsonl(valid, valid_path)
-    write_jsonl(quarantine, quarantine_path)
+    """Validates rows and writes both outputs as it goes; the quarantine file is written even
+    when empty. `rows` is a list, or a function giving a fresh iterator of them (read twice:
+    once for the columns, once to validate, so a file larger than memory never is in it)."""
+    fresh = rows if callable(rows) else lambda: rows
+    if cmap is None:
+        cmap = resolve_rows(fresh(), source)
+    total = valid = 0
+    with JsonlWriter(valid_path) as good, JsonlWriter(quarantine_path) as bad:
+        for record, entry in judge_rows(fresh(), max_chars, cmap):
+            total += 1
+            if record is not None:
+                valid += 1
+                good.write(record)
+            else:
+                bad.write(entry)
     return ValidationReport(
-        total=len(rows),
-        valid=len(valid),
-        rejected=len(quarantine),
+        total=total,
+        valid=valid,
+        rejected=total - valid,
         valid_path=str(valid_path),
         quarantine_path=str(quarantine_path),
-        fingerprint=hashlib.sha256(valid_path.read_bytes()).hexdigest()[:16],
+        fingerprint=_sha256(valid_path)[:16],
+        schema=cmap.schema if cmap else "none",
+        columns=cmap.columns if cmap else {},
     )
 
 
@@ -282,19 +435,26 @@ def check_rejected_fraction(report: ValidationReport, limit: float, source: str)
 
 @task(name="validate_dataset")
 def validate_dataset(*, loaded_path: str, data: DataConfig, ctx: RunContext) -> ValidationReport:
-    """Validates the loaded rows, writes `valid.jsonl` and `quarantine.jsonl` beside them, logs
-    the counts (and the quarantine file) to MLflow, and fails when the rejected share is above
+    """Matches the loaded rows to `data.schema` / `data.columns`, validates them, writes
+    `valid.jsonl` and `quarantine.jsonl` beside them, logs the counts, the schema (and the
+    quarantine file) to MLflow, and fails when the rejected share is above
     `data.max_rejected_fraction`."""
     from tuneforge.tracking import MetricLogger
 
-    out = Path(loaded_path).parent
-    rows = read_raw_rows(Path(loaded_path))
-    report = validate_file(rows, data.max_chars, out / "valid.jsonl", out / "quarantine.jsonl")
+    loaded = Path(loaded_path)
+    rows = lambda: iter_raw_rows(loaded)  # noqa: E731 - read twice, never held whole
+    cmap = resolve_rows(rows(), data.path, data.schema_, data.columns, data.ignore_columns)
+    out = loaded.parent
+    report = validate_file(
+        rows, data.max_chars, out / "valid.jsonl", out / "quarantine.jsonl", cmap, data.path
+    )
     metrics = MetricLogger(ctx.tracking_uri, ctx.run_id)
     counts = {"total": report.total, "valid": report.valid, "rejected": report.rejected}
     metrics.log({f"data.{k}": v for k, v in counts.items()}, step=0)
     metrics.flush()
     metrics.client.set_tag(ctx.run_id, "tuneforge.data_fingerprint", report.fingerprint)
+    mapping = ",".join(f"{f}={c}" for f, c in report.columns.items())
+    metrics.client.set_tag(ctx.run_id, "tuneforge.data_schema", f"{report.schema} ({mapping})")
     if report.rejected:
         metrics.client.log_artifact(ctx.run_id, report.quarantine_path, artifact_path="data")
     check_rejected_fraction(report, data.max_rejected_fraction, data.path)

@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 from tests.conftest import PRESET, _free_port
 from tuneforge.cli import app
 from tuneforge.config import ConfigError, load_config, parse_config
+from tuneforge.data_schemas import SchemaError
 from tuneforge.jsonl import write_jsonl
 from tuneforge.paths import inside, safe_component
 from tuneforge.preflight import check_run
@@ -33,6 +34,9 @@ from tuneforge.tasks.validate_data import validate_rows
 
 OK = '{"instruction": "Say hi.", "output": "Hi."}'
 OK2 = '{"instruction": "Say bye.", "output": "Bye."}'
+CHAT_OK = (
+    '{"messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hi."}]}'
+)
 CHAT_USER_ONLY = '{"messages": [{"role": "user", "content": "Anyone?"}]}'
 TUNEFORGE = Path(sys.executable).parent / "tuneforge"
 
@@ -47,8 +51,16 @@ DATA_CASES = [
     ("not_object.jsonl", _lines(OK, "[1, 2]"), 1, "not a JSON object (got list)"),
     ("wrong_types.jsonl", _lines(OK, '{"instruction": 1, "output": true}'), 1, "must be text"),
     ("missing_output.jsonl", _lines(OK, '{"instruction": "x"}'), 1, "output is missing"),
-    ("unknown_shape.jsonl", _lines(OK, '{"prompt": "p", "response": "r"}'), 1, "has neither"),
-    ("missing_cols.csv", b"prompt,response\np,r\nq,s\n", 1, "has neither instruction/output"),
+    # Columns nothing reads, or that fit no schema, make the whole file unusable.
+    (
+        "unknown_keys.jsonl",
+        _lines(OK, '{"question": "p", "answer": "r"}'),
+        2,
+        "columns 'question', 'answer' are not read by schema alpaca",
+    ),
+    ("missing_cols.csv", b"prompt,response\np,r\nq,s\n", 2, "the columns fit no schema"),
+    ("mixed_shapes.jsonl", _lines(OK, CHAT_OK), 2, "column 'messages' (1 rows) is not read"),
+    ("all_rejected.csv", b"instruction,output\nq,\n,a\n", 2, "every row was rejected"),
     ("fewer_cells.csv", b"instruction,output,task\nq,a,t\nq2,a2\n", 1, "fewer cells than header"),
     ("more_cells.csv", b"instruction,output\nq,a\nq2,a2,extra\n", 1, "more cells than header"),
     ("empty.jsonl", b"", 2, "file is empty"),
@@ -94,11 +106,11 @@ DATA_CASES = [
         "output: is blank",
     ),
     ("whitespace.csv", b'instruction,output\nq,a\n"   ",a2\n', 1, "instruction: is blank"),
-    ("no_assistant.jsonl", _lines(OK, CHAT_USER_ONLY), 1, "needs a user turn and an assistant"),
+    ("no_assistant.jsonl", _lines(CHAT_OK, CHAT_USER_ONLY), 1, "needs a user turn and an"),
     (
         "assistant_not_last.jsonl",
         _lines(
-            OK,
+            CHAT_OK,
             '{"messages": [{"role": "assistant", "content": "a"}, '
             '{"role": "user", "content": "q"}]}',
         ),
@@ -150,7 +162,9 @@ DATA_CASES = [
     ),
     (
         "chat_csv_bad.csv",
-        b'messages\n"[{""role"": ""user"", ""content"": ""q""}]"\nnot json\n',
+        b'messages\n"[{""role"": ""user"", ""content"": ""q""}]"\nnot json\n'
+        b'"[{""role"": ""user"", ""content"": ""q""}, '
+        b'{""role"": ""assistant"", ""content"": ""a""}]"\n',
         1,
         "messages: needs a user turn and an assistant turn",
     ),
@@ -184,6 +198,10 @@ def test_bad_data_is_quarantined_or_refused_in_one_line(tmp_path, name, content,
 
     result = _validate(path, quarantine)
 
+    if code == 2 and phrase == "every row was rejected":  # the rows' reasons, then the error
+        assert result.exit_code == 2 and "Traceback" not in result.output
+        assert result.stderr.strip().splitlines()[-1].startswith(f"error: {path}: {phrase}")
+        return
     if code == 2:
         _one_line_error(result, str(path), phrase)
         assert not quarantine.exists()
@@ -269,10 +287,10 @@ def test_random_jsonl_files_are_accounted_for_or_refused_in_one_line(tmp_path, l
 
     try:
         rows = read_rows(str(path))
-    except DataLoadError as exc:
+        valid, quarantine = validate_rows(rows, max_chars=50, source=str(path))
+    except (DataLoadError, SchemaError) as exc:  # unusable as a whole: one line naming it
         assert "\n" not in str(exc) and str(path) in str(exc)
         return
-    valid, quarantine = validate_rows(rows, max_chars=50)
 
     assert len(valid) + len(quarantine) == len(rows) == sum(1 for x in lines if x.strip())
     assert all(q["reason"] for q in quarantine)

@@ -29,7 +29,15 @@ def test_bundled_data_is_all_valid_and_exits_0(tmp_path):
 
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
-    assert summary == {"total": 1508, "valid": 1508, "rejected": 0, "quarantine": str(quarantine)}
+    columns = {"instruction": "instruction", "input": "input", "output": "output", "task": "task"}
+    assert summary == {
+        "total": 1508,
+        "valid": 1508,
+        "rejected": 0,
+        "quarantine": str(quarantine),
+        "schema": "alpaca",
+        "columns": columns,
+    }
     assert quarantine.read_text() == ""
     assert result.stderr == ""
 
@@ -43,13 +51,14 @@ def test_bad_rows_exit_1_write_quarantine_and_print_json_summary_last(tmp_path):
 
     assert result.exit_code == 1, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
-    assert set(summary) == {"total", "valid", "rejected", "quarantine"}
-    assert summary == {"total": 20, "valid": 4, "rejected": 16, "quarantine": str(quarantine)}
+    assert set(summary) == {"total", "valid", "rejected", "quarantine", "schema", "columns"}
+    assert (summary["total"], summary["valid"], summary["rejected"]) == (12, 3, 9)
+    assert summary["quarantine"] == str(quarantine)
     entries = [json.loads(line) for line in quarantine.read_text().splitlines()]
     assert len(entries) == summary["rejected"]
-    assert entries[0]["row"] == 4
-    assert "row 4: instruction: is blank" in result.stderr
-    assert "row 17: duplicate of row 1" in result.stderr
+    assert entries[0]["row"] == 3
+    assert "row 3: instruction: is blank" in result.stderr
+    assert "row 9: duplicate of row 1" in result.stderr
 
 
 def test_max_chars_option_changes_the_verdict(tmp_path):
@@ -59,17 +68,24 @@ def test_max_chars_option_changes_the_verdict(tmp_path):
 
     assert result.exit_code == 1
     summary = json.loads(result.stdout.strip().splitlines()[-1])
-    assert summary["rejected"] == 15  # row 9 fits the default 2000-character limit
+    assert summary["rejected"] == 8  # row 8 fits the default 2000-character limit
 
 
-def test_human_summary_and_default_quarantine_name_in_working_directory(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def test_human_summary_and_default_quarantine_beside_the_data(tmp_path, monkeypatch):
+    data = tmp_path / "data" / "bad_rows.jsonl"
+    data.parent.mkdir()
+    data.write_bytes(BAD_ROWS.read_bytes())
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
 
-    result = _validate(str(BAD_ROWS), "--max-chars", "64")
+    result = _validate(str(data), "--max-chars", "64")
 
     assert result.exit_code == 1
-    assert "20 rows, 4 valid, 16 quarantined" in " ".join(result.stdout.split())
-    assert len((tmp_path / "bad_rows.jsonl.quarantine.jsonl").read_text().splitlines()) == 16
+    text = " ".join(result.stdout.split())
+    assert "schema alpaca (recognised;" in text and "12 rows, 3 valid, 9 quarantined" in text
+    assert len((data.parent / "bad_rows.jsonl.quarantine.jsonl").read_text().splitlines()) == 9
+    assert list(work.iterdir()) == []  # nothing in the working directory
 
 
 def test_explicit_format_reads_a_file_without_a_known_suffix(tmp_path):
@@ -135,3 +151,129 @@ def test_error_message_shows_path_with_brackets_verbatim(tmp_path, folder):
 
     assert result.exit_code == 2
     assert str(data) in result.stderr
+
+
+# Schemas and column mappings
+
+DOLLY = [
+    {
+        "instruction": "Who wrote Hamlet?",
+        "context": "",
+        "response": "Shakespeare.",
+        "category": "qa",
+    },
+    {
+        "instruction": "Summarise.",
+        "context": "Cats sleep a lot.",
+        "response": "Cats nap.",
+        "category": "sum",
+    },
+]
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _summary(result) -> dict:
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_a_dolly_file_is_recognised_and_reported(tmp_path):
+    data = _write_jsonl(tmp_path / "dolly.jsonl", DOLLY)
+
+    result = _validate(str(data), "--json")
+
+    assert result.exit_code == 0, result.output
+    summary = _summary(result)
+    assert summary["schema"] == "dolly"
+    assert summary["columns"] == {
+        "instruction": "instruction",
+        "input": "context",
+        "output": "response",
+        "task": "category",
+    }
+
+
+def test_a_partial_rename_is_refused_naming_the_unread_columns_then_ignored_on_purpose(tmp_path):
+    renamed = [{("output" if k == "response" else k): v for k, v in r.items()} for r in DOLLY]
+    data = _write_jsonl(tmp_path / "renamed.jsonl", renamed)
+
+    refused = _validate(str(data), "--json")
+    ignored = _validate(str(data), "--ignore", "context", "--ignore", "category", "--json")
+    mapped = _validate(str(data), "--column", "input=context", "--column", "task=category")
+
+    assert refused.exit_code == 2
+    line = refused.stderr.strip()
+    assert "columns 'context', 'category' are not read by schema alpaca" in line
+    assert "--column FIELD=COLUMN" in line and "--ignore context" in line
+    assert "\n" not in line
+    assert ignored.exit_code == 0, ignored.output
+    assert _summary(ignored)["columns"] == {"instruction": "instruction", "output": "output"}
+    assert mapped.exit_code == 0, mapped.output
+
+
+def test_a_key_in_a_single_row_is_a_column_too(tmp_path):
+    rows = [{"instruction": "a", "output": "b"}, {"instruction": "c", "output": "d", "foo": 1}]
+    data = _write_jsonl(tmp_path / "d.jsonl", rows)
+
+    result = _validate(str(data))
+
+    assert result.exit_code == 2
+    assert "column 'foo' (1 rows) is not read by schema alpaca" in result.stderr
+
+
+def test_ambiguous_or_unknown_columns_exit_2_listing_what_the_file_has(tmp_path):
+    unknown = _write_jsonl(tmp_path / "u.jsonl", [{"question": "q", "answer": "a"}])
+    both = _write_jsonl(
+        tmp_path / "b.jsonl", [{"instruction": "q", "output": "a", "response": "r"}]
+    )
+
+    none_fits = _validate(str(unknown))
+    two_fit = _validate(str(both))
+
+    assert none_fits.exit_code == 2
+    assert "the columns fit no schema (the file has answer (1 rows), question (1 rows)" in (
+        none_fits.stderr
+    )
+    assert two_fit.exit_code == 2
+    assert "fit schemas alpaca, dolly equally" in two_fit.stderr and "--schema" in two_fit.stderr
+
+
+def test_an_explicit_schema_and_mapping(tmp_path):
+    rows = [{"q": "Say hi.", "a": "hi", "kind": "greet"}]
+    data = _write_jsonl(tmp_path / "custom.jsonl", rows)
+
+    result = _validate(
+        str(data),
+        "--schema",
+        "prompt_completion",
+        "--column",
+        "instruction=q",
+        "--column",
+        "output=a",
+        "--column",
+        "task=kind",
+        "--json",
+    )
+    missing = _validate(str(data), "--schema", "dolly")
+    bad_field = _validate(str(data), "--column", "answer=a")
+
+    assert result.exit_code == 0, result.output
+    assert _summary(result)["columns"] == {"instruction": "q", "output": "a", "task": "kind"}
+    assert missing.exit_code == 2 and "schema dolly needs" in missing.stderr
+    assert bad_field.exit_code == 2 and "'answer' is not a tuneforge field" in bad_field.stderr
+
+
+def test_a_file_whose_every_row_is_rejected_exits_2(tmp_path):
+    data = _write_jsonl(tmp_path / "d.jsonl", [{"instruction": "a", "output": " "}])
+    quarantine = tmp_path / "q.jsonl"
+
+    result = _validate(str(data), "--quarantine", str(quarantine))
+
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {data}: every row was rejected; nothing is usable (reasons in {quarantine})"
+    )
+    assert len(quarantine.read_text().splitlines()) == 1  # the reasons are kept

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import sys
+from itertools import islice
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -192,52 +193,110 @@ def _print_summary(result: Any) -> None:
     out.print(f"  [bold]{escape(ui)}[/bold]", soft_wrap=True)
 
 
+def _column_map(columns: list[str] | None) -> dict[str, str]:
+    """`--column FIELD=COLUMN` options as a mapping; a malformed one fails in one line."""
+    mapping = {}
+    for item in columns or []:
+        field, sep, column = item.partition("=")
+        if not sep or not field.strip() or not column:
+            _fail(f"--column {item!r}: expected FIELD=COLUMN, e.g. --column output=response")
+        mapping[field.strip()] = column
+    return mapping
+
+
+def default_quarantine(data: str) -> Path:
+    """Beside the data file (or dataset directory): DATA.quarantine.jsonl. An `hf:` hub name
+    has no place of its own: NAME.quarantine.jsonl in the working directory."""
+    if data.startswith("hf:") and not Path(data.removeprefix("hf:")).exists():
+        name = Path(data.removeprefix("hf:")).name.strip(".") or "dataset"
+        return Path(f"{name}.quarantine.jsonl")
+    path = Path(data.removeprefix("hf:"))
+    return path.with_name(f"{path.name}.quarantine.jsonl")
+
+
 @app.command()
 def validate(
     data: Annotated[str, typer.Argument(help="Data file, dataset directory, or hf:NAME")],
     format_: Annotated[
         str, typer.Option("--format", help="auto, jsonl, json, csv, parquet or hf")
     ] = "auto",
+    schema: Annotated[
+        str,
+        typer.Option(
+            help="auto, alpaca, dolly, sharegpt, openai, prompt_completion or text (data.schema)"
+        ),
+    ] = "auto",
+    column: Annotated[
+        list[str] | None,
+        typer.Option(help="FIELD=COLUMN: read a field from another column (repeatable)"),
+    ] = None,
+    ignore: Annotated[
+        list[str] | None,
+        typer.Option(help="A column training should not read (repeatable)"),
+    ] = None,
     quarantine: Annotated[
-        Path | None, typer.Option(help="Where rejected rows go (default: DATA.quarantine.jsonl)")
+        Path | None,
+        typer.Option(
+            help="Where rejected rows go (default: beside the data, DATA.quarantine.jsonl; "
+            "for an hf: hub name, NAME.quarantine.jsonl in the working directory)"
+        ),
     ] = None,
     max_chars: Annotated[int, typer.Option(help="Longest accepted field, in characters")] = 2000,
     hf_split: Annotated[str, typer.Option(help="Split of a datasets name")] = "train",
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary last")] = False,
 ) -> None:
-    """Validate a dataset. Exit 0: all rows valid; 1: some quarantined; 2: unusable input."""
-    from tuneforge.jsonl import write_jsonl
-    from tuneforge.tasks.load_data import DataLoadError, read_rows
-    from tuneforge.tasks.validate_data import validate_rows
+    """Validate a dataset. Exit 0: all rows valid; 1: some quarantined; 2: unusable (no schema
+    fits, a column nothing reads, every row rejected, or the file cannot be read)."""
+    from tuneforge.data_schemas import SCHEMA_NAMES, SchemaError
+    from tuneforge.jsonl import iter_jsonl
+    from tuneforge.tasks.load_data import DataLoadError, iter_rows
+    from tuneforge.tasks.validate_data import resolve_rows, validate_file
 
+    if schema not in SCHEMA_NAMES:
+        _fail(f"--schema {schema!r}: use one of {', '.join(SCHEMA_NAMES)}")
+    quarantine = quarantine or default_quarantine(data)
+    partial = quarantine.with_name(f".{quarantine.name}.partial")
+    valid_partial = quarantine.with_name(f".{quarantine.name}.valid.partial")
     try:
-        rows = read_rows(data, format_, hf_split)
-    except DataLoadError as exc:
+        rows = lambda: iter_rows(data, format_, hf_split)  # noqa: E731 - read twice, streaming
+        cmap = resolve_rows(rows(), data, schema, _column_map(column), ignore or [])
+        report = validate_file(rows, max_chars, valid_partial, partial, cmap, data)
+    except (DataLoadError, SchemaError) as exc:
+        partial.unlink(missing_ok=True)
         _fail(str(exc))
-    valid, rejected = validate_rows(rows, max_chars)
-    if quarantine is None:
-        # In the working directory, named after the data: a name holds no separator, and
-        # a source with none (`/`, `hf:`) still gets a visible file name.
-        name = Path(data.removeprefix("hf:")).name.strip(".") or "dataset"
-        quarantine = Path(f"{name}.quarantine.jsonl")
-    write_jsonl(rejected, quarantine)
-    for entry in rejected[:20]:
+    except OSError as exc:
+        _fail(f"{quarantine}: cannot write the quarantine file ({exc.strerror}); pass --quarantine")
+    finally:
+        valid_partial.unlink(missing_ok=True)
+    partial.replace(quarantine)
+    for entry in islice(iter_jsonl(quarantine), 20):
         line = f"row {entry['row']}: {entry['reason']}"
         err.print(line, markup=False, highlight=False, soft_wrap=True)
-    if len(rejected) > 20:
-        err.print(f"... and {len(rejected) - 20} more in {quarantine}", markup=False)
-    summary = {"total": len(rows), "valid": len(valid), "rejected": len(rejected)}
-    summary["quarantine"] = str(quarantine)
+    if report.rejected > 20:
+        err.print(f"... and {report.rejected - 20} more in {quarantine}", markup=False)
+    summary = {"total": report.total, "valid": report.valid, "rejected": report.rejected}
+    summary |= {"quarantine": str(quarantine), "schema": report.schema, "columns": report.columns}
     if as_json:
         print(json.dumps(summary))
     else:
+        picked = "recognised" if schema == "auto" else "given"
+        mapping = ", ".join(f"{f}={c}" for f, c in report.columns.items())
         out.print(
-            f"{data}: {summary['total']} rows, {summary['valid']} valid, "
-            f"{summary['rejected']} quarantined to {quarantine}",
+            f"{data}: schema {report.schema} ({picked}; {mapping}); {report.total} rows, "
+            f"{report.valid} valid, {report.rejected} quarantined to {quarantine}",
             markup=False,
             highlight=False,
+            soft_wrap=True,
         )
-    raise typer.Exit(1 if rejected else 0)
+    if report.total and not report.valid:
+        err.print(
+            f"error: {data}: every row was rejected; nothing is usable (reasons in {quarantine})",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(2)
+    raise typer.Exit(1 if report.rejected else 0)
 
 
 @app.command()
@@ -264,6 +323,7 @@ def evaluate(
     from pydantic import ValidationError
 
     from tuneforge.config import ConfigError, EvalConfig, ModelConfig
+    from tuneforge.data_schemas import SchemaError
     from tuneforge.models import ModelSourceError
     from tuneforge.preflight import check_tracking_server
     from tuneforge.tasks.evaluate import evaluate_records
@@ -280,8 +340,8 @@ def evaluate(
     if max_length <= 8:
         _fail(f"--max-length: {max_length} tokens leave no room for an answer; use more than 8")
     try:
-        valid, rejected = validate_rows(read_rows(data), max_chars=100_000)
-    except DataLoadError as exc:
+        valid, rejected = validate_rows(read_rows(data), max_chars=100_000, source=data)
+    except (DataLoadError, SchemaError) as exc:
         _fail(str(exc))
     if not valid:
         _fail(f"{data}: no valid rows to evaluate ({len(rejected)} rejected)")
@@ -571,6 +631,7 @@ def data_push(
     from prefect.events import emit_event
     from prefect.settings import PREFECT_API_URL
 
+    from tuneforge.data_schemas import SchemaError
     from tuneforge.flows.scheduled import DATASET_PREFIX
     from tuneforge.tasks.load_data import DataLoadError, read_rows
     from tuneforge.tasks.validate_data import validate_rows
@@ -579,9 +640,9 @@ def data_push(
         _fail("PREFECT_API_URL is not set: point it at the Prefect server the deployments are on")
     try:
         rows = read_rows(str(path), format_)
-    except DataLoadError as exc:
+        valid, rejected = validate_rows(rows, max_chars=100_000, source=str(path))
+    except (DataLoadError, SchemaError) as exc:
         _fail(str(exc))
-    valid, rejected = validate_rows(rows, max_chars=100_000)
     resource_id = f"{DATASET_PREFIX}{path.resolve()}"
     event = emit_event(
         event="tuneforge.data.pushed",

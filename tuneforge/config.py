@@ -42,12 +42,47 @@ logger = logging.getLogger("tuneforge.config")
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
+DatasetSchema = Literal[
+    "auto", "alpaca", "dolly", "sharegpt", "openai", "prompt_completion", "text"
+]
+DataField = Literal["instruction", "input", "output", "messages", "text", "task"]
+
+
 class DataConfig(Strict):
+    # `schema` is the key in YAML and --set; the attribute is `schema_` (pydantic's BaseModel
+    # has a `schema` method).
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, serialize_by_alias=True
+    )
+
     # A local file (.jsonl, .json, .csv, .parquet) or a Hugging Face `datasets` name
     # (`hf:NAME` or format: hf). Relative paths are resolved against the working directory.
     path: str = Field(min_length=1)
     format: Literal["auto", "jsonl", "json", "csv", "parquet", "hf"] = "auto"
     hf_split: str = Field("train", min_length=1)
+    schema_: DatasetSchema = Field(
+        "auto",
+        alias="schema",
+        description=(
+            "Which columns hold what (tuneforge/data_schemas.py): alpaca, dolly, sharegpt, "
+            "openai, prompt_completion or text; auto recognises them from the columns and "
+            "says which it used."
+        ),
+    )
+    columns: dict[DataField, str] = Field(
+        {},
+        description=(
+            "tuneforge field -> the file's column, on top of the schema's own names, e.g. "
+            "{input: context, output: response}."
+        ),
+    )
+    ignore_columns: list[str] = Field(
+        [],
+        description=(
+            "Columns the file has that training should not read. Any other column the schema "
+            "and mapping leave unread makes the file unusable: nothing is dropped unasked."
+        ),
+    )
     # Rows longer than this (characters, per field) are quarantined rather than truncated:
     # silent truncation would train on answers cut in half. The upper bound only catches a
     # typo (an extra zero or three): no instruction example is a million characters long.
@@ -358,6 +393,28 @@ class RunConfig(Strict):
         if self.registry.metric.endswith((".held_in", ".held_out")) and not self.data.holdout_tasks:
             raise ValueError(
                 f"registry.metric {self.registry.metric!r} needs data.holdout_tasks to be set"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _raw_text_needs_a_loss_metric_and_a_text_strategy(self) -> RunConfig:
+        # Raw text has no answers to generate, so only the loss metrics exist; and only
+        # strategies that say so train on it. (A file `auto` recognises as text is caught at
+        # registration and at training, with the same words.)
+        if self.data.schema_ != "text":
+            return self
+        if self.registry.metric.split(".", 1)[0] not in ("eval_loss", "perplexity"):
+            raise ValueError(
+                f"registry.metric {self.registry.metric!r} is not measured on raw text "
+                "(data.schema text: no answers to match); use eval_loss or perplexity"
+            )
+        from tuneforge.plugins.registry import strategy_info
+
+        info = strategy_info(self.train.strategy)
+        if not getattr(info.cls, "trains_text", False):
+            raise ValueError(
+                f"train.strategy {self.train.strategy!r} trains on prompt/response pairs, and "
+                "raw text (data.schema text) has none; use full or lora"
             )
         return self
 

@@ -156,10 +156,8 @@ def resolve_columns(
             f"are {', '.join(FIELDS)}"
         )
     have = ", ".join(f"{c} ({n} rows)" for c, n in sorted(found.items())) or "none"
-    if schema == "auto":
-        chosen = _detect(found, source, columns, ignore, have)
-    else:
-        chosen = SCHEMAS[schema]
+    auto = schema == "auto"
+    chosen = _detect(found, source, columns, ignore, have) if auto else SCHEMAS[schema]
     wanted = _fit(chosen, columns)
     stray = sorted(set(columns) - set(chosen.columns))
     if stray:
@@ -186,8 +184,9 @@ def resolve_columns(
     if unread:
         raise SchemaError(
             f"{source}: {_unread(unread, found)} not read by schema {chosen.name} "
-            f"({', '.join(f'{f}={c}' for f, c in wanted.items())}); map it with "
-            f"--column FIELD=COLUMN (data.columns), or drop it on purpose with --ignore "
+            f"({', '.join(f'{f}={c}' for f, c in wanted.items())}); map "
+            f"{'it' if len(unread) == 1 else 'them'} with --column FIELD=COLUMN (data.columns), "
+            f"or leave {'it' if len(unread) == 1 else 'them'} out on purpose with --ignore "
             f"{unread[0]} (data.ignore_columns)"
         )
     return ColumnMap(
@@ -261,9 +260,13 @@ def convert_turns(value: Any, cmap: ColumnMap) -> tuple[Any, str | None]:
                 f"{column}: turn {i} has key {_listing(extra)}, which tuneforge does not read "
                 f"(a turn is {{{role_key}, {text_key}}})"
             )
-        speaker = turn.get(role_key)
-        if speaker not in roles:
+        speaker, text = turn.get(role_key), turn.get(text_key)
+        if not isinstance(speaker, str) or speaker not in roles:
             names = ", ".join(sorted(roles))
             return value, f"{column}: turn {i} has {role_key} {speaker!r}; expected one of {names}"
-        messages.append({"role": roles[speaker], "content": turn.get(text_key)})
+        if text_key not in turn:
+            return value, f"{column}: turn {i} has no {text_key!r}"
+        if not isinstance(text, str):
+            return value, f"{column}: turn {i}: {text_key} must be text"
+        messages.append({"role": roles[speaker], "content": text})
     return messages, None

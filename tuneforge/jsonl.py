@@ -3,21 +3,53 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from types import TracebackType
 from typing import Any
+
+
+def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Every object in the file, one at a time, blank lines skipped."""
+    with Path(path).open(encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """Every object in the file, blank lines skipped."""
-    with Path(path).open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return list(iter_jsonl(path))
 
 
-def write_jsonl(items: list[dict[str, Any]], path: str | Path) -> None:
+class JsonlWriter:
+    """Writes objects one per line as they come, creating the directory; non-JSON values as
+    strings. A context manager: the file is complete when the block ends."""
+
+    def __init__(self, path: str | Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # A quarantined record may hold a lone surrogate; as `\ud800` it stays the same JSON
+        # string.
+        self._file = path.open("w", encoding="utf-8", errors="backslashreplace")
+
+    def write(self, item: Any) -> None:
+        self._file.write(json.dumps(item, ensure_ascii=False, default=str) + "\n")
+
+    def __enter__(self) -> JsonlWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._file.close()
+
+
+def write_jsonl(items: Iterable[Any], path: str | Path) -> None:
     """Writes `items` one per line, creating the directory; non-JSON values as strings."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A quarantined record may hold a lone surrogate; as `\ud800` it stays the same JSON string.
-    with path.open("w", encoding="utf-8", errors="backslashreplace") as f:
+    with JsonlWriter(path) as writer:
         for item in items:
-            f.write(json.dumps(item, ensure_ascii=False, default=str) + "\n")
+            writer.write(item)

@@ -80,6 +80,9 @@ def build_tiny_model(cfg: TinyModelConfig, records: list[dict[str, Any]], out_di
 
     def texts() -> Iterable[str]:
         for rec in records:
+            if "text" in rec:  # raw text (tuneforge.records.is_text; models imports no records)
+                yield rec["text"]
+                continue
             turns, response = split_turns(rec)
             yield render_prompt(turns, None) + response
 

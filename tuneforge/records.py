@@ -1,5 +1,6 @@
-"""The canonical record every step after validation works on: a task family and chat-style
-messages, `{"row": 12, "task": "antonym", "messages": [{"role": "user", ...}, ...]}`."""
+"""The canonical record every step after validation works on: a task family and either
+chat-style messages, `{"row": 12, "task": "antonym", "messages": [{"role": "user", ...}, ...]}`,
+or raw text, `{"row": 3, "task": null, "text": "..."}` (no prompt: trained on every token)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ from typing import Any
 
 
 def canonical_record(row: int, rec: dict[str, Any]) -> dict[str, Any]:
-    """The record every later step uses: task family plus chat-style messages."""
+    """The record every later step uses, from a row under tuneforge's field names
+    (`instruction`/`input`/`output`, `messages`, or `text`, and `task`)."""
+    if rec.get("text") is not None:
+        return {"row": row, "task": rec.get("task"), "text": rec["text"]}
     if rec.get("messages") is not None:
         messages = rec["messages"]
         if isinstance(messages, str):
@@ -23,3 +27,8 @@ def canonical_record(row: int, rec: dict[str, Any]) -> dict[str, Any]:
             {"role": "assistant", "content": rec["output"]},
         ]
     return {"row": row, "task": rec.get("task"), "messages": messages}
+
+
+def is_text(record: dict[str, Any]) -> bool:
+    """Whether a canonical record is raw text (no prompt, no response)."""
+    return "text" in record

@@ -45,6 +45,7 @@ def test_the_public_names_are_there():
         "TuningStrategy",
         "check_chat_template",
         "tokenize_prompt_response",
+        "tokenize_text_blocks",
     }
     assert set(kit.__all__) == {"check_strategy", "sample_records", "tiny_checkpoint"}
     assert api.IGNORE_INDEX == -100
@@ -67,3 +68,22 @@ def test_tiny_checkpoint_is_a_real_checkpoint(tmp_path):
     assert model.config.num_hidden_layers == 2 and model.config.hidden_size == 64
     assert tokenizer.eos_token_id is not None
     assert any(model_dir.glob("*.safetensors"))
+
+
+@pytest.mark.parametrize("max_length", [7, 16, 64, 4096])
+def test_text_blocks_keep_every_token_and_end_with_a_trained_eos(tmp_path, max_length):
+    from tuneforge.models import load_pretrained
+    from tuneforge.plugins import tokenize_text_blocks
+    from tuneforge.plugins.testing import tiny_checkpoint
+
+    _, tokenizer = load_pretrained(tiny_checkpoint(tmp_path / "tiny"))
+    text = "Once upon a time there was a tiny model that read every word. " * 5
+    record = {"row": 1, "task": None, "text": text}
+
+    blocks = tokenize_text_blocks(record, tokenizer, max_length)
+
+    ids = tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    assert [t for b in blocks for t in b.input_ids] == ids  # nothing cut off, nothing added
+    assert all(b.labels == b.input_ids for b in blocks)  # every token trained
+    assert all(2 <= len(b.input_ids) <= max_length for b in blocks)
+    assert blocks[-1].input_ids[-1] == tokenizer.eos_token_id

@@ -287,21 +287,16 @@ def test_load_dataset_task_round_trips_rows_including_parse_errors(tmp_path):
     assert read_raw_rows(Path(loaded)) == read_rows(str(source))
 
 
-def test_csv_empty_cells_are_missing_values_so_shapes_can_share_a_file(tmp_path):
+def test_csv_empty_cells_are_missing_values(tmp_path):
     from tuneforge.tasks.validate_data import validate_rows
 
-    path = tmp_path / "mixed.csv"
-    path.write_text(
-        "instruction,input,output,messages,task\n"
-        "Add.,1 + 1,2,,\n"
-        ',,,"[{""role"": ""user"", ""content"": ""hi""}, '
-        '{""role"": ""assistant"", ""content"": ""hello""}]",chat\n',
-        encoding="utf-8",
-    )
+    path = tmp_path / "rows.csv"
+    path.write_text("instruction,input,output,task\nAdd.,1 + 1,2,\nSay hi.,,,greet\n", "utf-8")
     rows = read_rows(str(path))
-    assert rows[0].record["messages"] is None and rows[0].record["task"] is None
+    assert rows[0].record["task"] is None and rows[1].record["output"] is None
     valid, rejected = validate_rows(rows, max_chars=100)
-    assert rejected == [] and [v["task"] for v in valid] == [None, "chat"]
+    assert [v["task"] for v in valid] == [None]
+    assert [(r["row"], r["reason"]) for r in rejected] == [(3, "output is missing")]
 
 
 def test_csv_rows_are_numbered_by_their_first_file_line(tmp_path):

@@ -208,11 +208,17 @@ def test_periodic_evaluation_keeps_the_best_step(tiny_model_dir, bundled_records
         on_metrics=lambda s, m: logged.append((s, m)),
         eval_records=held,
     )
-    evals = [(s, m["train.eval_exact_match"]) for s, m in logged if "train.eval_exact_match" in m]
-    assert [s for s, _ in evals] == [30, 60, 90, 120, 150]
-    assert len({v for _, v in evals}) > 1, f"scores must differ for this test to mean much: {evals}"
-    best_step, best = max(evals, key=lambda e: (e[1], -e[0]))
+    evals = [
+        (s, m["train.eval_exact_match"], m["train.eval_loss"])
+        for s, m in logged
+        if "train.eval_exact_match" in m
+    ]
+    assert [s for s, _, _ in evals] == [30, 60, 90, 120, 150]
+    assert len({v for _, v, _ in evals}) > 1, f"scores must differ to mean much: {evals}"
+    # The best exact match; among equals the lowest eval loss; among exact equals the latest.
+    best_step, best, best_loss = max(evals, key=lambda e: (e[1], -e[2], e[0]))
     assert result.best_step == best_step
+    assert result.best_scores == {"exact_match": best, "eval_loss": best_loss}
     # The saved model is the best step's: re-scoring it reproduces the best score.
     model, tokenizer = load_pretrained(tmp_path)
     answers = generate_answers(model, tokenizer, held, max_new_tokens=24, bs=48)
@@ -232,3 +238,31 @@ def test_bf16_autocast_trains_like_fp32_and_keeps_fp32_weights(
     assert bf16_loss[-1] < bf16_loss[0] * 0.8  # and it learns
     weights = load_file(Path(result.model_dir) / "model.safetensors")
     assert {t.dtype for t in weights.values()} == {torch.float32}
+
+
+def test_periodic_evaluation_breaks_ties_on_eval_loss_then_keeps_the_later_step(monkeypatch):
+    """Scores as on a small dataset (exact match 0.0 at every step): the step with the lowest
+    eval loss is kept, and of exact equals the later one. The scores are scripted; the choice
+    and the weights kept are BestCheckpoint's own."""
+    import tuneforge.tasks.train as train_module
+
+    scripted = iter([(0.0, 3.0), (0.0, 2.0), (0.0, 2.5), (0.0, 2.0)])
+    current: dict[str, float] = {}
+
+    def fake_loss(*args, **kwargs):
+        current["em"], loss = next(scripted)
+        return loss
+
+    monkeypatch.setattr(train_module, "response_loss", fake_loss)
+    monkeypatch.setattr(train_module, "generate_answers", lambda *a, **k: ["x"])
+    monkeypatch.setattr(train_module, "score", lambda *a, **k: ({"exact_match": current["em"]},))
+    model = torch.nn.Linear(1, 1, bias=False)
+    record = {"row": 1, "task": None, "messages": [{"role": "user", "content": "q"}]}
+    best = train_module.BestCheckpoint([record], tokenizer=None, every=10, max_length=64)
+    for step in (10, 20, 30, 40):
+        with torch.no_grad():
+            model.weight.fill_(step)
+        best.evaluate(model, step)
+
+    assert (best.best_step, best.best_loss, best.best_score) == (40, 2.0, 0.0)
+    assert best.weights["weight"].item() == 40.0

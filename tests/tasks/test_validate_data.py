@@ -11,54 +11,66 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tuneforge.data_schemas import SCHEMAS, SchemaError
 from tuneforge.tasks.load_data import RawRow, read_rows
 from tuneforge.tasks.validate_data import (
     TooManyRejectedError,
     ValidationReport,
     check_rejected_fraction,
+    resolve_rows,
     validate_file,
     validate_rows,
 )
 
-BAD_ROWS = Path(__file__).resolve().parents[1] / "fixtures" / "bad_rows.jsonl"
-MAX_CHARS = 64  # row 9 of the fixture is just over this
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+BAD_ROWS = FIXTURES / "bad_rows.jsonl"  # alpaca rows
+BAD_CHAT_ROWS = FIXTURES / "bad_chat_rows.jsonl"  # openai rows
+MAX_CHARS = 64  # row 8 of bad_rows.jsonl is just over this
 USER_ASSISTANT = [
     {"role": "user", "content": "Capital of France?"},
     {"role": "assistant", "content": "Paris."},
 ]
 
-# Row number in bad_rows.jsonl -> a phrase its quarantine reason must contain.
-EXPECTED_REASONS = {
-    4: "instruction: is blank",
-    5: "output: is blank",
-    6: "output is missing",
-    7: "instruction is missing",
-    8: "output: must be text",
-    9: f"output: is longer than {MAX_CHARS} characters",
-    10: "has neither instruction/output nor messages",
-    11: "has both messages and instruction/output",
-    12: "messages: needs a user turn and an assistant turn",
-    13: "messages: must end with the assistant's turn",
-    14: "messages: must be a non-empty list of {role, content} turns",
-    15: "messages: must be a non-empty list of {role, content} turns",
-    16: "messages: has a blank turn",
-    17: "duplicate of row 1",
-    19: "invalid JSON",
-    20: "not a JSON object (got list)",
+# Row number in the fixture -> a phrase its quarantine reason must contain.
+EXPECTED = {
+    BAD_ROWS: {
+        3: "instruction: is blank",
+        4: "output: is blank",
+        5: "output is missing",
+        6: "instruction is missing",
+        7: "output: must be text",
+        8: f"output: is longer than {MAX_CHARS} characters",
+        9: "duplicate of row 1",
+        11: "invalid JSON",
+        12: "not a JSON object (got list)",
+    },
+    BAD_CHAT_ROWS: {
+        2: "messages: needs a user turn and an assistant turn",
+        3: "messages: must end with the assistant's turn",
+        4: "messages: turn 1 has role 'human'; expected one of assistant, system, user",
+        5: "messages: turn 1 has no 'content'",
+        6: "messages: has a blank turn",
+        8: "duplicate of row 1",
+        9: "messages: turn 1 has key 'name', which tuneforge does not read",
+    },
 }
-VALID_ROWS = [1, 2, 3, 21]
+VALID_ROWS = {BAD_ROWS: [1, 2, 13], BAD_CHAT_ROWS: [1, 7]}
+CASES = [(path, row, phrase) for path in EXPECTED for row, phrase in EXPECTED[path].items()]
 
 
-def _source_lines() -> dict[int, str]:
-    lines = BAD_ROWS.read_text(encoding="utf-8").splitlines()
+def _source_lines(path: Path) -> dict[int, str]:
+    lines = path.read_text(encoding="utf-8").splitlines()
     return {n: line for n, line in enumerate(lines, start=1) if line.strip()}
 
 
 @pytest.fixture(scope="module")
-def fixture_result() -> tuple[list[RawRow], list[dict], list[dict]]:
-    rows = read_rows(str(BAD_ROWS))
-    valid, quarantine = validate_rows(rows, MAX_CHARS)
-    return rows, valid, quarantine
+def results() -> dict[Path, tuple[list[RawRow], list[dict], list[dict]]]:
+    out = {}
+    for path in EXPECTED:
+        rows = read_rows(str(path))
+        valid, quarantine = validate_rows(rows, MAX_CHARS)
+        out[path] = (rows, valid, quarantine)
+    return out
 
 
 def _validate(*records: Any, max_chars: int = MAX_CHARS) -> tuple[list[dict], list[dict]]:
@@ -75,24 +87,26 @@ def _reason(record: dict[str, Any], max_chars: int = MAX_CHARS) -> str:
     return quarantine[0]["reason"]
 
 
-# The committed fixture: one row of each bad kind
+# The committed fixtures: one row of each bad kind
 
 
-def test_fixture_every_row_is_valid_or_quarantined_exactly_once(fixture_result):
-    rows, valid, quarantine = fixture_result
+@pytest.mark.parametrize("path", list(EXPECTED), ids=lambda p: p.name)
+def test_fixture_every_row_is_valid_or_quarantined_exactly_once(results, path):
+    rows, valid, quarantine = results[path]
 
-    assert len(rows) == 20  # 21 lines, one of them blank
-    assert len(valid) + len(quarantine) == len(rows)
-    assert [v["row"] for v in valid] == VALID_ROWS
-    assert [q["row"] for q in quarantine] == sorted(EXPECTED_REASONS)
-    assert sorted(VALID_ROWS + sorted(EXPECTED_REASONS)) == [r.row for r in rows]
+    assert len(valid) + len(quarantine) == len(rows) == len(_source_lines(path))
+    assert [v["row"] for v in valid] == VALID_ROWS[path]
+    assert [q["row"] for q in quarantine] == sorted(EXPECTED[path])
+    assert sorted(VALID_ROWS[path] + sorted(EXPECTED[path])) == [r.row for r in rows]
 
 
-@pytest.mark.parametrize(("row", "phrase"), sorted(EXPECTED_REASONS.items()))
-def test_bad_row_is_quarantined_with_reason_and_original_record(fixture_result, row, phrase):
-    _, _, quarantine = fixture_result
+@pytest.mark.parametrize(
+    ("path", "row", "phrase"), CASES, ids=[f"{p.stem}-{r}" for p, r, _ in CASES]
+)
+def test_bad_row_is_quarantined_with_reason_and_original_record(results, path, row, phrase):
+    _, _, quarantine = results[path]
     entry = next(q for q in quarantine if q["row"] == row)
-    line = _source_lines()[row]
+    line = _source_lines(path)[row]
 
     assert phrase in entry["reason"]
     if entry["reason"].startswith(("invalid JSON", "not a JSON object")):
@@ -101,10 +115,11 @@ def test_bad_row_is_quarantined_with_reason_and_original_record(fixture_result, 
         assert entry["record"] == json.loads(line)
 
 
-def test_valid_records_are_canonical_chat_records(fixture_result):
-    _, valid, _ = fixture_result
+def test_valid_records_are_canonical_chat_records(results):
+    _, valid, _ = results[BAD_ROWS]
+    _, chat, _ = results[BAD_CHAT_ROWS]
 
-    assert all(set(v) == {"row", "task", "messages"} for v in valid)
+    assert all(set(v) == {"row", "task", "messages"} for v in valid + chat)
     assert valid[0] == {
         "row": 1,
         "task": "add",
@@ -115,17 +130,17 @@ def test_valid_records_are_canonical_chat_records(fixture_result):
     }
     assert valid[1]["task"] is None
     assert valid[1]["messages"][0] == {"role": "user", "content": "Say hello."}
-    assert [m["role"] for m in valid[2]["messages"]] == ["system", "user", "assistant"]
+    assert [m["role"] for m in chat[0]["messages"]] == ["system", "user", "assistant"]
+    assert chat[1]["task"] == "greet"
 
 
-def test_quarantine_is_sorted_by_row_and_reasons_are_never_empty(fixture_result):
-    _, _, quarantine = fixture_result
+def test_quarantine_is_sorted_by_row_and_reasons_are_never_empty(results):
+    for _, _, quarantine in results.values():
+        assert [q["row"] for q in quarantine] == sorted(q["row"] for q in quarantine)
+        assert all(set(q) == {"row", "reason", "record"} and q["reason"] for q in quarantine)
 
-    assert [q["row"] for q in quarantine] == sorted(q["row"] for q in quarantine)
-    assert all(set(q) == {"row", "reason", "record"} and q["reason"] for q in quarantine)
 
-
-# Single-row cases beyond the fixture
+# Single-row cases beyond the fixtures
 
 
 @pytest.mark.parametrize(
@@ -143,7 +158,7 @@ def test_quarantine_is_sorted_by_row_and_reasons_are_never_empty(fixture_result)
         ({"messages": []}, "messages: must be a non-empty list"),
         ({"messages": "not json"}, "messages: must be a non-empty list"),
         ({"messages": {"role": "user", "content": "q"}}, "messages: must be a non-empty list"),
-        ({"messages": [{"role": "user", "content": 5}]}, "messages: must be a non-empty list"),
+        ({"messages": [{"role": "user", "content": 5}]}, "messages: turn 1: content must be text"),
         ({"messages": [{"role": "assistant", "content": "a"}]}, "needs a user turn"),
         (
             {
@@ -154,7 +169,10 @@ def test_quarantine_is_sorted_by_row_and_reasons_are_never_empty(fixture_result)
             },
             f"messages: has a turn longer than {MAX_CHARS} characters",
         ),
-        ({"task": "qa", "question": "q", "answer": "a"}, "has neither instruction/output"),
+        ({"messages": None}, "messages is missing"),
+        ({"text": " \n"}, "text: is blank"),
+        ({"text": 3}, "text: must be text"),
+        ({"text": None, "task": "doc"}, "text is missing"),
     ],
 )
 def test_single_bad_row_reason_names_the_problem(record, phrase):
@@ -184,12 +202,10 @@ def test_chat_messages_as_json_string_are_decoded_like_csv_cells():
     assert valid == [{"row": 1, "task": "qa", "messages": USER_ASSISTANT}]
 
 
-def test_canonical_turns_keep_only_role_and_content():
+def test_a_turn_key_nothing_reads_is_quarantined_not_dropped():
     turns = [dict(turn, name="someone") for turn in USER_ASSISTANT]
 
-    valid, _ = _validate({"messages": turns})
-
-    assert valid[0]["messages"] == USER_ASSISTANT
+    assert "turn 1 has key 'name', which tuneforge does not read" in _reason({"messages": turns})
 
 
 def test_blank_alpaca_input_is_not_joined_to_instruction():
@@ -198,18 +214,13 @@ def test_blank_alpaca_input_is_not_joined_to_instruction():
     assert valid[0]["messages"][0]["content"] == "Say hi."
 
 
-def test_duplicates_keep_first_and_name_it_even_across_shapes():
+def test_duplicates_keep_first_and_name_it():
     alpaca = {"instruction": "Capital of France?", "output": "Paris."}
-    chat = {"messages": USER_ASSISTANT, "task": "geo"}
 
-    valid, quarantine = _validate(alpaca, {"instruction": "Other", "output": "x"}, alpaca, chat)
+    valid, quarantine = _validate(alpaca, {"instruction": "Other", "output": "x"}, alpaca)
 
     assert [v["row"] for v in valid] == [1, 2]
-    assert [(q["row"], q["reason"]) for q in quarantine] == [
-        (3, "duplicate of row 1"),
-        (4, "duplicate of row 1"),
-    ]
-    assert quarantine[1]["record"] == chat
+    assert [(q["row"], q["reason"]) for q in quarantine] == [(3, "duplicate of row 1")]
 
 
 def test_parse_error_rows_are_quarantined_with_their_text():
@@ -227,16 +238,8 @@ def test_no_rows_validate_to_nothing():
     assert validate_rows([], MAX_CHARS) == ([], [])
 
 
-@pytest.mark.parametrize(
-    "record",
-    [{"prompt": "q", "response": "a"}, {"conversations": USER_ASSISTANT}, {}],
-)
-def test_row_with_only_unknown_keys_is_quarantined_not_a_crash(record):
-    assert "has neither instruction/output nor messages" in _reason(record)
-
-
 def test_chat_turn_with_unhashable_role_is_quarantined_not_a_crash():
-    assert "messages: must be a non-empty list" in _reason({"messages": [{"role": ["user"]}]})
+    assert "messages: turn 1 has role ['user']" in _reason({"messages": [{"role": ["user"]}]})
 
 
 # Files and the rejected-fraction threshold
@@ -248,7 +251,8 @@ def test_validate_file_writes_valid_and_quarantine_files(tmp_path):
     report = validate_file(rows, MAX_CHARS, tmp_path / "valid.jsonl", tmp_path / "q.jsonl")
 
     valid, quarantine = validate_rows(rows, MAX_CHARS)
-    assert (report.total, report.valid, report.rejected) == (20, 4, 16)
+    assert (report.total, report.valid, report.rejected) == (12, 3, 9)
+    assert (report.schema, report.columns["output"]) == ("alpaca", "output")
     assert [json.loads(x) for x in Path(report.valid_path).read_text().splitlines()] == valid
     written = [json.loads(x) for x in Path(report.quarantine_path).read_text().splitlines()]
     assert written == quarantine
@@ -306,25 +310,37 @@ _VALUES = st.recursive(
     _SCALARS,
     lambda inner: (
         st.lists(inner, max_size=3)
-        | st.dictionaries(st.sampled_from(["role", "content", "x"]), inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(["role", "content", "from", "value", "x"]), inner, max_size=3
+        )
     ),
     max_leaves=8,
 )
-_KNOWN = ("instruction", "input", "output", "messages", "task")
 
 
-_ROWS = st.lists(
-    st.dictionaries(st.sampled_from([*_KNOWN, "other"]), _VALUES, max_size=6),
-    max_size=6,
-)
+@st.composite
+def _schema_rows(draw: Any) -> tuple[str, list[dict[str, Any]]]:
+    """A schema, and rows whose keys are that schema's columns (some of them, in any mix)."""
+    name = draw(st.sampled_from(sorted(SCHEMAS)))
+    keys = list(SCHEMAS[name].columns.values())
+    rows = draw(st.lists(st.dictionaries(st.sampled_from(keys), _VALUES, max_size=5), max_size=6))
+    return name, rows
 
 
-@settings(max_examples=200, deadline=None)
-@given(records=_ROWS, max_chars=st.integers(min_value=1, max_value=20))
-def test_random_rows_never_crash_and_are_all_accounted_for(records, max_chars):
+@settings(max_examples=300, deadline=None)
+@given(drawn=_schema_rows(), max_chars=st.integers(min_value=1, max_value=20))
+def test_random_rows_never_crash_and_are_all_accounted_for(drawn, max_chars):
+    name, records = drawn
     rows = [RawRow(i, rec) for i, rec in enumerate(records, start=1)]
 
-    valid, quarantine = validate_rows(rows, max_chars)
+    try:
+        cmap = resolve_rows(rows, "d.jsonl", schema=name)
+    except SchemaError as exc:  # only when no row has a column the schema requires
+        needed = {SCHEMAS[name].columns[f] for f in SCHEMAS[name].required}
+        assert not needed <= {key for rec in records for key in rec}, str(exc)
+        assert str(exc).startswith("d.jsonl: ") and "\n" not in str(exc)
+        return
+    valid, quarantine = validate_rows(rows, max_chars, cmap)
 
     assert len(valid) + len(quarantine) == len(rows)
     assert sorted([v["row"] for v in valid] + [q["row"] for q in quarantine]) == [
@@ -334,6 +350,9 @@ def test_random_rows_never_crash_and_are_all_accounted_for(records, max_chars):
     for q in quarantine:
         assert q["record"] is records[q["row"] - 1]
     for v in valid:
-        assert set(v) == {"row", "task", "messages"}
-        assert v["messages"][-1]["role"] == "assistant"
+        if name == "text":
+            assert set(v) == {"row", "task", "text"} and v["text"].strip()
+        else:
+            assert set(v) == {"row", "task", "messages"}
+            assert v["messages"][-1]["role"] == "assistant"
         json.dumps(v, ensure_ascii=False).encode("utf-8")  # writable and tokenizable text
