@@ -82,7 +82,7 @@ def test_text_blocks_keep_every_token_and_end_with_a_trained_eos(tmp_path, max_l
 
     blocks = tokenize_text_blocks(record, tokenizer, max_length)
 
-    ids = tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    ids = [*tokenizer(text, add_special_tokens=False).input_ids, tokenizer.eos_token_id]
     assert [t for b in blocks for t in b.input_ids] == ids  # nothing cut off, nothing added
     assert all(b.labels == b.input_ids for b in blocks)  # every token trained
     assert all(2 <= len(b.input_ids) <= max_length for b in blocks)
