@@ -26,7 +26,7 @@ from tuneforge.tasks.evaluate import evaluate_champion, evaluate_model
 from tuneforge.tasks.load_data import load_dataset
 from tuneforge.tasks.model_source import resolve_base_model
 from tuneforge.tasks.register import Registration, register_model, unchanged_since_champion
-from tuneforge.tasks.report import report_run
+from tuneforge.tasks.report import report_run, training_notes
 from tuneforge.tasks.split_data import SplitPaths, split_dataset
 from tuneforge.tasks.tracking_run import start_tracking_run
 from tuneforge.tasks.train import TrainResult, train_with_strategy
@@ -133,12 +133,14 @@ def _retrain_in(
         champion=champion,
         registry=config.registry,
         ctx=ctx,
+        eval_dir=str(Path(split.eval_path).parent),
     )
     report_run(
         eval_dir=str(Path(split.eval_path).parent),
         base=scores["base"],
         tuned=scores["tuned"],
         decision=registration.decision,
+        notes=training_notes(trained, scores["tuned"], validation.schema),
         ctx=ctx,
     )
     return RetrainResult(

@@ -9,7 +9,6 @@ The same function scores the base and the tuned model, so the two are comparable
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections import defaultdict
@@ -22,7 +21,7 @@ from prefect import task
 
 from tuneforge.batching import IGNORE_INDEX, collate
 from tuneforge.config import EvalConfig, RunConfig
-from tuneforge.jsonl import read_jsonl
+from tuneforge.jsonl import read_jsonl, write_jsonl
 from tuneforge.models import load_pretrained, pick_device
 from tuneforge.pause_points import pause_point
 from tuneforge.plugins.examples import tokenize_prompt_response, tokenize_text_blocks
@@ -37,33 +36,49 @@ def _chunks(items: list[Any], size: int) -> list[list[Any]]:
 
 
 @torch.inference_mode()
-def response_loss(
+def record_losses(
     model: Any, tokenizer: Any, records: list[dict], max_length: int, bs: int
-) -> float:
-    """Mean cross-entropy per response token (prompt and padding are not scored); for raw-text
-    records, per token of the text (in `max_length` blocks, as training sees it)."""
-    examples = []
-    for r in records:
+) -> list[tuple[float, int]]:
+    """Per record: the summed cross-entropy of its response tokens and how many there are
+    (prompt and padding are not scored); for raw-text records, of every token of the text, in
+    `max_length` blocks as training sees it."""
+    examples, owner = [], []
+    for i, r in enumerate(records):
         if is_text(r):
-            examples += tokenize_text_blocks(r, tokenizer, max_length)
+            blocks = tokenize_text_blocks(r, tokenizer, max_length)
         else:
-            examples.append(tokenize_prompt_response(r, tokenizer, max_length, train_prompt=False))
-    total, count = 0.0, 0
-    for batch in _chunks(examples, bs):
+            blocks = [tokenize_prompt_response(r, tokenizer, max_length, train_prompt=False)]
+        examples += blocks
+        owner += [i] * len(blocks)
+    sums, counts = [0.0] * len(records), [0] * len(records)
+    for start in range(0, len(examples), bs):
+        batch = examples[start : start + bs]
         inputs = {k: v.to(model.device) for k, v in collate(batch, tokenizer.pad_token_id).items()}
         logits = model(
             input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
         ).logits
         labels = inputs["labels"][:, 1:]
-        total += float(
-            torch.nn.functional.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.size(-1)).float(),
-                labels.reshape(-1),
-                ignore_index=IGNORE_INDEX,
-                reduction="sum",
-            )
-        )
-        count += int((labels != IGNORE_INDEX).sum())
+        losses = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.size(-1)).float(),
+            labels.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+            reduction="none",
+        ).view(labels.shape)
+        scored = labels != IGNORE_INDEX
+        for j, (total, count) in enumerate(
+            zip((losses * scored).sum(1).tolist(), scored.sum(1).tolist(), strict=True)
+        ):
+            sums[owner[start + j]] += total
+            counts[owner[start + j]] += count
+    return list(zip(sums, counts, strict=True))
+
+
+def response_loss(
+    model: Any, tokenizer: Any, records: list[dict], max_length: int, bs: int
+) -> float:
+    """Mean cross-entropy per response token (per text token for raw text)."""
+    per_record = record_losses(model, tokenizer, records, max_length, bs)
+    total, count = sum(s for s, _ in per_record), sum(n for _, n in per_record)
     if not count:
         raise ValueError(f"no response token left to score within max_length={max_length}")
     return total / count
@@ -180,14 +195,26 @@ def evaluate_records(
     model, tokenizer = load_pretrained(model_dir, trust_remote_code=trust_remote_code)
     model.to(pick_device()).eval()
     records = spread(records, cfg.max_examples)
-    loss = response_loss(model, tokenizer, records, max_length, cfg.batch_size)
+    per_record = record_losses(model, tokenizer, records, max_length, cfg.batch_size)
+    total, count = sum(s for s, _ in per_record), sum(n for _, n in per_record)
+    if not count:
+        raise ValueError(f"no response token left to score within max_length={max_length}")
+    loss = total / count
     # Raw text has no answer to generate: loss and perplexity only.
     chat = [r for r in records if not is_text(r)]
     metrics: dict[str, float] = {}
-    rows: list[dict] = []
+    generated: dict[int, dict] = {}
     if chat:
         answers = generate_answers(model, tokenizer, chat, cfg.max_new_tokens, cfg.batch_size)
-        metrics, rows = score(chat, answers, holdout_tasks)
+        metrics, scored = score(chat, answers, holdout_tasks)
+        generated = {row["row"]: row for row in scored}
+    rows = []  # one per record scored: its generation (if any) and its own loss
+    for rec, (summed, n) in zip(records, per_record, strict=True):
+        row = generated.get(rec["row"]) or {"row": rec["row"], "task": rec.get("task")}
+        row["loss"] = summed / n if n else None
+        if holdout_tasks:
+            row["held_out"] = (rec.get("task") or "untagged") in holdout_tasks
+        rows.append(row)
     metrics |= {
         "eval_loss": loss,
         "perplexity": math.exp(min(loss, 50.0)),
@@ -217,9 +244,14 @@ def evaluate_model(
     logger = MetricLogger(ctx.tracking_uri, run_id)
     logger.log({f"{label}.{k}": v for k, v in metrics.items()}, step=0)
     logger.flush()
-    generations = Path(eval_path).parent / f"{label}_generations.jsonl"
-    generations.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
-    logger.client.log_artifact(run_id, str(generations), artifact_path="eval")
+    out = Path(eval_path).parent
+    # Per row: exact (with answers), ROUGE-L, loss: what the promotion gate's paired test and
+    # minimum of correct answers read.
+    write_jsonl(rows, out / f"{label}_scores.jsonl")
+    generations = [r for r in rows if "answer" in r]  # raw text has no generations
+    if generations:
+        write_jsonl(generations, out / f"{label}_generations.jsonl")
+        logger.client.log_artifact(run_id, str(out / f"{label}_generations.jsonl"), "eval")
     return metrics
 
 

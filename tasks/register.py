@@ -15,6 +15,7 @@ champion stays. The decision and its reason are tagged on the version.
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +24,13 @@ from typing import Any
 from prefect import task
 
 from tuneforge.config import RegistryConfig
+from tuneforge.jsonl import read_jsonl
 from tuneforge.model_registry import CHALLENGER, CHAMPION
 from tuneforge.models import load_pretrained
 from tuneforge.pause_points import pause_point
 from tuneforge.prompts import render_prompt
 from tuneforge.run_context import RunContext
+from tuneforge.tasks.evaluate import metric_safe
 from tuneforge.tracking import is_unreachable
 
 MODEL_ARTIFACT = "model"
@@ -141,12 +144,18 @@ def _gain(candidate: float, reference: float, higher_is_better: bool) -> float:
 
 
 def decide(
-    candidate: float, base: float | None, champion: float | None, cfg: RegistryConfig
+    candidate: float,
+    base: float | None,
+    champion: float | None,
+    cfg: RegistryConfig,
+    paired_failure: str | None = None,
 ) -> tuple[bool, str]:
     """Whether the candidate should become champion, and why (one sentence).
 
-    It must beat the base by more than `min_improvement_over_base` and the current champion
-    (if any) by more than `min_improvement`, on `tuned.<metric>` in the configured direction.
+    It must beat the base by more than `min_improvement_over_base`, pass the paired checks
+    against the base (`paired_failure`: `registry.min_correct`, `registry.max_p_value`), and
+    beat the current champion (if any) by more than `min_improvement`, on `tuned.<metric>` in
+    the configured direction.
     """
     metric, up = cfg.metric, cfg.higher_wins
     if base is not None and _gain(candidate, base, up) <= cfg.min_improvement_over_base:
@@ -156,12 +165,70 @@ def decide(
             else ""
         )
         return False, f"{metric}={candidate:.4f} does not beat the base's {base:.4f}{margin}"
+    if paired_failure:
+        return False, f"{metric}={candidate:.4f} beats the base, but {paired_failure}"
     if champion is None:
         return True, f"no current champion; {metric}={candidate:.4f}"
     if _gain(candidate, champion, up) <= cfg.min_improvement:
         margin = f" by more than {cfg.min_improvement}" if cfg.min_improvement else ""
         return False, f"{metric}={candidate:.4f} does not beat champion's {champion:.4f}{margin}"
     return True, f"{metric}={candidate:.4f} beats champion's {champion:.4f}"
+
+
+def _subset(rows: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
+    """The rows `metric` is computed on: all, a task family's, or held-in / held-out ones."""
+    _, _, narrowed = metric.partition(".")
+    if not narrowed:
+        return rows
+    if narrowed in ("held_in", "held_out"):
+        return [r for r in rows if r.get("held_out") == (narrowed == "held_out")]
+    return [r for r in rows if metric_safe(r.get("task") or "untagged") == narrowed]
+
+
+def sign_test_p(wins: int, losses: int) -> float:
+    """One-sided exact sign test: the chance of at least `wins` of `wins + losses` differing
+    rows going the candidate's way if neither model were better. On per-row exact match this
+    is McNemar's exact test."""
+    n = wins + losses
+    return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2**n if n else 1.0
+
+
+def paired_gate(
+    base_rows: list[dict[str, Any]], tuned_rows: list[dict[str, Any]], cfg: RegistryConfig
+) -> str | None:
+    """Why the candidate fails `registry.min_correct` or `registry.max_p_value` against the
+    base on the same eval rows, or None when it passes (or neither is asked for)."""
+    tuned = _subset(tuned_rows, cfg.metric)
+    base = {r["row"]: r for r in _subset(base_rows, cfg.metric)}
+    answered = [r for r in tuned if "exact" in r]  # raw text has no answers to count
+    if cfg.min_correct and answered:
+        correct = sum(bool(r["exact"]) for r in answered)
+        if correct < cfg.min_correct:
+            return (
+                f"only {correct} of {len(answered)} eval rows answered exactly "
+                f"(registry.min_correct={cfg.min_correct})"
+            )
+    if cfg.max_p_value is None:
+        return None
+    family = cfg.metric.split(".", 1)[0]
+    key = {"exact_match": "exact", "rouge_l": "rouge_l"}.get(family, "loss")
+    sign = 1 if key != "loss" else -1  # a lower loss is better
+    wins = losses = 0
+    for row in tuned:
+        other = base.get(row["row"])
+        if other is None or row.get(key) is None or other.get(key) is None:
+            continue
+        difference = sign * (float(row[key]) - float(other[key]))
+        wins += difference > 0
+        losses += difference < 0
+    p = sign_test_p(wins, losses)
+    if p > cfg.max_p_value:
+        return (
+            f"not significantly better than the base on {len(tuned)} eval rows (sign test on "
+            f"per-row {key}: {wins} better, {losses} worse, p={p:.3g} > "
+            f"registry.max_p_value={cfg.max_p_value:g})"
+        )
+    return None
 
 
 def model_card(name: str, version: str, reason: str, tags: dict, base: dict, tuned: dict) -> str:
@@ -256,6 +323,7 @@ def register_model(
     champion: dict[str, Any] | None,
     registry: RegistryConfig,
     ctx: RunContext,
+    eval_dir: str | None = None,
 ) -> Registration:
     """Registers the tuned model as a new version with its lineage tags and model card, and
     moves `champion` to it only when it passes the promotion gate (else: `challenger`).
@@ -297,6 +365,7 @@ def register_model(
             base_metrics.get(cfg.metric),
             champion_score(client, cfg.model_name, cfg.metric, champion),
             cfg,
+            _paired_failure(eval_dir, cfg),
         )
     alias = _set_alias(client, cfg.model_name, version, promote, reason, held)
 
@@ -310,6 +379,16 @@ def register_model(
     return Registration(
         cfg.model_name, version, alias, reason, f"models:/{cfg.model_name}/{version}"
     )
+
+
+def _paired_failure(eval_dir: str | None, cfg: RegistryConfig) -> str | None:
+    """`paired_gate` on the per-row scores evaluation wrote beside the eval split."""
+    if eval_dir is None or not (cfg.min_correct or cfg.max_p_value is not None):
+        return None
+    paths = [Path(eval_dir) / f"{label}_scores.jsonl" for label in ("base", "tuned")]
+    if not all(p.exists() for p in paths):
+        return "the per-row scores the gate needs are missing (evaluate_model writes them)"
+    return paired_gate(read_jsonl(paths[0]), read_jsonl(paths[1]), cfg)
 
 
 def _create_version(

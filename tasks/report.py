@@ -85,6 +85,41 @@ def plot_by_task(base: dict[str, float], tuned: dict[str, float], path: Path) ->
     plt.close(fig)
 
 
+# Final training loss this far below the tuned model's eval loss reads as memorising the
+# training rows rather than learning the task: both ratio and gap, so that two small losses
+# (0.02 against 0.05) do not trip it.
+OVERFIT_RATIO = 2.0
+OVERFIT_GAP = 0.5
+
+
+def training_notes(training: Any, tuned: dict[str, float], schema: str | None = None) -> list[str]:
+    """What a reader of the summary should know about how the model was trained: the data
+    schema read, the step periodic evaluation kept and its scores, and a warning when the
+    training loss is far below the eval loss."""
+    notes = []
+    if schema:
+        notes.append(f"Data read as schema {schema}.")
+    scores = getattr(training, "best_scores", None) or {}
+    if scores:
+        shown = ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in sorted(scores.items()))
+        notes.append(
+            f"Periodic evaluation kept step {training.best_step} of {training.steps} ({shown} "
+            "on the held-back rows; ties in exact match go to the lower eval loss)."
+        )
+    train_loss, eval_loss = training.final_loss, tuned.get("eval_loss")
+    far_below = eval_loss is not None and train_loss == train_loss  # (NaN: no loss logged)
+    far_below = far_below and eval_loss > OVERFIT_RATIO * train_loss
+    if far_below and eval_loss - train_loss > OVERFIT_GAP:
+        notes.append(
+            f"Warning: the final training loss ({train_loss:.3f}) is far below the eval "
+            f"loss ({eval_loss:.3f}): the model may have memorised its training rows "
+            "(overfitting). More data, fewer steps or periodic evaluation "
+            "(train.eval_every) help. (Training loss is over the tokens the strategy "
+            "trains, eval loss over response tokens.)"
+        )
+    return notes
+
+
 @task(name="report_run")
 def report_run(
     *,
@@ -92,6 +127,7 @@ def report_run(
     base: dict[str, float],
     tuned: dict[str, float],
     decision: str,
+    notes: list[str],
     ctx: RunContext,
 ) -> str:
     """Logs plots, the generations sample and a markdown summary; returns the summary."""
@@ -108,15 +144,21 @@ def report_run(
         tuned["eval_loss"],
         out / "loss.png",
     )
-    plot_by_task(base, tuned, out / "exact_match_by_task.png")
-    for name in ("loss.png", "exact_match_by_task.png"):
+    plots = ["loss.png"]
+    generated = (out / "tuned_generations.jsonl").exists()  # raw text has no answers
+    if generated:
+        plot_by_task(base, tuned, out / "exact_match_by_task.png")
+        plots.append("exact_match_by_task.png")
+    for name in plots:
         client.log_artifact(run_id, str(out / name), artifact_path="plots")
-    sample = generations_table(out / "base_generations.jsonl", out / "tuned_generations.jsonl")
-    client.log_text(run_id, sample, "eval/generations_sample.md")
-    summary = (
-        f"# Retrain run {run_id}\n\n**{decision}**\n\n## Base vs tuned\n\n"
-        f"{metrics_table(base, tuned)}\n## Sample generations\n\n{sample}"
-    )
+    summary = f"# Retrain run {run_id}\n\n**{decision}**\n\n"
+    if notes:
+        summary += "## Training\n\n" + "".join(f"- {note}\n" for note in notes) + "\n"
+    summary += f"## Base vs tuned\n\n{metrics_table(base, tuned)}"
+    if generated:
+        sample = generations_table(out / "base_generations.jsonl", out / "tuned_generations.jsonl")
+        client.log_text(run_id, sample, "eval/generations_sample.md")
+        summary += f"\n## Sample generations\n\n{sample}"
     client.log_text(run_id, summary, "summary.md")
     create_markdown_artifact(summary, key="retrain-summary", description="base vs tuned")
     return summary

@@ -48,6 +48,12 @@ PRESET = REPO / "deployments" / "presets" / "tiny-cpu.yaml"
 BUNDLED_DATA = REPO / "data" / "instructions.jsonl"
 
 
+# Short test runs (a few dozen steps, a dozen eval rows) answer few rows exactly: the preset's
+# promotion gate against the base (registry.min_correct, registry.max_p_value) is switched off
+# where promotion is not what a test is about.
+NO_GATE = ("registry.min_correct=0", "registry.max_p_value=null")
+
+
 def set_args(*settings: str) -> list[str]:
     """`--set KEY=VALUE` arguments of a `tuneforge run` command line, one pair per setting."""
     return [arg for setting in settings for arg in ("--set", setting)]

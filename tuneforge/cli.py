@@ -174,6 +174,10 @@ def _print_summary(result: Any) -> None:
         f"{training.tokens_per_second:,.0f} tokens/s, "
         f"{training.trainable_parameters:,} trainable parameters"
     )
+    from tuneforge.tasks.report import training_notes
+
+    for note in training_notes(training, result.tuned, data.schema):
+        out.print(f"  {note}", markup=False, highlight=False, soft_wrap=True)
     table = Table(title="base vs tuned (eval split)")
     for column in ("metric", "base", "tuned"):
         table.add_column(column, justify="left" if column == "metric" else "right")

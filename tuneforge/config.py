@@ -281,6 +281,26 @@ class RegistryConfig(Strict):
     min_improvement: float = Field(0.0, ge=0)
     # Margin over the base model: a tuned model no better than where it started is not shipped.
     min_improvement_over_base: float = Field(0.0, ge=0)
+    min_correct: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Eval rows the tuned model must answer exactly right to take the alias (instruction "
+            "and chat data; the rows of registry.metric's subset, e.g. held_out). A tiny eval "
+            "split makes a 1-in-240 model look better than a 0-in-240 base."
+        ),
+    )
+    max_p_value: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description=(
+            "Promote only if the tuned model beats the base significantly: a one-sided exact "
+            "sign test on the eval rows where the two differ (per-row exact match, as McNemar's "
+            "test; per-row ROUGE-L or loss for those metrics) must give p at most this. null: "
+            "no test. 0.05 is the usual choice; a smaller split needs a clearer win."
+        ),
+    )
     # Only one retrain per model name runs at a time; a second one waits for the slot this
     # many seconds, then gives up naming the run that holds it (0: refuse at once; null: wait
     # for ever). An hour lets a nightly run queue behind a long one without piling up; a

@@ -221,7 +221,8 @@ def _detect(
             continue
         reads = set(wanted.values())
         unread = [c for c in found if c not in reads and c not in ignore]
-        fitting.append((len(unread), candidate))
+        reading = {f: c for f, c in wanted.items() if c in found}
+        fitting.append((len(unread), candidate, tuple(sorted(reading.items()))))
     if not fitting:
         needs = "; ".join(
             f"{s.name} needs {', '.join(s.columns[f] for f in sorted(s.required))}"
@@ -232,8 +233,13 @@ def _detect(
             f"with --schema (data.schema) and map its fields with --column FIELD=COLUMN "
             f"(data.columns)"
         )
-    fewest = min(n for n, _ in fitting)
-    best = [s for n, s in fitting if n == fewest]
+    fewest = min(n for n, _, _ in fitting)
+    best = [(s, reading) for n, s, reading in fitting if n == fewest]
+    # Schemas that would read the same columns into the same fields are one choice (say a
+    # mapping of every field of an instruction/output file): the first, in SCHEMAS order.
+    if len({reading for _, reading in best}) == 1:
+        return best[0][0]
+    best = [s for s, _ in best]
     if len(best) > 1:
         raise SchemaError(
             f"{source}: the columns fit schemas {', '.join(s.name for s in best)} equally "

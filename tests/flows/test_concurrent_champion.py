@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BUNDLED_DATA, PRESET, set_args
+from tests.conftest import BUNDLED_DATA, NO_GATE, PRESET, set_args
 
 pytestmark = pytest.mark.integration
 
@@ -46,6 +46,7 @@ def _command(name: str, overrides: tuple[str, ...], tracking_uri: str, out: Path
         "registry.higher_is_better=null",  # the preset says true, for exact_match
         "train.eval_every=0",
         "evaluation.max_examples=16",
+        *NO_GATE,
         *overrides,
     ]
     return [sys.executable, "-m", "tuneforge.cli", "run", str(PRESET), *set_args(*settings)]

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BUNDLED_DATA, PRESET, PrefectServerProcess, set_args
+from tests.conftest import BUNDLED_DATA, NO_GATE, PRESET, PrefectServerProcess, set_args
 
 pytestmark = pytest.mark.integration
 
@@ -90,6 +90,7 @@ class Command:
             # Moves within 100 steps (exact match on 16 rows may not), so each run is champion.
             "registry.metric=eval_loss",
             "registry.higher_is_better=null",
+            *NO_GATE,
             # One thread each: five at once on two cores, and the same sums in `ref` and `a`.
             "train.num_threads=1",
             *overrides,
