@@ -1,11 +1,19 @@
-"""Data validation throughput: N generated rows through `tasks/validate_data.py`.
+"""Data validation: throughput and peak memory of `tuneforge validate` on a generated JSONL file.
 
-    .venv/bin/python -m benchmarks.validation [ROWS] [--profile]
+    .venv/bin/python -m benchmarks.validation [ROWS] [--size-mb MB] [--profile]
 
-Times what the `validate_dataset` task does (read the loaded rows, validate, write valid and
-quarantine files), minus the MLflow logging, and prints one JSON line. `--profile` adds the ten
-most expensive functions by cumulative time (cProfile; it slows the run down, so the throughput
-printed with it is not the one to report).
+Writes a JSONL file of ROWS rows like the bundled data (default 1,000,000), or of about MB
+megabytes with `--size-mb` (each row padded to fit), then runs the real command on it in a
+fresh process: `python -m tuneforge.cli validate FILE --json`. Prints one JSON line: rows,
+file size; what the `validate_dataset` task does on the loaded rows, timed in this process
+(`seconds`, `rows_per_second`, `read_seconds`: one pass over the loaded rows); and the whole
+command (`command_seconds`, `command_rows_per_second`, `peak_rss_mb`: the kernel's count for
+that process, from wait4). `--profile` instead profiles `validate_file` in this process (cProfile
+slows it down: not the throughput to report).
+
+`TUNEFORGE_SOURCE=DIR` runs the command from another checkout's layout (DIR holds a
+`tuneforge/` tree, e.g. made by `benchmarks.validation --layout COMMIT DIR`), to measure an
+earlier version on the same file.
 """
 
 from __future__ import annotations
@@ -13,71 +21,141 @@ from __future__ import annotations
 import cProfile
 import io
 import json
+import os
 import pstats
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from tuneforge.sample_data import generate_rows
-from tuneforge.tasks.load_data import RawRow, read_raw_rows, write_raw_rows
-from tuneforge.tasks.validate_data import validate_file
+
+BAD_EVERY = 100  # one row in a hundred has a blank output: the quarantine path is exercised
 
 
-def make_rows(n: int) -> list[RawRow]:
-    """`n` rows like the bundled data, made unique by a running number (duplicates would be
-    quarantined, which is cheaper than validating); every 10th is chat-shaped and every 100th
-    is bad (a blank output), so both row shapes and the quarantine path are exercised."""
+def write_file(path: Path, rows: int, size_mb: float | None = None) -> int:
+    """Writes `rows` unique alpaca rows (or as many as fill `size_mb`); returns the count."""
     base = list(generate_rows(rows_per_family=300, seed=0))
-    rows = []
-    for i in range(n):
-        rec = dict(base[i % len(base)])
-        rec["input"] = f"{rec.get('input', '')} {i}"
-        if i % 100 == 99:
-            rec["output"] = "  "
-        elif i % 10 == 9:
-            user = f"{rec.pop('instruction')}\n\n{rec.pop('input')}"
-            rec["messages"] = [
-                {"role": "user", "content": user},
-                {"role": "assistant", "content": rec.pop("output")},
-            ]
-        rows.append(RawRow(row=i + 1, record=rec))
+    pad = ""
+    if size_mb:
+        average = sum(len(json.dumps(r)) for r in base[:200]) / 200 + 12
+        rows = int(size_mb * 2**20 / (average + 256))
+        pad = " " + "lorem ipsum " * 21  # ~256 characters of context per row
+    with path.open("w", encoding="utf-8") as f:
+        for i in range(rows):
+            rec = dict(base[i % len(base)])
+            rec["input"] = f"{rec.get('input', '')} {i}{pad}"
+            if i % BAD_EVERY == BAD_EVERY - 1:
+                rec["output"] = "  "
+            f.write(json.dumps(rec) + "\n")
     return rows
 
 
-def measure(n: int, profile: bool) -> dict[str, object]:
-    with tempfile.TemporaryDirectory(prefix="tuneforge-bench-") as tmp:
-        loaded = Path(tmp, "loaded.jsonl")
-        write_raw_rows(make_rows(n), loaded)
-        profiler = cProfile.Profile() if profile else None
-        started = time.perf_counter()
-        if profiler:
-            profiler.enable()
-        rows = read_raw_rows(loaded)
-        read_s = time.perf_counter() - started
-        report = validate_file(rows, 2000, Path(tmp, "valid.jsonl"), Path(tmp, "quarantine.jsonl"))
-        if profiler:
-            profiler.disable()
-        seconds = time.perf_counter() - started
-    result: dict[str, object] = {
-        "rows": n,
-        "valid": report.valid,
-        "rejected": report.rejected,
-        "seconds": round(seconds, 2),
-        "read_seconds": round(read_s, 2),
-        "rows_per_second": round(n / seconds),
+def run_command(path: Path, quarantine: Path) -> dict[str, object]:
+    """`tuneforge validate` in a fresh process: wall seconds and that process's peak RSS."""
+    env = dict(os.environ)
+    source = os.environ.get("TUNEFORGE_SOURCE")
+    if source:
+        env["PYTHONPATH"] = source + os.pathsep + env.get("PYTHONPATH", "")
+    command = [sys.executable, "-m", "tuneforge.cli", "validate", str(path), "--json"]
+    command += ["--quarantine", str(quarantine)]
+    started = time.perf_counter()
+    # cwd: `python -m` puts it first on sys.path, and a checkout there would shadow SOURCE.
+    proc = subprocess.Popen(
+        command, cwd=path.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    out = proc.stdout.read().decode()
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - started
+    summary = json.loads(out.strip().splitlines()[-1])
+    return {
+        "valid": summary["valid"],
+        "rejected": summary["rejected"],
+        "exit": os.waitstatus_to_exitcode(status),
+        "seconds": round(seconds, 1),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024),  # ru_maxrss is in KiB on Linux
     }
-    if profiler:
-        out = io.StringIO()
-        pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(25)
-        result["profile"] = out.getvalue()
-    return result
+
+
+def validate_task(path: Path, tmp: Path) -> dict[str, object]:
+    """What the `validate_dataset` task does, in this process, on the rows `load_dataset`
+    wrote: read them (streamed), validate, write valid and quarantine files. Seconds."""
+    from tuneforge.tasks.load_data import iter_raw_rows, iter_rows, write_raw_rows
+    from tuneforge.tasks.validate_data import resolve_rows, validate_file
+
+    loaded = tmp / "loaded.jsonl"
+    columns = write_raw_rows(iter_rows(str(path)), loaded)
+    started = time.perf_counter()
+    for _ in iter_raw_rows(loaded):
+        pass
+    read_s = time.perf_counter() - started
+    started = time.perf_counter()
+    cmap = resolve_rows(columns, str(path))
+    rows = lambda: iter_raw_rows(loaded)  # noqa: E731
+    validate_file(rows, 2000, tmp / "valid.jsonl", tmp / "task-quarantine.jsonl", cmap)
+    seconds = time.perf_counter() - started
+    return {
+        "seconds": round(seconds, 1),
+        "read_seconds": round(read_s, 1),
+        "rows_per_second": round(columns.rows / seconds),
+    }
+
+
+def profile(path: Path) -> str:
+    from tuneforge.tasks.load_data import iter_rows
+    from tuneforge.tasks.validate_data import validate_file
+
+    profiler = cProfile.Profile()
+    with tempfile.TemporaryDirectory() as tmp:
+        profiler.enable()
+        validate_file(lambda: iter_rows(str(path)), 2000, Path(tmp, "v"), Path(tmp, "q"))
+        profiler.disable()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(25)
+    return text.getvalue()
+
+
+def layout(commit: str, directory: Path) -> None:
+    """The installed `tuneforge` package tree of `commit`, for `TUNEFORGE_SOURCE`."""
+    import tarfile
+
+    repo = Path(__file__).resolve().parents[1]
+    archive = subprocess.run(
+        ["git", "-C", str(repo), "archive", commit], capture_output=True, check=True
+    ).stdout
+    source = directory / "checkout"
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(source, filter="data")
+    package = directory / "tuneforge"
+    package.mkdir(parents=True)
+    for module in (source / "tuneforge").glob("*.py"):
+        (package / module.name).symlink_to(module)
+    for part in ("flows", "tasks", "plugins"):
+        (package / part).symlink_to(source / part)
+
+
+def main(argv: list[str]) -> None:
+    if argv[:1] == ["--layout"]:
+        layout(argv[1], Path(argv[2]))
+        return
+    size_mb = float(argv[argv.index("--size-mb") + 1]) if "--size-mb" in argv else None
+    numbers = [a for a in argv if not a.startswith("--") and a != str(size_mb or "")]
+    rows = int(numbers[0]) if numbers and not size_mb else 1_000_000
+    with tempfile.TemporaryDirectory(prefix="tuneforge-bench-") as tmp:
+        path = Path(tmp, "data.jsonl")
+        rows = write_file(path, rows, size_mb)
+        if "--profile" in argv:
+            print(profile(path), file=sys.stderr)
+            return
+        result = {"rows": rows, "file_mb": round(path.stat().st_size / 2**20)}
+        if not os.environ.get("TUNEFORGE_SOURCE"):
+            result |= validate_task(path, Path(tmp))
+        command = run_command(path, Path(tmp, "quarantine.jsonl"))
+        result |= {f"command_{k}" if k in ("seconds", "exit") else k: v for k, v in command.items()}
+        result["command_rows_per_second"] = round(rows / command["seconds"])
+        print(json.dumps(result))
 
 
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    outcome = measure(int(args[0]) if args else 1_000_000, "--profile" in sys.argv)
-    text = outcome.pop("profile", None)
-    print(json.dumps(outcome))
-    if text:
-        print(text, file=sys.stderr)
+    main(sys.argv[1:])

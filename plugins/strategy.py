@@ -30,6 +30,9 @@ class TuningStrategy(Protocol):
     # The strategy's own pydantic settings model; `train.settings` in the run config is
     # validated against it before any model is built. Use `extra="forbid"`.
     Settings: ClassVar[type[BaseModel]]
+    # Optional, not part of the Protocol's checked members: `trains_text: ClassVar[bool] =
+    # True` says the strategy trains on raw text (data.schema: text), which the loop then
+    # tokenizes itself in blocks (`tokenize_text_blocks`); without it such data is refused.
 
     def prepare_model(self, model: Any) -> Any:
         """Returns the model to train: sets `requires_grad` on the parameters that train (the

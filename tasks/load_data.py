@@ -16,7 +16,7 @@ import json
 import math
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
@@ -161,6 +161,8 @@ MAX_DEPTH = 64
 
 
 def _depth(value: Any) -> int:
+    if isinstance(value, dict) and not any(isinstance(v, dict | list) for v in value.values()):
+        return 2 if value else 1  # the usual row, flat: no walk needed
     deepest, stack = 0, [(value, 1)]
     while stack:  # iterative: a recursive walk would fail on the very values it looks for
         item, depth = stack.pop()
@@ -383,21 +385,55 @@ def read_rows(source: str, fmt: str = "auto", hf_split: str = "train") -> list[R
     return list(iter_rows(source, fmt, hf_split))
 
 
-def write_raw_rows(rows: Iterable[RawRow], path: Path) -> int:
+@dataclass
+class Columns:
+    """What loaded rows hold: how many rows, how many parsed, and each column (a key of a
+    parsed row) with the number of rows that have it. Counted while the rows are written, so
+    that validation need not read them an extra time to pick the schema."""
+
+    rows: int = 0
+    parsed: int = 0
+    found: dict[str, int] = field(default_factory=dict)
+
+    def add(self, row: RawRow) -> None:
+        self.rows += 1
+        if row.record is not None:
+            self.parsed += 1
+            for key in row.record:
+                self.found[key] = self.found.get(key, 0) + 1
+
+
+def columns_path(loaded: Path) -> Path:
+    return loaded.with_name(loaded.stem + ".columns.json")
+
+
+def write_raw_rows(rows: Iterable[RawRow], path: Path) -> Columns:
     """Persists loaded rows as JSONL as they come, so the next task gets a path, not a live
-    object; returns how many. Written to a temporary name and renamed: an unusable file that
-    fails midway leaves no half copy."""
+    object, with their `Columns` beside them (`loaded.columns.json`); returns those.
+    Written to a temporary name and renamed: an unusable file that fails midway leaves no
+    half copy."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    count = 0
+    columns = Columns()
     # backslashreplace: a lone surrogate (JSON allows "\ud800") cannot be encoded as UTF-8,
     # but written as `\ud800` inside a JSON string it is the same escape, read back as is.
     with partial.open("w", encoding="utf-8", errors="backslashreplace") as f:
         for r in rows:
             f.write(json.dumps(r.__dict__, ensure_ascii=False, default=str) + "\n")
-            count += 1
+            columns.add(r)
+    columns_path(path).write_text(json.dumps(asdict(columns)), encoding="utf-8")
     partial.replace(path)
-    return count
+    return columns
+
+
+def read_columns(loaded: Path) -> Columns:
+    """The `Columns` written beside loaded rows (counted again if the file is missing)."""
+    if columns_path(loaded).exists():
+        return Columns(**json.loads(columns_path(loaded).read_text(encoding="utf-8")))
+    columns = Columns()
+    for row in iter_raw_rows(loaded):
+        columns.add(row)
+    return columns
 
 
 def iter_raw_rows(path: Path) -> Iterator[RawRow]:

@@ -28,7 +28,7 @@ from tuneforge.jsonl import read_jsonl
 from tuneforge.models import load_pretrained, pick_device
 from tuneforge.plugins.examples import check_chat_template, tokenize_text_blocks
 from tuneforge.plugins.registry import strategy_info
-from tuneforge.records import is_text
+from tuneforge.records import assistant_turn_records, is_text
 from tuneforge.run_context import RunContext
 from tuneforge.tasks import checkpoint, padding_free, parallel
 from tuneforge.tasks.evaluate import generate_answers, response_loss, score, spread
@@ -308,6 +308,8 @@ class TrainingRun:
             self._setup_text_examples(records)
             return
         check_chat_template(tokenizer)
+        if cfg.assistant_turns == "all":
+            records = [turn for r in records for turn in assistant_turn_records(r)]
         with self._blame("build_example"):
             build = self.strategy.build_example
             self.examples = [build(r, tokenizer, cfg.max_length) for r in records]

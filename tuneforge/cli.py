@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from itertools import islice
 from pathlib import Path
 from typing import Annotated, Any
@@ -254,24 +255,31 @@ def validate(
     from tuneforge.data_schemas import SCHEMA_NAMES, SchemaError
     from tuneforge.jsonl import iter_jsonl
     from tuneforge.tasks.load_data import DataLoadError, iter_rows
-    from tuneforge.tasks.validate_data import resolve_rows, validate_file
+    from tuneforge.tasks.validate_data import validate_source
 
     if schema not in SCHEMA_NAMES:
         _fail(f"--schema {schema!r}: use one of {', '.join(SCHEMA_NAMES)}")
     quarantine = quarantine or default_quarantine(data)
     partial = quarantine.with_name(f".{quarantine.name}.partial")
-    valid_partial = quarantine.with_name(f".{quarantine.name}.valid.partial")
-    try:
-        rows = lambda: iter_rows(data, format_, hf_split)  # noqa: E731 - read twice, streaming
-        cmap = resolve_rows(rows(), data, schema, _column_map(column), ignore or [])
-        report = validate_file(rows, max_chars, valid_partial, partial, cmap, data)
-    except (DataLoadError, SchemaError) as exc:
-        partial.unlink(missing_ok=True)
-        _fail(str(exc))
-    except OSError as exc:
-        _fail(f"{quarantine}: cannot write the quarantine file ({exc.strerror}); pass --quarantine")
-    finally:
-        valid_partial.unlink(missing_ok=True)
+    # Streamed: read once (twice only if its first rows cannot tell the schema), never whole.
+    with tempfile.TemporaryDirectory(prefix="tuneforge-validate-") as tmp:
+        try:
+            report = validate_source(
+                lambda: iter_rows(data, format_, hf_split),
+                max_chars,
+                Path(tmp, "valid.jsonl"),
+                partial,
+                data,
+                schema,
+                _column_map(column),
+                ignore or [],
+            )
+        except (DataLoadError, SchemaError) as exc:
+            partial.unlink(missing_ok=True)
+            _fail(str(exc))
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            _fail(f"{quarantine}: cannot write there ({exc.strerror}); pass --quarantine PATH")
     partial.replace(quarantine)
     for entry in islice(iter_jsonl(quarantine), 20):
         line = f"row {entry['row']}: {entry['reason']}"
@@ -322,8 +330,6 @@ def evaluate(
     ] = None,
 ) -> None:
     """Score a model on a dataset (every valid row): loss, perplexity, exact match, ROUGE-L."""
-    import tempfile
-
     from pydantic import ValidationError
 
     from tuneforge.config import ConfigError, EvalConfig, ModelConfig

@@ -166,6 +166,15 @@ class TrainConfig(Strict):
     # models the casts cost more than they save: the 0.4M-parameter demo trains 1.6x slower.
     # Costs bit-exact reproducibility across machines; without bf16 units it is emulated.
     precision: Literal["fp32", "bf16"] = "fp32"
+    assistant_turns: Literal["last", "all"] = Field(
+        "last",
+        description=(
+            "Which assistant turns of a multi-turn conversation train. last: the final answer, "
+            "the earlier turns are context. all: every assistant turn, each as one example "
+            "whose prompt is the conversation before it (a conversation of k answers costs k "
+            "examples, and the earlier turns are read again in each)."
+        ),
+    )
     # 0 leaves torch's default (all cores). Pinning avoids oversubscription when several
     # workers share a machine.
     num_threads: int = Field(0, ge=0)

@@ -32,3 +32,16 @@ def canonical_record(row: int, rec: dict[str, Any]) -> dict[str, Any]:
 def is_text(record: dict[str, Any]) -> bool:
     """Whether a canonical record is raw text (no prompt, no response)."""
     return "text" in record
+
+
+def assistant_turn_records(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """A conversation as one record per assistant turn, each ending at that turn (the turns
+    before it become its prompt): `train.assistant_turns: all`. Raw text and single-answer
+    records come back as they are."""
+    if is_text(record):
+        return [record]
+    messages = record["messages"]
+    ends = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    # A turn with no user turn before it has nothing to answer: it stays context.
+    asked = [i for i in ends if any(m["role"] == "user" for m in messages[:i])]
+    return [{**record, "messages": messages[: i + 1]} for i in asked] or [record]

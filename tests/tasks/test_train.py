@@ -39,7 +39,8 @@ def test_linear_schedule_warms_up_then_decays_to_zero():
 
 
 def _train(model_dir: Path, records: list[dict], out: Path, steps: int, **kw):
-    cfg = TrainConfig(steps=steps, batch_size=8, warmup_steps=0, log_every=1, max_length=64, **kw)
+    kw = {"max_length": 64, **kw}
+    cfg = TrainConfig(steps=steps, batch_size=8, warmup_steps=0, log_every=1, **kw)
     logged: list[tuple[int, dict]] = []
     result = train_model(
         model_dir, records, cfg, out, on_metrics=lambda s, m: logged.append((s, m))
@@ -266,3 +267,29 @@ def test_periodic_evaluation_breaks_ties_on_eval_loss_then_keeps_the_later_step(
 
     assert (best.best_step, best.best_loss, best.best_score) == (40, 2.0, 0.0)
     assert best.weights["weight"].item() == 40.0
+
+
+def _conversations(records: list[dict]) -> list[dict]:
+    """Pairs of bundled rows as two-round conversations."""
+    out = []
+    for i in range(0, len(records) - 1, 2):
+        first, second = records[i]["messages"], records[i + 1]["messages"]
+        out.append({"row": i + 1, "task": "pair", "messages": [*first, *second]})
+    return out
+
+
+def test_assistant_turns_all_trains_every_answer_in_its_context(
+    tiny_model_dir, bundled_records, tmp_path
+):
+    from tuneforge.records import assistant_turn_records
+
+    chats = _conversations(bundled_records[:32])
+    assert [len(r["messages"]) for r in assistant_turn_records(chats[0])] == [2, 4]
+
+    common = {"steps": 2, "strategy": "instruction", "max_length": 160}
+    last, _ = _train(tiny_model_dir, chats, tmp_path / "last", **common)
+    every, _ = _train(tiny_model_dir, chats, tmp_path / "all", **common, assistant_turns="all")
+
+    assert (last.examples, every.examples) == (16, 32)
+    # The first answers' tokens train too: more trained tokens than the last answers alone.
+    assert every.audit.trained_tokens > last.audit.trained_tokens

@@ -356,3 +356,57 @@ def test_random_rows_never_crash_and_are_all_accounted_for(drawn, max_chars):
             assert set(v) == {"row", "task", "messages"}
             assert v["messages"][-1]["role"] == "assistant"
         json.dumps(v, ensure_ascii=False).encode("utf-8")  # writable and tokenizable text
+
+
+# Straight from the source: one pass when the first rows tell the schema
+
+
+def _one_pass_and_two(tmp_path, monkeypatch, records: list[dict]):
+    import tuneforge.tasks.validate_data as module
+
+    monkeypatch.setattr(module, "CHUNK", 2)  # a decision per two rows
+    rows = [RawRow(i, r) for i, r in enumerate(records, start=1)]
+    reads = []
+
+    def source():
+        reads.append(1)
+        return iter(rows)
+
+    streamed = module.validate_source(source, MAX_CHARS, tmp_path / "v1", tmp_path / "q1", "d")
+    whole = validate_file(rows, MAX_CHARS, tmp_path / "v2", tmp_path / "q2")
+    assert (tmp_path / "v1").read_text() == (tmp_path / "v2").read_text()
+    assert (tmp_path / "q1").read_text() == (tmp_path / "q2").read_text()
+    assert (streamed.schema, streamed.columns, streamed.total) == (
+        whole.schema,
+        whole.columns,
+        whole.total,
+    )
+    return len(reads)
+
+
+def test_an_optional_column_first_seen_late_needs_no_second_read(tmp_path, monkeypatch):
+    late_input = [{"instruction": f"q{i}", "output": f"a{i}"} for i in range(5)]
+    late_input.append({"instruction": "q", "input": "ctx", "output": "a", "task": "t"})
+
+    assert _one_pass_and_two(tmp_path, monkeypatch, late_input) == 1
+
+
+def test_rows_that_cannot_tell_the_schema_at_first_are_read_again(tmp_path, monkeypatch):
+    # The first rows lack `output` (no schema fits them yet); the file as a whole is alpaca.
+    records = [{"instruction": f"q{i}"} for i in range(4)]
+    records += [{"instruction": f"q{i}", "output": f"a{i}"} for i in range(4, 8)]
+
+    assert _one_pass_and_two(tmp_path, monkeypatch, records) == 2
+
+
+def test_a_column_seen_late_that_nothing_reads_still_refuses_the_file(tmp_path, monkeypatch):
+    import tuneforge.tasks.validate_data as module
+
+    monkeypatch.setattr(module, "CHUNK", 2)
+    records = [{"instruction": f"q{i}", "output": f"a{i}"} for i in range(5)] + [
+        {"instruction": "q", "output": "a", "foo": 1}
+    ]
+    rows = [RawRow(i, r) for i, r in enumerate(records, start=1)]
+
+    with pytest.raises(SchemaError, match=r"column 'foo' \(1 rows\) is not read"):
+        module.validate_source(lambda: iter(rows), MAX_CHARS, tmp_path / "v", tmp_path / "q", "d")
