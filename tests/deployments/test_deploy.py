@@ -13,11 +13,12 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, PrefectServerProcess, set_args
+from tests.conftest import NO_GATE, REPO, PrefectServerProcess, set_args
 
 pytestmark = pytest.mark.integration
 
@@ -78,6 +79,9 @@ def deployed(mlflow_server, tmp_path_factory):
         "steps: 2000 ": "steps: 300 ",
         "eval_every: 500 ": "eval_every: 0 ",
         "max_examples: 240": "max_examples: 48",
+        # 300 steps answer few of 48 rows exactly: the gate against the base is not tested here
+        "min_correct: 5": "min_correct: 0",
+        "max_p_value: 0.05": "max_p_value: null",
     }
     for old, new in shorter.items():
         assert old in text, old
@@ -98,32 +102,24 @@ def deployed(mlflow_server, tmp_path_factory):
     }
     worker = Worker(env, home, root)
 
-    def prefect(*args: str) -> None:
-        _command("prefect", *args, env=env, cwd=home)
+    def prefect(*commands: tuple[str, ...]) -> None:
+        """Runs `prefect` commands side by side (each CLI start costs seconds of imports)."""
+        with ThreadPoolExecutor(len(commands)) as pool:
+            list(pool.map(lambda args: _command("prefect", *args, env=env, cwd=home), commands))
 
     try:
         server.start()
-        prefect("work-pool", "create", "cpu", "--type", "process")
-        template = home / "deployments" / "work-pools" / "gpu-kubernetes.json"
+        template = str(home / "deployments" / "work-pools" / "gpu-kubernetes.json")
+        stage = ("flows/train_stage.py:train_stage", "--name", "on-cpu", "--pool", "cpu")
+        deploy_stage = ("--no-prompt", "deploy", *stage)
         prefect(
-            "work-pool",
-            "create",
-            "gpu",
-            "--type",
-            "kubernetes",
-            "--base-job-template",
-            str(template),
+            ("work-pool", "create", "cpu", "--type", "process"),
+            ("work-pool", "create", "gpu", "--type", "kubernetes", "--base-job-template", template),
         )
-        prefect("--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", "--all")
-        # The GPU training stage, deployed on the CPU pool here: no GPUs, same mechanics.
         prefect(
-            "--no-prompt",
-            "deploy",
-            "flows/train_stage.py:train_stage",
-            "--name",
-            "on-cpu",
-            "--pool",
-            "cpu",
+            ("--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", "--all"),
+            # The GPU training stage, deployed on the CPU pool here: no GPUs, same mechanics.
+            deploy_stage,
         )
         worker.start()
         yield env, home, root, worker
@@ -191,16 +187,25 @@ def test_deploys_with_schedules_and_pools(deployed):
         assert "nvidia.com/gpu" in limits["spec"]["containers"][0]["resources"]["limits"]
 
 
-def test_nightly_run_killed_resumed_then_pushed_unchanged_data_is_skipped(deployed, mlflow_server):
-    """The machine running the nightly deployment dies (worker and flow run, SIGKILL) after
-    the checkpoint of step 100. The next run of the deployment, triggered by hand on a new
-    worker, waits for the dead run's lease to lapse, continues its MLflow run from the
-    checkpoint, registers, and leaves the slot free. Then the same data is pushed: the
-    triggered run finds nothing changed since that champion and stops early."""
-    from mlflow.tracking import MlflowClient
+REMOTE = (
+    "train.deployment=train-stage/on-cpu",
+    "train.steps=100",
+    "train.eval_every=0",
+    "evaluation.max_examples=16",
+    "registry.model_name=it-remote",
+    "registry.metric=eval_loss",
+    "registry.higher_is_better=null",
+)
 
+
+@pytest.fixture(scope="module")
+def scenarios(deployed):
+    """The machine running the nightly deployment dies (worker and flow run, SIGKILL) after
+    the checkpoint of step 100; the next run of the deployment is triggered by hand on a new
+    worker. While it waits for the dead run's lease to lapse, a `tuneforge run` trains on
+    another pool (the train-stage deployment, on the same worker). Then the same data is
+    pushed. Returns what each of them left."""
     env, home, _, worker = deployed
-    mlflow = MlflowClient(mlflow_server)
     checkpoint = home / "runs" / "checkpoints" / "tuneforge-demo" / "step-000000100"
     with _client(env) as client:
         nightly = client.read_deployment_by_name("retrain-preset/nightly")
@@ -214,22 +219,49 @@ def test_nightly_run_killed_resumed_then_pushed_unchanged_data_is_skipped(deploy
         worker.kill(client.read_flow_run(killed.id))
         worker.start()
         again = client.create_flow_run_from_deployment(nightly.id)
+        remote = subprocess.Popen(
+            [
+                str(BIN / "tuneforge"),
+                "run",
+                "deployments/presets/tiny-cpu.yaml",
+                *set_args(*REMOTE, *NO_GATE),
+            ],
+            cwd=home,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        remote_output, _ = remote.communicate(timeout=600)
+        assert remote.returncode == 0, remote_output[-4000:]
         finished = _wait_flow_run(client, again.id, seconds=600)
-        assert finished.state.is_completed(), worker.log.read_text()[-4000:]
         slot = client.read_global_concurrency_limit_by_name("retrain-tuneforge-demo")
-        assert slot.active_slots == 0
-        champion = mlflow.get_model_version_by_alias("tuneforge-demo", "champion")
-        assert champion.tags["tuneforge.data_source"] == "data/instructions.jsonl"
-        run = mlflow.get_run(champion.run_id)
-        assert run.data.metrics["train.resumed_from_step"] >= 100
-        assert run.data.tags["tuneforge.attempt"] == "2" and run.info.status == "FINISHED"
 
         # New data announced (the same file: nothing new): the triggered run stops early.
         _command("tuneforge", "data", "push", "data/instructions.jsonl", env=env, cwd=home)
         on_data = client.read_deployment_by_name("retrain-preset/on-new-data")
         triggered = _wait_run(client, on_data.id, seconds=300)
-        assert triggered.state.is_completed(), worker.log.read_text()[-4000:]
-        assert triggered.parameters["dataset"].endswith("data/instructions.jsonl")
+    return {"nightly": finished, "slot": slot, "triggered": triggered, "log": worker.log}
+
+
+def test_nightly_run_killed_resumed_then_pushed_unchanged_data_is_skipped(scenarios, mlflow_server):
+    """The re-run waited for the dead run's lease, continued its MLflow run from the
+    checkpoint, registered, and left the slot free; the pushed data changed nothing since
+    that champion, so the triggered run stopped early."""
+    from mlflow.tracking import MlflowClient
+
+    mlflow = MlflowClient(mlflow_server)
+    log = scenarios["log"].read_text()[-4000:]
+    assert scenarios["nightly"].state.is_completed(), log
+    assert scenarios["slot"].active_slots == 0
+    champion = mlflow.get_model_version_by_alias("tuneforge-demo", "champion")
+    assert champion.tags["tuneforge.data_source"] == "data/instructions.jsonl"
+    run = mlflow.get_run(champion.run_id)
+    assert run.data.metrics["train.resumed_from_step"] >= 100
+    assert run.data.tags["tuneforge.attempt"] == "2" and run.info.status == "FINISHED"
+    triggered = scenarios["triggered"]
+    assert triggered.state.is_completed(), log
+    assert triggered.parameters["dataset"].endswith("data/instructions.jsonl")
 
     experiment = mlflow.get_experiment_by_name("tuneforge")
     skipped = mlflow.search_runs(
@@ -240,26 +272,19 @@ def test_nightly_run_killed_resumed_then_pushed_unchanged_data_is_skipped(deploy
     assert len(mlflow.search_model_versions("name='tuneforge-demo'")) == 1
 
 
-def test_training_runs_as_a_deployment_on_another_pool(deployed, mlflow_server):
+def test_training_runs_as_a_deployment_on_another_pool(scenarios, deployed, mlflow_server):
     from mlflow.tracking import MlflowClient
 
-    env, home, _, _ = deployed
-    settings = set_args(
-        "train.deployment=train-stage/on-cpu",
-        "train.steps=200",
-        "train.eval_every=0",
-        "evaluation.max_examples=48",
-        "registry.model_name=it-remote",
-    )
-    _command("tuneforge", "run", "deployments/presets/tiny-cpu.yaml", *settings, env=env, cwd=home)
+    env, _, _, _ = deployed
     client = MlflowClient(mlflow_server)
     version = client.get_model_version_by_alias("it-remote", "champion")
     run = client.get_run(version.run_id)
     assert run.data.params["train.deployment"] == "train-stage/on-cpu"
-    assert len(client.get_metric_history(version.run_id, "train.loss")) == 200 // 50
+    assert len(client.get_metric_history(version.run_id, "train.loss")) == 100 // 50
     tuned = {Path(f.path).name for f in client.list_artifacts(version.run_id, "handover/tuned")}
     assert "model.safetensors" in tuned
-    assert run.data.metrics["tuned.exact_match"] > run.data.metrics["base.exact_match"]
+    # The model trained on the other pool came back trained.
+    assert run.data.metrics["tuned.eval_loss"] < run.data.metrics["base.eval_loss"] / 2
     with _client(env) as prefect_client:
         stage = prefect_client.read_deployment_by_name("train-stage/on-cpu")
         assert _wait_run(prefect_client, stage.id, seconds=5).state.is_completed()

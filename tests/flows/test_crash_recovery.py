@@ -3,24 +3,24 @@ its local Prefect server, the flow) at a chosen point, then the same command aga
 Prefect server restarted under a run that holds its slot.
 
 `a` runs as a user's would, with no PREFECT_API_URL: each of its commands starts its own local
-Prefect server (tuneforge/prefect_server.py). `ref`, `b` and `c` share one server of that kind
-on the same PREFECT_HOME. `restart` runs against a real `prefect server` with Prefect's default
-in-memory leases. All log to a real MLflow server over HTTP. The five start together, one
+Prefect server (tuneforge/prefect_server.py). `b` and `c` share one server of that kind on the
+same PREFECT_HOME. `restart` runs against a real `prefect server` with Prefect's default
+in-memory leases. All log to a real MLflow server over HTTP. The four start together, one
 thread each:
 
-- `ref`     trains 150 steps uninterrupted;
-- `a`       trains the same 150 steps and is killed after step 125 (checkpoints at 50 and 100);
+- `a`       trains 150 steps and is killed after step 125 (checkpoints at 50 and 100);
 - `b`       is killed while evaluating its tuned model (pause point `evaluate:tuned`);
 - `c`       is killed between creating its model version and giving it an alias (pause point
             `register:version-created`);
-- `restart` pauses at the start of its tuned model's evaluation, holding its slot; its server
+- `restart` trains the same 150 steps as `a`, uninterrupted (the reference for `a`), then
+            pauses at the start of its tuned model's evaluation, holding its slot; its server
             is stopped and started again, and once the run says it took its slot back it goes
             on (pause point with `TUNEFORGE_RESUME_WHEN`).
 
 Then `a`, `b` and `c` run again, each waiting for its killed predecessor's lease to lapse
 (the `restart` scenario runs meanwhile: the scenarios share the waiting). Checked: every run
 completes; `a` resumed from its newest checkpoint and registered the same weights (hash) and
-metrics as `ref`; `b` and `c` continued the killed MLflow run (one run, one version, one
+metrics as `restart`; `b` and `c` continued the killed MLflow run (one run, one version, one
 champion, no second training); `restart` took its slot again under a new lease; no slot is
 left taken.
 
@@ -56,12 +56,12 @@ with prefect_api() as api_url:
     sys.stdin.read()
 """
 
+SAME_AS_A = ("train.steps=150", "train.checkpoint_every=50", "train.log_every=25")
 RUNS = {
-    "ref": ("train.steps=150", "train.checkpoint_every=50", "train.log_every=25"),
-    "a": ("train.steps=150", "train.checkpoint_every=50", "train.log_every=25"),
+    "a": SAME_AS_A,
     "b": ("train.steps=100",),
     "c": ("train.steps=100",),
-    "restart": ("train.steps=100",),
+    "restart": SAME_AS_A,
 }
 PAUSE = {"b": "evaluate:tuned", "c": "register:version-created", "restart": "evaluate:tuned"}
 KILLED_AT = {
@@ -91,7 +91,7 @@ class Command:
             "registry.metric=eval_loss",
             "registry.higher_is_better=null",
             *NO_GATE,
-            # One thread each: five at once on two cores, and the same sums in `ref` and `a`.
+            # One thread each: four at once on two cores, and the same sums in `restart` and `a`.
             "train.num_threads=1",
             *overrides,
         ]
@@ -173,7 +173,7 @@ def recovered(mlflow_server, tmp_path_factory):
         "PREFECT_LOGGING_LEVEL": "INFO",
     }
     env.pop("PREFECT_API_URL", None)  # the default set-up: each command's own local server
-    # `a` runs in that default set-up. `ref`, `b` and `c` share one server of the same kind on
+    # `a` runs in that default set-up. `b` and `c` share one server of the same kind on
     # the same PREFECT_HOME (leases on disk, the repossessor), started by tuneforge's own code
     # in a process of its own, as a command starts it: more servers starting on two cores
     # would cost a minute.
@@ -278,7 +278,7 @@ def test_killed_mid_training_resumes_and_registers_what_an_uninterrupted_run_doe
     assert "continuing MLflow run" in output
 
     client, versions, champion = _champion(mlflow_server, "kr-a")
-    _, ref_versions, ref = _champion(mlflow_server, "kr-ref")
+    _, ref_versions, ref = _champion(mlflow_server, "kr-restart")  # uninterrupted training
     assert len(versions) == len(ref_versions) == 1
     assert _weights_hash(client, champion.run_id, tmp_path / "a") == _weights_hash(
         client, ref.run_id, tmp_path / "ref"

@@ -327,7 +327,7 @@ def _schema_rows(draw: Any) -> tuple[str, list[dict[str, Any]]]:
     return name, rows
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(drawn=_schema_rows(), max_chars=st.integers(min_value=1, max_value=20))
 def test_random_rows_never_crash_and_are_all_accounted_for(drawn, max_chars):
     name, records = drawn
