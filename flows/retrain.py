@@ -134,6 +134,7 @@ def _retrain_in(
         registry=config.registry,
         ctx=ctx,
         eval_dir=str(Path(split.eval_path).parent),
+        max_new_tokens=config.evaluation.max_new_tokens,
     )
     report_run(
         eval_dir=str(Path(split.eval_path).parent),

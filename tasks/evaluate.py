@@ -28,6 +28,7 @@ from tuneforge.plugins.examples import tokenize_prompt_response, tokenize_text_b
 from tuneforge.prompts import render_prompt, split_turns
 from tuneforge.records import is_text
 from tuneforge.run_context import RunContext
+from tuneforge.serving import generate
 from tuneforge.tracking import MetricLogger
 
 
@@ -84,29 +85,12 @@ def response_loss(
     return total / count
 
 
-@torch.inference_mode()
 def generate_answers(
     model: Any, tokenizer: Any, records: list[dict], max_new_tokens: int, bs: int
 ) -> list[str]:
-    """Greedy answers to each record's prompt, decoded without special tokens."""
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"  # generate at the right edge
+    """Greedy answers to each record's prompt, as the registered model gives them."""
     prompts = [render_prompt(split_turns(r)[0], tokenizer) for r in records]
-    answers: list[str] = []
-    for batch in _chunks(prompts, bs):
-        enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
-        enc = enc.to(model.device)
-        out = model.generate(
-            **enc,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-        answers += tokenizer.batch_decode(
-            out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True
-        )
-    tokenizer.padding_side = side
-    return answers
+    return generate(model, tokenizer, prompts, max_new_tokens, bs)
 
 
 def metric_safe(name: str) -> str:

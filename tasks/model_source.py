@@ -20,42 +20,17 @@ from prefect import task
 from tuneforge.config import ModelConfig
 from tuneforge.models import ModelSourceError, build_tiny_model, first_line
 from tuneforge.run_context import RunContext
-
-# Files a checkpoint directory needs; anything else (pickled *.bin weights, code) is not fetched.
-HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]
-
-
-def find_checkpoint_dir(root: Path) -> Path:
-    """The directory under `root` holding a Hugging Face `config.json` with weights."""
-    for config in sorted(root.rglob("config.json"), key=lambda p: len(p.parts)):
-        if any(config.parent.glob("*.safetensors")):
-            return config.parent
-    raise ModelSourceError(f"{root}: no safetensors checkpoint found")
+from tuneforge.serving import HUB_PATTERNS, ModelLoadError, materialize
 
 
 def download_registry_model(uri: str, dst: Path) -> Path:
-    """Downloads a registered model and returns one directory with weights and tokenizer.
-
-    tuneforge logs models in MLflow's transformers flavour (see `tasks/register.py`), which
-    keeps the weights under `model/` and the tokenizer under `components/tokenizer/`; the
-    tokenizer files are copied beside the weights so the result loads like any checkpoint.
-    """
-    import shutil
-
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
+    """Downloads a registered model and returns one checkpoint directory with weights and
+    tokenizer: an adapter version comes back merged onto its base, resolved through the
+    registry or the hub (`tuneforge.serving.materialize`)."""
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
-    except MlflowException as exc:
-        raise ModelSourceError(f"{uri}: {exc.message.splitlines()[0]}") from None
-    checkpoint = find_checkpoint_dir(local)
-    tokenizer_dir = local / "components" / "tokenizer"
-    if tokenizer_dir.is_dir():
-        for file in tokenizer_dir.iterdir():
-            if not (checkpoint / file.name).exists():
-                shutil.copy2(file, checkpoint / file.name)
-    return checkpoint
+        return materialize(uri, dst)
+    except ModelLoadError as exc:
+        raise ModelSourceError(str(exc)) from None
 
 
 def resolve_model_dir(cfg: ModelConfig, train_records: list[dict[str, Any]], out_dir: Path) -> Path:

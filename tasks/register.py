@@ -14,10 +14,11 @@ champion stays. The decision and its reason are tagged on the version.
 
 from __future__ import annotations
 
-import logging
+import json
 import math
 import tempfile
-from dataclasses import dataclass
+import warnings
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,6 @@ from tuneforge.jsonl import read_jsonl
 from tuneforge.model_registry import CHALLENGER, CHAMPION
 from tuneforge.models import load_pretrained
 from tuneforge.pause_points import pause_point
-from tuneforge.prompts import render_prompt
 from tuneforge.run_context import RunContext
 from tuneforge.tasks.evaluate import metric_safe
 from tuneforge.tracking import is_unreachable
@@ -106,32 +106,109 @@ def check_upload(
         )
 
 
+@dataclass(frozen=True)
+class ModelPackage:
+    """What a registered version holds besides the checkpoint (see `tuneforge.serving`)."""
+
+    base: str | None  # an adapter's lasting base address; None for a full checkpoint
+    dtype: str = "float32"  # what the weights load in
+    max_new_tokens: int = 64  # predict's default answer length: the evaluation's
+    trust_remote_code: bool = False
+
+
+def adapter_base(base_path: str, lineage: dict[str, str]) -> str:
+    """The address of an adapter's base that outlives this worker: the registry version it was
+    pinned to, the hub id at the commit the cache holds, else `bundled` (the base is copied
+    into the version: a tiny or local base has no address another machine can resolve)."""
+    from tuneforge.serving import hub_reference
+
+    if parent := lineage.get("tuneforge.parent_version"):
+        return f"models:/{parent}"
+    source, path = lineage.get("tuneforge.base_model", ""), Path(base_path)
+    if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
+        return hub_reference(source, path.name)  # a hub cache snapshot is named by its commit
+    return "bundled"
+
+
+def _link_files(src: Path, dst: Path) -> Path:
+    """`dst` with hard links to (or copies of) the files directly in `src`: the checkpoint
+    without what a strategy keeps beside it (a merged export, optimizer state)."""
+    import os
+    import shutil
+
+    dst.mkdir(parents=True)
+    for file in src.iterdir():
+        if file.is_file():
+            try:
+                os.link(file, dst / file.name)
+            except OSError:  # another file system
+                shutil.copy2(file, dst / file.name)
+    return dst
+
+
+def save_package(model_dir: Path, package: ModelPackage, local: Path, tmp: Path) -> None:
+    """Writes the MLflow pyfunc model of `tuneforge.serving` for `model_dir` into `local`."""
+    import shutil
+
+    import mlflow.pyfunc
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ParamSchema, ParamSpec
+
+    from tuneforge import prompts, serving
+
+    adapter = package.base is not None
+    tmp.mkdir(parents=True, exist_ok=True)
+    manifest = {"tuneforge_layout": serving.LAYOUT, "adapter": adapter, **asdict(package)}
+    (tmp / serving.MANIFEST).write_text(json.dumps(manifest, indent=1))
+    artifacts = {
+        serving.CHECKPOINT: str(_link_files(model_dir, tmp / serving.CHECKPOINT)),
+        "manifest": str(tmp / serving.MANIFEST),
+    }
+    if package.base == "bundled":
+        base_dir = json.loads((model_dir / "adapter_config.json").read_text())
+        base = Path(base_dir["base_model_name_or_path"])
+        artifacts[serving.BUNDLED_BASE] = str(_link_files(base, tmp / serving.BUNDLED_BASE))
+    shutil.copy2(prompts.__file__, tmp / "tuneforge_prompts.py")  # serving's one import
+    # Parameters only: an input schema would make MLflow coerce the inputs (strings, records
+    # and chat turns alike) into one table; `serving.conversations` checks them instead.
+    signature = ModelSignature(
+        params=ParamSchema(
+            [
+                ParamSpec("max_new_tokens", "long", package.max_new_tokens),
+                ParamSpec("batch_size", "long", 16),
+            ]
+        )
+    )
+    with warnings.catch_warnings():  # "no input example": one would run the model at save time
+        warnings.simplefilter("ignore")
+        mlflow.pyfunc.save_model(
+            path=str(local),
+            python_model=serving.__file__,
+            artifacts=artifacts,
+            code_paths=[str(tmp / "tuneforge_prompts.py")],
+            pip_requirements=_pip_requirements(),
+            signature=signature,
+        )
+
+
+def merged_checkpoint(adapter_dir: Path, dst: Path, trust_remote_code: bool) -> Path:
+    """Base and adapter merged into one checkpoint (`registry.adapters: merged`)."""
+    model, tokenizer = load_pretrained(adapter_dir, trust_remote_code=trust_remote_code)
+    model.merge_and_unload().save_pretrained(dst)
+    tokenizer.save_pretrained(dst)
+    return dst
+
+
 def log_model_artifacts(
-    model_dir: str, run_id: str, tracking_uri: str, trust_remote_code: bool = False
+    model_dir: str, package: ModelPackage, run_id: str, tracking_uri: str
 ) -> str:
-    """Saves the checkpoint as an MLflow transformers model under the run and returns its URI
-    once every file is in the artifact store at its size (else `IncompleteUpload`)."""
-    import mlflow.transformers
+    """Saves the checkpoint as a tuneforge pyfunc model under the run and returns its URI once
+    every file is in the artifact store at its size (else `IncompleteUpload`)."""
     from mlflow.tracking import MlflowClient
 
-    # It warns that a local checkpoint has no hub model card or license: noise for us.
-    logging.getLogger("mlflow.transformers").setLevel(logging.ERROR)
-    model, tokenizer = load_pretrained(model_dir, trust_remote_code=trust_remote_code)
-    template = render_prompt([{"role": "user", "content": "{prompt}"}], tokenizer)
-    # A PEFT adapter is logged alone, pointing at its base, instead of with a copy of the base.
-    peft_config = getattr(model, "peft_config", {}).get("default")
-    base_model_path = peft_config.base_model_name_or_path if peft_config else None
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(tmp) / MODEL_ARTIFACT
-        mlflow.transformers.save_model(
-            transformers_model={"model": model, "tokenizer": tokenizer},
-            path=str(local),
-            task="text-generation",
-            prompt_template=template,
-            model_config={"return_full_text": False, "do_sample": False},
-            pip_requirements=_pip_requirements(),
-            base_model_path=base_model_path,
-        )
+        save_package(Path(model_dir), package, local, Path(tmp))
         client = MlflowClient(tracking_uri)
         client.log_artifacts(run_id, str(local), artifact_path=MODEL_ARTIFACT)
         uploaded = uploaded_files(client, run_id, MODEL_ARTIFACT)
@@ -324,6 +401,7 @@ def register_model(
     registry: RegistryConfig,
     ctx: RunContext,
     eval_dir: str | None = None,
+    max_new_tokens: int = 64,
 ) -> Registration:
     """Registers the tuned model as a new version with its lineage tags and model card, and
     moves `champion` to it only when it passes the promotion gate (else: `challenger`).
@@ -345,7 +423,9 @@ def register_model(
     }
     existing = version_for_run(client, cfg.model_name, run_id)
     if existing is None:
-        log_model_artifacts(model_dir, run_id, tracking_uri, ctx.trust_remote_code)  # verified
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint, package = _package(model_dir, lineage, cfg, ctx, max_new_tokens, tmp)
+            log_model_artifacts(checkpoint, package, run_id, tracking_uri)  # verified
         version = _create_version(client, cfg.model_name, run_id, tracking_uri, lineage)
         pause_point("register:version-created")
         held: list[str] = []
@@ -379,6 +459,28 @@ def register_model(
     return Registration(
         cfg.model_name, version, alias, reason, f"models:/{cfg.model_name}/{version}"
     )
+
+
+def _package(
+    model_dir: str,
+    lineage: dict[str, str],
+    cfg: RegistryConfig,
+    ctx: RunContext,
+    max_new_tokens: int,
+    tmp: str,
+) -> tuple[str, ModelPackage]:
+    """The checkpoint to register and what the version records beside it: an adapter with its
+    base's lasting address, or (`registry.adapters: merged`) base and adapter merged."""
+    trust = ctx.trust_remote_code
+    full = ModelPackage(None, max_new_tokens=max_new_tokens, trust_remote_code=trust)
+    config = Path(model_dir) / "adapter_config.json"
+    if not config.is_file():
+        return model_dir, full
+    if cfg.adapters == "merged":
+        merged = merged_checkpoint(Path(model_dir), Path(tmp) / "merged", trust)
+        return str(merged), full
+    base_path = json.loads(config.read_text())["base_model_name_or_path"]
+    return model_dir, replace(full, base=adapter_base(base_path, lineage))
 
 
 def _paired_failure(eval_dir: str | None, cfg: RegistryConfig) -> str | None:

@@ -315,6 +315,16 @@ class RegistryConfig(Strict):
     # for ever). An hour lets a nightly run queue behind a long one without piling up; a
     # killed holder frees the slot on its own about a minute after it died.
     wait_for_slot_s: float | None = Field(3600, ge=0)
+    adapters: Literal["adapter", "merged"] = Field(
+        "adapter",
+        description=(
+            "How a version of an adapter strategy (lora, ia3, ...) is registered. adapter: the "
+            "adapter alone (megabytes) with its base's lasting address (the registry version "
+            "it was tuned from, or the hub id at its commit; a tiny or local base is bundled "
+            "into the version), merged onto the base when loaded. merged: base and adapter "
+            "merged into one full checkpoint (the base's size, loads with no base lookup)."
+        ),
+    )
 
     @field_validator("model_name")
     @classmethod

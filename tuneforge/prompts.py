@@ -14,6 +14,13 @@ Message = dict[str, str]
 _PLAIN_HEADERS = {"system": "### System:", "user": "### Instruction:", "assistant": "### Response:"}
 
 
+def instruction_prompt(instruction: str, input_text: Any = None) -> str:
+    """The user turn of an Alpaca-style record: the instruction, then its input if any."""
+    if isinstance(input_text, str) and input_text.strip():
+        return f"{instruction}\n\n{input_text}"
+    return instruction
+
+
 def split_turns(record: dict[str, Any]) -> tuple[list[Message], str]:
     """Splits a record's messages into the prompt turns and the final assistant response."""
     messages = record["messages"]

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from tuneforge.prompts import instruction_prompt
+
 
 def canonical_record(row: int, rec: dict[str, Any]) -> dict[str, Any]:
     """The record every later step uses, from a row under tuneforge's field names
@@ -19,11 +21,8 @@ def canonical_record(row: int, rec: dict[str, Any]) -> dict[str, Any]:
             messages = json.loads(messages)
         messages = [{"role": m["role"], "content": m["content"]} for m in messages]
     else:
-        prompt = rec["instruction"]
-        if isinstance(rec.get("input"), str) and rec["input"].strip():
-            prompt = f"{prompt}\n\n{rec['input']}"
         messages = [
-            {"role": "user", "content": prompt},
+            {"role": "user", "content": instruction_prompt(rec["instruction"], rec.get("input"))},
             {"role": "assistant", "content": rec["output"]},
         ]
     return {"row": row, "task": rec.get("task"), "messages": messages}

@@ -251,7 +251,8 @@ def _champion(tracking_uri: str, model: str):
 
 
 def _weights_hash(client, run_id: str, tmp: Path) -> str:
-    path = client.download_artifacts(run_id, "model/model/model.safetensors", str(tmp))
+    weights = "model/artifacts/checkpoint/model.safetensors"
+    path = client.download_artifacts(run_id, weights, str(tmp))
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 

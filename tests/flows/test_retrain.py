@@ -112,8 +112,9 @@ def test_first_run_registers_champion_with_metrics(runs, mlflow_server):
     assert losses[-1].value < losses[0].value / 2
 
     files = {Path(f.path).name for f in client.list_artifacts(first.run_id, "model")}
-    assert {"MLmodel", "model", "components"} <= files
-    weights = {Path(f.path).name for f in client.list_artifacts(first.run_id, "model/model")}
+    assert {"MLmodel", "serving.py", "artifacts"} <= files
+    checkpoint = client.list_artifacts(first.run_id, "model/artifacts/checkpoint")
+    weights = {Path(f.path).name for f in checkpoint}
     assert "model.safetensors" in weights
     assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in weights)
 
@@ -144,32 +145,61 @@ def test_registry_model_as_base_continues_from_champion(runs):
     assert chained.base["eval_loss"] == pytest.approx(first.tuned["eval_loss"], rel=1e-5)
 
 
-def test_champion_loads_in_a_fresh_process_and_answers(runs, mlflow_server):
+def _predict_in_a_fresh_process(tracking_uri: str, uri: str, inputs: list) -> list:
+    """`mlflow.pyfunc.load_model(uri).predict(inputs)` in a new interpreter that cannot import
+    tuneforge (as on a machine without it); also the error a wrong dict gets."""
     code = (
-        "import json, mlflow\n"
-        f"mlflow.set_tracking_uri({mlflow_server!r})\n"
-        f"model = mlflow.pyfunc.load_model('models:/{MODEL}@champion')\n"
-        "print(json.dumps(model.predict(['Convert to uppercase.\\n\\nsalt'])))\n"
+        "import json, sys\n"
+        "sys.modules['tuneforge'] = None  # not installed here\n"
+        "import mlflow\n"
+        f"mlflow.set_tracking_uri({tracking_uri!r})\n"
+        f"model = mlflow.pyfunc.load_model({uri!r})\n"
+        "try:\n"
+        "    model.predict([{'question': 'x'}])\n"
+        "except ValueError as exc:\n"
+        "    print('refused:', exc)\n"
+        f"print(json.dumps(model.predict({inputs!r})))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    answer = json.loads(done.stdout.strip().splitlines()[-1])[0]
-    assert isinstance(answer, str) and answer.strip()
+    lines = done.stdout.strip().splitlines()
+    assert "refused: input 0: a dict needs 'instruction'" in lines[-2]
+    return json.loads(lines[-1])
 
 
-def test_lora_stage_registers_the_adapter_alone(lora_run, mlflow_server):
+def test_champion_loads_in_a_fresh_process_and_answers(runs, mlflow_server):
+    answers = _predict_in_a_fresh_process(
+        mlflow_server,
+        f"models:/{MODEL}@champion",
+        [
+            "Convert to uppercase.\n\nsalt",
+            {"instruction": "Convert to uppercase.", "input": "salt"},
+        ],
+    )
+    assert answers[0] == answers[1] and answers[0].strip()  # the same prompt either way
+
+
+def test_lora_stage_registers_the_adapter_alone(lora_run, runs, mlflow_server):
     from mlflow.tracking import MlflowClient
 
+    _, _, chained, *_ = runs
     client = MlflowClient(mlflow_server)
     run = client.get_run(lora_run.run_id)
     assert run.data.metrics["train.trainable_fraction"] < 0.1
     assert run.data.metrics["audit.masked_tokens"] > 0  # prompt tokens carry no loss
-    top = {Path(f.path).name for f in client.list_artifacts(lora_run.run_id, "model")}
-    assert "peft" in top and "model" not in top  # no copy of the base weights
-    adapter = {Path(f.path).name for f in client.list_artifacts(lora_run.run_id, "model/peft")}
-    assert "adapter_model.safetensors" in adapter
+    top = {Path(f.path).name for f in client.list_artifacts(lora_run.run_id, "model/artifacts")}
+    assert top == {"checkpoint", "tuneforge_model.json"}  # no copy of the base weights
+    files = client.list_artifacts(lora_run.run_id, "model/artifacts/checkpoint")
+    assert "adapter_model.safetensors" in {Path(f.path).name for f in files}
+    manifest = json.loads(
+        Path(
+            client.download_artifacts(lora_run.run_id, "model/artifacts/tuneforge_model.json")
+        ).read_text()
+    )
+    # The base by its pinned registry version (the champion it was tuned from), not a path.
+    assert manifest["base"] == f"models:/{MODEL}/{chained.registration.version}"
     assert client.get_model_version(f"{MODEL}-lora", lora_run.registration.version)
 
 
@@ -287,3 +317,21 @@ def test_unchanged_data_and_config_skip_retraining(runs, mlflow_server):
     assert "train.loss" not in run.data.metrics
     versions = client.search_model_versions(f"name='{MODEL}'")
     assert all(v.run_id != again.run_id for v in versions)
+
+
+def test_lora_version_answers_in_a_fresh_process_after_its_worker_is_gone(lora_run, mlflow_server):
+    """After the models CLI test has moved the champion alias: the base stays pinned."""
+    import shutil
+
+    from tuneforge.jsonl import read_jsonl
+
+    eval_dir = Path(lora_run.split.eval_path).parent
+    scored = read_jsonl(eval_dir / "tuned_scores.jsonl")[:4]
+    by_row = {r["row"]: r for r in read_jsonl(lora_run.split.eval_path)}
+    prompts = [{"messages": by_row[r["row"]]["messages"][:-1]} for r in scored]
+    shutil.rmtree(lora_run.ctx.run_dir)  # what a worker's pod takes with it
+    answers = _predict_in_a_fresh_process(
+        mlflow_server, f"models:/{MODEL}-lora/{lora_run.registration.version}", prompts
+    )
+    # The base resolved through the registry, the adapter applied: evaluation's own answers.
+    assert answers == [r["answer"] for r in scored]
