@@ -33,7 +33,9 @@ def train_stage(config: dict[str, Any], run_id: str, tracking_uri: str) -> dict[
     cfg = RunConfig.model_validate(config)
     client = MlflowClient(tracking_uri)
     work = Path(tempfile.mkdtemp(prefix="tuneforge-stage-"))
-    ctx = RunContext(run_id, tracking_uri, str(work), cfg.model.trust_remote_code)
+    ctx = RunContext(
+        run_id, tracking_uri, str(work), cfg.model.trust_remote_code, model_dtype=cfg.model.dtype
+    )
     data = Path(client.download_artifacts(run_id, f"{HANDOVER}/data", str(work)))
     parent = client.get_run(run_id).data.tags.get("tuneforge.parent_version")
     model = cfg.model.model_copy(update={"source": f"models:/{parent}"}) if parent else cfg.model

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from tuneforge.plugins import Example, tokenize_prompt_response
 
@@ -18,13 +18,14 @@ from tuneforge.plugins import Example, tokenize_prompt_response
 class FullSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    gradient_checkpointing: bool = Field(
-        False,
-        description=(
-            "Recompute activations in the backward pass instead of storing them: roughly a "
-            "third more compute for much less activation memory. Worth it for long sequences."
-        ),
-    )
+    @model_validator(mode="before")
+    @classmethod
+    def _checkpointing_moved(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "gradient_checkpointing" in data:
+            raise ValueError(
+                "gradient_checkpointing is now train.gradient_checkpointing (every strategy)"
+            )
+        return data
 
 
 class FullStrategy:
@@ -39,8 +40,6 @@ class FullStrategy:
 
     def prepare_model(self, model: Any) -> Any:
         model.requires_grad_(True)
-        if self.settings.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
         return model
 
     def build_example(self, record: dict[str, Any], tokenizer: Any, max_length: int) -> Example:

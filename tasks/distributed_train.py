@@ -41,6 +41,7 @@ def main(spec_path: str) -> None:
             spec["out_dir"],
             on_metrics=on_metrics,
             trust_remote_code=spec["trust_remote_code"],
+            dtype=spec.get("dtype", "float32"),
             eval_records=read_jsonl(spec["eval_path"]) if spec.get("eval_path") else None,
             checkpoint_dir=spec.get("checkpoint_dir"),
         )

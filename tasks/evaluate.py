@@ -174,9 +174,11 @@ def evaluate_records(
     max_length: int,
     trust_remote_code: bool = False,
     holdout_tasks: list[str] | tuple[str, ...] = (),
+    dtype: str = "float32",
 ) -> tuple[dict[str, float], list[dict]]:
-    """Scores the model in `model_dir` on (at most `cfg.max_examples` of) `records`."""
-    model, tokenizer = load_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    """Scores the model in `model_dir` (loaded in `dtype`) on (at most `cfg.max_examples` of)
+    `records`."""
+    model, tokenizer = load_pretrained(model_dir, trust_remote_code, dtype)
     model.to(pick_device()).eval()
     records = spread(records, cfg.max_examples)
     per_record = record_losses(model, tokenizer, records, max_length, cfg.batch_size)
@@ -223,6 +225,7 @@ def evaluate_model(
         config.train.max_length,
         trust_remote_code=ctx.trust_remote_code,
         holdout_tasks=config.data.holdout_tasks,
+        dtype=config.model.dtype,
     )
     run_id = ctx.run_id
     logger = MetricLogger(ctx.tracking_uri, run_id)

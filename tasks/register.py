@@ -472,7 +472,7 @@ def _package(
     """The checkpoint to register and what the version records beside it: an adapter with its
     base's lasting address, or (`registry.adapters: merged`) base and adapter merged."""
     trust = ctx.trust_remote_code
-    full = ModelPackage(None, max_new_tokens=max_new_tokens, trust_remote_code=trust)
+    full = ModelPackage(None, ctx.model_dtype, max_new_tokens, trust)
     config = Path(model_dir) / "adapter_config.json"
     if not config.is_file():
         return model_dir, full

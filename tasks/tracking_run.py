@@ -123,6 +123,7 @@ def _context(config: RunConfig, tracking_uri: str, run_id: str, resumed: bool) -
         tracking_uri=tracking_uri,
         run_dir=str(Path(config.output_dir).resolve() / run_id),
         trust_remote_code=config.model.trust_remote_code,
+        model_dtype=config.model.dtype,
         resumed=resumed,
     )
 

@@ -56,6 +56,10 @@ class TrainResult:
     # The periodic-evaluation scores of `best_step` (`exact_match`, `eval_loss`); empty without
     # periodic evaluation.
     best_scores: dict[str, float] = field(default_factory=dict)
+    # Peak memory of the training process: resident set size (whole process, loading
+    # included) and, on a GPU, what torch allocated at most. MiB.
+    peak_rss_mb: float = 0.0
+    peak_cuda_mb: float = 0.0
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainResult:
@@ -217,6 +221,26 @@ def token_mean_loss(
     return local / count * world, total / count
 
 
+def float32_trainable(model: Any) -> Any:
+    """Makes every trainable parameter float32, whatever the base loaded in (`model.dtype`):
+    AdamW steps on bfloat16 weights round away updates below their precision. Frozen
+    parameters stay as loaded."""
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+    return model
+
+
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """This process's peak resident set size and, on CUDA, peak allocated memory, in MiB."""
+    import resource
+
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+    cuda = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
+    return {"peak_rss_mb": rss, "peak_cuda_mb": cuda}
+
+
 def train_model(
     base_dir: str | Path,
     records: list[dict[str, Any]],
@@ -225,10 +249,12 @@ def train_model(
     *,
     on_metrics: MetricsCallback | None = None,
     trust_remote_code: bool = False,
+    dtype: str = "float32",
     eval_records: list[dict[str, Any]] | None = None,
     checkpoint_dir: str | Path | None = None,
 ) -> TrainResult:
-    """Trains from `base_dir` on validated `records` and saves the result to `out_dir`.
+    """Trains from `base_dir` (loaded in `dtype`, `model.dtype`) on validated `records` and
+    saves the result to `out_dir`.
 
     With `cfg.eval_every` and `eval_records`, the saved weights are those of the step with the
     best exact match on (the first `cfg.eval_examples` of) `eval_records`.
@@ -241,7 +267,7 @@ def train_model(
     same arguments: each takes its shard of every global batch, the model is wrapped in DDP or
     FSDP (`cfg.parallel`), and rank 0 alone logs, evaluates and saves.
     """
-    run = TrainingRun(cfg, base_dir, trust_remote_code, on_metrics)
+    run = TrainingRun(cfg, base_dir, trust_remote_code, on_metrics, dtype)
     run.setup(records, eval_records or [])
     run.resume(checkpoint_dir, records)
     run.train()
@@ -264,8 +290,10 @@ class TrainingRun:
         base_dir: str | Path,
         trust_remote_code: bool,
         on_metrics: MetricsCallback | None,
+        dtype: str = "float32",
     ) -> None:
         self.cfg, self.base_dir, self.trust_remote_code = cfg, base_dir, trust_remote_code
+        self.dtype = dtype
         self.distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         self.world = torch.distributed.get_world_size() if self.distributed else 1
         self.rank = torch.distributed.get_rank() if self.distributed else 0
@@ -290,17 +318,32 @@ class TrainingRun:
         self.best = BestCheckpoint(held_back, self.tokenizer, cfg.eval_every, cfg.max_length)
 
     def _setup_model(self) -> None:
-        model, self.tokenizer = load_pretrained(self.base_dir, self.trust_remote_code)
-        with self._blame("prepare_model"):
-            model = self.strategy.prepare_model(model)
         device = pick_device()
         if device.type == "cuda" and self.distributed:
             device = torch.device("cuda", self.rank % torch.cuda.device_count())
             torch.cuda.set_device(device)  # FSDP and NCCL use the current device
         self.device = device
+        model, self.tokenizer = self._load_base()
+        with self._blame("prepare_model"):
+            model = self.strategy.prepare_model(model)
+        float32_trainable(model)
+        if self.cfg.gradient_checkpointing:
+            # Non-reentrant: works with frozen inputs (adapters) and needs no input grads.
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
         model.to(device).train()
         self.model = model
         self.core = model  # unwrapped: what strategies save and evaluation scores
+
+    def _load_base(self) -> tuple[Any, Any]:
+        """The base in `model.dtype`, with the strategy's own load options (QLoRA's 4 bits)."""
+        with self._blame("load_options"):
+            load_options = getattr(self.strategy, "load_options", None)
+            options = load_options(self.dtype) if load_options else {}
+        if "quantization_config" in options:  # quantized layers are placed as they load
+            options.setdefault("device_map", {"": self.device})
+        return load_pretrained(self.base_dir, self.trust_remote_code, self.dtype, **options)
 
     def _setup_examples(self, records: list[dict[str, Any]]) -> None:
         cfg, tokenizer = self.cfg, self.tokenizer
@@ -506,8 +549,8 @@ class TrainingRun:
         full = parallel.full_state_dict(core, cfg.parallel) if self.world > 1 else None
         if self.lead:
             if full is not None:  # FSDP: put the gathered weights into an unsharded copy
-                core, _ = load_pretrained(self.base_dir, self.trust_remote_code)
-                core = self.strategy.prepare_model(core)
+                core, _ = self._load_base()
+                core = float32_trainable(self.strategy.prepare_model(core))
                 core.load_state_dict(full)
             out_dir.mkdir(parents=True, exist_ok=True)
             with self._blame("save"):
@@ -528,6 +571,7 @@ class TrainingRun:
             audit=self.audit,
             resumed_from_step=self.resumed_from,
             batches="padding-free" if self.flat else f"padded: {self.why_padded}",
+            **peak_memory(self.device),
         )
         if self.lead:
             checkpoint.write_json_atomically(result_path(out_dir), asdict(result))
@@ -593,6 +637,7 @@ def train_distributed(
     *,
     on_metrics: MetricsCallback | None = None,
     trust_remote_code: bool = False,
+    dtype: str = "float32",
     eval_path: str | None = None,
     checkpoint_dir: str | Path | None = None,
 ) -> TrainResult:
@@ -610,6 +655,7 @@ def train_distributed(
             "cfg": cfg.model_dump(mode="json"),
             "out_dir": str(out_dir),
             "trust_remote_code": trust_remote_code,
+            "dtype": dtype,
             "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir else None,
             "metrics_path": f"{tmp}/metrics.jsonl",
             "result_path": f"{tmp}/result.json",
@@ -694,6 +740,7 @@ def train_with_strategy(
     common = {
         "on_metrics": on_metrics,
         "trust_remote_code": ctx.trust_remote_code,
+        "dtype": ctx.model_dtype,
         "checkpoint_dir": checkpoint_dir,
     }
     if train.num_processes > 1:
@@ -718,6 +765,8 @@ def train_with_strategy(
             "train.total_parameters": result.total_parameters,
             "train.trainable_fraction": result.trainable_parameters / result.total_parameters,
             "train.resumed_from_step": result.resumed_from_step,
+            "train.peak_rss_mb": result.peak_rss_mb,
+            **({"train.peak_cuda_mb": result.peak_cuda_mb} if result.peak_cuda_mb else {}),
             **{f"audit.{k}": v for k, v in asdict(result.audit).items()},
         },
         step=result.steps,

@@ -74,8 +74,10 @@ def test_unknown_strategy_lists_available(tmp_path: Path):
 def test_strategy_settings_are_checked_by_the_strategy(tmp_path: Path):
     message = _error(tmp_path, MINIMAL + "train:\n  settings:\n    rank: 8\n")
     assert "train.settings.rank: unknown key" in message
-    message = _error(tmp_path, MINIMAL + "train:\n  settings:\n    gradient_checkpointing: maybe\n")
-    assert "train.settings.gradient_checkpointing:" in message
+    message = _error(tmp_path, MINIMAL + "train:\n  settings:\n    gradient_checkpointing: true\n")
+    assert "gradient_checkpointing is now train.gradient_checkpointing" in message
+    bad = "train:\n  strategy: instruction\n  settings:\n    train_top_layers: maybe\n"
+    assert "train.settings.train_top_layers:" in _error(tmp_path, MINIMAL + bad)
 
 
 def test_overrides_apply_and_are_validated(tmp_path: Path):
@@ -134,7 +136,7 @@ def test_switching_the_strategy_starts_from_its_defaults_and_says_so(caplog):
     caplog.set_level("INFO", logger="tuneforge.config")
     cfg = load_config(LORA_PRESET, ["train.strategy=full"])
     assert cfg.train.strategy == "full" and cfg.train.settings == {}
-    assert cfg.train.strategy_settings().gradient_checkpointing is False
+    assert cfg.train.strategy_settings().model_dump() == {}
     notes = [r.getMessage() for r in caplog.records if r.name == "tuneforge.config"]
     assert len(notes) == 1
     assert "train.strategy=full replaces the preset's lora" in notes[0]
@@ -144,9 +146,9 @@ def test_switching_the_strategy_starts_from_its_defaults_and_says_so(caplog):
 def test_settings_given_with_the_new_strategy_are_kept_and_only_they(caplog):
     caplog.set_level("INFO", logger="tuneforge.config")
     cfg = load_config(
-        LORA_PRESET, ["train.strategy=full", "train.settings.gradient_checkpointing=true"]
+        LORA_PRESET, ["train.strategy=instruction", "train.settings.train_top_layers=1"]
     )
-    assert cfg.train.settings == {"gradient_checkpointing": True}  # not the preset's lora keys
+    assert cfg.train.settings == {"train_top_layers": 1}  # not the preset's lora keys
     notes = [r.getMessage() for r in caplog.records if r.name == "tuneforge.config"]
     assert len(notes) == 1 and "alpha, dropout, rank, target_modules are dropped" in notes[0]
     # The same strategy again, or its own settings changed: nothing is dropped.

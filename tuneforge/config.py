@@ -107,6 +107,18 @@ class ModelConfig(Strict):
     # Runs code shipped with the checkpoint. Off unless you trust the checkpoint's author.
     # Strict: a security switch must be a YAML boolean, not a string pydantic would guess at.
     trust_remote_code: bool = Field(False, strict=True)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "float32",
+        description=(
+            "What the base's weights load in (auto: the checkpoint's own torch_dtype). Frozen "
+            "weights stay in it: a LoRA base in bfloat16 takes half the memory of float32. "
+            "Trained weights are always float32 (full and instruction train every weight, so "
+            "their copy is float32 whatever this says; AdamW on bfloat16 weights loses the "
+            "updates smaller than bfloat16's precision), adapters too. Evaluation and the "
+            "registered model compute in it. bfloat16 needs bf16 units to be fast (GPUs since "
+            "Ampere, CPUs with AVX512-BF16/AMX); float16 overflows more easily."
+        ),
+    )
     tiny: TinyModelConfig = TinyModelConfig()
 
 
@@ -125,6 +137,7 @@ TRAIN_NOT_SHAPING = {
     "num_processes",
     "parallel",
     "padding_free",
+    "gradient_checkpointing",
 }
 
 
@@ -157,6 +170,15 @@ class TrainConfig(Strict):
     # sliding window shorter than max_length train padded (logged, tuneforge.batches tag).
     # Off only to compare against padded batches.
     padding_free: bool = True
+    gradient_checkpointing: bool = Field(
+        False,
+        description=(
+            "Recompute each layer's activations in the backward pass instead of keeping them: "
+            "about a third more compute for much less activation memory, for every strategy "
+            "(adapters and padding-free batches included). Worth it for long sequences and "
+            "big models; the loss and gradients are the same."
+        ),
+    )
     seed: int = 0
     # fp32: full precision everywhere. bf16: the forward pass runs under bfloat16 autocast
     # while weights, gradients, optimizer state and the loss stay fp32 (as TRL does). Pays off

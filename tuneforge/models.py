@@ -109,9 +109,15 @@ def build_tiny_model(cfg: TinyModelConfig, records: list[dict[str, Any]], out_di
     return out_dir
 
 
-def load_pretrained(model_dir: str | Path, trust_remote_code: bool = False) -> tuple[Any, Any]:
+def load_pretrained(
+    model_dir: str | Path,
+    trust_remote_code: bool = False,
+    dtype: str = "float32",
+    **options: Any,
+) -> tuple[Any, Any]:
     """Loads (model, tokenizer) from a local checkpoint or PEFT adapter directory, safetensors
-    only, in float32."""
+    only, in `dtype` (`model.dtype`: auto, float32, bfloat16, float16); `options` go to
+    `from_pretrained` (a strategy's `load_options`, e.g. a 4-bit quantization config)."""
     import torch
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -122,7 +128,11 @@ def load_pretrained(model_dir: str | Path, trust_remote_code: bool = False) -> t
     is_adapter = (model_dir / "adapter_config.json").is_file()
     if not is_adapter and not (model_dir / "config.json").is_file():
         raise ModelSourceError(f"{model_dir}: not a model directory (no config.json)")
-    kwargs = {"dtype": torch.float32, "use_safetensors": True}
+    kwargs = {
+        "dtype": dtype if dtype == "auto" else getattr(torch, dtype),
+        "use_safetensors": True,
+        **options,
+    }
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
         if is_adapter:  # a PEFT adapter: loads its base (recorded in adapter_config.json) too

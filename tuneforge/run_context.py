@@ -17,6 +17,7 @@ class RunContext:
     tracking_uri: str  # where that run lives
     run_dir: str  # OUTPUT_DIR/<run id>: this run's files (data, base model, tuned model)
     trust_remote_code: bool = False  # model.trust_remote_code: load models' own code
+    model_dtype: str = "float32"  # model.dtype: what models load in
     resumed: bool = False  # continues the MLflow run of a crashed retrain of the same config
 
     def path(self, *parts: str) -> str:

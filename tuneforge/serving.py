@@ -146,7 +146,8 @@ def load_registered(model_root: Path, scratch: Path) -> tuple[Any, Any]:
     if manifest is None:
         raise ModelLoadError(f"{model_root}: no {MANIFEST}: not a tuneforge layout-1 model")
     trust = bool(manifest.get("trust_remote_code", False))
-    kwargs = {"dtype": getattr(torch, manifest.get("dtype", "float32")), "use_safetensors": True}
+    dtype = manifest.get("dtype", "float32")  # model.dtype; auto: the checkpoint's own
+    kwargs = {"dtype": dtype if dtype == "auto" else getattr(torch, dtype), "use_safetensors": True}
     checkpoint = model_root / "artifacts" / CHECKPOINT
     tokenizer = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=trust)
     if tokenizer.pad_token_id is None:

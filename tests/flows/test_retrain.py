@@ -6,6 +6,8 @@ Three runs share one registered model name:
 3. a run whose base is `models:/NAME@champion` fine-tunes from the champion (transfer
    learning): its base metrics are exactly the champion's tuned metrics, its version links to
    its parent, and, being better, it takes `champion`; a rollback gives it back.
+Then a QLoRA stage (4-bit base, on the CPU) on that champion registers its adapter alone, which
+answers in a fresh process without tuneforge once its run directory is gone.
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ def lora_run(runs, mlflow_server, tmp_path_factory):
             tmp_path_factory.mktemp("lora-runs"),
             f"model.source=models:/{MODEL}@champion",
             "train.strategy=lora",
+            "train.settings.quantize_4bit=true",  # QLoRA: a 4-bit base, on the CPU
             "train.steps=30",
             f"registry.model_name={MODEL}-lora",
         )
@@ -102,6 +105,7 @@ def test_first_run_registers_champion_with_metrics(runs, mlflow_server):
     assert metrics["tuned.exact_match"] >= metrics["base.exact_match"] + 0.2
     assert metrics["tuned.eval_loss"] < metrics["base.eval_loss"] / 2
     assert metrics["data.total"] == metrics["data.valid"] == 1508
+    assert metrics["train.peak_rss_mb"] > 100
     assert run.data.params["train.strategy"] == "full"
     assert run.data.params["train.steps"] == "600"
     assert run.data.tags["tuneforge.data_fingerprint"] == first.data.fingerprint
@@ -181,7 +185,7 @@ def test_champion_loads_in_a_fresh_process_and_answers(runs, mlflow_server):
     assert answers[0] == answers[1] and answers[0].strip()  # the same prompt either way
 
 
-def test_lora_stage_registers_the_adapter_alone(lora_run, runs, mlflow_server):
+def test_qlora_stage_registers_the_adapter_alone(lora_run, runs, mlflow_server):
     from mlflow.tracking import MlflowClient
 
     _, _, chained, *_ = runs
@@ -189,6 +193,7 @@ def test_lora_stage_registers_the_adapter_alone(lora_run, runs, mlflow_server):
     run = client.get_run(lora_run.run_id)
     assert run.data.metrics["train.trainable_fraction"] < 0.1
     assert run.data.metrics["audit.masked_tokens"] > 0  # prompt tokens carry no loss
+    assert '"quantize_4bit": true' in run.data.tags["tuneforge.strategy_settings"]
     top = {Path(f.path).name for f in client.list_artifacts(lora_run.run_id, "model/artifacts")}
     assert top == {"checkpoint", "tuneforge_model.json"}  # no copy of the base weights
     files = client.list_artifacts(lora_run.run_id, "model/artifacts/checkpoint")
@@ -212,7 +217,7 @@ def test_versions_carry_lineage_and_a_model_card(runs, mlflow_server):
     tags = version.tags
     assert tags["tuneforge.data_fingerprint"] == first.data.fingerprint
     assert tags["tuneforge.strategy"] == "full"
-    assert tags["tuneforge.strategy_settings"] == '{"gradient_checkpointing": false}'
+    assert tags["tuneforge.strategy_settings"] == "{}"
     assert tags["tuneforge.base_model"] == "tiny"
     assert len(tags["tuneforge.config_hash"]) == 16
     assert tags["tuneforge.code_version"]  # a git commit when run from a checkout
@@ -319,7 +324,7 @@ def test_unchanged_data_and_config_skip_retraining(runs, mlflow_server):
     assert all(v.run_id != again.run_id for v in versions)
 
 
-def test_lora_version_answers_in_a_fresh_process_after_its_worker_is_gone(lora_run, mlflow_server):
+def test_qlora_version_answers_in_a_fresh_process_after_its_worker_is_gone(lora_run, mlflow_server):
     """After the models CLI test has moved the champion alias: the base stays pinned."""
     import shutil
 

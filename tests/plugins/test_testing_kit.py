@@ -122,7 +122,6 @@ def records(bundled_records: list[dict]) -> list[dict]:
 
 def test_builtin_full_strategy_passes(tiny_model_dir, records):
     check_strategy(FullStrategy, tiny_model_dir, records)
-    check_strategy(FullStrategy, tiny_model_dir, records, settings={"gradient_checkpointing": True})
 
 
 def test_a_correct_partial_strategy_passes(tiny_model_dir, records):

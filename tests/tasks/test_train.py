@@ -67,6 +67,7 @@ def test_training_lowers_the_loss_and_logs_each_step(tiny_model_dir, bundled_rec
     last = sum(m["train.loss"] for _, m in logged[-5:]) / 5
     assert last < first * 0.7
     assert result.trained_tokens > 0 and result.tokens_per_second > 0
+    assert result.peak_rss_mb > 100  # torch and a model loaded: never less
     out = Path(result.model_dir)
     assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
     assert not list(out.glob("*.bin"))
@@ -293,3 +294,34 @@ def test_assistant_turns_all_trains_every_answer_in_its_context(
     assert (last.examples, every.examples) == (16, 32)
     # The first answers' tokens train too: more trained tokens than the last answers alone.
     assert every.audit.trained_tokens > last.audit.trained_tokens
+
+
+@pytest.mark.parametrize(
+    ("strategy", "weights", "settings"),
+    [
+        ("full", "model.safetensors", {}),
+        ("lora", "adapter_model.safetensors", {"dropout": 0.0}),
+    ],
+)
+def test_gradient_checkpointing_trains_the_same_for_every_strategy(
+    tiny_model_dir, bundled_records, tmp_path, strategy, weights, settings
+):
+    from tuneforge.tasks.train import TrainingRun
+
+    kw = {"strategy": strategy, "settings": settings}
+    probe = TrainingRun(TrainConfig(gradient_checkpointing=True, **kw), tiny_model_dir, False, None)
+    probe.setup(bundled_records[:8], [])
+    modules = [m for m in probe.core.modules() if hasattr(m, "gradient_checkpointing")]
+    assert modules and all(m.gradient_checkpointing for m in modules)  # it is really on
+
+    runs = {}
+    for on in (False, True):
+        out = tmp_path / str(on)
+        result, logged = _train(
+            tiny_model_dir, bundled_records[:32], out, steps=3, gradient_checkpointing=on, **kw
+        )
+        assert result.batches == "padding-free"
+        runs[on] = ([m["train.loss"] for _, m in logged], load_file(out / weights))
+    assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-5)
+    for key, value in runs[False][1].items():
+        assert torch.allclose(runs[True][1][key], value, atol=1e-6), key
