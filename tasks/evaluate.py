@@ -29,11 +29,15 @@ from tuneforge.prompts import render_prompt, split_turns
 from tuneforge.records import is_text
 from tuneforge.run_context import RunContext
 from tuneforge.serving import generate
+from tuneforge.tasks.chunked_head import chunk_unsupported, token_losses
 from tuneforge.tracking import MetricLogger
 
 
 def _chunks(items: list[Any], size: int) -> list[list[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+EVAL_CHUNK = 1024  # scored positions whose logits exist at once (train.loss_chunk_tokens)
 
 
 @torch.inference_mode()
@@ -52,20 +56,27 @@ def record_losses(
         examples += blocks
         owner += [i] * len(blocks)
     sums, counts = [0.0] * len(records), [0] * len(records)
+    # At a real vocabulary a batch's logits would be the biggest tensor by far (32 x 512 x
+    # 151,936 floats: 10 GB): the head runs on scored positions, a chunk at a time.
+    chunked = chunk_unsupported(model) is None
     for start in range(0, len(examples), bs):
         batch = examples[start : start + bs]
         inputs = {k: v.to(model.device) for k, v in collate(batch, tokenizer.pad_token_id).items()}
-        logits = model(
-            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
-        ).logits
         labels = inputs["labels"][:, 1:]
-        losses = torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.size(-1)).float(),
-            labels.reshape(-1),
-            ignore_index=IGNORE_INDEX,
-            reduction="none",
-        ).view(labels.shape)
         scored = labels != IGNORE_INDEX
+        model_inputs = {k: inputs[k] for k in ("input_ids", "attention_mask")}
+        if chunked:
+            keep = torch.nn.functional.pad(scored, (0, 1))  # position i predicts token i + 1
+            losses = torch.zeros(labels.shape, device=labels.device)
+            losses[scored] = token_losses(model, model_inputs, keep, labels[scored], EVAL_CHUNK)
+        else:
+            logits = model(**model_inputs).logits
+            losses = torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.size(-1)).float(),
+                labels.reshape(-1),
+                ignore_index=IGNORE_INDEX,
+                reduction="none",
+            ).view(labels.shape)
         for j, (total, count) in enumerate(
             zip((losses * scored).sum(1).tolist(), scored.sum(1).tolist(), strict=True)
         ):

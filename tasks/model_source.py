@@ -49,7 +49,7 @@ def resolve_model_dir(cfg: ModelConfig, train_records: list[dict[str, Any]], out
         return local.resolve()
     if source.startswith((".", "/", "~")) or source.count("/") != 1:
         raise ModelSourceError(f"{source}: no such model directory (and not a hub id org/name)")
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download
 
     try:
         # Code files only when the config trusts the checkpoint's code.
@@ -57,7 +57,11 @@ def resolve_model_dir(cfg: ModelConfig, train_records: list[dict[str, Any]], out
         path = snapshot_download(source, revision=cfg.revision, allow_patterns=patterns)
     except Exception as exc:  # offline, unknown repo, auth: all mean "cannot resolve"
         first = first_line(exc)
-        raise ModelSourceError(f"{source}: cannot fetch from the hub: {first}") from None
+        offline = "; HF_HUB_OFFLINE=1: cache only" if constants.HF_HUB_OFFLINE else ""
+        raise ModelSourceError(
+            f"{source}: cannot fetch from the hub (cache {constants.HF_HUB_CACHE}{offline}): "
+            f"{first}"
+        ) from None
     return Path(path)
 
 

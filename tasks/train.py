@@ -31,6 +31,7 @@ from tuneforge.plugins.registry import strategy_info
 from tuneforge.records import assistant_turn_records, is_text
 from tuneforge.run_context import RunContext
 from tuneforge.tasks import checkpoint, padding_free, parallel
+from tuneforge.tasks.chunked_head import chunk_unsupported, chunked_head_loss
 from tuneforge.tasks.evaluate import generate_answers, response_loss, score, spread
 from tuneforge.tracking import MetricLogger
 
@@ -190,13 +191,14 @@ class BestCheckpoint:
 
 
 def token_mean_loss(
-    model: Any, batch: dict[str, Any], world: int, slim: bool = True
+    model: Any, batch: dict[str, Any], world: int, slim: bool = True, chunk: int = 0
 ) -> tuple[torch.Tensor, float]:
     """Cross-entropy averaged over the trained tokens of the whole (global) batch.
 
     `batch` is padded (`collate`) or padding-free (`padding_free.collate_flat`). With `slim`
     the output head runs only where a trained token is predicted (the model's
-    `logits_to_keep`), not on prompts and padding: the same loss, less work.
+    `logits_to_keep`), not on prompts and padding: the same loss, less work. With `chunk` the
+    head and loss run that many trained positions at a time (`tasks/chunked_head.py`).
 
     Returns the loss to backpropagate and the global mean for logging. Under DDP each rank holds
     a shard; its loss is scaled so that DDP's gradient averaging over ranks gives exactly the
@@ -206,14 +208,18 @@ def token_mean_loss(
     trained = labels[:, 1:] != IGNORE_INDEX
     keep = torch.nn.functional.pad(trained, (0, 1))  # position i predicts token i + 1
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    if slim:
-        inputs["logits_to_keep"] = keep
-    logits = model(**inputs).logits
-    if not slim:
-        logits = logits[keep]
-    local = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.size(-1)).float(), labels[:, 1:][trained], reduction="sum"
-    )
+    targets = labels[:, 1:][trained]
+    if chunk:
+        local = chunked_head_loss(model, inputs, keep, targets, chunk)
+    else:
+        if slim:
+            inputs["logits_to_keep"] = keep
+        logits = model(**inputs).logits
+        if not slim:
+            logits = logits[keep]
+        local = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)).float(), targets, reduction="sum"
+        )
     sums = torch.stack([local.detach(), trained.sum().to(local.dtype)])
     if world > 1:
         torch.distributed.all_reduce(sums)
@@ -399,6 +405,9 @@ class TrainingRun:
         self.flat = self.why_padded is None
         self.row_multiple = padding_free.row_multiple(cfg.precision)
         self.slim = padding_free.takes_logits_to_keep(self.core)
+        # The decoder is called past the DDP/FSDP wrapper there: one process only.
+        chunkable = self.world == 1 and chunk_unsupported(self.core) is None
+        self.chunk = cfg.loss_chunk_tokens if chunkable else 0
         self.trained_per_example = [sum(y != IGNORE_INDEX for y in e.labels[1:]) for e in examples]
 
     def _setup_optimizer(self) -> None:
@@ -476,7 +485,7 @@ class TrainingRun:
         )
         batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         with torch.autocast(self.device.type, torch.bfloat16, enabled=cfg.precision == "bf16"):
-            loss, loss_value = token_mean_loss(self.model, batch, self.world, self.slim)
+            loss, loss_value = token_mean_loss(self.model, batch, self.world, self.slim, self.chunk)
         loss.backward()  # outside autocast, as PyTorch recommends
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
         self.optimizer.step()

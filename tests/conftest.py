@@ -59,6 +59,28 @@ def set_args(*settings: str) -> list[str]:
     return [arg for setting in settings for arg in ("--set", setting)]
 
 
+def cache_hub_checkpoint(checkpoint: Path, repo_id: str, commit: str = "a1" * 20) -> Path:
+    """Puts a checkpoint into the Hugging Face cache as a download of `repo_id` at `commit`
+    would (blobs named by content hash, a snapshot of links to them, refs/main), and returns
+    the snapshot directory. With HF_HUB_OFFLINE=1 (the tests' setting) hub code reads it."""
+    import hashlib
+
+    from huggingface_hub import constants
+
+    repo = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / commit
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for file in checkpoint.iterdir():
+        blob = repo / "blobs" / hashlib.sha256(file.read_bytes()).hexdigest()
+        shutil.copyfile(file, blob)
+        (snapshot / file.name).unlink(missing_ok=True)
+        (snapshot / file.name).symlink_to(os.path.relpath(blob, snapshot))
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(_SANDBOX, ignore_errors=True)
 

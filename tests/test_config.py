@@ -124,9 +124,21 @@ def test_registry_metric_and_direction_are_checked(tmp_path: Path):
     assert load_config(path).registry.higher_wins is False
 
 
-def test_qlora_is_refused_before_any_model_is_built(tmp_path: Path):
+def test_qlora_without_bitsandbytes_is_refused_before_any_model_is_built(
+    tmp_path: Path, monkeypatch
+):
+    import importlib.util
+
     text = MINIMAL + "train:\n  strategy: lora\n  settings:\n    quantize_4bit: true\n"
-    assert "train.settings: quantize_4bit" in _error(tmp_path, text)
+    path = tmp_path / "qlora.yaml"
+    path.write_text(text)
+    assert load_config(path).train.strategy_settings().quantize_4bit is True
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name)
+    )
+    message = _error(tmp_path, text)
+    assert "train.settings: quantize_4bit (QLoRA) needs bitsandbytes" in message
 
 
 LORA_PRESET = REPO / "deployments" / "presets" / "tiny-cpu-lora.yaml"

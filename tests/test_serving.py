@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from tuneforge.config import RegistryConfig
+from tuneforge.models import load_pretrained
 from tuneforge.run_context import RunContext
 from tuneforge.serving import conversations, materialize
 
@@ -81,8 +82,6 @@ def _adapter(base_dir: Path, out: Path) -> Path:
     """A LoRA adapter whose update is not zero (B is random too), so applying it shows."""
     from peft import LoraConfig, get_peft_model
 
-    from tuneforge.models import load_pretrained
-
     model, tokenizer = load_pretrained(base_dir)
     config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     torch.manual_seed(0)
@@ -102,7 +101,6 @@ def test_adapter_version_loads_after_its_base_and_adapter_are_deleted(
 ):
     import mlflow.pyfunc
 
-    from tuneforge.models import load_pretrained
     from tuneforge.tasks.register import _package, save_package
 
     base = Path(shutil.copytree(tiny_model_dir, tmp_path / "scratch" / "base"))
@@ -131,10 +129,32 @@ def test_adapter_version_loads_after_its_base_and_adapter_are_deleted(
         loaded.predict([{"question": "x"}])
 
 
+def test_adapter_on_a_hub_base_resolves_it_offline_at_its_commit(
+    tiny_model_dir: Path, tmp_path: Path
+):
+    import mlflow.pyfunc
+
+    from tests.conftest import cache_hub_checkpoint
+    from tuneforge.tasks.register import _package, save_package
+
+    snapshot = cache_hub_checkpoint(tiny_model_dir, "tuneforge-test/hub-base", "b2" * 20)
+    adapter = _adapter(snapshot, tmp_path / "adapter")  # as a run from model.source: Org/Name
+    ctx = RunContext(run_id="r", tracking_uri="sqlite://", run_dir=str(tmp_path))
+    lineage = {"tuneforge.base_model": "tuneforge-test/hub-base"}
+    _, package = _package(str(adapter), lineage, RegistryConfig(), ctx, 5, str(tmp_path))
+    assert package.base == "hf://tuneforge-test/hub-base@" + "b2" * 20
+    save_package(adapter, package, tmp_path / "model", tmp_path / "pkg")
+    assert not (tmp_path / "model" / "artifacts" / "base").exists()  # referenced, not bundled
+    served = mlflow.pyfunc.load_model(str(tmp_path / "model")).unwrap_python_model()
+    tuned, tokenizer = load_pretrained(adapter)
+    prompt = "hello"
+    assert torch.allclose(
+        _logits(served.model, tokenizer, prompt), _logits(tuned, tokenizer, prompt), atol=1e-4
+    )
+
+
 def test_versions_logged_before_layout_1_still_materialize(tiny_model_dir: Path, tmp_path: Path):
     import mlflow.transformers
-
-    from tuneforge.models import load_pretrained
 
     model, tokenizer = load_pretrained(tiny_model_dir)
     old = tmp_path / "old"

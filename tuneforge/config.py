@@ -138,6 +138,7 @@ TRAIN_NOT_SHAPING = {
     "parallel",
     "padding_free",
     "gradient_checkpointing",
+    "loss_chunk_tokens",
 }
 
 
@@ -177,6 +178,17 @@ class TrainConfig(Strict):
             "about a third more compute for much less activation memory, for every strategy "
             "(adapters and padding-free batches included). Worth it for long sequences and "
             "big models; the loss and gradients are the same."
+        ),
+    )
+    loss_chunk_tokens: int = Field(
+        1024,
+        ge=0,
+        description=(
+            "Compute the output head and loss on this many trained tokens at a time, each "
+            "chunk's logits recomputed in the backward pass instead of kept: peak memory holds "
+            "one chunk's logits (1024 x a 151,936 vocabulary: 0.6 GB in float32) instead of "
+            "every trained token's. Steps with fewer trained tokens are unaffected. 0: all at "
+            "once. Single-process training of verified architectures (tasks/chunked_head.py)."
         ),
     )
     seed: int = 0

@@ -90,3 +90,19 @@ def test_capped_evaluation_covers_every_family_even_when_sorted():
 def test_task_names_are_made_safe_for_metric_keys():
     metrics, _ = score([_record(1, "Q&A?", "x"), _record(2, "b", "y")], ["x", "y"])
     assert metrics["exact_match.Q_A_"] == 1.0
+
+
+def test_record_losses_are_the_same_with_the_head_in_chunks(
+    tiny_model_dir, bundled_records, monkeypatch
+):
+    from tuneforge.models import load_pretrained
+    from tuneforge.tasks import evaluate
+
+    model, tokenizer = load_pretrained(tiny_model_dir)
+    records = bundled_records[:12]
+    monkeypatch.setattr(evaluate, "EVAL_CHUNK", 7)  # several chunks per batch
+    chunked = evaluate.record_losses(model, tokenizer, records, 64, 5)
+    monkeypatch.setattr(evaluate, "chunk_unsupported", lambda model: "whole logits")
+    whole = evaluate.record_losses(model, tokenizer, records, 64, 5)
+    assert [n for _, n in chunked] == [n for _, n in whole] and all(n for _, n in whole)
+    assert [s for s, _ in chunked] == pytest.approx([s for s, _ in whole], rel=1e-5)

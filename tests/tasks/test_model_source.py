@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import cache_hub_checkpoint
 from tuneforge.config import ModelConfig
 from tuneforge.models import ModelSourceError, TinyModelConfig, build_tiny_model, load_pretrained
 from tuneforge.tasks.model_source import resolve_model_dir
@@ -75,3 +76,28 @@ def test_unknown_registry_model_fails_with_one_line(tmp_path: Path):
         resolve_model_dir(ModelConfig(source="models:/never-registered@champion"), [], tmp_path)
     assert "models:/never-registered@champion" in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_hub_id_resolves_offline_from_the_cache(tiny_model_dir: Path, tmp_path: Path):
+    from huggingface_hub import scan_cache_dir
+
+    snapshot = cache_hub_checkpoint(tiny_model_dir, "tuneforge-test/tiny")
+    cached = {r.repo_id: r for r in scan_cache_dir().repos}  # the hub library reads it as its own
+    assert {rev.commit_hash for rev in cached["tuneforge-test/tiny"].revisions} == {snapshot.name}
+
+    found = resolve_model_dir(ModelConfig(source="tuneforge-test/tiny"), [], tmp_path)
+    assert found == snapshot
+    pinned = ModelConfig(source="tuneforge-test/tiny", revision=snapshot.name)
+    assert resolve_model_dir(pinned, [], tmp_path) == snapshot
+    model, _ = load_pretrained(found)
+    assert model.config.model_type == "llama"
+
+
+def test_hub_id_missing_from_the_cache_fails_naming_it_and_the_cache(tmp_path: Path):
+    from huggingface_hub import constants
+
+    with pytest.raises(ModelSourceError) as info:
+        resolve_model_dir(ModelConfig(source="tuneforge-test/absent"), [], tmp_path)
+    message = str(info.value)
+    assert message.startswith("tuneforge-test/absent: cannot fetch from the hub")
+    assert f"cache {constants.HF_HUB_CACHE}; HF_HUB_OFFLINE=1" in message and "\n" not in message
