@@ -81,6 +81,48 @@ def cache_hub_checkpoint(checkpoint: Path, repo_id: str, commit: str = "a1" * 20
     return snapshot
 
 
+# Qwen2's chat format (ChatML): each turn between <|im_start|>ROLE and <|im_end|>, the answer
+# ending at <|im_end|>, the instruct models' end-of-sequence token.
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def qwen2_checkpoint(out: Path, records: list[dict], **shape: int) -> Path:
+    """A random-init Qwen2 checkpoint (default: 2 small layers but Qwen2.5's whole 151,936-token
+    vocabulary and tied embeddings) with a locally trained tokenizer carrying ChatML."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from tuneforge.models import train_tokenizer
+    from tuneforge.prompts import render_prompt, split_turns
+
+    texts = [render_prompt(split_turns(r)[0], None) + split_turns(r)[1] for r in records]
+    tokenizer = train_tokenizer(texts, vocab_size=600)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.eos_token, tokenizer.chat_template = "<|im_end|>", CHATML
+    size = {
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "intermediate_size": 128,
+        "vocab_size": 151_936,
+        **shape,
+    }
+    config = Qwen2Config(
+        **size,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(config).to(torch.bfloat16).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(_SANDBOX, ignore_errors=True)
 
