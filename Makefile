@@ -12,7 +12,7 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 export DO_NOT_TRACK ?= true
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: install demo test lint format clean bench
+.PHONY: install demo test lint format clean bench gpu-check
 
 # torch first and pinned, through pip: an unpinned torch pulls a multi-GB CUDA build, and pip
 # finds the CPU wheel where the machine keeps one. constraints.txt is the lock of every other
@@ -41,6 +41,11 @@ $(VENV)/.bench-stamp: $(STAMP)
 
 bench: $(VENV)/.bench-stamp
 	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.run
+
+# On a GPU machine: full, LoRA, QLoRA at the 0.5B shape against the Trainer and TRL (a CPU
+# smoke run elsewhere); paste its table into benchmarks/RESULTS.md.
+gpu-check: $(VENV)/.bench-stamp
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.gpu
 
 lint: install
 	$(BIN)/ruff check .

@@ -35,6 +35,10 @@ class BenchConfig:
     max_length: int
     eval_rows: int
     seed: int = 0
+    # benchmarks/gpu.py: a prebuilt checkpoint (the 0.5B shape) instead of `model`, loaded in
+    # `dtype`, and the bf16 settings a GPU run uses.
+    base_dir: str | None = None
+    dtype: str = "float32"
 
     @classmethod
     def default(cls) -> BenchConfig:
@@ -66,9 +70,44 @@ class BenchConfig:
             eval_rows=16,
         )
 
+    def train_config(self, strategy: str, **settings: Any) -> Any:
+        """tuneforge's `TrainConfig` for this size (`settings`: other train.* keys)."""
+        from tuneforge.config import TrainConfig
+
+        return TrainConfig(
+            strategy=strategy,
+            steps=self.steps,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            warmup_steps=self.warmup_steps,
+            max_length=self.max_length,
+            seed=self.seed,
+            log_every=self.steps,
+            checkpoint_every=0,  # the Trainer runs save nothing mid-run either
+            **settings,
+        )
+
+    @classmethod
+    def gpu(cls, base_dir: str, quick: bool) -> BenchConfig:
+        """benchmarks/gpu.py's size: batches big enough to keep a GPU busy."""
+        return cls(
+            model=cls.quick().model,  # unused: base_dir is the model
+            steps=4 if quick else 40,
+            batch_size=8 if quick else 64,
+            learning_rate=1e-4,
+            warmup_steps=1 if quick else 4,
+            max_length=256,
+            eval_rows=16 if quick else 64,
+            base_dir=base_dir,
+            dtype="bfloat16",
+        )
+
     @classmethod
     def from_env(cls) -> BenchConfig:
-        return cls.quick() if os.environ.get("BENCH_QUICK") == "1" else cls.default()
+        quick = os.environ.get("BENCH_QUICK") == "1"
+        if os.environ.get("BENCH_BASE"):  # set by benchmarks/gpu.py for its Trainer/TRL runs
+            return cls.gpu(os.environ["BENCH_BASE"], quick)
+        return cls.quick() if quick else cls.default()
 
 
 def load_split() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -85,6 +124,8 @@ def build_base(cfg: BenchConfig, cache_dir: Path) -> Path:
     """Builds (once) the random-init model and tokenizer every runner starts from."""
     from tuneforge.models import build_tiny_model
 
+    if cfg.base_dir:
+        return Path(cfg.base_dir)
     m = cfg.model
     out = cache_dir / f"base-{m.hidden_size}x{m.num_layers}-{m.vocab_size}"
     if (out / "config.json").is_file():
@@ -108,11 +149,11 @@ def eval_loss(model_dir: Path, eval_records: list[dict[str, Any]], cfg: BenchCon
     code (`tuneforge.tasks.evaluate.response_loss`); the same call for every runner."""
     import torch
 
-    from tuneforge.models import load_pretrained
+    from tuneforge.models import load_pretrained, pick_device
     from tuneforge.tasks.evaluate import response_loss, spread
 
-    model, tokenizer = load_pretrained(model_dir)
-    model.eval()
+    model, tokenizer = load_pretrained(model_dir, dtype=cfg.dtype)
+    model.to(pick_device()).eval()
     with torch.inference_mode():
         return response_loss(
             model, tokenizer, spread(eval_records, cfg.eval_rows), cfg.max_length, bs=48

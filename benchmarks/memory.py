@@ -57,6 +57,19 @@ VARIANTS = {
         {"quantize_4bit": True},
         {"gradient_checkpointing": True},
     ),
+    # The GPU presets' settings: bf16 autocast on top (activations in bf16).
+    "lora+ckpt+chunk+autocast": (
+        "lora",
+        "bfloat16",
+        {},
+        {"gradient_checkpointing": True, "precision": "bf16"},
+    ),
+    "qlora+ckpt+chunk+autocast": (
+        "lora",
+        "bfloat16",
+        {"quantize_4bit": True},
+        {"gradient_checkpointing": True, "precision": "bf16"},
+    ),
 }
 
 

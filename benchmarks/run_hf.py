@@ -76,7 +76,7 @@ def training_args(cfg: BenchConfig, out_dir: Path) -> dict[str, Any]:
         "logging_steps": cfg.steps,
         "save_strategy": "no",
         "report_to": "none",
-        "use_cpu": True,
+        "use_cpu": not torch.cuda.is_available(),
         "dataloader_num_workers": 0,
         "disable_tqdm": True,
     }
@@ -93,7 +93,9 @@ def main(runner: str, strategy_name: str, out_dir: Path, cache_dir: Path) -> Non
     train, evaluation = load_split()
     torch.manual_seed(cfg.seed)  # as train_model does before preparing the model
     strategy = strategy_for(strategy_name)
-    model, tokenizer = load_pretrained(base)
+    flash = cfg.base_dir is not None and runner == "trl" and _installed("flash_attn")
+    extra = {"attn_implementation": "flash_attention_2"} if flash else {}
+    model, tokenizer = load_pretrained(base, dtype=cfg.dtype, **extra)
     model = strategy.prepare_model(model)
     examples = [strategy.build_example(r, tokenizer, cfg.max_length) for r in train]
 
@@ -130,6 +132,11 @@ def main(runner: str, strategy_name: str, out_dir: Path, cache_dir: Path) -> Non
                 max_length=cfg.max_length,
                 # Inferred only for prompt/completion text columns; pre-tokenized rows must say it.
                 completion_only_loss=strategy_name != "full",
+                # On a GPU (benchmarks/gpu.py): TRL's fastest settings where they install.
+                # Padding-free is correct only with flash attention (positions alone do not
+                # keep SDPA's attention within each example).
+                padding_free=flash,
+                use_liger_kernel=cfg.base_dir is not None and _installed("liger_kernel"),
             ),
             train_dataset=Dataset.from_list(rows),
             processing_class=tokenizer,
@@ -163,6 +170,12 @@ def main(runner: str, strategy_name: str, out_dir: Path, cache_dir: Path) -> Non
         ),
         out_dir / "result.json",
     )
+
+
+def _installed(module: str) -> bool:
+    from importlib.util import find_spec
+
+    return find_spec(module) is not None
 
 
 if __name__ == "__main__":

@@ -53,7 +53,6 @@ def padded_tokens(
 
 
 def main(strategy: str, out_dir: Path, cache_dir: Path, flags: list[str]) -> None:
-    from tuneforge.config import TrainConfig
     from tuneforge.models import load_pretrained
     from tuneforge.tasks import padding_free
     from tuneforge.tasks.train import train_model
@@ -67,16 +66,8 @@ def main(strategy: str, out_dir: Path, cache_dir: Path, flags: list[str]) -> Non
     cfg = BenchConfig.from_env()
     base = build_base(cfg, cache_dir)
     train, evaluation = load_split()
-    train_cfg = TrainConfig(
-        strategy=strategy,
-        steps=cfg.steps,
-        batch_size=cfg.batch_size,
-        learning_rate=cfg.learning_rate,
-        warmup_steps=cfg.warmup_steps,
-        max_length=cfg.max_length,
-        seed=cfg.seed,
-        log_every=cfg.steps,
-        checkpoint_every=0,  # the Trainer runs save nothing mid-run either
+    train_cfg = cfg.train_config(
+        strategy,
         group_by_length=group_by_length,
         padding_free=not padded,
         precision="bf16" if bf16 else "fp32",

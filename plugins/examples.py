@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tuneforge.batching import IGNORE_INDEX, Example
-from tuneforge.prompts import render_prompt, split_turns
+from tuneforge.prompts import end_of_turn_id, render_prompt, split_turns
 
 
 def tokenize_prompt_response(
@@ -13,8 +13,10 @@ def tokenize_prompt_response(
 ) -> Example:
     """Tokenizes prompt and response separately (so the boundary is exact) and labels them.
 
-    The response ends with the end-of-sequence token, which is trained: a model that never
-    learns to stop rambles past its answer. Examples longer than `max_length` lose their tail.
+    The response ends with the end of turn (`tuneforge.prompts.end_of_turn_id`: the chat
+    template's, e.g. `<|im_end|>`, else the end-of-sequence token), which is trained: a model
+    that never learns to stop rambles past its answer. Examples longer than `max_length` lose
+    their tail.
 
     Args:
         record: a validated record with `messages`.
@@ -25,7 +27,7 @@ def tokenize_prompt_response(
     turns, response = split_turns(record)
     prompt_ids = tokenizer(render_prompt(turns, tokenizer), add_special_tokens=False).input_ids
     response_ids = tokenizer(response, add_special_tokens=False).input_ids
-    response_ids = [*response_ids, tokenizer.eos_token_id]
+    response_ids = [*response_ids, end_of_turn_id(tokenizer)]
     input_ids = (prompt_ids + response_ids)[:max_length]
     prompt_labels = prompt_ids if train_prompt else [IGNORE_INDEX] * len(prompt_ids)
     labels = (prompt_labels + response_ids)[:max_length]

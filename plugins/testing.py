@@ -23,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 
 from tuneforge.batching import IGNORE_INDEX, Example
 from tuneforge.plugins.strategy import TuningStrategy
+from tuneforge.prompts import end_of_turn_id
 
 __all__ = ["check_strategy", "sample_records", "tiny_checkpoint"]
 
@@ -152,7 +153,7 @@ def check_strategy(
 
     try:  # the loop's own audit: whatever it would refuse must fail here too
         audit_examples(
-            examples, [r.get("row", -1) for r in records], tokenizer.eos_token_id, max_length
+            examples, [r.get("row", -1) for r in records], end_of_turn_id(tokenizer), max_length
         )
     except ValueError as exc:
         raise AssertionError(f"{label}: the training loop refuses the examples: {exc}") from None
@@ -320,7 +321,7 @@ def _check_example(
             "example teaches nothing"
         ),
     )
-    eos = tokenizer.eos_token_id
+    eos = end_of_turn_id(tokenizer)  # the end-of-sequence token, or the template's end of turn
     if eos is not None and len(ids) < max_length:
         _require(
             ids[-1] == eos and labels[-1] == eos,

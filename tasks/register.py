@@ -188,6 +188,11 @@ def save_package(model_dir: Path, package: ModelPackage, local: Path, tmp: Path)
             code_paths=[str(tmp / "tuneforge_prompts.py")],
             pip_requirements=_pip_requirements(),
             signature=signature,
+            # Shown in the MLflow UI; with a signature given, saved without running the model.
+            input_example=[
+                {"instruction": "Convert to uppercase.", "input": "salt"},
+                {"instruction": "Name a colour.", "input": ""},
+            ],
         )
 
 

@@ -28,6 +28,7 @@ from tuneforge.jsonl import read_jsonl
 from tuneforge.models import load_pretrained, pick_device
 from tuneforge.plugins.examples import check_chat_template, tokenize_text_blocks
 from tuneforge.plugins.registry import strategy_info
+from tuneforge.prompts import end_of_turn_id
 from tuneforge.records import assistant_turn_records, is_text
 from tuneforge.run_context import RunContext
 from tuneforge.tasks import checkpoint, padding_free, parallel
@@ -363,9 +364,9 @@ class TrainingRun:
             build = self.strategy.build_example
             self.examples = [build(r, tokenizer, cfg.max_length) for r in records]
         with self._blame("the loss-mask audit"):
-            self.audit = audit_examples(
-                self.examples, [r["row"] for r in records], tokenizer.eos_token_id, cfg.max_length
-            )
+            rows = [r["row"] for r in records]
+            end = end_of_turn_id(tokenizer)
+            self.audit = audit_examples(self.examples, rows, end, cfg.max_length)
         if self.audit.truncated:
             # A truncated example loses its end-of-sequence token (and, for response-only
             # strategies, possibly its answer): the model would learn to ramble or to stop mid-way.

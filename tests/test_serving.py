@@ -125,6 +125,9 @@ def test_adapter_version_loads_after_its_base_and_adapter_are_deleted(
     assert not torch.allclose(logits, untuned, atol=1e-2)  # the adapter was applied
     answers = loaded.predict(["salt", {"instruction": "x"}], params={"max_new_tokens": 3})
     assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+    model_dir = str(tmp_path / "model")
+    example = mlflow.models.Model.load(model_dir).load_input_example(model_dir)
+    assert len(loaded.predict(example, params={"max_new_tokens": 2})) == len(example) == 2
     with pytest.raises(ValueError, match="got keys \\['question'\\]"):
         loaded.predict([{"question": "x"}])
 

@@ -38,9 +38,13 @@ from typing import Any
 import mlflow.pyfunc
 
 try:
-    from tuneforge.prompts import instruction_prompt, render_prompt
+    from tuneforge.prompts import instruction_prompt, render_prompt, stop_token_ids
 except ModuleNotFoundError:  # loaded without tuneforge installed: the copy logged with the model
-    from tuneforge_prompts import instruction_prompt, render_prompt  # type: ignore[no-redef]
+    from tuneforge_prompts import (  # type: ignore[no-redef]
+        instruction_prompt,
+        render_prompt,
+        stop_token_ids,
+    )
 
 LAYOUT = 1
 MANIFEST = "tuneforge_model.json"
@@ -231,7 +235,7 @@ def generate(
                     max_new_tokens=max_new_tokens,
                     do_sample=False,
                     pad_token_id=tokenizer.pad_token_id,
-                    eos_token_id=tokenizer.eos_token_id,
+                    eos_token_id=stop_token_ids(tokenizer),
                 )
                 new_tokens = out[:, enc["input_ids"].shape[1] :]
                 answers += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)

@@ -149,40 +149,30 @@ def test_registry_model_as_base_continues_from_champion(runs):
     assert chained.base["eval_loss"] == pytest.approx(first.tuned["eval_loss"], rel=1e-5)
 
 
-def _predict_in_a_fresh_process(tracking_uri: str, uri: str, inputs: list) -> list:
-    """`mlflow.pyfunc.load_model(uri).predict(inputs)` in a new interpreter that cannot import
-    tuneforge (as on a machine without it); also the error a wrong dict gets."""
+def _predict_in_a_fresh_process(tracking_uri: str, calls: list[tuple[str, list]]) -> list:
+    """`mlflow.pyfunc.load_model(uri).predict(inputs)` for each (uri, inputs), in one new
+    interpreter that cannot import tuneforge (as on a machine without it); also checks the
+    error a wrong dict gets from each."""
     code = (
         "import json, sys\n"
         "sys.modules['tuneforge'] = None  # not installed here\n"
         "import mlflow\n"
         f"mlflow.set_tracking_uri({tracking_uri!r})\n"
-        f"model = mlflow.pyfunc.load_model({uri!r})\n"
-        "try:\n"
-        "    model.predict([{'question': 'x'}])\n"
-        "except ValueError as exc:\n"
-        "    print('refused:', exc)\n"
-        f"print(json.dumps(model.predict({inputs!r})))\n"
+        f"for uri, inputs in {calls!r}:\n"
+        "    model = mlflow.pyfunc.load_model(uri)\n"
+        "    try:\n"
+        "        model.predict([{'question': 'x'}])\n"
+        "    except ValueError as exc:\n"
+        "        print('refused:', exc)\n"
+        "    print(json.dumps(model.predict(inputs)))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    lines = done.stdout.strip().splitlines()
-    assert "refused: input 0: a dict needs 'instruction'" in lines[-2]
-    return json.loads(lines[-1])
-
-
-def test_champion_loads_in_a_fresh_process_and_answers(runs, mlflow_server):
-    answers = _predict_in_a_fresh_process(
-        mlflow_server,
-        f"models:/{MODEL}@champion",
-        [
-            "Convert to uppercase.\n\nsalt",
-            {"instruction": "Convert to uppercase.", "input": "salt"},
-        ],
-    )
-    assert answers[0] == answers[1] and answers[0].strip()  # the same prompt either way
+    lines = done.stdout.strip().splitlines()[-2 * len(calls) :]
+    assert all("refused: input 0: a dict needs 'instruction'" in x for x in lines[::2]), lines
+    return [json.loads(x) for x in lines[1::2]]
 
 
 def test_qlora_stage_registers_the_adapter_alone(lora_run, runs, mlflow_server):
@@ -324,19 +314,32 @@ def test_unchanged_data_and_config_skip_retraining(runs, mlflow_server):
     assert all(v.run_id != again.run_id for v in versions)
 
 
-def test_qlora_version_answers_in_a_fresh_process_after_its_worker_is_gone(lora_run, mlflow_server):
-    """After the models CLI test has moved the champion alias: the base stays pinned."""
+def test_versions_answer_in_a_fresh_process_after_their_workers_are_gone(
+    runs, lora_run, mlflow_server
+):
+    """Last: after the models CLI test has moved the champion alias (the QLoRA version's base
+    stays pinned by number), and with the QLoRA run's directory deleted."""
     import shutil
 
     from tuneforge.jsonl import read_jsonl
 
+    first, *_ = runs
     eval_dir = Path(lora_run.split.eval_path).parent
     scored = read_jsonl(eval_dir / "tuned_scores.jsonl")[:4]
     by_row = {r["row"]: r for r in read_jsonl(lora_run.split.eval_path)}
     prompts = [{"messages": by_row[r["row"]]["messages"][:-1]} for r in scored]
     shutil.rmtree(lora_run.ctx.run_dir)  # what a worker's pod takes with it
-    answers = _predict_in_a_fresh_process(
-        mlflow_server, f"models:/{MODEL}-lora/{lora_run.registration.version}", prompts
+    strings_and_records = [
+        "Convert to uppercase.\n\nsalt",
+        {"instruction": "Convert to uppercase.", "input": "salt"},
+    ]
+    full, qlora = _predict_in_a_fresh_process(
+        mlflow_server,
+        [
+            (f"models:/{MODEL}/{first.registration.version}", strings_and_records),
+            (f"models:/{MODEL}-lora/{lora_run.registration.version}", prompts),
+        ],
     )
+    assert full[0] == full[1] and full[0].strip()  # the same prompt either way
     # The base resolved through the registry, the adapter applied: evaluation's own answers.
-    assert answers == [r["answer"] for r in scored]
+    assert qlora == [r["answer"] for r in scored]
