@@ -35,8 +35,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import mlflow.pyfunc
-
 try:
     from tuneforge.prompts import instruction_prompt, render_prompt, stop_token_ids
 except ModuleNotFoundError:  # loaded without tuneforge installed: the copy logged with the model
@@ -244,14 +242,9 @@ def generate(
     return answers
 
 
-class TuneforgeModel(mlflow.pyfunc.PythonModel):
+class TuneforgeModel:
     """The pyfunc model: loads the checkpoint (an adapter merged onto its base) once, then
     answers prompts greedily."""
-
-    # MLflow would validate inputs against `predict`'s type hints (and warns without them):
-    # one schema cannot take strings, records and chat turns alike, so `conversations` checks
-    # them instead, with errors naming the input. The switch MLflow's own ChatModel uses.
-    _skip_type_hint_validation = True
 
     def load_context(self, context: Any) -> None:
         import torch
@@ -272,4 +265,14 @@ class TuneforgeModel(mlflow.pyfunc.PythonModel):
 
 
 if __name__ != "tuneforge.serving":  # executed by MLflow as a registered model's code
-    mlflow.models.set_model(TuneforgeModel())
+    import mlflow.models
+    import mlflow.pyfunc
+
+    # Mixed in here, not above: tuneforge imports this module for its helpers without paying
+    # for mlflow.pyfunc (2 s). `predict` is inherited, so MLflow does not wrap it to validate
+    # inputs against type hints: one schema cannot take strings, records and chat turns alike,
+    # and `conversations` checks them instead, with errors naming the input.
+    class _PyfuncModel(TuneforgeModel, mlflow.pyfunc.PythonModel):
+        pass
+
+    mlflow.models.set_model(_PyfuncModel())
