@@ -40,7 +40,7 @@ def test_qlora_gpu_preset_trains_and_registers_from_an_offline_cache(
             f"tracking.tracking_uri={mlflow_server}",
             "tracking.experiment=gpu-preset",
             # Sizes for two CPU cores; everything else as shipped.
-            "train.steps=6",
+            "train.steps=3",
             "train.batch_size=4",
             "train.eval_every=0",
             "evaluation.max_examples=8",
