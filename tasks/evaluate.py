@@ -32,11 +32,6 @@ from tuneforge.serving import generate
 from tuneforge.tasks.chunked_head import chunk_unsupported, token_losses
 from tuneforge.tracking import MetricLogger
 
-
-def _chunks(items: list[Any], size: int) -> list[list[Any]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
-
-
 EVAL_CHUNK = 1024  # scored positions whose logits exist at once (train.loss_chunk_tokens)
 
 

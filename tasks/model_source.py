@@ -18,9 +18,9 @@ from typing import Any
 from prefect import task
 
 from tuneforge.config import ModelConfig
-from tuneforge.models import ModelSourceError, build_tiny_model, first_line
+from tuneforge.models import ModelSourceError, build_tiny_model
 from tuneforge.run_context import RunContext
-from tuneforge.serving import HUB_PATTERNS, ModelLoadError, materialize
+from tuneforge.serving import ModelLoadError, hub_snapshot, materialize
 
 
 def download_registry_model(uri: str, dst: Path) -> Path:
@@ -49,20 +49,10 @@ def resolve_model_dir(cfg: ModelConfig, train_records: list[dict[str, Any]], out
         return local.resolve()
     if source.startswith((".", "/", "~")) or source.count("/") != 1:
         raise ModelSourceError(f"{source}: no such model directory (and not a hub id org/name)")
-    from huggingface_hub import constants, snapshot_download
-
-    try:
-        # Code files only when the config trusts the checkpoint's code.
-        patterns = [*HUB_PATTERNS, "*.py"] if cfg.trust_remote_code else HUB_PATTERNS
-        path = snapshot_download(source, revision=cfg.revision, allow_patterns=patterns)
-    except Exception as exc:  # offline, unknown repo, auth: all mean "cannot resolve"
-        first = first_line(exc)
-        offline = "; HF_HUB_OFFLINE=1: cache only" if constants.HF_HUB_OFFLINE else ""
-        raise ModelSourceError(
-            f"{source}: cannot fetch from the hub (cache {constants.HF_HUB_CACHE}{offline}): "
-            f"{first}"
-        ) from None
-    return Path(path)
+    try:  # code files only when the config trusts the checkpoint's code
+        return hub_snapshot(source, cfg.revision, cfg.trust_remote_code)
+    except ModelLoadError as exc:
+        raise ModelSourceError(str(exc)) from None
 
 
 @task(name="resolve_base_model")

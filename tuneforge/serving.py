@@ -63,6 +63,24 @@ def hub_reference(repo_id: str, revision: str) -> str:
     return f"{HUB_PREFIX}{repo_id}@{revision}"
 
 
+def hub_snapshot(repo_id: str, revision: str | None, trust_remote_code: bool) -> Path:
+    """The local snapshot of a hub checkpoint (from the Hugging Face cache, or fetched):
+    checkpoint files only, code too when trusted. One line naming the id and the cache when it
+    cannot be had (offline and not cached, unknown repo, auth)."""
+    from huggingface_hub import constants, snapshot_download
+
+    patterns = [*HUB_PATTERNS, "*.py"] if trust_remote_code else HUB_PATTERNS
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        offline = "; HF_HUB_OFFLINE=1: cache only" if constants.HF_HUB_OFFLINE else ""
+        raise ModelLoadError(
+            f"{repo_id}: cannot fetch from the hub (cache {constants.HF_HUB_CACHE}{offline}): "
+            f"{first}"
+        ) from None
+
+
 def find_checkpoint_dir(root: Path) -> Path:
     """The directory under `root` holding a Hugging Face `config.json` with weights."""
     for config in sorted(root.rglob("config.json"), key=lambda p: len(p.parts)):
@@ -126,16 +144,8 @@ def resolve_base(reference: str, model_root: Path, scratch: Path, trust_remote_c
     if reference.startswith("models:/"):
         return materialize(reference, scratch)
     if reference.startswith(HUB_PREFIX):
-        from huggingface_hub import snapshot_download
-
         repo_id, _, revision = reference.removeprefix(HUB_PREFIX).partition("@")
-        patterns = [*HUB_PATTERNS, "*.py"] if trust_remote_code else HUB_PATTERNS
-        try:
-            path = snapshot_download(repo_id, revision=revision or None, allow_patterns=patterns)
-        except Exception as exc:  # offline and not cached, unknown repo, auth
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ModelLoadError(f"base {reference}: cannot fetch from the hub: {first}") from None
-        return Path(path)
+        return hub_snapshot(repo_id, revision or None, trust_remote_code)
     raise ModelLoadError(f"{model_root}: unknown adapter base {reference!r} in {MANIFEST}")
 
 

@@ -111,13 +111,19 @@ def test_padding_free_loss_and_gradients_equal_padded(kind, multiple):
         torch.testing.assert_close(flat[name], padded[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_padding_free_lora_gradients_equal_padded():
-    strategy = LoraStrategy(LoraSettings(dropout=0.0))
-    model = strategy.prepare_model(_model("llama")).eval()
-    with torch.no_grad():  # B starts at zero, so A's gradient would be zero on both sides
+def _lora_llama() -> torch.nn.Module:
+    """The llama model with LoRA adapters whose B is not zero (at zero, A's gradient would be
+    zero whatever the batch), in eval mode."""
+    model = LoraStrategy(LoraSettings(dropout=0.0)).prepare_model(_model("llama"))
+    with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.normal_(0, 0.1)
+    return model.eval()
+
+
+def test_padding_free_lora_gradients_equal_padded():
+    model = _lora_llama()
     examples = _examples([11, 4, 20, 7])
     padded_loss, padded = _loss_and_grads(model, collate(examples, PAD))
     with padding_free.attention(model):
@@ -242,15 +248,7 @@ def test_training_padding_free_follows_the_padded_run(
 def test_a_chunked_output_head_gives_the_same_loss_and_gradients(kind):
     from tuneforge.tasks.chunked_head import chunk_unsupported
 
-    if kind == "lora":
-        model = LoraStrategy(LoraSettings(dropout=0.0)).prepare_model(_model("llama"))
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                if "lora_B" in name:
-                    param.normal_(0, 0.1)
-    else:
-        model = _model(kind)
-    model.eval()
+    model = _lora_llama() if kind == "lora" else _model(kind).eval()
     assert chunk_unsupported(model) is None
     examples = _examples([9, 3, 17, 12, 5])  # 36 trained tokens: 9 chunks of 4
     for batch in (collate(examples, PAD), padding_free.collate_flat(examples)):
