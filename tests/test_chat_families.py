@@ -168,3 +168,63 @@ def test_generation_stops_at_the_end_of_turn_not_only_at_end_of_sequence(checkpo
         **enc, max_new_tokens=8, do_sample=False, eos_token_id=tokenizer.eos_token_id
     )
     assert ran_on.shape[1] - enc["input_ids"].shape[1] == 8  # what end-of-sequence alone does
+
+
+# Through a real `retrain` (validation, training, both evaluations, registration): every family
+# once and every strategy twice, each family with a strategy of its own. What is per family
+# (tokenizer, template, end of turn, model class) runs at each family's `retrain`; what is per
+# strategy (its training) runs above for every family and strategy pair.
+RETRAIN = {
+    "gemma": "full",
+    "llama3": "instruction",
+    "mistral": "lora",
+    "phi3": "full",
+    "qwen2": "lora",
+    "qwen3": "instruction",
+}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("family", sorted(RETRAIN))
+def test_each_family_retrains_and_registers_a_version_that_answers(
+    family, checkpoints, prefect_harness, mlflow_server, tmp_path
+):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from tests.conftest import BUNDLED_DATA, NO_GATE, PRESET
+    from tuneforge.config import load_config
+    from tuneforge.flows.retrain import retrain
+
+    strategy = RETRAIN[family]
+    config = load_config(
+        PRESET,
+        [
+            f"model.source={checkpoints[family]}",
+            f"train.strategy={strategy}",
+            f"data.path={BUNDLED_DATA}",
+            f"output_dir={tmp_path / 'runs'}",
+            f"tracking.tracking_uri={mlflow_server}",
+            "tracking.experiment=chat-families",
+            f"registry.model_name=family-{family}",
+            "train.steps=3",
+            "train.batch_size=4",
+            "train.eval_every=0",
+            "evaluation.max_examples=4",
+            "evaluation.max_new_tokens=4",
+            *NO_GATE,
+        ],
+    )
+    result = retrain(config)
+
+    run = MlflowClient(mlflow_server).get_run(result.run_id)
+    assert run.data.tags["tuneforge.strategy"] == strategy
+    assert run.data.tags["tuneforge.batches"] == "padding-free"
+    assert math.isfinite(run.data.metrics["tuned.eval_loss"])
+    version = result.registration.version
+    mlflow.set_tracking_uri(mlflow_server)
+    model = mlflow.pyfunc.load_model(f"models:/family-{family}/{version}")
+    # Rendered with the family's own template, as training rendered it (a template that does
+    # not take the messages fails here).
+    [answer] = model.predict([{"messages": [{"role": "user", "content": "Opposite of hot?"}]}])
+    assert isinstance(answer, str)
