@@ -1,7 +1,8 @@
 """Model families with their own chat formats: random-init checkpoints of the Llama-3, Qwen2,
 Qwen3, Mistral, Gemma and Phi-3 shapes, each with a tokenizer carrying its family's chat
 template, train with every built-in strategy; each answer is trained to end with the family's
-end-of-turn token, and generation stops there."""
+end-of-turn token, and generation stops there. Each family also runs one real `retrain` whose
+registered version answers a chat input through the family's template."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 import torch
 import transformers
 
+from tests.conftest import BUNDLED_DATA, NO_GATE, PRESET
 from tuneforge.config import TrainConfig
 from tuneforge.models import train_tokenizer
 from tuneforge.plugins.examples import check_chat_template, tokenize_prompt_response
@@ -192,7 +194,6 @@ def test_each_family_retrains_and_registers_a_version_that_answers(
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from tests.conftest import BUNDLED_DATA, NO_GATE, PRESET
     from tuneforge.config import load_config
     from tuneforge.flows.retrain import retrain
 
