@@ -33,6 +33,9 @@ class TuningStrategy(Protocol):
     # Optional, not part of the Protocol's checked members: `trains_text: ClassVar[bool] =
     # True` says the strategy trains on raw text (data.schema: text), which the loop then
     # tokenizes itself in blocks (`tokenize_text_blocks`); without it such data is refused.
+    # `packs_text: ClassVar[bool] = True` packs those blocks into rows of `train.max_length`
+    # tokens, so a batch is `batch_size` full rows (`pretrain`). `trains_chat: ClassVar[bool]
+    # = False` refuses prompt/response records (then `build_example` is never called).
     # Optional too: `load_options(self, dtype: str) -> dict` returns extra `from_pretrained`
     # options for the base (e.g. a `BitsAndBytesConfig` as `quantization_config`: the lora
     # strategy's QLoRA); the loop loads the base with them before `prepare_model`.

@@ -117,11 +117,15 @@ def rouge_l(expected: str, answer: str) -> float:
 
 
 def score(
-    records: list[dict], answers: list[str], holdout_tasks: list[str] | tuple[str, ...] = ()
+    records: list[dict],
+    answers: list[str],
+    holdout_tasks: list[str] | tuple[str, ...] = (),
+    groups: dict[str, list[str]] | None = None,
 ) -> tuple[dict[str, float], list[dict]]:
-    """Exact match and ROUGE-L, overall, per task family, and (with `holdout_tasks`) for the
-    held-in and held-out families; plus one row per example for inspection."""
-    groups: dict[str, list[tuple[bool, float]]] = defaultdict(list)
+    """Exact match and ROUGE-L, overall, per task family, (with `holdout_tasks`) for the
+    held-in and held-out families, and per named group of families (`evaluation.groups`); plus
+    one row per example for inspection."""
+    found: dict[str, list[tuple[bool, float]]] = defaultdict(list)
     rows = []
     for rec, answer in zip(records, answers, strict=True):
         expected = split_turns(rec)[1]
@@ -131,8 +135,9 @@ def score(
         keys = ["", f".{task}"]
         if holdout_tasks:
             keys.append(".held_out" if family in holdout_tasks else ".held_in")
+        keys += [f".{name}" for name, members in (groups or {}).items() if family in members]
         for key in keys:
-            groups[key].append((hit, overlap))
+            found[key].append((hit, overlap))
         prompt = split_turns(rec)[0][-1]["content"]
         rows.append(
             {
@@ -146,8 +151,9 @@ def score(
             }
         )
     metrics: dict[str, float] = {}
-    families = {k for k in groups if k and k not in (".held_in", ".held_out")}
-    for key, values in sorted(groups.items()):
+    named = {".held_in", ".held_out", *(f".{name}" for name in groups or {})}
+    families = {k for k in found if k and k not in named}
+    for key, values in sorted(found.items()):
         if key in families and len(families) == 1:
             continue  # one family: its figures are the overall ones
         metrics[f"exact_match{key}"] = sum(h for h, _ in values) / len(values)
@@ -198,14 +204,17 @@ def evaluate_records(
     generated: dict[int, dict] = {}
     if chat:
         answers = generate_answers(model, tokenizer, chat, cfg.max_new_tokens, cfg.batch_size)
-        metrics, scored = score(chat, answers, holdout_tasks)
+        metrics, scored = score(chat, answers, holdout_tasks, cfg.groups)
         generated = {row["row"]: row for row in scored}
     rows = []  # one per record scored: its generation (if any) and its own loss
     for rec, (summed, n) in zip(records, per_record, strict=True):
         row = generated.get(rec["row"]) or {"row": rec["row"], "task": rec.get("task")}
         row["loss"] = summed / n if n else None
+        family = rec.get("task") or "untagged"
         if holdout_tasks:
-            row["held_out"] = (rec.get("task") or "untagged") in holdout_tasks
+            row["held_out"] = family in holdout_tasks
+        if cfg.groups:
+            row["groups"] = [name for name, members in cfg.groups.items() if family in members]
         rows.append(row)
     metrics |= {
         "eval_loss": loss,

@@ -258,12 +258,15 @@ def decide(
 
 
 def _subset(rows: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
-    """The rows `metric` is computed on: all, a task family's, or held-in / held-out ones."""
+    """The rows `metric` is computed on: all, a task family's, held-in / held-out ones, or an
+    `evaluation.groups` group's."""
     _, _, narrowed = metric.partition(".")
     if not narrowed:
         return rows
     if narrowed in ("held_in", "held_out"):
         return [r for r in rows if r.get("held_out") == (narrowed == "held_out")]
+    if any(narrowed in r.get("groups", ()) for r in rows):
+        return [r for r in rows if narrowed in r.get("groups", ())]
     return [r for r in rows if metric_safe(r.get("task") or "untagged") == narrowed]
 
 
@@ -331,12 +334,20 @@ def model_card(name: str, version: str, reason: str, tags: dict, base: dict, tun
     )
 
 
+@dataclass(frozen=True)
+class Unchanged:
+    """The champion this run's data and config equal: nothing to retrain."""
+
+    version: str
+    reason: str
+
+
 @task(name="check_unchanged")
 def unchanged_since_champion(
     *, model_name: str, data_fingerprint: str, config_hash: str, ctx: RunContext
-) -> str | None:
-    """Why retraining can be skipped (the champion was trained on the same data with the same
-    config), or None. A skip is tagged on the run as `tuneforge.skipped`."""
+) -> Unchanged | None:
+    """The champion trained on the same data with the same config (retraining can be
+    skipped), or None. A skip is tagged on the run as `tuneforge.skipped`."""
     from mlflow.tracking import MlflowClient
 
     from tuneforge.model_registry import current_champion
@@ -355,7 +366,7 @@ def unchanged_since_champion(
         f"version {champion.version} (champion); nothing to retrain (force: true overrides)"
     )
     client.set_tag(ctx.run_id, "tuneforge.skipped", reason)
-    return reason
+    return Unchanged(str(champion.version), reason)
 
 
 def champion_score(

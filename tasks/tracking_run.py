@@ -111,6 +111,7 @@ def start_tracking_run(*, config: RunConfig, tracking_uri: str) -> RunContext:
         "tuneforge.python": platform.python_version(),
         "tuneforge.code_version": code_version(),
         "tuneforge.packages": package_versions(),
+        **config.tracking.tags,
     }
     params = flatten(config.model_dump(mode="json"))
     run_id = start_run(tracking_uri, config.tracking.experiment, config.name, params, tags)

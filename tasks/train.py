@@ -22,7 +22,7 @@ import torch
 from prefect import get_run_logger, task
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from tuneforge.batching import IGNORE_INDEX, MaskAudit, audit_examples, collate
+from tuneforge.batching import IGNORE_INDEX, MaskAudit, audit_examples, collate, pack
 from tuneforge.config import TrainConfig
 from tuneforge.jsonl import read_jsonl
 from tuneforge.models import load_pretrained, pick_device
@@ -354,9 +354,15 @@ class TrainingRun:
 
     def _setup_examples(self, records: list[dict[str, Any]]) -> None:
         cfg, tokenizer = self.cfg, self.tokenizer
+        self.rows: list[list[int]] | None = None  # packed rows of example indices
         if any(is_text(r) for r in records):  # a file has one schema: then every record
             self._setup_text_examples(records)
             return
+        if not getattr(self.strategy, "trains_chat", True):
+            raise ValueError(
+                f"{self.info.label} trains on raw text (data.schema text), and these are "
+                "prompt/response records; use full or instruction for those"
+            )
         check_chat_template(tokenizer)
         if cfg.assistant_turns == "all":
             records = [turn for r in records for turn in assistant_turn_records(r)]
@@ -394,6 +400,9 @@ class TrainingRun:
         total = sum(len(e.input_ids) for e in self.examples)
         # Blocks are cut on purpose: none counts as truncated.
         self.audit = MaskAudit(len(self.examples), 0, trained, total - trained)
+        if getattr(self.strategy, "packs_text", False):  # a batch is batch_size full rows
+            lengths = [len(e.input_ids) for e in self.examples]
+            self.rows = pack(lengths, cfg.max_length)
 
     def _setup_batches(self) -> None:
         cfg, examples = self.cfg, self.examples
@@ -452,7 +461,7 @@ class TrainingRun:
         self.paused = 0.0  # evaluation and checkpoint writing: kept out of tokens/s
         self.window_tokens, self.window_start = 0, self.started
         swapped = padding_free.attention(self.core) if self.flat else nullcontext()
-        order = batch_order(len(self.examples), cfg.batch_size, cfg.steps, cfg.seed, self.lengths)
+        order = self._batch_order()
         with _progress(enabled=self.lead) as bar, swapped:
             self.bar = bar
             self.progress = bar.add_task("train", total=cfg.steps, loss=state.loss, tps=0.0)
@@ -474,6 +483,16 @@ class TrainingRun:
                     self._paused(self._checkpoint, earlier_seconds)
                 bar.advance(self.progress)
         self.seconds = earlier_seconds + time.perf_counter() - self.started - self.paused
+
+    def _batch_order(self) -> list[list[int]]:
+        """Example indices per step: `batch_size` examples, or with packed rows (`packs_text`)
+        the blocks of `batch_size` rows."""
+        cfg = self.cfg
+        if self.rows is None:
+            n, lengths = len(self.examples), self.lengths
+            return batch_order(n, cfg.batch_size, cfg.steps, cfg.seed, lengths)
+        rows = batch_order(len(self.rows), cfg.batch_size, cfg.steps, cfg.seed)
+        return [[i for r in batch for i in self.rows[r]] for batch in rows]
 
     def _step(self, indices: list[int]) -> tuple[float, Any]:
         """One optimizer step on this process's shard of the global batch `indices`."""

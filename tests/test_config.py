@@ -166,3 +166,22 @@ def test_settings_given_with_the_new_strategy_are_kept_and_only_they(caplog):
     # The same strategy again, or its own settings changed: nothing is dropped.
     same = load_config(LORA_PRESET, ["train.strategy=lora", "train.settings.rank=4"])
     assert same.train.settings["rank"] == 4 and same.train.settings["alpha"] == 16
+
+
+def test_pretrain_is_for_raw_text_scored_by_loss(tmp_path: Path):
+    pretrain = MINIMAL + "train:\n  strategy: pretrain\n"
+    assert "use eval_loss or perplexity" in _error(tmp_path, pretrain)
+    message = _error(tmp_path, pretrain, "registry.metric=perplexity", "data.schema=alpaca")
+    assert "trains on raw text, and data.schema alpaca has prompt/response pairs" in message
+    path = tmp_path / "ok.yaml"
+    path.write_text(pretrain + "registry:\n  metric: perplexity\n")
+    assert load_config(path).train.strategy == "pretrain"  # schema auto: the data decides
+
+
+def test_evaluation_groups_and_tracking_tags_are_checked(tmp_path: Path):
+    assert "group 'held_out'" in _error(
+        tmp_path, MINIMAL + "evaluation:\n  groups: {held_out: [a]}\n"
+    )
+    assert "looks like a credential" in _error(
+        tmp_path, MINIMAL + "tracking:\n  tags: {api_token: abcdefghijklmnopqrstuvwxyz123456}\n"
+    )

@@ -82,3 +82,30 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, Any]:
         labels[i, :n] = torch.tensor(e.labels)
         attention_mask[i, :n] = 1
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+def pack(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Groups items (by index) into bins of at most `capacity` total length, best fit in
+    decreasing length: few bins, each nearly full. Deterministic; every index appears in exactly
+    one bin, in ascending index order within it. An item longer than `capacity` gets a bin of
+    its own.
+
+    `pack([5, 3, 4, 2], 7)` gives `[[0, 3], [1, 2]]` (5 + 2 and 3 + 4).
+    """
+    import bisect
+
+    bins: list[list[int]] = []
+    room: list[tuple[int, int]] = []  # (space left, bin) for bins that have space, sorted
+    for i in sorted(range(len(lengths)), key=lambda k: (-lengths[k], k)):
+        n = lengths[i]
+        at = bisect.bisect_left(room, (n, -1))  # the fullest bin that still fits it
+        if at < len(room):
+            left, b = room.pop(at)
+            bins[b].append(i)
+            left -= n
+        else:
+            b, left = len(bins), capacity - n
+            bins.append([i])
+        if left > 0:
+            bisect.insort(room, (left, b))
+    return [sorted(b) for b in bins]

@@ -303,6 +303,22 @@ class EvalConfig(Strict):
     max_examples: int = Field(240, gt=0, le=1_000_000)
     max_new_tokens: int = Field(24, gt=0, le=4096)
     batch_size: int = Field(32, gt=0, le=4096)
+    groups: dict[str, list[str]] = Field(
+        {},
+        description=(
+            "Named groups of task families reported together, e.g. {unseen_tasks: [antonym, "
+            "baby]} adds exact_match.unseen_tasks (and rouge_l.): an aggregate besides each "
+            "family's own and held_in / held_out. A group name is a metric-key word."
+        ),
+    )
+
+    @field_validator("groups")
+    @classmethod
+    def _group_names_are_words(cls, groups: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name in groups:
+            if not re.fullmatch(r"[A-Za-z][\w-]*", name) or name in ("held_in", "held_out"):
+                raise ValueError(f"group {name!r}: use a word, other than held_in / held_out")
+        return groups
 
 
 METRICS = {"exact_match": True, "rouge_l": True, "eval_loss": False, "perplexity": False}
@@ -399,6 +415,9 @@ class TrackingConfig(Strict):
     # MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN.
     tracking_uri: str | None = None
     experiment: str = "tuneforge"
+    # Extra tags on the MLflow run; those named tuneforge.* are copied to the registered
+    # version too (a pipeline's lineage: tuneforge.pipeline, tuneforge.pipeline_stage).
+    tags: dict[str, str] = {}
 
     @field_validator("tracking_uri")
     @classmethod
@@ -409,6 +428,14 @@ class TrackingConfig(Strict):
                 "MLFLOW_TRACKING_PASSWORD instead (the config is logged)"
             )
         return uri
+
+    @field_validator("tags")
+    @classmethod
+    def _no_credentials_in_tags(cls, tags: dict[str, str]) -> dict[str, str]:
+        secret = credential_keys(tags) + [k for k, v in tags.items() if embeds_credentials(v)]
+        if secret:
+            raise ValueError(f"{', '.join(secret)} looks like a credential; tags are logged")
+        return tags
 
 
 def credential_keys(node: Any, path: str = "") -> list[str]:
@@ -473,17 +500,25 @@ class RunConfig(Strict):
     def _raw_text_needs_a_loss_metric_and_a_text_strategy(self) -> RunConfig:
         # Raw text has no answers to generate, so only the loss metrics exist; and only
         # strategies that say so train on it. (A file `auto` recognises as text is caught at
-        # registration and at training, with the same words.)
-        if self.data.schema_ != "text":
-            return self
-        if self.registry.metric.split(".", 1)[0] not in ("eval_loss", "perplexity"):
-            raise ValueError(
-                f"registry.metric {self.registry.metric!r} is not measured on raw text "
-                "(data.schema text: no answers to match); use eval_loss or perplexity"
-            )
+        # registration and at training, with the same words.) A strategy that trains raw
+        # text only (`trains_chat = False`: pretrain) implies data.schema text.
         from tuneforge.plugins.registry import strategy_info
 
         info = strategy_info(self.train.strategy)
+        text_only = not getattr(info.cls, "trains_chat", True)
+        if self.data.schema_ != "text" and not text_only:
+            return self
+        if self.registry.metric.split(".", 1)[0] not in ("eval_loss", "perplexity"):
+            where = "data.schema text" if self.data.schema_ == "text" else self.train.strategy
+            raise ValueError(
+                f"registry.metric {self.registry.metric!r} is not measured on raw text "
+                f"({where}: no answers to match); use eval_loss or perplexity"
+            )
+        if self.data.schema_ not in ("text", "auto"):
+            raise ValueError(
+                f"train.strategy {self.train.strategy!r} trains on raw text, and data.schema "
+                f"{self.data.schema_} has prompt/response pairs; use full or instruction"
+            )
         if not getattr(info.cls, "trains_text", False):
             raise ValueError(
                 f"train.strategy {self.train.strategy!r} trains on prompt/response pairs, and "
@@ -502,7 +537,7 @@ class RunConfig(Strict):
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _format_errors(source: str, exc: ValidationError, prefix: str = "") -> str:
+def format_errors(source: str, exc: ValidationError, prefix: str = "") -> str:
     parts = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
@@ -533,11 +568,11 @@ def parse_config(data: dict[str, Any], source: str = "config") -> RunConfig:
     try:
         cfg = RunConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(source, exc)) from None
+        raise ConfigError(format_errors(source, exc)) from None
     try:
         cfg.train.strategy_settings()
     except ValidationError as exc:
-        raise ConfigError(_format_errors(source, exc, prefix="train.settings.")) from None
+        raise ConfigError(format_errors(source, exc, prefix="train.settings.")) from None
     return cfg
 
 

@@ -46,6 +46,8 @@ def runs(prefect_harness, mlflow_server, bundled_records, tmp_path_factory):
                 "train.steps=30",
                 "train.eval_every=0",
                 "evaluation.max_examples=8",
+                # Raw text trains with continued pretraining: packed rows.
+                *(["train.strategy=pretrain"] if schema == "text" else []),
             ],
         )
         done[schema] = retrain(config)
@@ -67,8 +69,17 @@ def test_each_schema_is_recognised_trained_and_registered(runs, mlflow_server, s
     assert tag.startswith(f"{schema} (")
 
 
-def test_raw_text_is_scored_by_loss_alone(runs):
+def test_raw_text_is_pretrained_in_packed_rows_and_scored_by_loss_alone(runs, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
     text = runs["text"]
     assert "exact_match" not in text.tuned and "perplexity" in text.tuned
     assert text.training.audit.masked_tokens == 0  # every token of the text is trained
+    run = MlflowClient(mlflow_server).get_run(text.run_id)
+    assert run.data.tags["tuneforge.strategy"] == "pretrain"
+    # Packed: a step trains batch_size rows of nearly max_length tokens, where one document
+    # (a ~40-token record) per example would give well under half that.
+    cfg = run.data.params
+    per_step = text.training.real_tokens / text.training.steps
+    assert per_step > 0.85 * int(cfg["train.batch_size"]) * int(cfg["train.max_length"])
     assert "exact_match" in runs["openai"].tuned

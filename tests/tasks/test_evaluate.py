@@ -56,6 +56,21 @@ def test_held_out_families_are_reported_apart_from_held_in_ones():
     assert metrics["exact_match"] == pytest.approx(2 / 3)
 
 
+def test_named_groups_of_families_are_reported_and_gate_on_their_rows():
+    from tuneforge.config import RegistryConfig
+    from tuneforge.tasks.register import paired_gate
+
+    records = [_record(1, "a", "X"), _record(2, "b", "Y"), _record(3, "c", "Z")]
+    metrics, _ = score(records, ["X", "no", "Z"], ["b", "c"], groups={"unseen": ["b", "c"]})
+    assert metrics["exact_match.unseen"] == 0.5 == metrics["exact_match.held_out"]
+    assert "exact_match.unseen" in metrics and "rouge_l.unseen" in metrics
+    # The gate's rows for exact_match.unseen are the group's: rows 2 and 3, not row 1.
+    base = [{"row": i, "exact": False, "groups": g} for i, g in ((1, []), (2, ["u"]), (3, ["u"]))]
+    tuned = [{**r, "exact": r["row"] == 1} for r in base]
+    gate = RegistryConfig(metric="exact_match.u", min_correct=1, max_p_value=None)
+    assert "only 0 of 2 eval rows" in paired_gate(base, tuned, gate)
+
+
 def test_evaluate_records_reports_loss_perplexity_and_match(tiny_model_dir, bundled_records):
     cfg = EvalConfig(max_examples=12, max_new_tokens=4, batch_size=5)
     metrics, rows = evaluate_records(tiny_model_dir, bundled_records, cfg, max_length=64)
