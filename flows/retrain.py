@@ -63,6 +63,7 @@ class SkippedRun:
     run_id: str
     tracking_uri: str
     reason: str
+    version: str  # the champion whose data and config this run's equal: models:/NAME/VERSION
 
 
 def checkpoint_dir(config: RunConfig) -> str:
@@ -100,7 +101,7 @@ def _retrain_in(
             ctx=ctx,
         )
         if unchanged:
-            return SkippedRun(ctx.run_id, ctx.tracking_uri, unchanged)
+            return SkippedRun(ctx.run_id, ctx.tracking_uri, unchanged.reason, unchanged.version)
     split = split_dataset(valid_path=validation.valid_path, data=config.data)
     base_dir = resolve_base_model(model=config.model, train_path=split.train_path, ctx=ctx)
     if config.train.deployment:  # training on another work pool, e.g. GPUs

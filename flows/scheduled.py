@@ -1,8 +1,9 @@
-"""Deployment entrypoint: run `retrain` from a YAML preset, as schedules and triggers call it.
+"""Deployment entrypoints: run `retrain` from a YAML preset, or a pipeline from its file, as
+schedules and triggers call them.
 
     prefect --no-prompt deploy --prefect-file deployments/prefect.yaml --all
 
-Deployment parameters must be JSON, so this flow takes a preset path plus `KEY=VALUE`
+Deployment parameters must be JSON, so these flows take a file path plus `KEY=VALUE`
 overrides instead of a `RunConfig`; a data trigger passes the pushed dataset's resource id.
 """
 
@@ -11,7 +12,9 @@ from __future__ import annotations
 from prefect import flow
 
 from tuneforge.config import load_config
+from tuneforge.flows.pipeline import pipeline
 from tuneforge.flows.retrain import RetrainResult, SkippedRun, retrain
+from tuneforge.pipelines import load_pipeline
 
 DATASET_PREFIX = "tuneforge.dataset."
 
@@ -32,3 +35,17 @@ def retrain_preset(
         return {"run_id": result.run_id, "skipped": result.reason}
     reg = result.registration
     return {"run_id": result.run_id, "model": reg.name, "version": reg.version, "alias": reg.alias}
+
+
+@flow(name="pipeline-file")
+def pipeline_file(
+    path: str, overrides: list[str] | None = None, force: bool = False
+) -> list[dict[str, str]]:
+    """Loads the pipeline file `path` (relative to the working directory), applies `overrides`
+    to every stage, and runs `pipeline`: per stage, its version and whether it was skipped."""
+    extra = [*(overrides or [])]
+    result = pipeline(load_pipeline(path, extra), extra, force)
+    return [
+        {"stage": s.stage, "model": s.model, "version": s.version, "skipped": str(s.skipped)}
+        for s in result.stages
+    ]

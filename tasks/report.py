@@ -7,6 +7,7 @@ in the Prefect UI as a markdown artifact of the flow run.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -161,4 +162,153 @@ def report_run(
         summary += f"\n## Sample generations\n\n{sample}"
     client.log_text(run_id, summary, "summary.md")
     create_markdown_artifact(summary, key="retrain-summary", description="base vs tuned")
+    return summary
+
+
+@dataclass(frozen=True)
+class StageOutcome:
+    """What one pipeline stage left: its version (new, or the unchanged champion) and scores."""
+
+    stage: str
+    model: str
+    version: str
+    alias: str  # champion or challenger
+    skipped: bool  # data and config equal the champion's: nothing retrained
+    run_id: str  # the run that trained the version (for a skipped stage, the champion's)
+    base: dict[str, float]
+    tuned: dict[str, float]
+    # Aggregates over task families worth showing: held_in, held_out, evaluation.groups.
+    aggregates: tuple[str, ...] = ()
+
+    def exact_match(self) -> dict[str, dict[str, float]]:
+        """`{"base": {"all": .., "held_in": .., "held_out": .., <group>: ..}, "tuned": {..}}`
+        from the exact-match metrics the stage has (empty for raw text)."""
+        out: dict[str, dict[str, float]] = {}
+        for label, metrics in (("base", self.base), ("tuned", self.tuned)):
+            keys = {"all": "exact_match", **{a: f"exact_match.{a}" for a in self.aggregates}}
+            picked = {short: metrics[key] for short, key in keys.items() if key in metrics}
+            if picked:
+                out[label] = picked
+        return out
+
+
+def stage_outcome(stage: str, config: Any, result: Any) -> StageOutcome:
+    """A stage's outcome from its `retrain` result; a skipped stage's scores are those its
+    champion's own run logged."""
+    from mlflow.tracking import MlflowClient
+
+    name = config.registry.model_name
+    aggregates = ("held_in", "held_out", *config.evaluation.groups)
+    if not hasattr(result, "registration"):  # SkippedRun
+        client = MlflowClient(result.tracking_uri)
+        run_id = client.get_model_version(name, result.version).run_id
+        logged = client.get_run(run_id).data.metrics
+        base = {k[5:]: v for k, v in logged.items() if k.startswith("base.")}
+        tuned = {k[6:]: v for k, v in logged.items() if k.startswith("tuned.")}
+        return StageOutcome(
+            stage, name, result.version, "champion", True, run_id, base, tuned, aggregates
+        )
+    reg = result.registration
+    return StageOutcome(
+        stage,
+        name,
+        reg.version,
+        reg.alias,
+        False,
+        result.run_id,
+        result.base,
+        result.tuned,
+        aggregates,
+    )
+
+
+def plot_stages(stages: list[StageOutcome], path: Path) -> None:
+    """One panel per stage: exact match (overall, held-in, held-out, groups) base vs tuned for
+    a stage with answers, perplexity base vs tuned for raw text."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(stages), figsize=(4.5 * len(stages), 4), squeeze=False)
+    for ax, stage in zip(axes[0], stages, strict=True):
+        scores = stage.exact_match()
+        if scores:
+            names = list(scores.get("tuned", {}))
+            xs = range(len(names))
+            for offset, label in ((-0.2, "base"), (0.2, "tuned")):
+                values = [scores.get(label, {}).get(n, 0.0) for n in names]
+                ax.bar([x + offset for x in xs], values, width=0.4, label=label)
+            ax.set_xticks(list(xs), names, rotation=30, ha="right")
+            ax.set_ylim(0, 1)
+            ax.set_ylabel("exact match")
+        else:
+            values = [stage.base.get("perplexity", 0.0), stage.tuned.get("perplexity", 0.0)]
+            ax.bar(["base", "tuned"], values, color=["C0", "C1"])
+            ax.set_yscale("log")
+            ax.set_ylabel("perplexity (held-back text)")
+        ax.set_title(f"{stage.stage}: {stage.model} v{stage.version}")
+        if scores:
+            ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def stages_table(stages: list[StageOutcome]) -> str:
+    lines = [
+        "| stage | version | alias | skipped | metric | base | tuned |",
+        "|---|---|---|---|---|---:|---:|",
+    ]
+    for s in stages:
+        scores = s.exact_match()
+        shown = (
+            {f"exact_match.{k}": k for k in scores.get("tuned", {})}
+            if scores
+            else {"perplexity": "perplexity"}
+        )
+        for key, short in shown.items():
+            base = scores["base"].get(short) if scores else s.base.get(key)
+            tuned = scores["tuned"].get(short) if scores else s.tuned.get(key)
+            lines.append(
+                f"| {s.stage} | {s.model} v{s.version} | {s.alias} | {'yes' if s.skipped else 'no'}"
+                f" | {key.replace('.all', '')} | {_number(base)} | {_number(tuned)} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+@task(name="report_pipeline")
+def report_pipeline(
+    *, spec_name: str, stages: list[StageOutcome], tracking_uri: str, run_id: str
+) -> str:
+    """Logs the stages' scores (`<stage>.<base|tuned>.<metric>`), `pipeline.json`, the plot
+    `plots/pipeline.png` and a summary table to the pipeline's MLflow run and the Prefect UI."""
+    import tempfile
+    from dataclasses import asdict
+
+    from mlflow.tracking import MlflowClient
+    from prefect.artifacts import create_markdown_artifact
+
+    from tuneforge.tracking import MetricLogger
+
+    logger = MetricLogger(tracking_uri, run_id)
+    for s in stages:
+        for label, metrics in (("base", s.base), ("tuned", s.tuned)):
+            logger.log({f"{s.stage}.{label}.{k}": v for k, v in metrics.items()}, step=0)
+    logger.flush()
+    client = MlflowClient(tracking_uri)
+    client.log_dict(
+        run_id, {"pipeline": spec_name, "stages": [asdict(s) for s in stages]}, "pipeline.json"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        plot = Path(tmp) / "pipeline.png"
+        plot_stages(stages, plot)
+        client.log_artifact(run_id, str(plot), artifact_path="plots")
+    summary = f"# Pipeline {spec_name}\n\n{stages_table(stages)}"
+    client.log_text(run_id, summary, "summary.md")
+    create_markdown_artifact(summary, key="pipeline-summary", description="stages, base vs tuned")
     return summary

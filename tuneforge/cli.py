@@ -1,6 +1,7 @@
 """The `tuneforge` command line.
 
     tuneforge run deployments/presets/tiny-cpu.yaml [--set train.steps=50 ...] [--debug]
+    tuneforge pipeline deployments/pipelines/flan-mini.yaml [--set ...] [--json]
     tuneforge validate data/instructions.jsonl [--format jsonl] [--quarantine PATH] [--json]
     tuneforge evaluate models:/tuneforge-demo@champion data/instructions.jsonl [--json]
     tuneforge strategies [NAME] [--json]
@@ -112,6 +113,78 @@ def run(
         out.print(f"Skipped: {result.reason}", markup=False)
         return
     _print_summary(result)
+
+
+@app.command()
+def pipeline(
+    path: Annotated[
+        Path, typer.Argument(help="Pipeline file, e.g. deployments/pipelines/flan-mini.yaml")
+    ],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a key in every stage: --set train.seed=1"),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Retrain every stage, even unchanged ones")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="End with one JSON line: every stage's outcome")
+    ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks on the console too")
+    ] = False,
+) -> None:
+    """Run a pipeline: its stages in order, each a `retrain` from the version the one before
+    registered. Unchanged stages are skipped, so a re-run resumes where inputs changed."""
+    from tuneforge.config import ConfigError
+    from tuneforge.pipelines import check_pipeline, load_pipeline
+
+    _print_notes("tuneforge.config")
+    overrides = [*(set_ or [])]
+    try:
+        spec = load_pipeline(path, overrides)
+        check_pipeline(spec, overrides)
+    except ConfigError as exc:
+        _fail(str(exc))
+
+    from transformers.utils import logging as hf_logging
+
+    from tuneforge.flows.pipeline import pipeline as pipeline_flow
+    from tuneforge.prefect_server import PrefectServerError, prefect_api
+
+    hf_logging.disable_progress_bar()
+    if not debug:
+        _console_without_tracebacks()
+    try:
+        with prefect_api():
+            result = pipeline_flow(spec, overrides, force)
+    except PrefectServerError as exc:
+        _fail(str(exc))
+    except (ValueError, OSError) as exc:
+        if debug:
+            err.print_exception()
+        _fail(str(exc).strip().splitlines()[0])
+    from tuneforge.tasks.report import stages_table
+
+    out.print()
+    out.print(stages_table(result.stages), markup=False, highlight=False, soft_wrap=True)
+    out.print(f"Pipeline MLflow run {result.run_id} in {result.tracking_uri}", markup=False)
+    if as_json:
+        stages = [
+            {
+                "stage": s.stage,
+                "model": s.model,
+                "version": s.version,
+                "alias": s.alias,
+                "skipped": s.skipped,
+                "run_id": s.run_id,
+                "exact_match": s.exact_match(),
+                "base": s.base,
+                "tuned": s.tuned,
+            }
+            for s in result.stages
+        ]
+        print(json.dumps({"pipeline": result.name, "run_id": result.run_id, "stages": stages}))
 
 
 def _print_notes(logger_name: str) -> None:
@@ -669,8 +742,18 @@ def sample_data(
     path: Annotated[Path, typer.Argument(help="Output JSONL")] = Path("data/instructions.jsonl"),
     rows_per_family: int = 300,
     seed: int = 0,
+    flan_mini: Annotated[
+        bool,
+        typer.Option("--flan-mini", help="Write the FLAN-in-miniature corpus into the folder PATH"),
+    ] = False,
 ) -> None:
-    """Regenerate the bundled instruction dataset."""
+    """Regenerate the bundled instruction dataset (or, with --flan-mini, data/flan-mini)."""
+    if flan_mini:
+        from tuneforge.flan_mini import write_flan_mini
+
+        for name, n in write_flan_mini(path, seed).items():
+            out.print(f"wrote {n} rows to {path / name}")
+        return
     from tuneforge.sample_data import write_sample
 
     n = write_sample(path, rows_per_family, seed)

@@ -182,6 +182,9 @@ def test_deploys_with_schedules_and_pools(deployed):
         assert (schedule.cron, schedule.timezone) == ("0 2 * * *", "Europe/Berlin")
         assert nightly.work_pool_name == "cpu"
         assert client.read_deployment_by_name("retrain-preset/nightly-gpu").work_pool_name == "gpu"
+        weekly = client.read_deployment_by_name("pipeline-file/flan-mini-weekly")
+        assert weekly.parameters == {"path": "deployments/pipelines/flan-mini.yaml"}
+        assert weekly.schedules[0].schedule.cron == "0 4 * * 0"
         pool = client.read_work_pool("gpu")
         limits = pool.base_job_template["job_configuration"]["job_manifest"]["spec"]["template"]
         assert "nvidia.com/gpu" in limits["spec"]["containers"][0]["resources"]["limits"]

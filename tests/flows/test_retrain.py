@@ -306,6 +306,7 @@ def test_unchanged_data_and_config_skip_retraining(runs, mlflow_server):
     _, _, chained, _, again = runs
     assert isinstance(again, SkippedRun)
     assert f"version {chained.registration.version} (champion)" in again.reason
+    assert again.version == chained.registration.version
     client = MlflowClient(mlflow_server)
     run = client.get_run(again.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["tuneforge.skipped"] == again.reason
