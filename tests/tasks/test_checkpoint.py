@@ -41,7 +41,7 @@ with open(losses, "a", buffering=1) as f:  # line by line: a kill loses nothing
             f.write(json.dumps([step, m["train.loss"]]) + "\\n")
 
     cfg = TrainConfig.model_validate_json(cfg)
-    train_model(base, read_jsonl(data), cfg, out, on_metrics=log, checkpoint_dir=ckpt)
+    train_model(base, read_jsonl(data), cfg, out, on_metrics=log, checkpoint_dir=ckpt or None)
 """
 
 
@@ -66,20 +66,17 @@ def _losses(path: Path) -> dict[int, float]:
 
 @pytest.fixture(scope="module")
 def reference(tiny_model_dir, bundled_records, tmp_path_factory):
-    """An uninterrupted run: its step losses and final adapter weights."""
+    """An uninterrupted run: its step losses and final adapter weights. Trained by the same
+    script in a fresh process, as the interrupted runs are: the pytest process's thread count
+    (which earlier tests may have set) would change float rounding, not what is tested."""
     out = tmp_path_factory.mktemp("reference")
-    losses: dict[int, float] = {}
-    cfg = TrainConfig(**LORA)
-    train_model(
-        tiny_model_dir,
-        bundled_records[:200],
-        cfg,
-        out / "model",
-        on_metrics=lambda step, m: (
-            losses.__setitem__(step, m["train.loss"]) if "train.loss" in m else None
-        ),
-    )
-    return losses, load_file(out / "model" / "adapter_model.safetensors")
+    data = out / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in bundled_records[:200]))
+    cfg = TrainConfig(**LORA).model_dump_json()
+    args = [str(tiny_model_dir), str(data), cfg, str(out / "model"), "", str(out / "losses")]
+    _, stderr = _start(args).communicate(timeout=180)
+    assert (out / "model").exists(), stderr
+    return _losses(out / "losses"), load_file(out / "model" / "adapter_model.safetensors")
 
 
 def test_killed_then_disk_full_then_resumed_run_ends_like_an_uninterrupted_one(
