@@ -25,7 +25,7 @@ from tuneforge.batching import IGNORE_INDEX, Example
 from tuneforge.plugins.strategy import TuningStrategy
 from tuneforge.prompts import end_of_turn_id
 
-__all__ = ["check_strategy", "sample_records", "tiny_checkpoint"]
+__all__ = ["check_evaluator", "check_strategy", "sample_records", "tiny_checkpoint"]
 
 _UNKNOWN_KEY = "tuneforge_check_unknown_key"
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
@@ -245,6 +245,84 @@ def check_strategy(
     )
 
 
+def check_evaluator(
+    evaluator_cls: type, settings: BaseModel | dict[str, Any] | None = None
+) -> None:
+    """Checks that an evaluation metric fulfils the `Evaluator` contract.
+
+    In order, stopping at the first violation: the class has non-empty str `name` and
+    `description`, a bool `higher_is_better` and a pydantic `Settings` model that validates
+    `settings` and rejects unknown keys; `evaluator_cls(settings)` is an `Evaluator`; on answers
+    drawn from `sample_records()` (each expected answer itself, an empty answer, another row's
+    answer) `score` returns finite numbers, the same ones when asked twice; the expected answer
+    scores at least as well as an empty one; `score_batch`, when defined, returns one number
+    per answer, equal to `score`'s.
+
+    Raises:
+        AssertionError: on the first violation, with a message saying what is wrong.
+    """
+    import math
+
+    from tuneforge.plugins.evaluator import Evaluator
+    from tuneforge.prompts import split_turns
+
+    label = getattr(evaluator_cls, "__qualname__", repr(evaluator_cls))
+    settings_obj = _check_class(evaluator_cls, label, settings)
+    higher = getattr(evaluator_cls, "higher_is_better", None)
+    _require(isinstance(higher, bool), f"{label}.higher_is_better must be a bool, got {higher!r}")
+    try:
+        evaluator = evaluator_cls(settings_obj)
+    except TypeError as exc:
+        raise AssertionError(
+            f"{label}(settings) failed: {exc}; instances are built as Evaluator(settings)"
+        ) from None
+    _require(
+        isinstance(evaluator, Evaluator),
+        f"{label}(settings) is not an Evaluator: it needs name, description, Settings, "
+        "higher_is_better and score",
+    )
+    records = sample_records(12)
+    expected = [split_turns(r)[1] for r in records]
+    cases = [(e, a, r) for e, r in zip(expected, records, strict=True) for a in (e, "")]
+    cases += [
+        (e, expected[i - 1], r) for i, (e, r) in enumerate(zip(expected, records, strict=True))
+    ]
+    scores = []
+    for exp, answer, record in cases:
+        value = evaluator.score(exp, answer, record)
+        where = f"{label}.score({exp!r}, {answer!r})"
+        _require(
+            isinstance(value, int | float) and not isinstance(value, bool),
+            f"{where} returned {type(value).__name__}, not a number",
+        )
+        _require(math.isfinite(value), f"{where} returned {value}, not a finite number")
+        _require(
+            evaluator.score(exp, answer, record) == value, f"{where} gives another value twice"
+        )
+        scores.append(float(value))
+    for i in range(0, 2 * len(records), 2):
+        right, empty = scores[i], scores[i + 1]
+        better = right >= empty if higher else right <= empty
+        _require(
+            better,
+            f"{label}: the expected answer {cases[i][0]!r} scores {right}, worse than an empty "
+            f"answer ({empty}) although higher_is_better={higher}",
+        )
+    batch = getattr(evaluator, "score_batch", None)
+    if batch is not None:
+        values = batch([c[0] for c in cases], [c[1] for c in cases], [c[2] for c in cases])
+        _require(
+            len(values) == len(cases),
+            f"{label}.score_batch returned {len(values)} numbers for {len(cases)} answers",
+        )
+        _require(
+            all(
+                math.isclose(float(v), s, abs_tol=1e-9) for v, s in zip(values, scores, strict=True)
+            ),
+            f"{label}.score_batch disagrees with score on the same answers",
+        )
+
+
 def _check_class(strategy_cls: type, label: str, settings: BaseModel | dict | None) -> BaseModel:
     """Checks the class attributes; returns the validated settings to build the strategy with."""
     _require(isinstance(strategy_cls, type), f"{label} is not a class")
@@ -270,7 +348,7 @@ def _check_class(strategy_cls: type, label: str, settings: BaseModel | dict | No
     except ValidationError as exc:
         given = "Settings()" if settings is None else f"settings {data!r}"
         raise AssertionError(
-            f"{label}.Settings rejects {given} (pass valid settings to check_strategy): {exc}"
+            f"{label}.Settings rejects {given} (pass valid settings to the check): {exc}"
         ) from None
     try:
         settings_cls.model_validate({**data, _UNKNOWN_KEY: 1})
@@ -278,7 +356,7 @@ def _check_class(strategy_cls: type, label: str, settings: BaseModel | dict | No
         pass
     else:
         raise AssertionError(
-            f"{label}.Settings accepts unknown keys, so a typo in train.settings would be "
+            f"{label}.Settings accepts unknown keys, so a typo in its settings would be "
             "silently ignored; use model_config = ConfigDict(extra='forbid')"
         )
     return settings_obj

@@ -1,0 +1,1 @@
+"""tuneforge-jsonvalid: the `json_valid` evaluation metric for tuneforge."""
