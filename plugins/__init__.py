@@ -3,6 +3,8 @@
     from tuneforge.plugins import IGNORE_INDEX, Example, TuningStrategy, tokenize_prompt_response
     from tuneforge.plugins import tokenize_text_blocks   # raw text (data.schema: text)
     from tuneforge.plugins.testing import check_strategy, sample_records, tiny_checkpoint
+    from tuneforge.plugins import Evaluator    # an evaluation metric (tuneforge.evaluators)
+    from tuneforge.plugins.testing import check_evaluator
 
 These names, and `tuneforge.plugins.testing`, are the stable API (docs/writing-a-strategy.md);
 everything else in tuneforge may change between versions. The built-in strategies (`full`,
@@ -10,6 +12,7 @@ everything else in tuneforge may change between versions. The built-in strategie
 """
 
 from tuneforge.batching import IGNORE_INDEX, Example
+from tuneforge.plugins.evaluator import Evaluator
 from tuneforge.plugins.examples import (
     check_chat_template,
     tokenize_prompt_response,
@@ -19,6 +22,7 @@ from tuneforge.plugins.strategy import TuningStrategy
 
 __all__ = [
     "IGNORE_INDEX",
+    "Evaluator",
     "Example",
     "TuningStrategy",
     "check_chat_template",

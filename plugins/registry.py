@@ -1,10 +1,10 @@
-"""Finds tuning strategies through the `tuneforge.strategies` entry-point group, and parses
-their settings.
+"""Finds plugins through entry-point groups, `tuneforge.strategies` (tuning strategies) and
+`tuneforge.evaluators` (evaluation metrics), and parses strategies' settings.
 
-Built-in strategies are registered in tuneforge's own pyproject.toml exactly like a third-party
-plugin's, so there is one way in. A plugin that fails to import is skipped with a warning (one
-broken package must not take down every run); asking for an unknown name fails with the list
-of names that are available; a name two distributions register fails naming both.
+Built-in strategies and evaluators are registered in tuneforge's own pyproject.toml exactly like
+a third-party plugin's, so there is one way in. A plugin that fails to import is skipped with a
+warning (one broken package must not take down every run); asking for an unknown name fails
+with the list of names that are available; a name two distributions register fails naming both.
 `parse_settings` is the one place `train.settings` becomes a strategy's own `Settings`.
 """
 
@@ -21,93 +21,135 @@ from pydantic import BaseModel
 
 from tuneforge.plugins.strategy import TuningStrategy
 
-ENTRY_POINT_GROUP = "tuneforge.strategies"
+STRATEGIES = ENTRY_POINT_GROUP = "tuneforge.strategies"
+EVALUATORS = "tuneforge.evaluators"
+_KINDS = {STRATEGIES: "strategy", EVALUATORS: "evaluator"}
 
 
-class UnknownStrategyError(LookupError):
+class UnknownPluginError(LookupError):
     def __str__(self) -> str:  # LookupError would quote the message
         return str(self.args[0])
+
+
+class UnknownStrategyError(UnknownPluginError):
+    pass
 
 
 class StrategyConflictError(UnknownStrategyError):
     """Two installed distributions register the same strategy name."""
 
 
+class UnknownEvaluatorError(UnknownPluginError):
+    """No evaluator of that name, or two distributions register it."""
+
+
 @dataclass(frozen=True)
-class StrategyInfo:
+class PluginInfo:
     name: str
-    cls: type[TuningStrategy]
+    cls: type[Any]
     package: str  # the distribution that registered it
     version: str  # that distribution's version
     target: str  # the entry point's `module:Class`
+    kind: str = "strategy"  # or evaluator
 
     @property
     def label(self) -> str:
         """`strategy 'bitfit' (tuneforge-bitfit 0.1.0)`: how errors name it."""
-        return f"strategy {self.name!r} ({self.package} {self.version})"
+        return f"{self.kind} {self.name!r} ({self.package} {self.version})"
 
 
-def _entry_points() -> list[EntryPoint]:
-    return list(entry_points(group=ENTRY_POINT_GROUP))
+StrategyInfo = PluginInfo  # a strategy's registration
+
+
+def _entry_points(group: str = STRATEGIES) -> list[EntryPoint]:
+    return list(entry_points(group=group))
 
 
 @dataclass(frozen=True)
 class Discovery:
-    strategies: dict[str, StrategyInfo]
-    conflicts: dict[str, list[StrategyInfo]]  # names registered more than once
+    plugins: dict[str, PluginInfo]
+    conflicts: dict[str, list[PluginInfo]]  # names registered more than once
+
+    @property
+    def strategies(self) -> dict[str, PluginInfo]:
+        return self.plugins
 
 
-@cache
-def discover() -> Discovery:
-    """Imports every registered strategy; broken ones warn and are left out, and a name
-    registered by two distributions is set aside as a conflict (it warns, and using it fails)."""
-    seen: dict[str, list[StrategyInfo]] = {}
-    for ep in _entry_points():
+def _discover(group: str) -> Discovery:
+    """Imports every plugin registered in `group`; broken ones warn and are left out, and a
+    name registered by two distributions is set aside as a conflict (it warns, and using it
+    fails)."""
+    kind = _KINDS[group]
+    seen: dict[str, list[PluginInfo]] = {}
+    for ep in _entry_points(group):
         try:
             cls = ep.load()
         except Exception as exc:  # any import-time failure of third-party code
             warnings.warn(
-                f"tuneforge strategy plugin {ep.name!r} ({ep.value}) failed to load and is "
+                f"tuneforge {kind} plugin {ep.name!r} ({ep.value}) failed to load and is "
                 f"skipped: {type(exc).__name__}: {exc}",
-                stacklevel=2,
+                stacklevel=3,
             )
             continue
         dist = ep.dist
-        info = StrategyInfo(
+        info = PluginInfo(
             name=ep.name,
             cls=cls,
             package=dist.name if dist else "unknown",
             version=dist.version if dist else "unknown",
             target=ep.value,
+            kind=kind,
         )
         seen.setdefault(ep.name, []).append(info)
     conflicts = {name: infos for name, infos in seen.items() if len(infos) > 1}
     for name, infos in conflicts.items():
-        warnings.warn(_conflict_message(name, infos), stacklevel=2)
-    strategies = {name: infos[0] for name, infos in seen.items() if name not in conflicts}
-    return Discovery(strategies, conflicts)
+        warnings.warn(_conflict_message(name, infos), stacklevel=3)
+    plugins = {name: infos[0] for name, infos in seen.items() if name not in conflicts}
+    return Discovery(plugins, conflicts)
 
 
-def _conflict_message(name: str, infos: list[StrategyInfo]) -> str:
+@cache
+def discover() -> Discovery:
+    """Every registered strategy (`tuneforge.strategies`), imported."""
+    return _discover(STRATEGIES)
+
+
+@cache
+def discover_evaluators() -> Discovery:
+    """Every registered evaluator (`tuneforge.evaluators`), imported."""
+    return _discover(EVALUATORS)
+
+
+def _conflict_message(name: str, infos: list[PluginInfo]) -> str:
     both = " and ".join(f"{i.package} {i.version} ({i.target})" for i in infos)
-    return f"strategy {name!r} is registered by {both}; uninstall one of them to use it"
+    return f"{infos[0].kind} {name!r} is registered by {both}; uninstall one of them to use it"
 
 
-def discover_strategies() -> dict[str, StrategyInfo]:
+def _info(found: Discovery, name: str, kind: str, unknown: type, conflict: type) -> PluginInfo:
+    if name in found.conflicts:
+        raise conflict(_conflict_message(name, found.conflicts[name]))
+    if name not in found.plugins:
+        available = ", ".join(sorted(found.plugins)) or "none"
+        raise unknown(f"unknown {kind} {name!r}; available: {available}")
+    return found.plugins[name]
+
+
+def discover_strategies() -> dict[str, PluginInfo]:
     """Every usable strategy by name (conflicting names left out)."""
-    return discover().strategies
+    return discover().plugins
 
 
-def strategy_info(name: str) -> StrategyInfo:
+def strategy_info(name: str) -> PluginInfo:
     """The registration of strategy `name`; `UnknownStrategyError` (or its subclass
     `StrategyConflictError`) in one line otherwise."""
-    found = discover()
-    if name in found.conflicts:
-        raise StrategyConflictError(_conflict_message(name, found.conflicts[name]))
-    if name not in found.strategies:
-        available = ", ".join(sorted(found.strategies)) or "none"
-        raise UnknownStrategyError(f"unknown strategy {name!r}; available: {available}")
-    return found.strategies[name]
+    return _info(discover(), name, "strategy", UnknownStrategyError, StrategyConflictError)
+
+
+def evaluator_info(name: str) -> PluginInfo:
+    """The registration of evaluator `name`; `UnknownEvaluatorError` in one line otherwise."""
+    return _info(
+        discover_evaluators(), name, "evaluator", UnknownEvaluatorError, UnknownEvaluatorError
+    )
 
 
 def load_strategy(name: str) -> type[TuningStrategy]:

@@ -4,7 +4,9 @@ The same function scores the base and the tuned model, so the two are comparable
 - `eval_loss` is the mean cross-entropy over response tokens given the prompt (the part a user
   cares about; prompt tokens are not scored), `perplexity` is its exponential;
 - `exact_match` is the share of greedy generations equal to the expected answer after trimming
-  surrounding whitespace, overall and per task family (`exact_match.<task>`).
+  surrounding whitespace, overall and per task family (`exact_match.<task>`); every other
+  evaluator in `evaluation.metrics` (ROUGE-L by default, plugins through the
+  `tuneforge.evaluators` entry points) is aggregated the same way.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import math
 import re
 from collections import defaultdict
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -104,16 +105,50 @@ def metric_safe(name: str) -> str:
     return re.sub(r"[^\w\-. /]", "_", name)
 
 
-@cache
-def _rouge_scorer() -> Any:
-    from rouge_score import rouge_scorer
-
-    return rouge_scorer.RougeScorer(["rougeL"])
+class EvaluatorError(ValueError):
+    """An evaluator plugin failed: one line naming it and its distribution."""
 
 
-def rouge_l(expected: str, answer: str) -> float:
-    """ROUGE-L F1 (longest common subsequence of words), Google's `rouge-score` package."""
-    return _rouge_scorer().score(expected, answer)["rougeL"].fmeasure
+def build_evaluators(cfg: EvalConfig | None = None) -> list[tuple[str, Any]]:
+    """`(name, evaluator)` for each metric `cfg` scores (`exact_match`, then
+    `evaluation.metrics`; by default `rouge_l`), built with its settings."""
+    from tuneforge.plugins.registry import evaluator_info
+
+    built = []
+    for name, settings in (cfg or EvalConfig()).evaluator_settings().items():
+        info = evaluator_info(name)
+        try:
+            built.append((name, info.cls(settings)))
+        except Exception as exc:  # third-party code: say whose
+            raise EvaluatorError(f"{info.label}: building it: {exc}") from exc
+    return built
+
+
+def _values(
+    name: str, evaluator: Any, expected: list[str], answers: list[str], records: list[dict]
+) -> list[float]:
+    """One evaluator's score of every answer (its `score_batch` when it has one)."""
+    try:
+        batch = getattr(evaluator, "score_batch", None)
+        if batch is not None:
+            values = [float(v) for v in batch(expected, answers, records)]
+        else:
+            values = [
+                float(evaluator.score(e, a, r))
+                for e, a, r in zip(expected, answers, records, strict=True)
+            ]
+    except Exception as exc:  # third-party code: say whose
+        from tuneforge.plugins.registry import evaluator_info
+
+        raise EvaluatorError(f"{evaluator_info(name).label}: score: {exc}") from exc
+    if len(values) != len(answers) or not all(math.isfinite(v) for v in values):
+        from tuneforge.plugins.registry import evaluator_info
+
+        raise EvaluatorError(
+            f"{evaluator_info(name).label}: score gave {len(values)} finite numbers for "
+            f"{len(answers)} answers"
+        )
+    return values
 
 
 def score(
@@ -121,43 +156,45 @@ def score(
     answers: list[str],
     holdout_tasks: list[str] | tuple[str, ...] = (),
     groups: dict[str, list[str]] | None = None,
+    evaluators: list[tuple[str, Any]] | None = None,
 ) -> tuple[dict[str, float], list[dict]]:
-    """Exact match and ROUGE-L, overall, per task family, (with `holdout_tasks`) for the
-    held-in and held-out families, and per named group of families (`evaluation.groups`); plus
-    one row per example for inspection."""
-    found: dict[str, list[tuple[bool, float]]] = defaultdict(list)
+    """Every evaluator's mean score (`build_evaluators`: exact match and ROUGE-L by default),
+    overall, per task family, (with `holdout_tasks`) for the held-in and held-out families,
+    and per named group of families (`evaluation.groups`); plus one row per example for
+    inspection and the gate's paired test (`exact` and each evaluator's value)."""
+    evaluators = build_evaluators() if evaluators is None else evaluators
+    expected = [split_turns(r)[1] for r in records]
+    values = {name: _values(name, e, expected, answers, records) for name, e in evaluators}
+    found: dict[str, list[int]] = defaultdict(list)
     rows = []
-    for rec, answer in zip(records, answers, strict=True):
-        expected = split_turns(rec)[1]
-        hit, overlap = answer.strip() == expected.strip(), rouge_l(expected, answer)
+    for i, (rec, answer) in enumerate(zip(records, answers, strict=True)):
         family = rec.get("task") or "untagged"
-        task = metric_safe(family)
-        keys = ["", f".{task}"]
+        keys = ["", f".{metric_safe(family)}"]
         if holdout_tasks:
             keys.append(".held_out" if family in holdout_tasks else ".held_in")
         keys += [f".{name}" for name, members in (groups or {}).items() if family in members]
         for key in keys:
-            found[key].append((hit, overlap))
-        prompt = split_turns(rec)[0][-1]["content"]
-        rows.append(
-            {
-                "row": rec["row"],
-                "task": rec.get("task"),
-                "prompt": prompt,
-                "expected": expected,
-                "answer": answer,
-                "exact": hit,
-                "rouge_l": overlap,
-            }
-        )
+            found[key].append(i)
+        row = {
+            "row": rec["row"],
+            "task": rec.get("task"),
+            "prompt": split_turns(rec)[0][-1]["content"],
+            "expected": expected[i],
+            "answer": answer,
+        }
+        for name, scored in values.items():
+            row["exact" if name == "exact_match" else name] = (
+                bool(scored[i]) if name == "exact_match" else scored[i]
+            )
+        rows.append(row)
     metrics: dict[str, float] = {}
     named = {".held_in", ".held_out", *(f".{name}" for name in groups or {})}
     families = {k for k in found if k and k not in named}
-    for key, values in sorted(found.items()):
+    for key, members in sorted(found.items()):
         if key in families and len(families) == 1:
             continue  # one family: its figures are the overall ones
-        metrics[f"exact_match{key}"] = sum(h for h, _ in values) / len(values)
-        metrics[f"rouge_l{key}"] = sum(r for _, r in values) / len(values)
+        for name, scored in values.items():
+            metrics[f"{name}{key}"] = sum(scored[i] for i in members) / len(members)
     return metrics, rows
 
 
@@ -204,7 +241,7 @@ def evaluate_records(
     generated: dict[int, dict] = {}
     if chat:
         answers = generate_answers(model, tokenizer, chat, cfg.max_new_tokens, cfg.batch_size)
-        metrics, scored = score(chat, answers, holdout_tasks, cfg.groups)
+        metrics, scored = score(chat, answers, holdout_tasks, cfg.groups, build_evaluators(cfg))
         generated = {row["row"]: row for row in scored}
     rows = []  # one per record scored: its generation (if any) and its own loss
     for rec, (summed, n) in zip(records, per_record, strict=True):

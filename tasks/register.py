@@ -296,8 +296,9 @@ def paired_gate(
     if cfg.max_p_value is None:
         return None
     family = cfg.metric.split(".", 1)[0]
-    key = {"exact_match": "exact", "rouge_l": "rouge_l"}.get(family, "loss")
-    sign = 1 if key != "loss" else -1  # a lower loss is better
+    # Per row: `exact` for exact match, the evaluator's own value, or the loss (both losses).
+    key = {"exact_match": "exact", "eval_loss": "loss", "perplexity": "loss"}.get(family, family)
+    sign = 1 if cfg.higher_wins else -1
     wins = losses = 0
     for row in tuned:
         other = base.get(row["row"])

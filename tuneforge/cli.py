@@ -5,6 +5,7 @@
     tuneforge validate data/instructions.jsonl [--format jsonl] [--quarantine PATH] [--json]
     tuneforge evaluate models:/tuneforge-demo@champion data/instructions.jsonl [--json]
     tuneforge strategies [NAME] [--json]
+    tuneforge evaluators [NAME] [--json]
     tuneforge models list|show|compare|promote|rollback [--json]
     tuneforge slots list|release MODEL [--json]
     tuneforge data push data/instructions.jsonl
@@ -457,31 +458,44 @@ def strategies(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
 ) -> None:
     """List the tuning strategies found through the `tuneforge.strategies` entry points."""
-    from tuneforge.plugins.registry import (
-        UnknownStrategyError,
-        describe_settings,
-        discover,
-        strategy_info,
-    )
+    from tuneforge.plugins.registry import discover, strategy_info
 
-    found = discover()
+    _list_plugins("strategies", discover(), strategy_info, name, as_json)
+
+
+@app.command()
+def evaluators(
+    name: Annotated[str | None, typer.Argument(help="One evaluator, with its settings")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
+) -> None:
+    """List the evaluation metrics found through the `tuneforge.evaluators` entry points."""
+    from tuneforge.plugins.registry import discover_evaluators, evaluator_info
+
+    _list_plugins("evaluators", discover_evaluators(), evaluator_info, name, as_json)
+
+
+def _list_plugins(command: str, found: Any, info_of: Any, name: str | None, as_json: bool) -> None:
+    from tuneforge.plugins.registry import UnknownPluginError, describe_settings
+
     if name is not None:
         try:
-            infos = [strategy_info(name)]
-        except UnknownStrategyError as exc:
+            infos = [info_of(name)]
+        except UnknownPluginError as exc:
             _fail(str(exc))
     else:
-        infos = [found.strategies[key] for key in sorted(found.strategies)]
-    listing = [
-        {
+        infos = [found.plugins[key] for key in sorted(found.plugins)]
+    listing = []
+    for info in infos:
+        item = {
             "name": info.name,
             "description": info.cls.description,
             "package": info.package,
             "version": info.version,
             "settings": describe_settings(info.cls.Settings),
         }
-        for info in infos
-    ]
+        if info.kind == "evaluator":
+            item["higher_is_better"] = info.cls.higher_is_better
+        listing.append(item)
     if as_json:
         print(json.dumps(listing, default=str))
         return
@@ -497,7 +511,7 @@ def strategies(
                 out.print(f"        {field['description']}", markup=False, highlight=False)
     if name is None:
         for conflict in sorted(found.conflicts):
-            err.print(f"{conflict}: registered twice, unusable (tuneforge strategies {conflict})")
+            err.print(f"{conflict}: registered twice, unusable (tuneforge {command} {conflict})")
 
 
 models_app = typer.Typer(

@@ -312,6 +312,58 @@ class EvalConfig(Strict):
         ),
     )
 
+    metrics: list[str] = Field(
+        ["rouge_l"],
+        description=(
+            "Evaluators (tuneforge.evaluators entry points: tuneforge evaluators) scored on "
+            "every generated answer besides exact_match, which is always scored (the gate's "
+            "min_correct counts it). Each costs its own scoring, not another generation."
+        ),
+    )
+    metric_settings: dict[str, dict[str, Any]] = Field(
+        {},
+        description="Settings per evaluator, validated by its own Settings, e.g. "
+        "{json_valid: {required_keys: [name]}}.",
+    )
+
+    @field_validator("metrics")
+    @classmethod
+    def _evaluators_are_registered(cls, metrics: list[str]) -> list[str]:
+        from tuneforge.plugins.registry import UnknownEvaluatorError, evaluator_info
+
+        for name in metrics:
+            try:
+                evaluator_info(name)
+            except UnknownEvaluatorError as exc:
+                raise ValueError(str(exc)) from None
+        return list(dict.fromkeys(metrics))
+
+    @model_validator(mode="after")
+    def _settings_name_scored_evaluators(self) -> EvalConfig:
+        scored = self.evaluator_names()
+        for name in self.metric_settings:
+            if name not in scored:
+                raise ValueError(
+                    f"metric_settings.{name}: not among the scored metrics ({', '.join(scored)})"
+                )
+        return self
+
+    def evaluator_names(self) -> list[str]:
+        """What is scored on every answer: exact_match, then `metrics`."""
+        return list(dict.fromkeys(["exact_match", *self.metrics]))
+
+    def evaluator_settings(self) -> dict[str, BaseModel]:
+        """Each scored evaluator's settings as its own `Settings` model (pydantic's
+        `ValidationError` for bad keys or values)."""
+        from tuneforge.plugins.registry import evaluator_info
+
+        return {
+            name: evaluator_info(name).cls.Settings.model_validate(
+                self.metric_settings.get(name, {})
+            )
+            for name in self.evaluator_names()
+        }
+
     @field_validator("groups")
     @classmethod
     def _group_names_are_words(cls, groups: dict[str, list[str]]) -> dict[str, list[str]]:
@@ -321,7 +373,17 @@ class EvalConfig(Strict):
         return groups
 
 
-METRICS = {"exact_match": True, "rouge_l": True, "eval_loss": False, "perplexity": False}
+LOSS_METRICS = ("eval_loss", "perplexity")  # lower is better; every other is an evaluator's
+
+
+def higher_is_better(metric: str) -> bool:
+    """The natural direction of `metric` (`json_valid.held_out`: its evaluator's)."""
+    family = metric.split(".", 1)[0]
+    if family in LOSS_METRICS:
+        return False
+    from tuneforge.plugins.registry import evaluator_info
+
+    return bool(evaluator_info(family).cls.higher_is_better)
 
 
 class RegistryConfig(Strict):
@@ -330,10 +392,11 @@ class RegistryConfig(Strict):
     model_name: str = Field("tuneforge-demo", min_length=1, max_length=200)
     # The candidate takes the `champion` alias only when it beats the base and the current
     # champion on this metric, all three scored on this run's eval split; otherwise it becomes
-    # `challenger`. One of exact_match, rouge_l, eval_loss, perplexity, optionally narrowed to
-    # a task family or to held_in / held_out (e.g. exact_match.held_out).
+    # `challenger`. eval_loss, perplexity, or an evaluator's metric scored in evaluation
+    # (exact_match, rouge_l, a plugin's), optionally narrowed to a task family, held_in /
+    # held_out or an evaluation group (e.g. exact_match.held_out).
     metric: str = "exact_match"
-    # None: decided by the metric (exact_match and rouge_l up, eval_loss and perplexity down).
+    # None: decided by the metric (evaluators say; eval_loss and perplexity down).
     higher_is_better: bool | None = None
     # Margin over the current champion needed to take the alias. Retraining on unchanged data
     # scores about the same; a small margin keeps the alias from flapping on noise.
@@ -389,13 +452,16 @@ class RegistryConfig(Strict):
     @field_validator("metric")
     @classmethod
     def _metric_is_known(cls, metric: str) -> str:
-        if metric.split(".", 1)[0] not in METRICS:
-            raise ValueError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
+        from tuneforge.plugins.registry import discover_evaluators
+
+        known = [*LOSS_METRICS, *sorted(discover_evaluators().plugins)]
+        if metric.split(".", 1)[0] not in known:
+            raise ValueError(f"unknown metric {metric!r}; use one of {', '.join(known)}")
         return metric
 
     @model_validator(mode="after")
     def _direction_matches_metric(self) -> RegistryConfig:
-        natural = METRICS[self.metric.split(".", 1)[0]]
+        natural = higher_is_better(self.metric)
         if self.higher_is_better is not None and self.higher_is_better != natural:
             better = "higher" if natural else "lower"
             raise ValueError(
@@ -406,7 +472,7 @@ class RegistryConfig(Strict):
 
     @property
     def higher_wins(self) -> bool:
-        return METRICS[self.metric.split(".", 1)[0]]
+        return higher_is_better(self.metric)
 
 
 class TrackingConfig(Strict):
@@ -497,6 +563,16 @@ class RunConfig(Strict):
         return self
 
     @model_validator(mode="after")
+    def _registry_metric_is_scored(self) -> RunConfig:
+        family = self.registry.metric.split(".", 1)[0]
+        if family not in LOSS_METRICS and family not in self.evaluation.evaluator_names():
+            raise ValueError(
+                f"registry.metric {self.registry.metric!r}: {family} is not scored; add it to "
+                "evaluation.metrics"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _raw_text_needs_a_loss_metric_and_a_text_strategy(self) -> RunConfig:
         # Raw text has no answers to generate, so only the loss metrics exist; and only
         # strategies that say so train on it. (A file `auto` recognises as text is caught at
@@ -508,7 +584,7 @@ class RunConfig(Strict):
         text_only = not getattr(info.cls, "trains_chat", True)
         if self.data.schema_ != "text" and not text_only:
             return self
-        if self.registry.metric.split(".", 1)[0] not in ("eval_loss", "perplexity"):
+        if self.registry.metric.split(".", 1)[0] not in LOSS_METRICS:
             where = "data.schema text" if self.data.schema_ == "text" else self.train.strategy
             raise ValueError(
                 f"registry.metric {self.registry.metric!r} is not measured on raw text "
@@ -573,6 +649,15 @@ def parse_config(data: dict[str, Any], source: str = "config") -> RunConfig:
         cfg.train.strategy_settings()
     except ValidationError as exc:
         raise ConfigError(format_errors(source, exc, prefix="train.settings.")) from None
+    from tuneforge.plugins.registry import evaluator_info
+
+    for name in cfg.evaluation.evaluator_names():
+        raw = cfg.evaluation.metric_settings.get(name, {})
+        try:
+            evaluator_info(name).cls.Settings.model_validate(raw)
+        except ValidationError as exc:
+            prefix = f"evaluation.metric_settings.{name}."
+            raise ConfigError(format_errors(source, exc, prefix=prefix)) from None
     return cfg
 
 

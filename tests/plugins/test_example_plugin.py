@@ -9,18 +9,16 @@ started.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
-import shutil
 import subprocess
 import sys
-from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import BUNDLED_DATA, PRESET, REPO, set_args
+from tests.plugins.installed import installed
 
 pytestmark = pytest.mark.integration
 
@@ -29,50 +27,14 @@ DIST = "tuneforge-bitfit"
 MODEL = "it-bitfit"
 
 
-def _pip(*args: str) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "pip", *args], capture_output=True, text=True, check=False
-    )
-    assert done.returncode == 0, f"pip {' '.join(args)} failed:\n{done.stderr[-3000:]}"
-
-
-def _installed() -> bool:
-    try:
-        distribution(DIST)
-    except PackageNotFoundError:
-        return False
-    return True
-
-
-def _forget_plugin() -> None:
-    """Drops what this process cached about installed packages and the plugin module."""
-    from tuneforge.plugins import registry
-
-    for name in [m for m in sys.modules if m.partition(".")[0] == "tuneforge_bitfit"]:
-        del sys.modules[name]
-    importlib.invalidate_caches()
-    registry.discover.cache_clear()
-
-
 @pytest.fixture(scope="module")
 def bitfit(tmp_path_factory):
-    """Installs the example plugin (no deps, no build isolation: offline) and yields its class."""
+    """Installs the example plugin and yields its class."""
     pytest.importorskip("setuptools", reason="building the example plugin needs setuptools")
-    preinstalled = _installed()  # e.g. a developer's `pip install -e`: leave it in place
-    if not preinstalled:
-        src = tmp_path_factory.mktemp("plugin-src") / EXAMPLE.name
-        ignore = shutil.ignore_patterns("build", "*.egg-info", "__pycache__")
-        shutil.copytree(EXAMPLE, src, ignore=ignore)
-        _pip("install", "--no-deps", "--no-build-isolation", "-q", str(src))
-    _forget_plugin()
-    try:
+    with installed(EXAMPLE, DIST, "tuneforge_bitfit", tmp_path_factory.mktemp("plugin-src")):
         from tuneforge.plugins.registry import load_strategy
 
         yield load_strategy("bitfit")
-    finally:
-        if not preinstalled:
-            _pip("uninstall", "-y", DIST)
-        _forget_plugin()
 
 
 def test_cli_lists_the_installed_plugin_with_its_package_and_settings(bitfit):

@@ -11,10 +11,20 @@ from tuneforge.plugins.full import FullStrategy
 from tuneforge.plugins.strategy import TuningStrategy
 
 
+def _only_strategies(eps: list):
+    """Fake strategy entry points; every other group (evaluators) stays the real one."""
+    real = registry._entry_points
+
+    def fake(group: str = registry.STRATEGIES) -> list:
+        return list(eps) if group == registry.STRATEGIES else real(group)
+
+    return fake
+
+
 @pytest.fixture
 def fake_entry_points(monkeypatch):
     def install(*eps: EntryPoint) -> None:
-        monkeypatch.setattr(registry, "_entry_points", lambda: list(eps))
+        monkeypatch.setattr(registry, "_entry_points", _only_strategies(list(eps)))
         registry.discover.cache_clear()
 
     yield install
@@ -82,7 +92,7 @@ def test_a_name_two_distributions_register_is_an_error_naming_both(monkeypatch):
         _FakeEntryPoint("x", "tuneforge.plugins.full:FullStrategy", _FakeDist("pkg-a", "1.0")),
         _FakeEntryPoint("x", "tuneforge.plugins.lora:LoraStrategy", _FakeDist("pkg-b", "2.1")),
     ]
-    monkeypatch.setattr(registry, "_entry_points", lambda: eps)
+    monkeypatch.setattr(registry, "_entry_points", _only_strategies(eps))
     registry.discover.cache_clear()
     try:
         with pytest.warns(UserWarning, match="'x' is registered by pkg-a 1.0"):
