@@ -27,7 +27,11 @@ def _tuneforge_imports(path: Path) -> set[str]:
     "path",
     [
         *sorted((REPO / "examples" / "tuneforge-bitfit").rglob("*.py")),
-        *(REPO / "plugins" / f"{name}.py" for name in ("full", "instruction", "lora")),
+        *sorted((REPO / "examples" / "tuneforge-jsonvalid").rglob("*.py")),
+        *(
+            REPO / "plugins" / f"{name}.py"
+            for name in ("full", "instruction", "lora", "pretrain", "exact_match", "rouge_l")
+        ),
     ],
     ids=lambda p: str(p.relative_to(REPO)),
 )
@@ -41,13 +45,19 @@ def test_the_public_names_are_there():
 
     assert set(api.__all__) == {
         "IGNORE_INDEX",
+        "Evaluator",
         "Example",
         "TuningStrategy",
         "check_chat_template",
         "tokenize_prompt_response",
         "tokenize_text_blocks",
     }
-    assert set(kit.__all__) == {"check_strategy", "sample_records", "tiny_checkpoint"}
+    assert set(kit.__all__) == {
+        "check_evaluator",
+        "check_strategy",
+        "sample_records",
+        "tiny_checkpoint",
+    }
     assert api.IGNORE_INDEX == -100
 
 
