@@ -138,17 +138,18 @@ def _values(
                 for e, a, r in zip(expected, answers, records, strict=True)
             ]
     except Exception as exc:  # third-party code: say whose
-        from tuneforge.plugins.registry import evaluator_info
-
-        raise EvaluatorError(f"{evaluator_info(name).label}: score: {exc}") from exc
+        raise EvaluatorError(f"{_label(name)}: score: {exc}") from exc
     if len(values) != len(answers) or not all(math.isfinite(v) for v in values):
-        from tuneforge.plugins.registry import evaluator_info
-
         raise EvaluatorError(
-            f"{evaluator_info(name).label}: score gave {len(values)} finite numbers for "
-            f"{len(answers)} answers"
+            f"{_label(name)}: score gave {len(values)} finite numbers for {len(answers)} answers"
         )
     return values
+
+
+def _label(name: str) -> str:
+    from tuneforge.plugins.registry import evaluator_info
+
+    return evaluator_info(name).label
 
 
 def score(

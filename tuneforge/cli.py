@@ -90,9 +90,19 @@ def run(
     except ConfigError as exc:
         _fail(str(exc))
 
+    from tuneforge.flows.retrain import SkippedRun, retrain
+
+    result = _run_flow(lambda: retrain(cfg), debug)
+    if isinstance(result, SkippedRun):
+        out.print(f"Skipped: {result.reason}", markup=False)
+        return
+    _print_summary(result)
+
+
+def _run_flow(call: Any, debug: bool) -> Any:
+    """Runs `call()` (a flow) under a Prefect API, every failure one line on the console."""
     from transformers.utils import logging as hf_logging
 
-    from tuneforge.flows.retrain import SkippedRun, retrain
     from tuneforge.prefect_server import PrefectServerError, prefect_api
 
     hf_logging.disable_progress_bar()
@@ -100,20 +110,16 @@ def run(
         _console_without_tracebacks()
     try:
         with prefect_api():
-            result = retrain(cfg)
+            return call()
     except PrefectServerError as exc:
         _fail(str(exc))
     except (ValueError, OSError) as exc:
-        # Bad data, a model that cannot load, a strategy that fails, the mask audit, the split
-        # (ValueError); a full disk, an unwritable directory, a lost server (OSError): all say
-        # what went wrong in one line; Prefect has logged the details.
+        # Bad data, a model that cannot load, a strategy that fails, the mask audit, the split,
+        # a failed pipeline stage (ValueError); a full disk, an unwritable directory, a lost
+        # server (OSError): all say what went wrong in one line; Prefect has logged the details.
         if debug:
             err.print_exception()
         _fail(str(exc).strip().splitlines()[0])
-    if isinstance(result, SkippedRun):
-        out.print(f"Skipped: {result.reason}", markup=False)
-        return
-    _print_summary(result)
 
 
 @app.command()
@@ -148,24 +154,10 @@ def pipeline(
     except ConfigError as exc:
         _fail(str(exc))
 
-    from transformers.utils import logging as hf_logging
-
     from tuneforge.flows.pipeline import pipeline as pipeline_flow
-    from tuneforge.prefect_server import PrefectServerError, prefect_api
-
-    hf_logging.disable_progress_bar()
-    if not debug:
-        _console_without_tracebacks()
-    try:
-        with prefect_api():
-            result = pipeline_flow(spec, overrides, force)
-    except PrefectServerError as exc:
-        _fail(str(exc))
-    except (ValueError, OSError) as exc:
-        if debug:
-            err.print_exception()
-        _fail(str(exc).strip().splitlines()[0])
     from tuneforge.tasks.report import stages_table
+
+    result = _run_flow(lambda: pipeline_flow(spec, overrides, force), debug)
 
     out.print()
     out.print(stages_table(result.stages), markup=False, highlight=False, soft_wrap=True)

@@ -352,17 +352,16 @@ class EvalConfig(Strict):
         """What is scored on every answer: exact_match, then `metrics`."""
         return list(dict.fromkeys(["exact_match", *self.metrics]))
 
-    def evaluator_settings(self) -> dict[str, BaseModel]:
-        """Each scored evaluator's settings as its own `Settings` model (pydantic's
+    def settings_of(self, name: str) -> BaseModel:
+        """Evaluator `name`'s settings as its own `Settings` model (pydantic's
         `ValidationError` for bad keys or values)."""
         from tuneforge.plugins.registry import evaluator_info
 
-        return {
-            name: evaluator_info(name).cls.Settings.model_validate(
-                self.metric_settings.get(name, {})
-            )
-            for name in self.evaluator_names()
-        }
+        return evaluator_info(name).cls.Settings.model_validate(self.metric_settings.get(name, {}))
+
+    def evaluator_settings(self) -> dict[str, BaseModel]:
+        """Each scored evaluator's settings (`settings_of`)."""
+        return {name: self.settings_of(name) for name in self.evaluator_names()}
 
     @field_validator("groups")
     @classmethod
@@ -649,12 +648,9 @@ def parse_config(data: dict[str, Any], source: str = "config") -> RunConfig:
         cfg.train.strategy_settings()
     except ValidationError as exc:
         raise ConfigError(format_errors(source, exc, prefix="train.settings.")) from None
-    from tuneforge.plugins.registry import evaluator_info
-
     for name in cfg.evaluation.evaluator_names():
-        raw = cfg.evaluation.metric_settings.get(name, {})
         try:
-            evaluator_info(name).cls.Settings.model_validate(raw)
+            cfg.evaluation.settings_of(name)
         except ValidationError as exc:
             prefix = f"evaluation.metric_settings.{name}."
             raise ConfigError(format_errors(source, exc, prefix=prefix)) from None
