@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -327,7 +328,9 @@ class TrainingRun:
     def _setup_model(self) -> None:
         device = pick_device()
         if device.type == "cuda" and self.distributed:
-            device = torch.device("cuda", self.rank % torch.cuda.device_count())
+            # This node's processes share its GPUs (torchrun's LOCAL_RANK), one each.
+            local_rank = int(os.environ.get("LOCAL_RANK", self.rank))
+            device = torch.device("cuda", local_rank % torch.cuda.device_count())
             torch.cuda.set_device(device)  # FSDP and NCCL use the current device
         self.device = device
         model, self.tokenizer = self._load_base()
@@ -670,13 +673,19 @@ def train_distributed(
     eval_path: str | None = None,
     checkpoint_dir: str | Path | None = None,
 ) -> TrainResult:
-    """Runs `train_model` in `cfg.num_processes` torchrun processes and returns rank 0's
-    result; its step metrics reach `on_metrics` once the processes have finished."""
-    import json
+    """Runs `train_model` in processes of its own and returns rank 0's result; its step
+    metrics reach `on_metrics` once the processes have finished.
+
+    `cfg.num_processes` > 1 or `cfg.num_nodes` > 1: torchrun on this node (node 0 of a
+    multi-node run, see `tuneforge.multinode`); else one plain process, which keeps torch's
+    process-wide state (threads, RNG) to itself: how a sweep trains candidates side by side.
+    A ValueError in training (bad data or config) is raised here as one, so it is not retried."""
     import subprocess
     import tempfile
 
-    with tempfile.TemporaryDirectory(prefix="tuneforge-ddp-") as tmp:
+    from tuneforge import multinode
+
+    with tempfile.TemporaryDirectory(prefix="tuneforge-train-") as tmp:
         spec = {
             "base_dir": str(base_dir),
             "train_path": str(train_path),
@@ -688,23 +697,33 @@ def train_distributed(
             "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir else None,
             "metrics_path": f"{tmp}/metrics.jsonl",
             "result_path": f"{tmp}/result.json",
+            "error_path": f"{tmp}/error.json",
         }
         Path(tmp, "spec.json").write_text(json.dumps(spec))
-        command = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc_per_node={cfg.num_processes}",
-            "-m",
-            "tuneforge.tasks.distributed_train",
-            f"{tmp}/spec.json",
-        ]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        env = dict(os.environ)
+        if cfg.num_nodes > 1 or cfg.num_processes > 1:
+            rendezvous = None
+            if cfg.num_nodes > 1:
+                rendezvous = multinode.node_zero_rendezvous(
+                    cfg.num_nodes, cfg.num_processes, cfg.rendezvous
+                )
+            command = multinode.launcher_command(
+                num_nodes=cfg.num_nodes,
+                procs_per_node=cfg.num_processes,
+                rendezvous=rendezvous,
+                spec_path=f"{tmp}/spec.json",
+            )
+        else:
+            command = [sys.executable, "-m", multinode.TRAIN_MODULE, f"{tmp}/spec.json"]
+            if cfg.num_threads:  # size OpenMP's pool from the start, not only torch's
+                env["OMP_NUM_THREADS"] = str(cfg.num_threads)
+        done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+        if Path(spec["error_path"]).exists():
+            raise ValueError(json.loads(Path(spec["error_path"]).read_text())["error"])
         if done.returncode:
             tail = "\n".join(done.stderr.strip().splitlines()[-15:])
-            raise RuntimeError(f"distributed training failed ({done.returncode}):\n{tail}")
-        if on_metrics and Path(spec["metrics_path"]).exists():
+            raise RuntimeError(f"training process failed ({done.returncode}):\n{tail}")
+        if on_metrics:
             for line in Path(spec["metrics_path"]).read_text().splitlines():
                 entry = json.loads(line)
                 on_metrics(entry["step"], entry["values"])
@@ -733,13 +752,15 @@ def train_with_strategy(
     train: TrainConfig,
     checkpoint_dir: str,
     ctx: RunContext,
+    isolated: bool = False,
 ) -> TrainResult:
     """Trains with the configured strategy into `tuned/` in the run directory; logs metrics per
     step to the MLflow run, and tags it with the step whose weights were kept
     (`tuneforge.checkpoint_step`).
 
     Resumes from a matching checkpoint in `checkpoint_dir` (see `train_model`); the flow runs
-    this task with `train.retries` Prefect retries, each of which resumes."""
+    this task with `train.retries` Prefect retries, each of which resumes. `isolated` trains
+    in a process of its own even on one process (a sweep trains candidates side by side)."""
     logger = get_run_logger()
     metrics = MetricLogger(ctx.tracking_uri, ctx.run_id)
     out_dir = ctx.path("tuned")
@@ -772,7 +793,7 @@ def train_with_strategy(
         "dtype": ctx.model_dtype,
         "checkpoint_dir": checkpoint_dir,
     }
-    if train.num_processes > 1:
+    if train.num_processes > 1 or train.num_nodes > 1 or isolated:
         result = train_distributed(
             base_dir, train_path, train, out_dir, eval_path=eval_path, **common
         )

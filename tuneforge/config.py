@@ -135,6 +135,8 @@ TRAIN_NOT_SHAPING = {
     "retries",
     "deployment",
     "num_processes",
+    "num_nodes",
+    "rendezvous",
     "parallel",
     "padding_free",
     "gradient_checkpointing",
@@ -222,6 +224,15 @@ class TrainConfig(Strict):
     # CPU processes on gloo. batch_size stays the global batch, split evenly across processes,
     # so the loss curve matches a single process on the same batches.
     num_processes: int = Field(1, ge=1)
+    # Machines training together (torchrun's --nnodes), each running num_processes processes;
+    # batch_size splits over all of them. More than 1 needs a c10d rendezvous endpoint: node
+    # 0's HOST:PORT in `rendezvous`, or the multi-node work pool's (it sets
+    # TUNEFORGE_RENDEZVOUS on every node; docs/multi-node.md). Every node reads the base
+    # model, the data and checkpoints, so OUTPUT_DIR and the model cache must be on storage
+    # all nodes mount at the same path. Costs a network all-reduce of the gradients per step:
+    # worth it when one node's GPUs are too few, not before.
+    num_nodes: int = Field(1, ge=1)
+    rendezvous: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-]+:[0-9]+$")
     # How the processes share the model. ddp: a full replica each, gradients averaged; the
     # fastest while the model fits one device. fsdp: weights, gradients and optimizer state
     # sharded across processes (about 1/N of the memory each), with an all-gather per layer in
@@ -250,17 +261,18 @@ class TrainConfig(Strict):
 
     @model_validator(mode="after")
     def _batch_splits_across_processes(self) -> TrainConfig:
-        if self.batch_size % self.num_processes:
-            raise ValueError(
-                f"batch_size={self.batch_size} does not split over "
-                f"num_processes={self.num_processes}"
-            )
-        if self.parallel == "fsdp" and self.checkpoint_every and self.num_processes > 1:
+        world = self.num_processes * self.num_nodes
+        if self.batch_size % world:
+            over = f"num_processes={self.num_processes}"
+            if self.num_nodes > 1:
+                over += f" x num_nodes={self.num_nodes}"
+            raise ValueError(f"batch_size={self.batch_size} does not split over {over}")
+        if self.parallel == "fsdp" and self.checkpoint_every and world > 1:
             raise ValueError(
                 "train.checkpoint_every needs train.parallel=ddp (FSDP checkpoints are not "
                 "built yet); set train.checkpoint_every=0 to train with FSDP uncheckpointed"
             )
-        if self.parallel == "fsdp" and self.eval_every and self.num_processes > 1:
+        if self.parallel == "fsdp" and self.eval_every and world > 1:
             raise ValueError(
                 "train.eval_every needs train.parallel=ddp (periodic evaluation runs on one "
                 "process, and FSDP shards the weights across all of them)"
