@@ -673,13 +673,10 @@ def train_distributed(
     eval_path: str | None = None,
     checkpoint_dir: str | Path | None = None,
 ) -> TrainResult:
-    """Runs `train_model` in processes of its own and returns rank 0's result; its step
-    metrics reach `on_metrics` once the processes have finished.
-
-    `cfg.num_processes` > 1 or `cfg.num_nodes` > 1: torchrun on this node (node 0 of a
-    multi-node run, see `tuneforge.multinode`); else one plain process, which keeps torch's
-    process-wide state (threads, RNG) to itself: how a sweep trains candidates side by side.
-    A ValueError in training (bad data or config) is raised here as one, so it is not retried."""
+    """Runs `train_model` in `cfg.num_processes` torchrun processes on this node (node 0 of
+    a multi-node run, see `tuneforge.multinode`) and returns rank 0's result; its step
+    metrics reach `on_metrics` once the processes have finished. A ValueError in training
+    (bad data or config) is raised here as one, so it is not retried."""
     import subprocess
     import tempfile
 
@@ -700,24 +697,18 @@ def train_distributed(
             "error_path": f"{tmp}/error.json",
         }
         Path(tmp, "spec.json").write_text(json.dumps(spec))
-        env = dict(os.environ)
-        if cfg.num_nodes > 1 or cfg.num_processes > 1:
-            rendezvous = None
-            if cfg.num_nodes > 1:
-                rendezvous = multinode.node_zero_rendezvous(
-                    cfg.num_nodes, cfg.num_processes, cfg.rendezvous
-                )
-            command = multinode.launcher_command(
-                num_nodes=cfg.num_nodes,
-                procs_per_node=cfg.num_processes,
-                rendezvous=rendezvous,
-                spec_path=f"{tmp}/spec.json",
+        rendezvous = None
+        if cfg.num_nodes > 1:
+            rendezvous = multinode.node_zero_rendezvous(
+                cfg.num_nodes, cfg.num_processes, cfg.rendezvous
             )
-        else:
-            command = [sys.executable, "-m", multinode.TRAIN_MODULE, f"{tmp}/spec.json"]
-            if cfg.num_threads:  # size OpenMP's pool from the start, not only torch's
-                env["OMP_NUM_THREADS"] = str(cfg.num_threads)
-        done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+        command = multinode.launcher_command(
+            num_nodes=cfg.num_nodes,
+            procs_per_node=cfg.num_processes,
+            rendezvous=rendezvous,
+            spec_path=f"{tmp}/spec.json",
+        )
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
         if Path(spec["error_path"]).exists():
             raise ValueError(json.loads(Path(spec["error_path"]).read_text())["error"])
         if done.returncode:
@@ -752,15 +743,13 @@ def train_with_strategy(
     train: TrainConfig,
     checkpoint_dir: str,
     ctx: RunContext,
-    isolated: bool = False,
 ) -> TrainResult:
     """Trains with the configured strategy into `tuned/` in the run directory; logs metrics per
     step to the MLflow run, and tags it with the step whose weights were kept
     (`tuneforge.checkpoint_step`).
 
     Resumes from a matching checkpoint in `checkpoint_dir` (see `train_model`); the flow runs
-    this task with `train.retries` Prefect retries, each of which resumes. `isolated` trains
-    in a process of its own even on one process (a sweep trains candidates side by side)."""
+    this task with `train.retries` Prefect retries, each of which resumes."""
     logger = get_run_logger()
     metrics = MetricLogger(ctx.tracking_uri, ctx.run_id)
     out_dir = ctx.path("tuned")
@@ -793,7 +782,7 @@ def train_with_strategy(
         "dtype": ctx.model_dtype,
         "checkpoint_dir": checkpoint_dir,
     }
-    if train.num_processes > 1 or train.num_nodes > 1 or isolated:
+    if train.world_size > 1:
         result = train_distributed(
             base_dir, train_path, train, out_dir, eval_path=eval_path, **common
         )

@@ -261,7 +261,7 @@ class TrainConfig(Strict):
 
     @model_validator(mode="after")
     def _batch_splits_across_processes(self) -> TrainConfig:
-        world = self.num_processes * self.num_nodes
+        world = self.world_size
         if self.batch_size % world:
             over = f"num_processes={self.num_processes}"
             if self.num_nodes > 1:
@@ -278,6 +278,11 @@ class TrainConfig(Strict):
                 "process, and FSDP shards the weights across all of them)"
             )
         return self
+
+    @property
+    def world_size(self) -> int:
+        """Training processes over all nodes: more than 1 trains through torchrun."""
+        return self.num_processes * self.num_nodes
 
     @field_validator("settings")
     @classmethod
