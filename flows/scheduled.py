@@ -1,5 +1,5 @@
-"""Deployment entrypoints: run `retrain` from a YAML preset, or a pipeline from its file, as
-schedules and triggers call them.
+"""Deployment entrypoints: run `retrain` from a YAML preset, or a pipeline or a sweep from its
+file, as schedules and triggers call them.
 
     prefect --no-prompt deploy --prefect-file deployments/prefect.yaml --all
 
@@ -14,7 +14,9 @@ from prefect import flow
 from tuneforge.config import load_config
 from tuneforge.flows.pipeline import pipeline
 from tuneforge.flows.retrain import RetrainResult, SkippedRun, retrain
+from tuneforge.flows.sweep import sweep
 from tuneforge.pipelines import load_pipeline
+from tuneforge.sweeps import load_sweep
 
 DATASET_PREFIX = "tuneforge.dataset."
 
@@ -49,3 +51,25 @@ def pipeline_file(
         {"stage": s.stage, "model": s.model, "version": s.version, "skipped": str(s.skipped)}
         for s in result.stages
     ]
+
+
+@flow(name="sweep-file")
+def sweep_file(
+    path: str, overrides: list[str] | None = None, force: bool = False
+) -> dict[str, object]:
+    """Loads the sweep file `path` (relative to the working directory), applies `overrides`
+    to every candidate, and runs `sweep`: the leaderboard, the winner and its version."""
+    extra = [*(overrides or [])]
+    result = sweep(load_sweep(path, extra), extra, force)
+    if isinstance(result, SkippedRun):
+        return {"run_id": result.run_id, "skipped": result.reason}
+    reg = result.registration
+    return {
+        "run_id": result.run_id,
+        "candidates": [
+            {"name": c.name, "rank": c.rank, "status": c.status} for c in result.candidates
+        ],
+        "winner": result.winner.name if result.winner else None,
+        "version": reg.version if reg else None,
+        "alias": reg.alias if reg else None,
+    }

@@ -1,11 +1,11 @@
-"""One rank of a distributed training run; `train_distributed` in `tasks/train.py` launches it
-through torchrun:
+"""One training process, started by `train_distributed` in `tasks/train.py`:
 
+    python -m tuneforge.tasks.distributed_train SPEC.json      # alone (a sweep's candidate)
     python -m torch.distributed.run --standalone --nproc_per_node 2 \
-        -m tuneforge.tasks.distributed_train SPEC.json
+        -m tuneforge.tasks.distributed_train SPEC.json         # a rank of one node's DDP/FSDP
 
-SPEC.json holds the arguments of `train_model` (paths, the train config). Every rank trains
-its shard of each batch (gloo on CPUs, NCCL on GPUs). The processes of a joining
+SPEC.json holds the arguments of `train_model` (paths, the train config). Under torchrun every
+rank trains its shard of each batch (gloo on CPUs, NCCL on GPUs). The processes of a joining
 node (`tuneforge.multinode`) start without a spec and receive node 0's over the process group.
 At the end rank 0's step metrics and result reach the process that holds the spec, which
 writes them (JSONL, JSON) where the spec says, for the launching task to log. A ValueError
@@ -15,6 +15,7 @@ writes them (JSONL, JSON) where the spec says, for the launching task to log. A 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -29,6 +30,12 @@ from tuneforge.tasks.train import train_model
 
 def main(argv: list[str]) -> None:
     spec = json.loads(Path(argv[0]).read_text()) if argv else None
+    if "WORLD_SIZE" not in os.environ:  # alone, not started by torchrun
+        if spec is None:
+            raise SystemExit("usage: python -m tuneforge.tasks.distributed_train SPEC.json")
+        metrics, result = _train(spec, errors_to=spec)
+        _write_report(spec, metrics, asdict(result))
+        return
     import torch
 
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")

@@ -40,7 +40,7 @@ MODEL_ARTIFACT = "model"
 class Registration:
     name: str
     version: str
-    alias: str  # champion or challenger
+    alias: str  # champion or challenger; "none" for a sweep's runner-up
     reason: str
     model_uri: str  # models:/NAME/VERSION
 
@@ -345,10 +345,16 @@ class Unchanged:
 
 @task(name="check_unchanged")
 def unchanged_since_champion(
-    *, model_name: str, data_fingerprint: str, config_hash: str, ctx: RunContext
+    *,
+    model_name: str,
+    data_fingerprint: str,
+    config_hash: str,
+    ctx: RunContext,
+    config_tag: str = "tuneforge.config_hash",
 ) -> Unchanged | None:
-    """The champion trained on the same data with the same config (retraining can be
-    skipped), or None. A skip is tagged on the run as `tuneforge.skipped`."""
+    """The champion trained on the same data with the same config (its `config_tag`: a
+    sweep's compares `tuneforge.sweep_fingerprint`), so retraining can be skipped, or None.
+    A skip is tagged on the run as `tuneforge.skipped`."""
     from mlflow.tracking import MlflowClient
 
     from tuneforge.model_registry import current_champion
@@ -360,7 +366,7 @@ def unchanged_since_champion(
     tags = champion.tags
     if tags.get("tuneforge.data_fingerprint") != data_fingerprint:
         return None
-    if tags.get("tuneforge.config_hash") != config_hash:
+    if tags.get(config_tag) != config_hash:
         return None
     reason = (
         f"data {data_fingerprint} and config {config_hash} are those of {model_name} "
@@ -419,9 +425,12 @@ def register_model(
     ctx: RunContext,
     eval_dir: str | None = None,
     max_new_tokens: int = 64,
+    runner_up: str | None = None,
 ) -> Registration:
     """Registers the tuned model as a new version with its lineage tags and model card, and
     moves `champion` to it only when it passes the promotion gate (else: `challenger`).
+    With `runner_up` (a sweep's other candidates) the version gets no alias and no gate:
+    `runner_up` says why, e.g. "rank 2 of 3 in sweep S".
 
     Idempotent: if a version of `registry.model_name` already comes from this run (an earlier
     attempt crashed after creating it), that version is finished instead of a new one made."""
@@ -452,6 +461,19 @@ def register_model(
             if existing.tags.get(key) != value:
                 client.set_model_version_tag(cfg.model_name, version, key, value)
 
+    if runner_up is not None:
+        alias, reason = "none", runner_up
+        client.set_model_version_tag(cfg.model_name, version, "tuneforge.decision", reason)
+        return _finish(
+            client,
+            cfg.model_name,
+            version,
+            alias,
+            reason,
+            lineage,
+            run_id,
+            (base_metrics, tuned_metrics),
+        )
     if CHAMPION in held:  # an earlier attempt promoted it: re-deciding would compare it to itself
         decision = existing.tags.get("tuneforge.decision", "") if existing else ""
         promote = True
@@ -465,17 +487,28 @@ def register_model(
             _paired_failure(eval_dir, cfg),
         )
     alias = _set_alias(client, cfg.model_name, version, promote, reason, held)
+    scores = (base_metrics, tuned_metrics)
+    return _finish(client, cfg.model_name, version, alias, reason, lineage, run_id, scores)
 
-    card = model_card(
-        cfg.model_name, version, f"{alias}: {reason}", lineage, base_metrics, tuned_metrics
-    )
-    client.update_model_version(cfg.model_name, version, description=card)
+
+def _finish(
+    client: Any,
+    name: str,
+    version: str,
+    alias: str,
+    reason: str,
+    lineage: dict[str, str],
+    run_id: str,
+    scores: tuple[dict[str, float], dict[str, float]],
+) -> Registration:
+    """The model card on the version and the run, and the decision tagged on the run."""
+    decision = f"{alias}: {reason}" if alias != "none" else reason
+    card = model_card(name, version, decision, lineage, *scores)
+    client.update_model_version(name, version, description=card)
     client.log_text(run_id, card, "model_card.md")
-    client.set_tag(run_id, "tuneforge.registered_version", f"{cfg.model_name}/{version}")
-    client.set_tag(run_id, "tuneforge.decision", f"{alias}: {reason}")
-    return Registration(
-        cfg.model_name, version, alias, reason, f"models:/{cfg.model_name}/{version}"
-    )
+    client.set_tag(run_id, "tuneforge.registered_version", f"{name}/{version}")
+    client.set_tag(run_id, "tuneforge.decision", decision)
+    return Registration(name, version, alias, reason, f"models:/{name}/{version}")
 
 
 def _package(

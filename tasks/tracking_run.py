@@ -19,6 +19,9 @@ from tuneforge.plugins.registry import strategy_info
 from tuneforge.run_context import RunContext
 from tuneforge.tracking import flatten, start_run
 
+# Tags that set a run apart from a plain retrain's: a sweep's candidate (see `crashed_runs`).
+SCOPE_TAGS = ("tuneforge.sweep", "tuneforge.sweep_candidate")
+
 PACKAGES = ("tuneforge", "torch", "transformers", "peft", "mlflow", "prefect", "pandera")
 
 
@@ -135,7 +138,11 @@ def crashed_runs(client: MlflowClient, config: RunConfig, flow_run_id: str) -> l
     Called while holding the model's retrain slot, so no other retrain of the model is alive
     on this Prefect server: a RUNNING run of the model whose flow run this server knows is
     dead. A run whose flow run this server does not know (another Prefect server sharing the
-    MLflow server) is left alone."""
+    MLflow server) is left alone.
+
+    Only runs of the same kind count: a plain retrain's, or the same sweep candidate's (the
+    `SCOPE_TAGS` in `tracking.tags`): a sweep trains its candidates side by side under one slot,
+    and one candidate must neither continue nor end another's run."""
     from prefect import get_client
 
     experiment = client.get_experiment_by_name(config.tracking.experiment)
@@ -152,6 +159,8 @@ def crashed_runs(client: MlflowClient, config: RunConfig, flow_run_id: str) -> l
             tags = run.data.tags
             other = tags.get("tuneforge.flow_run_id", "")
             if tags.get("tuneforge.model_name") != config.registry.model_name:
+                continue
+            if any(tags.get(t) != config.tracking.tags.get(t) for t in SCOPE_TAGS):
                 continue
             if not other or other == flow_run_id:
                 continue

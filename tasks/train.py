@@ -24,6 +24,7 @@ from prefect import get_run_logger, task
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from tuneforge.batching import IGNORE_INDEX, MaskAudit, audit_examples, collate, pack
+from tuneforge.concurrency import training_slot
 from tuneforge.config import TrainConfig
 from tuneforge.jsonl import read_jsonl
 from tuneforge.models import load_pretrained, pick_device
@@ -673,10 +674,13 @@ def train_distributed(
     eval_path: str | None = None,
     checkpoint_dir: str | Path | None = None,
 ) -> TrainResult:
-    """Runs `train_model` in `cfg.num_processes` torchrun processes on this node (node 0 of
-    a multi-node run, see `tuneforge.multinode`) and returns rank 0's result; its step
-    metrics reach `on_metrics` once the processes have finished. A ValueError in training
-    (bad data or config) is raised here as one, so it is not retried."""
+    """Runs `train_model` in processes of its own and returns rank 0's result; its step
+    metrics reach `on_metrics` once the processes have finished.
+
+    `cfg.world_size` > 1: torchrun on this node (node 0 of a multi-node run, see
+    `tuneforge.multinode`); else one plain process, which keeps torch's process-wide state
+    (threads, RNG) to itself: how a sweep trains candidates side by side. A ValueError in
+    training (bad data or config) is raised here as one, so it is not retried."""
     import subprocess
     import tempfile
 
@@ -697,18 +701,24 @@ def train_distributed(
             "error_path": f"{tmp}/error.json",
         }
         Path(tmp, "spec.json").write_text(json.dumps(spec))
-        rendezvous = None
-        if cfg.num_nodes > 1:
-            rendezvous = multinode.node_zero_rendezvous(
-                cfg.num_nodes, cfg.num_processes, cfg.rendezvous
+        env = dict(os.environ)
+        if cfg.world_size > 1:
+            rendezvous = None
+            if cfg.num_nodes > 1:
+                rendezvous = multinode.node_zero_rendezvous(
+                    cfg.num_nodes, cfg.num_processes, cfg.rendezvous
+                )
+            command = multinode.launcher_command(
+                num_nodes=cfg.num_nodes,
+                procs_per_node=cfg.num_processes,
+                rendezvous=rendezvous,
+                spec_path=f"{tmp}/spec.json",
             )
-        command = multinode.launcher_command(
-            num_nodes=cfg.num_nodes,
-            procs_per_node=cfg.num_processes,
-            rendezvous=rendezvous,
-            spec_path=f"{tmp}/spec.json",
-        )
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        else:
+            command = [sys.executable, "-m", multinode.TRAIN_MODULE, f"{tmp}/spec.json"]
+            if cfg.num_threads:  # size OpenMP's pool from the start, not only torch's
+                env["OMP_NUM_THREADS"] = str(cfg.num_threads)
+        done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
         if Path(spec["error_path"]).exists():
             raise ValueError(json.loads(Path(spec["error_path"]).read_text())["error"])
         if done.returncode:
@@ -743,13 +753,15 @@ def train_with_strategy(
     train: TrainConfig,
     checkpoint_dir: str,
     ctx: RunContext,
+    isolated: bool = False,
 ) -> TrainResult:
     """Trains with the configured strategy into `tuned/` in the run directory; logs metrics per
     step to the MLflow run, and tags it with the step whose weights were kept
     (`tuneforge.checkpoint_step`).
 
     Resumes from a matching checkpoint in `checkpoint_dir` (see `train_model`); the flow runs
-    this task with `train.retries` Prefect retries, each of which resumes."""
+    this task with `train.retries` Prefect retries, each of which resumes. `isolated` trains
+    in a process of its own even on one process (a sweep trains candidates side by side)."""
     logger = get_run_logger()
     metrics = MetricLogger(ctx.tracking_uri, ctx.run_id)
     out_dir = ctx.path("tuned")
@@ -782,14 +794,20 @@ def train_with_strategy(
         "dtype": ctx.model_dtype,
         "checkpoint_dir": checkpoint_dir,
     }
-    if train.world_size > 1:
-        result = train_distributed(
-            base_dir, train_path, train, out_dir, eval_path=eval_path, **common
-        )
-    else:
-        eval_records = read_jsonl(eval_path) if train.eval_every else None
-        records = read_jsonl(train_path)
-        result = train_model(base_dir, records, train, out_dir, eval_records=eval_records, **common)
+    # Whoever starts the training holds its slot: here, unless this runs on train.deployment's
+    # pool for a flow that holds it already (train_on_pool).
+    limit = None if train.deployment else train.concurrency_limit
+    with training_slot(limit, "training"):
+        if train.world_size > 1 or isolated:
+            result = train_distributed(
+                base_dir, train_path, train, out_dir, eval_path=eval_path, **common
+            )
+        else:
+            eval_records = read_jsonl(eval_path) if train.eval_every else None
+            records = read_jsonl(train_path)
+            result = train_model(
+                base_dir, records, train, out_dir, eval_records=eval_records, **common
+            )
     if result.resumed_from_step:
         logger.info("resumed from the checkpoint of step %d", result.resumed_from_step)
     if train.padding_free and result.batches != "padding-free":

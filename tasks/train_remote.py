@@ -12,6 +12,7 @@ from pathlib import Path
 
 from prefect import task
 
+from tuneforge.concurrency import training_slot
 from tuneforge.config import RunConfig
 from tuneforge.run_context import RunContext
 from tuneforge.tasks.train import TrainResult
@@ -23,8 +24,9 @@ HANDOVER = "handover"
 def train_on_pool(
     *, config: RunConfig, train_path: str, eval_path: str, ctx: RunContext
 ) -> TrainResult:
-    """Runs training as the deployment `config.train.deployment` and waits for it; the tuned
-    checkpoint comes back into `tuned/` in the run directory."""
+    """Runs training as the deployment `config.train.deployment` and waits for it, holding a
+    slot of `train.concurrency_limit` meanwhile; the tuned checkpoint comes back into `tuned/`
+    in the run directory."""
     from mlflow.tracking import MlflowClient
     from prefect.deployments import run_deployment
 
@@ -32,14 +34,15 @@ def train_on_pool(
     client = MlflowClient(tracking_uri)
     for path in (train_path, eval_path):
         client.log_artifact(run_id, path, f"{HANDOVER}/data")
-    flow_run = run_deployment(
-        config.train.deployment,
-        parameters={
-            "config": config.model_dump(mode="json"),
-            "run_id": run_id,
-            "tracking_uri": tracking_uri,
-        },
-    )
+    with training_slot(config.train.concurrency_limit, f"training on {config.train.deployment}"):
+        flow_run = run_deployment(
+            config.train.deployment,
+            parameters={
+                "config": config.model_dump(mode="json"),
+                "run_id": run_id,
+                "tracking_uri": tracking_uri,
+            },
+        )
     if not flow_run.state or not flow_run.state.is_completed():
         state = flow_run.state.name if flow_run.state else "unknown"
         raise RuntimeError(

@@ -2,6 +2,7 @@
 
     tuneforge run deployments/presets/tiny-cpu.yaml [--set train.steps=50 ...] [--debug]
     tuneforge pipeline deployments/pipelines/flan-mini.yaml [--set ...] [--json]
+    tuneforge sweep deployments/sweeps/tiny-strategies.yaml [--set ...] [--json]
     tuneforge validate data/instructions.jsonl [--format jsonl] [--quarantine PATH] [--json]
     tuneforge evaluate models:/tuneforge-demo@champion data/instructions.jsonl [--json]
     tuneforge strategies [NAME] [--json]
@@ -178,6 +179,78 @@ def pipeline(
             for s in result.stages
         ]
         print(json.dumps({"pipeline": result.name, "run_id": result.run_id, "stages": stages}))
+
+
+@app.command()
+def sweep(
+    path: Annotated[
+        Path, typer.Argument(help="Sweep file, e.g. deployments/sweeps/tiny-strategies.yaml")
+    ],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a key in every candidate: --set train.steps=50"),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Sweep even if data and candidates are unchanged")
+    ] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="End with one JSON line: candidates, winner, version"),
+    ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks on the console too")
+    ] = False,
+) -> None:
+    """Run a sweep: train every candidate on the same split (some at once), rank them on
+    registry.metric, and put only the winner through the promotion gate."""
+    from tuneforge.config import ConfigError
+    from tuneforge.sweeps import check_sweep, load_sweep
+
+    _print_notes("tuneforge.config")
+    overrides = [*(set_ or [])]
+    try:
+        spec = load_sweep(path, overrides)
+        check_sweep(spec, overrides)
+    except ConfigError as exc:
+        _fail(str(exc))
+
+    from tuneforge.flows.retrain import SkippedRun
+    from tuneforge.flows.sweep import sweep as sweep_flow
+    from tuneforge.tasks.sweep_report import leaderboard_markdown, leaderboard_rows
+
+    result = _run_flow(lambda: sweep_flow(spec, overrides, force), debug)
+    if isinstance(result, SkippedRun):
+        out.print(f"Skipped: {result.reason}", markup=False)
+        if as_json:
+            print(json.dumps({"sweep": spec.name, "skipped": result.reason}))
+        return
+    metric = spec.base_config(overrides).registry.metric
+    rows = leaderboard_rows(result.candidates, metric)
+    reg = result.registration
+    out.print()
+    out.print(leaderboard_markdown(rows, result.base, metric), markup=False, highlight=False)
+    if reg is not None:
+        out.print(f"[bold]Winner[/bold] {escape(result.winner.name)}: {escape(reg.decision)}")
+    for other in result.others:
+        out.print(f"  also registered: version {other.version} ({other.reason})", markup=False)
+    out.print(f"Sweep MLflow run {result.run_id} in {result.tracking_uri}", markup=False)
+    if as_json:
+        candidates = [
+            {**row, "metrics": c.metrics} for row, c in zip(rows, result.candidates, strict=True)
+        ]
+        summary = {
+            "sweep": result.name,
+            "run_id": result.run_id,
+            "metric": metric,
+            "base": result.base,
+            "candidates": candidates,
+            "winner": result.winner.name if result.winner else None,
+            "model": reg.name if reg else None,
+            "version": reg.version if reg else None,
+            "alias": reg.alias if reg else None,
+            "others": [{"version": o.version, "reason": o.reason} for o in result.others],
+        }
+        print(json.dumps(summary))
 
 
 def _print_notes(logger_name: str) -> None:

@@ -30,7 +30,7 @@ import contextvars
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -404,6 +404,37 @@ def one_retrain_at_a_time(model_name: str, wait_s: float | None) -> Iterator[Ret
         yield slot
     finally:
         slot.release()
+
+
+@contextmanager
+def training_slot(limit: str | None, what: str) -> Iterator[None]:
+    """Holds one slot of the Prefect global concurrency limit `limit` (`train.concurrency_limit`)
+    for the block, waiting for one while all are taken; does nothing without a limit. Prefect
+    renews the lease while the block runs; a killed holder's slot frees when it lapses.
+
+    Raises a one-line `ValueError` (not retried) when the limit does not exist."""
+    if not limit:
+        yield
+        return
+    from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
+    from prefect.concurrency.sync import concurrency
+
+    logger.info(
+        "%s: taking a slot of the concurrency limit %r (waits while all are taken)", what, limit
+    )
+    started = time.monotonic()
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(
+                concurrency(limit, occupy=1, strict=True, raise_on_lease_renewal_failure=False)
+            )
+        except ConcurrencySlotAcquisitionError:
+            raise ValueError(
+                f"train.concurrency_limit: no Prefect concurrency limit {limit!r}; create it "
+                f"(prefect gcl create {limit} --limit N, N trainings at once) or unset it"
+            ) from None
+        logger.info("%s: took a slot of %r after %.0f s", what, limit, time.monotonic() - started)
+        yield
 
 
 # For `tuneforge slots` ----------------------------------------------------------------------

@@ -141,6 +141,7 @@ TRAIN_NOT_SHAPING = {
     "padding_free",
     "gradient_checkpointing",
     "loss_chunk_tokens",
+    "concurrency_limit",
 }
 
 
@@ -258,6 +259,18 @@ class TrainConfig(Strict):
     # pool, e.g. GPUs) while the rest of the flow stays here. Data and the tuned checkpoint
     # travel as artifacts of the MLflow run, so this needs a tracking server both can reach.
     deployment: str | None = None
+    concurrency_limit: str | None = Field(
+        None,
+        min_length=1,
+        description=(
+            "A Prefect global concurrency limit whose slot the training holds while it trains, "
+            "here or on train.deployment's pool: e.g. gpu, created with one slot per GPU "
+            "(prefect gcl create gpu --limit 8), so that sweeps and retrains queue for the "
+            "GPUs instead of piling onto them; or one slot per CPU machine, so that flows "
+            "sharing a worker train one at a time instead of fighting over its cores. The "
+            "limit must exist."
+        ),
+    )
 
     @model_validator(mode="after")
     def _batch_splits_across_processes(self) -> TrainConfig:

@@ -185,6 +185,9 @@ def test_deploys_with_schedules_and_pools(deployed):
         weekly = client.read_deployment_by_name("pipeline-file/flan-mini-weekly")
         assert weekly.parameters == {"path": "deployments/pipelines/flan-mini.yaml"}
         assert weekly.schedules[0].schedule.cron == "0 4 * * 0"
+        monthly = client.read_deployment_by_name("sweep-file/tiny-strategies-monthly")
+        assert monthly.parameters == {"path": "deployments/sweeps/tiny-strategies.yaml"}
+        assert monthly.schedules[0].schedule.cron == "0 3 1 * *"
         pool = client.read_work_pool("gpu")
         limits = pool.base_job_template["job_configuration"]["job_manifest"]["spec"]["template"]
         assert "nvidia.com/gpu" in limits["spec"]["containers"][0]["resources"]["limits"]

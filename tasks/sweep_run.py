@@ -1,0 +1,101 @@
+"""The MLflow side of a sweep: the sweep's own run, and each candidate taking over what the
+sweep prepared once (the split, the base's scores, the data's lineage tags)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+from prefect import task
+
+from tuneforge.config import RunConfig
+from tuneforge.run_context import RunContext
+from tuneforge.tasks.split_data import SplitPaths
+from tuneforge.tasks.tracking_run import code_version, package_versions
+from tuneforge.tracking import MetricLogger, flatten, start_run
+
+# What the sweep's tasks tag on its run that describes the data and the base every candidate
+# shares; copied onto each candidate's run, so a registered candidate carries it as lineage.
+SHARED_TAGS = ("tuneforge.data_fingerprint", "tuneforge.data_schema", "tuneforge.parent_version")
+
+# What a candidate's data directory takes from the sweep's: the split, and the base's
+# per-row scores and generations (the gate's paired test and the report read them there).
+SHARED_FILES = ("train.jsonl", "eval.jsonl", "base_scores.jsonl", "base_generations.jsonl")
+
+
+@task(name="start_sweep_run")
+def start_sweep_run(
+    *, sweep: str, config: RunConfig, candidates: list[tuple[str, list[str]]], tracking_uri: str
+) -> RunContext:
+    """Creates the sweep's MLflow run: the shared config and each candidate's overrides as
+    params (`candidate.NAME`); the candidates' runs are nested under it."""
+    from prefect.runtime import flow_run
+
+    params = flatten(config.model_dump(mode="json"))
+    params |= {f"candidate.{name}": " ".join(own) or "(the preset)" for name, own in candidates}
+    tags = {
+        "tuneforge.sweep": sweep,
+        "tuneforge.sweep_flow_run_id": str(flow_run.id or ""),
+        "tuneforge.model_name": config.registry.model_name,
+        "tuneforge.base_model": config.model.source,
+        "tuneforge.data_source": config.data.path,
+        "tuneforge.code_version": code_version(),
+        "tuneforge.packages": package_versions(),
+        **config.tracking.tags,
+    }
+    run_id = start_run(tracking_uri, config.tracking.experiment, sweep, params, tags)
+    return RunContext(
+        run_id=run_id,
+        tracking_uri=tracking_uri,
+        run_dir=str(Path(config.output_dir).resolve() / run_id),
+        trust_remote_code=config.model.trust_remote_code,
+        model_dtype=config.model.dtype,
+    )
+
+
+@task(name="adopt_sweep_inputs")
+def adopt_sweep_inputs(
+    *, sweep_run_id: str, split_dir: str, base: dict[str, float], ctx: RunContext
+) -> SplitPaths:
+    """Gives the candidate's run what the sweep prepared: the split and the base's per-row
+    scores (linked into its own data directory, where its own evaluation writes beside them),
+    the base's metrics (`base.*`) and the data's lineage tags."""
+    client = MlflowClient(ctx.tracking_uri)
+    tags = client.get_run(sweep_run_id).data.tags
+    for key in SHARED_TAGS:
+        if key in tags:
+            client.set_tag(ctx.run_id, key, tags[key])
+    logger = MetricLogger(ctx.tracking_uri, ctx.run_id)
+    logger.log({f"base.{k}": v for k, v in base.items()}, step=0)
+    logger.flush()
+    out = Path(ctx.path("data"))
+    out.mkdir(parents=True, exist_ok=True)
+    for name in SHARED_FILES:
+        src, dst = Path(split_dir, name), out / name
+        if src.exists() and not dst.exists():
+            try:
+                os.link(src, dst)  # read only by the candidates: one copy on disk
+            except OSError:  # another file system
+                shutil.copy2(src, dst)
+    lines = [sum(1 for _ in (out / n).open(encoding="utf-8")) for n in SHARED_FILES[:2]]
+    return SplitPaths(str(out / "train.jsonl"), str(out / "eval.jsonl"), *lines)
+
+
+def candidate_run(tracking_uri: str, sweep_run_id: str, name: str) -> RunContext | None:
+    """The MLflow run candidate `name` of the sweep opened (for one that failed, whose
+    outcome carries no context), if it got as far as opening one."""
+    client = MlflowClient(tracking_uri)
+    sweep = client.get_run(sweep_run_id)
+    found = client.search_runs(
+        [sweep.info.experiment_id],
+        filter_string=(
+            f"tags.`mlflow.parentRunId` = '{sweep_run_id}' and "
+            f"tags.`tuneforge.sweep_candidate` = '{name}'"
+        ),
+        max_results=1,
+    )
+    if not found:
+        return None
+    return RunContext(found[0].info.run_id, tracking_uri, "")
