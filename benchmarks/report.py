@@ -240,6 +240,36 @@ def validation_section(record: dict[str, Any]) -> list[str]:
     ]
 
 
+def sweep_section(record: dict[str, Any]) -> list[str]:
+    """`benchmarks/sweep.py`'s record (its own format: one run of three commands)."""
+    lines = [
+        "## A sweep of three candidates, two at a time",
+        "",
+        f"`{record['command']}` on {record['cores']} cores (idle at start: "
+        f"{record['idle_at_start']}; train.steps: {record['steps']}). Wall time of each command:",
+        "",
+        "| how | wall time |",
+        "|---|---:|",
+        f"| `tuneforge sweep`, concurrency 2 | {record['sweep_concurrency_2_s']:.1f} s |",
+        f"| `tuneforge sweep`, concurrency 1 | {record['sweep_concurrency_1_s']:.1f} s |",
+        f"| `tuneforge sweep`, concurrency 3 | {record['sweep_concurrency_3_s']:.1f} s |",
+        "| three `tuneforge run`, one after the other "
+        f"({', '.join(f'{k} {v:.1f} s' for k, v in record['runs_s'].items())}) | "
+        f"{record['three_runs_one_after_another_s']:.1f} s |",
+        "",
+        "| candidate | concurrency | threads | train s | tokens/s | exact match |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for concurrency in (2, 1, 3):
+        for c in record[f"concurrency_{concurrency}"]:
+            threads = c["threads"] or "all"
+            lines.append(
+                f"| {c['candidate']} | {concurrency} | {threads} | {c['train_seconds']:.1f} | "
+                f"{c['tokens_per_second']:,} | {c['exact_match']:.4f} |"
+            )
+    return lines
+
+
 def write(results: Path, out: Path, quick: bool = False) -> None:
     lines = [
         "# Benchmarks",
@@ -251,6 +281,7 @@ def write(results: Path, out: Path, quick: bool = False) -> None:
         "[training|flow|validation]`; each suite waits until the 1-minute load average is "
         "below 1.2 before it starts (timings shared with other work are worthless). Alone: "
         "`.venv/bin/python -m benchmarks.validation [ROWS]`, "
+        "`.venv/bin/python -m benchmarks.sweep [--steps N]`, "
         "`.venv/bin/python -m benchmarks.profile_step STRATEGY CACHE_DIR [STEPS [VARIANT ...]]`.",
         "",
     ]
@@ -260,6 +291,7 @@ def write(results: Path, out: Path, quick: bool = False) -> None:
         ("training", training_section),
         ("flow", flow_section),
         ("validation", validation_section),
+        ("sweep", sweep_section),
     ):
         record = _load(results / f"{name}.json")
         if record:

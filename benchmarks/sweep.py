@@ -1,5 +1,5 @@
 """Wall time of a strategy sweep: three candidates (full, instruction, LoRA) on the tiny
-preset two at a time, against the same three one after the other.
+preset two at a time, against the same three one after the other (and all three at once).
 
     .venv/bin/python -m benchmarks.sweep            # the preset as shipped (2000 steps each)
     .venv/bin/python -m benchmarks.sweep --steps 300
@@ -11,7 +11,9 @@ MLflow store and output directory, so none is skipped as unchanged. Measured, in
 2. the same sweep file with `concurrency: 1` (one candidate at a time, in the flow's process,
    every core);
 3. three `tuneforge run` commands one after the other, one per strategy (what a person
-   comparing strategies by hand runs: three flows, three base evaluations).
+   comparing strategies by hand runs: three flows, three base evaluations);
+4. the sweep file with `concurrency: 3` (all at once: one thread each, three processes on
+   two cores).
 Wall time is the command's, from start to exit. Writes benchmarks/results/sweep.json.
 """
 
@@ -94,15 +96,19 @@ def _measure(tmp: Path, env: dict[str, str], steps: list[str]) -> dict[str, obje
     two, out = _timed([*sweep_args, *_store(tmp, "concurrent")], env)
     concurrent = json.loads(out.strip().splitlines()[-1])
 
-    one_at_a_time = tmp / "one-at-a-time.yaml"
     spec = yaml.safe_load(SWEEP.read_text())
-    spec |= {"concurrency": 1, "preset": str(SWEEP.parent / spec["preset"])}
-    one_at_a_time.write_text(yaml.safe_dump(spec))
-    one, out = _timed(
-        [tuneforge, "sweep", str(one_at_a_time), "--json", *steps, *_store(tmp, "sequential")],
-        env,
-    )
-    sequential = json.loads(out.strip().splitlines()[-1])
+    spec["preset"] = str(SWEEP.parent / spec["preset"])
+
+    def with_concurrency(n: int) -> tuple[float, dict]:
+        path = tmp / f"concurrency-{n}.yaml"
+        path.write_text(yaml.safe_dump({**spec, "concurrency": n}))
+        seconds, out = _timed(
+            [tuneforge, "sweep", str(path), "--json", *steps, *_store(tmp, f"concurrency-{n}")],
+            env,
+        )
+        return seconds, json.loads(out.strip().splitlines()[-1])
+
+    one, sequential = with_concurrency(1)
 
     by_hand = {}
     for candidate in spec["candidates"]:
@@ -119,6 +125,7 @@ def _measure(tmp: Path, env: dict[str, str], steps: list[str]) -> dict[str, obje
             env,
         )
         by_hand[candidate["name"]] = round(seconds, 1)
+    three, at_once = with_concurrency(3)
 
     def candidates(summary: dict) -> list[dict]:
         keep = ("candidate", "status", "train_seconds", "tokens_per_second", "threads")
@@ -130,10 +137,12 @@ def _measure(tmp: Path, env: dict[str, str], steps: list[str]) -> dict[str, obje
     return {
         "sweep_concurrency_2_s": round(two, 1),
         "sweep_concurrency_1_s": round(one, 1),
+        "sweep_concurrency_3_s": round(three, 1),
         "three_runs_one_after_another_s": round(sum(by_hand.values()), 1),
         "runs_s": by_hand,
         "concurrency_2": candidates(concurrent),
         "concurrency_1": candidates(sequential),
+        "concurrency_3": candidates(at_once),
         "winner": concurrent["winner"],
     }
 

@@ -27,12 +27,19 @@ from tuneforge.tasks.train_remote import HANDOVER
 
 @flow(name="train-stage")
 def train_stage(config: dict[str, Any], run_id: str, tracking_uri: str) -> dict[str, Any]:
-    """Fetch split -> resolve base -> train -> hand the tuned checkpoint back."""
+    """Fetch split -> resolve base -> train -> hand the tuned checkpoint back (all in a
+    temporary directory)."""
+    cfg = RunConfig.model_validate(config)
+    # The split, base and tuned model are only passing through (checkpoints live under
+    # output_dir): gone when the stage ends, so a shared volume does not fill up with them.
+    with tempfile.TemporaryDirectory(prefix="tuneforge-stage-") as work:
+        return _train_in(Path(work), cfg, run_id, tracking_uri)
+
+
+def _train_in(work: Path, cfg: RunConfig, run_id: str, tracking_uri: str) -> dict[str, Any]:
     from mlflow.tracking import MlflowClient
 
-    cfg = RunConfig.model_validate(config)
     client = MlflowClient(tracking_uri)
-    work = Path(tempfile.mkdtemp(prefix="tuneforge-stage-"))
     ctx = RunContext(
         run_id, tracking_uri, str(work), cfg.model.trust_remote_code, model_dtype=cfg.model.dtype
     )

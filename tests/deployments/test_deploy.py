@@ -7,6 +7,7 @@ Slow (a full preset run plus server start-ups, about two minutes on two cores).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -17,8 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.conftest import NO_GATE, REPO, PrefectServerProcess, set_args
+from tests.conftest import NO_GATE, REPO, PrefectServerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -115,6 +117,8 @@ def deployed(mlflow_server, tmp_path_factory):
         prefect(
             ("work-pool", "create", "cpu", "--type", "process"),
             ("work-pool", "create", "gpu", "--type", "kubernetes", "--base-job-template", template),
+            # One training at a time on the pool (as `gpu` slots would be one per GPU).
+            ("global-concurrency-limit", "create", POOL_SLOTS, "--limit", "1"),
         )
         prefect(
             ("--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", "--all"),
@@ -193,24 +197,38 @@ def test_deploys_with_schedules_and_pools(deployed):
         assert "nvidia.com/gpu" in limits["spec"]["containers"][0]["resources"]["limits"]
 
 
-REMOTE = (
-    "train.deployment=train-stage/on-cpu",
-    "train.steps=100",
-    "train.eval_every=0",
-    "evaluation.max_examples=16",
-    "registry.model_name=it-remote",
-    "registry.metric=eval_loss",
-    "registry.higher_is_better=null",
-)
+POOL_SLOTS = "it-pool-slots"
+# A sweep of two candidates, each trained on the other pool (the train-stage deployment),
+# both submitted at once; the pool's concurrency limit (one slot) lets one train at a time.
+REMOTE_SWEEP = {
+    "name": "it-remote-sweep",
+    "preset": "../presets/tiny-cpu.yaml",
+    "set": [
+        "train.deployment=train-stage/on-cpu",
+        f"train.concurrency_limit={POOL_SLOTS}",
+        "train.steps=100",
+        "train.eval_every=0",
+        "evaluation.max_examples=16",
+        "registry.model_name=it-remote",
+        "registry.metric=eval_loss",
+        "registry.higher_is_better=null",
+        *NO_GATE,
+    ],
+    "concurrency": 2,
+    "candidates": [
+        {"name": "seed0", "set": ["train.seed=0"]},
+        {"name": "seed1", "set": ["train.seed=1"]},
+    ],
+}
 
 
 @pytest.fixture(scope="module")
 def scenarios(deployed):
     """The machine running the nightly deployment dies (worker and flow run, SIGKILL) after
     the checkpoint of step 100; the next run of the deployment is triggered by hand on a new
-    worker. While it waits for the dead run's lease to lapse, a `tuneforge run` trains on
-    another pool (the train-stage deployment, on the same worker). Then the same data is
-    pushed. Returns what each of them left."""
+    worker. While it waits for the dead run's lease to lapse, a `tuneforge sweep` trains its
+    candidates on another pool (the train-stage deployment, on the same worker). Then the same
+    data is pushed. Returns what each of them left."""
     env, home, _, worker = deployed
     checkpoint = home / "runs" / "checkpoints" / "tuneforge-demo" / "step-000000100"
     with _client(env) as client:
@@ -225,13 +243,10 @@ def scenarios(deployed):
         worker.kill(client.read_flow_run(killed.id))
         worker.start()
         again = client.create_flow_run_from_deployment(nightly.id)
+        sweep_file = home / "deployments" / "sweeps" / "it-remote.yaml"
+        sweep_file.write_text(yaml.safe_dump(REMOTE_SWEEP))
         remote = subprocess.Popen(
-            [
-                str(BIN / "tuneforge"),
-                "run",
-                "deployments/presets/tiny-cpu.yaml",
-                *set_args(*REMOTE, *NO_GATE),
-            ],
+            [str(BIN / "tuneforge"), "sweep", str(sweep_file), "--json"],
             cwd=home,
             env=env,
             stdout=subprocess.PIPE,
@@ -240,6 +255,7 @@ def scenarios(deployed):
         )
         remote_output, _ = remote.communicate(timeout=600)
         assert remote.returncode == 0, remote_output[-4000:]
+        swept = json.loads(remote_output.strip().splitlines()[-1])
         finished = _wait_flow_run(client, again.id, seconds=600)
         slot = client.read_global_concurrency_limit_by_name("retrain-tuneforge-demo")
 
@@ -247,7 +263,13 @@ def scenarios(deployed):
         _command("tuneforge", "data", "push", "data/instructions.jsonl", env=env, cwd=home)
         on_data = client.read_deployment_by_name("retrain-preset/on-new-data")
         triggered = _wait_run(client, on_data.id, seconds=300)
-    return {"nightly": finished, "slot": slot, "triggered": triggered, "log": worker.log}
+    return {
+        "nightly": finished,
+        "slot": slot,
+        "triggered": triggered,
+        "log": worker.log,
+        "sweep": swept,
+    }
 
 
 def test_nightly_run_killed_resumed_then_pushed_unchanged_data_is_skipped(scenarios, mlflow_server):
@@ -278,12 +300,18 @@ def test_nightly_run_killed_resumed_then_pushed_unchanged_data_is_skipped(scenar
     assert len(mlflow.search_model_versions("name='tuneforge-demo'")) == 1
 
 
-def test_training_runs_as_a_deployment_on_another_pool(scenarios, deployed, mlflow_server):
+def test_sweep_candidates_train_on_another_pool_one_slot_at_a_time(
+    scenarios, deployed, mlflow_server
+):
     from mlflow.tracking import MlflowClient
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
     env, _, _, _ = deployed
+    swept = scenarios["sweep"]
+    assert [c["status"] for c in swept["candidates"]] == ["finished", "finished"]
     client = MlflowClient(mlflow_server)
     version = client.get_model_version_by_alias("it-remote", "champion")
+    assert version.run_id == swept["candidates"][0]["run_id"]  # the winner
     run = client.get_run(version.run_id)
     assert run.data.params["train.deployment"] == "train-stage/on-cpu"
     assert len(client.get_metric_history(version.run_id, "train.loss")) == 100 // 50
@@ -293,4 +321,11 @@ def test_training_runs_as_a_deployment_on_another_pool(scenarios, deployed, mlfl
     assert run.data.metrics["tuned.eval_loss"] < run.data.metrics["base.eval_loss"] / 2
     with _client(env) as prefect_client:
         stage = prefect_client.read_deployment_by_name("train-stage/on-cpu")
-        assert _wait_run(prefect_client, stage.id, seconds=5).state.is_completed()
+        trainings = prefect_client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[stage.id]))
+        )
+        slots = prefect_client.read_global_concurrency_limit_by_name(POOL_SLOTS)
+    assert len(trainings) == 2 and all(r.state.is_completed() for r in trainings)
+    first, second = sorted((r.start_time, r.end_time) for r in trainings)
+    assert second[0] >= first[1]  # one slot: the second waited for the first
+    assert slots.active_slots == 0

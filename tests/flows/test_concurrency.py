@@ -236,3 +236,40 @@ def test_two_first_runs_creating_the_limit_at_once_both_get_the_slot(prefect_har
     monkeypatch.setattr(SyncPrefectClient, "read_global_concurrency_limit_by_name", not_yet)
     with one_retrain_at_a_time("it-first-twice", wait_s=5):
         pass
+
+
+def test_trainings_queue_for_a_concurrency_limits_slots(prefect_harness):
+    """train.concurrency_limit: with one slot, two trainings (threads here, as a sweep's
+    candidates are) hold it one after the other, and the slot is free again after both."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    from tuneforge.concurrency import training_slot
+
+    with _client() as client:
+        client.create_global_concurrency_limit(
+            GlobalConcurrencyLimitCreate(name="it-one-gpu", limit=1)
+        )
+    spans: list[tuple[float, float]] = []
+
+    def train() -> None:
+        with training_slot("it-one-gpu", "training"):
+            start = time.monotonic()
+            time.sleep(1.0)
+            spans.append((start, time.monotonic()))
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda _: train(), range(2)))
+    first, second = sorted(spans)
+    assert second[0] >= first[1]  # never both at once
+    assert _taken("it-one-gpu") == 0
+
+
+def test_a_missing_concurrency_limit_fails_in_one_line_naming_it(prefect_harness):
+    from tuneforge.concurrency import training_slot
+
+    with pytest.raises(ValueError) as info, training_slot("it-no-such-limit", "training"):
+        pass
+    assert str(info.value).startswith("train.concurrency_limit: no Prefect concurrency limit")
+    assert "'it-no-such-limit'" in str(info.value) and "prefect gcl create" in str(info.value)
