@@ -69,11 +69,14 @@ class SkippedRun:
 def checkpoint_dir(config: RunConfig) -> str:
     """One checkpoint directory per registered model: only one retrain of a model runs at a
     time, and a re-run after a crash (a new flow run) finds the checkpoints of the last one.
-    A sweep's candidates train side by side under the model's one slot: one each."""
+
+    A sweep's candidates train side by side under the model's one slot: one directory each,
+    named by the `tuneforge.sweep` and `tuneforge.sweep_candidate` tags their configs carry
+    (`flows/sweep_candidate.py:as_candidate`), which travel with the config to a work pool."""
     name = safe_component(config.registry.model_name)
-    tags = config.tracking.tags
-    if "tuneforge.sweep_candidate" in tags:
-        sweep, candidate = tags["tuneforge.sweep"], tags["tuneforge.sweep_candidate"]
+    sweep = config.tracking.tags.get("tuneforge.sweep")
+    candidate = config.tracking.tags.get("tuneforge.sweep_candidate")
+    if sweep and candidate:
         parts = ("sweep-checkpoints", name, safe_component(sweep), safe_component(candidate))
         return str(inside(config.output_dir, *parts))
     return str(inside(config.output_dir, "checkpoints", name))

@@ -69,7 +69,7 @@ def sweep_file(
         "candidates": [
             {"name": c.name, "rank": c.rank, "status": c.status} for c in result.candidates
         ],
-        "winner": result.winner.name if result.winner else None,
-        "version": reg.version if reg else None,
-        "alias": reg.alias if reg else None,
+        "winner": result.winner.name,
+        "version": reg.version,
+        "alias": reg.alias,
     }

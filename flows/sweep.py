@@ -3,59 +3,45 @@ same data and ranked; only the winner goes through the promotion gate.
 
     tuneforge sweep deployments/sweeps/tiny-strategies.yaml
 
-Steps: take the model's retrain slot -> open the sweep's MLflow run -> load -> validate ->
-stop if the data and the candidates equal those the champion's sweep had (unless `force`) ->
-split -> resolve the base -> evaluate the base, once -> the candidates, `concurrency` at a
-time, each a `sweep-candidate` subflow with its own MLflow run nested under the sweep's:
-train (in a process of its own, the cores divided between the candidates; or on a work pool),
-evaluate on the same eval split; a failed candidate is recorded, not raised -> rank them ->
+Steps: check every candidate's config against the world -> take the model's retrain slot ->
+open the sweep's MLflow run (ending runs a killed sweep of the same name left open) -> load ->
+validate -> stop if the data and the candidates equal those the champion's sweep had (unless
+`force`) -> split -> resolve the base -> evaluate the base, once -> the candidates,
+`concurrency` at a time, each a `sweep-candidate` subflow (flows/sweep_candidate.py) with its
+own MLflow run nested under the sweep's; a failed one is recorded, not raised -> rank them ->
 evaluate the champion -> register the winner through the gate (the others too, without an
 alias, with `register_others`) -> report the leaderboard (MLflow and the Prefect UI).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from tuneforge.concurrency import RetrainSlot, one_retrain_at_a_time
 from tuneforge.config import RunConfig
-from tuneforge.flows.retrain import SkippedRun, checkpoint_dir
-from tuneforge.preflight import check_run
+from tuneforge.flows.retrain import SkippedRun
+from tuneforge.flows.sweep_candidate import SweepInputs, as_candidate, run_candidate
 from tuneforge.run_context import RunContext
-from tuneforge.sweeps import SweepSpec, sweep_fingerprint, threads_per_candidate
+from tuneforge.sweeps import SweepSpec, check_sweep, sweep_fingerprint, threads_per_candidate
 from tuneforge.tasks.evaluate import evaluate_champion, evaluate_model
 from tuneforge.tasks.load_data import load_dataset
 from tuneforge.tasks.model_source import resolve_base_model
-from tuneforge.tasks.register import Registration, register_model, unchanged_since_champion
-from tuneforge.tasks.report import report_run, training_notes
+from tuneforge.tasks.register import (
+    Registration,
+    register_model,
+    register_runner_up,
+    unchanged_since_champion,
+)
 from tuneforge.tasks.split_data import split_dataset
-from tuneforge.tasks.sweep_report import Candidate, rank, report_sweep
-from tuneforge.tasks.sweep_run import adopt_sweep_inputs, candidate_run, start_sweep_run
-from tuneforge.tasks.tracking_run import start_tracking_run
-from tuneforge.tasks.train import train_with_strategy
-from tuneforge.tasks.train_remote import train_on_pool
+from tuneforge.tasks.sweep_report import CandidateOutcome, rank, report_sweep
+from tuneforge.tasks.sweep_run import start_sweep_run
 from tuneforge.tasks.validate_data import validate_dataset
 from tuneforge.tracking import resolve_tracking_uri, run_status
-
-
-@dataclass(frozen=True)
-class Shared:
-    """What every candidate of one sweep starts from: the sweep's run, its split, the base."""
-
-    sweep: str
-    run_id: str  # the sweep's MLflow run
-    tracking_uri: str
-    flow_run_id: str  # the sweep's flow run
-    fingerprint: str  # of the candidates (sweep_fingerprint)
-    split_dir: str  # train.jsonl, eval.jsonl, base_scores.jsonl, base_generations.jsonl
-    base_dir: str
-    base: dict[str, float]
-    threads: int  # train.num_threads of a candidate training here (0: leave as configured)
 
 
 @dataclass(frozen=True)
@@ -64,14 +50,13 @@ class SweepResult:
     run_id: str  # the sweep's MLflow run; the candidates' runs are nested under it
     tracking_uri: str
     base: dict[str, float]
-    candidates: list[Candidate]  # ranked: the winner first, failed ones last
-    registration: Registration | None  # the winner's
+    candidates: list[CandidateOutcome]  # ranked: the winner first, failed ones last
+    registration: Registration  # the winner's
     others: list[Registration] = field(default_factory=list)  # with register_others
 
     @property
-    def winner(self) -> Candidate | None:
-        first = self.candidates[0] if self.candidates else None
-        return first if first and first.finished else None
+    def winner(self) -> CandidateOutcome:
+        return self.candidates[0]
 
 
 class SweepFailed(ValueError):
@@ -84,9 +69,8 @@ def sweep(
 ) -> SweepResult | SkippedRun:
     """Trains `spec`'s candidates on one split, ranks them, registers the winner."""
     extra = [*(overrides or []), *(["force=true"] if force else [])]
-    config = spec.base_config(extra)
-    candidates = spec.candidate_configs(extra)
-    check_run(config)
+    check_sweep(spec, extra)  # a bad candidate fails now, not after the base is scored
+    config, candidates = spec.base_config(extra), spec.candidate_configs(extra)
     tracking_uri = resolve_tracking_uri(config.tracking.tracking_uri)
     with one_retrain_at_a_time(config.registry.model_name, config.registry.wait_for_slot_s) as slot:
         ctx = start_sweep_run(
@@ -122,7 +106,7 @@ def _sweep_in(
     base = evaluate_model(
         model_dir=base_dir, label="base", eval_path=split.eval_path, config=config, ctx=ctx
     )
-    shared = Shared(
+    inputs = SweepInputs(
         sweep=spec.name,
         run_id=ctx.run_id,
         tracking_uri=ctx.tracking_uri,
@@ -131,9 +115,9 @@ def _sweep_in(
         split_dir=str(Path(split.eval_path).parent),
         base_dir=base_dir,
         base=base,
-        threads=threads_per_candidate(spec.concurrency) if spec.concurrency > 1 else 0,
+        threads=threads_per_candidate(spec.at_once()) if spec.at_once() > 1 else 0,
     )
-    ranked = rank(_train_candidates(candidates, shared, config, spec.concurrency), config.registry)
+    ranked = rank(_train_candidates(candidates, inputs, spec.at_once()), config.registry)
     if not ranked[0].finished:
         report_sweep(sweep=spec.name, candidates=ranked, base=base, config=config, ctx=ctx)
         failures = "; ".join(f"{c.name}: {c.error}" for c in ranked)
@@ -153,21 +137,7 @@ def _sweep_in(
         eval_dir=str(Path(winner.eval_path).parent),
         max_new_tokens=config.evaluation.max_new_tokens,
     )
-    finished = [c for c in ranked if c.finished]
-    others = [
-        register_model(
-            model_dir=c.model_dir,
-            base_metrics=base,
-            tuned_metrics=c.metrics,
-            champion=None,
-            registry=config.registry,
-            ctx=c.ctx,
-            max_new_tokens=config.evaluation.max_new_tokens,
-            runner_up=f"rank {c.rank} of {len(finished)} in sweep {spec.name}, not gated",
-        )
-        for c in finished[1:]
-        if spec.register_others
-    ]
+    others = _register_others(spec, ranked, base, config) if spec.register_others else []
     report_sweep(
         sweep=spec.name,
         candidates=ranked,
@@ -180,23 +150,33 @@ def _sweep_in(
 
 
 def _train_candidates(
-    candidates: list[tuple[str, RunConfig]], shared: Shared, config: RunConfig, concurrency: int
-) -> list[Candidate]:
-    """Runs every candidate, `concurrency` at a time; the outcomes in the candidates' order.
+    candidates: list[tuple[str, RunConfig]], inputs: SweepInputs, at_once: int
+) -> list[CandidateOutcome]:
+    """Runs every candidate, `at_once` at a time; the outcomes in the candidates' order.
 
     Evaluation runs in this process, in the task runner's threads: torch's thread count is
     process-wide, so it is divided here as it is for the training processes."""
     import torch
 
+    for name, cfg in candidates:
+        if inputs.threads and cfg.train.num_threads and not cfg.train.deployment:
+            get_run_logger().warning(
+                "candidate %s: train.num_threads=%d is kept; %d candidates at once on this "
+                "machine would get %d each",
+                name,
+                cfg.train.num_threads,
+                at_once,
+                inputs.threads,
+            )
     before = torch.get_num_threads()
-    if shared.threads:
-        torch.set_num_threads(shared.threads)
+    if inputs.threads:
+        torch.set_num_threads(inputs.threads)
     try:
-        with ThreadPoolTaskRunner(max_workers=concurrency) as runner:
+        with ThreadPoolTaskRunner(max_workers=at_once) as runner:
             futures = [
                 runner.submit(
                     run_candidate,
-                    {"name": name, "config": _as_candidate(name, cfg, shared), "shared": shared},
+                    {"name": name, "config": as_candidate(name, cfg, inputs), "inputs": inputs},
                 )
                 for name, cfg in candidates
             ]
@@ -205,84 +185,20 @@ def _train_candidates(
         torch.set_num_threads(before)
 
 
-def _as_candidate(name: str, config: RunConfig, shared: Shared) -> RunConfig:
-    """The candidate's config as its run records it: the sweep's tags (its MLflow run nests
-    under the sweep's) and, training here beside others, its share of the cores."""
-    tags = {
-        **config.tracking.tags,
-        "mlflow.parentRunId": shared.run_id,
-        "tuneforge.sweep": shared.sweep,
-        "tuneforge.sweep_candidate": name,
-        "tuneforge.sweep_fingerprint": shared.fingerprint,
-        "tuneforge.sweep_flow_run_id": shared.flow_run_id,
-    }
-    train = config.train
-    if shared.threads and not train.deployment and not train.num_threads:
-        train = train.model_copy(update={"num_threads": shared.threads})
-    tracking = config.tracking.model_copy(update={"tags": tags})
-    return config.model_copy(update={"tracking": tracking, "train": train, "name": name})
-
-
-@task(name="run_candidate")
-def run_candidate(*, name: str, config: RunConfig, shared: Shared) -> Candidate:
-    """One candidate as a subflow; a failure becomes a `failed` outcome naming its first line
-    (the traceback is in the subflow's log), so the other candidates carry on."""
-    try:
-        return sweep_candidate.with_options(flow_run_name=f"{shared.sweep}.{name}")(
-            name=name, config=config, shared=shared
+def _register_others(
+    spec: SweepSpec, ranked: list[CandidateOutcome], base: dict[str, float], config: RunConfig
+) -> list[Registration]:
+    """Every finished candidate but the winner, as a version without an alias."""
+    finished = [c for c in ranked if c.finished]
+    return [
+        register_runner_up(
+            model_dir=c.model_dir,
+            base_metrics=base,
+            tuned_metrics=c.metrics,
+            registry=config.registry,
+            ctx=c.ctx,
+            reason=f"rank {c.rank} of {len(finished)} in sweep {spec.name}, not gated",
+            max_new_tokens=config.evaluation.max_new_tokens,
         )
-    except Exception as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        get_run_logger().error("candidate %s failed: %s", name, reason)
-        ctx = candidate_run(shared.tracking_uri, shared.run_id, name)
-        return Candidate(name=name, strategy=config.train.strategy, error=reason, ctx=ctx)
-
-
-@flow(name="sweep-candidate")
-def sweep_candidate(*, name: str, config: RunConfig, shared: Shared) -> Candidate:
-    """Open the candidate's run -> take the sweep's split and base -> train -> evaluate ->
-    report (plots and summary on the candidate's run)."""
-    ctx = start_tracking_run(config=config, tracking_uri=shared.tracking_uri)
-    with run_status(ctx.tracking_uri, ctx.run_id):
-        split = adopt_sweep_inputs(
-            sweep_run_id=shared.run_id, split_dir=shared.split_dir, base=shared.base, ctx=ctx
-        )
-        if config.train.deployment:  # training on another work pool, e.g. GPUs
-            trained = train_on_pool(
-                config=config, train_path=split.train_path, eval_path=split.eval_path, ctx=ctx
-            )
-        else:
-            trained = train_with_strategy.with_options(retries=config.train.retries)(
-                base_dir=shared.base_dir,
-                train_path=split.train_path,
-                eval_path=split.eval_path,
-                train=config.train,
-                checkpoint_dir=checkpoint_dir(config),
-                ctx=ctx,
-                isolated=bool(shared.threads),
-            )
-        tuned = evaluate_model(
-            model_dir=trained.model_dir,
-            label="tuned",
-            eval_path=split.eval_path,
-            config=config,
-            ctx=ctx,
-        )
-        report_run(
-            eval_dir=str(Path(split.eval_path).parent),
-            base=shared.base,
-            tuned=tuned,
-            decision=f"candidate {name} of sweep {shared.sweep} (ranked in run {shared.run_id})",
-            notes=training_notes(trained, tuned, None),
-            ctx=ctx,
-        )
-    return replace(
-        Candidate(name=name, strategy=config.train.strategy),
-        ctx=ctx,
-        metrics=tuned,
-        model_dir=trained.model_dir,
-        eval_path=split.eval_path,
-        seconds=trained.seconds,
-        tokens_per_second=trained.tokens_per_second,
-        threads=config.train.num_threads,
-    )
+        for c in finished[1:]
+    ]

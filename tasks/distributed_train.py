@@ -27,12 +27,15 @@ from tuneforge.config import TrainConfig
 from tuneforge.jsonl import read_jsonl
 from tuneforge.tasks.train import train_model
 
+PARENT_PID = "TUNEFORGE_PARENT_PID"  # set by train_distributed for a process alone
+
 
 def main(argv: list[str]) -> None:
     spec = json.loads(Path(argv[0]).read_text()) if argv else None
     if "WORLD_SIZE" not in os.environ:  # alone, not started by torchrun
         if spec is None:
             raise SystemExit("usage: python -m tuneforge.tasks.distributed_train SPEC.json")
+        _end_with_parent()
         metrics, result = _train(spec, errors_to=spec)
         _write_report(spec, metrics, asdict(result))
         return
@@ -50,6 +53,21 @@ def main(argv: list[str]) -> None:
             _write_report(shared, *box[0])
     finally:
         dist.destroy_process_group()
+
+
+def _end_with_parent() -> None:
+    """Linux: this process gets SIGTERM when the one that started it dies, even by SIGKILL, so
+    a killed flow (a sweep's candidate) leaves nothing training on, writing into checkpoints
+    that its re-run resumes from."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != int(os.environ.get(PARENT_PID, os.getppid())):  # it died before that
+        raise SystemExit("the process that started this training has ended")
 
 
 def _spec_from_node_zero(spec: dict[str, Any] | None, group: Any) -> tuple[int, dict[str, Any]]:

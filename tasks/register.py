@@ -40,13 +40,14 @@ MODEL_ARTIFACT = "model"
 class Registration:
     name: str
     version: str
-    alias: str  # champion or challenger; "none" for a sweep's runner-up
+    alias: str | None  # champion or challenger; None for a sweep's runner-up
     reason: str
     model_uri: str  # models:/NAME/VERSION
 
     @property
     def decision(self) -> str:
-        return f"{self.name} version {self.version} is {self.alias}: {self.reason}"
+        held = f"is {self.alias}" if self.alias else "has no alias"
+        return f"{self.name} version {self.version} {held}: {self.reason}"
 
 
 def _pip_requirements() -> list[str]:
@@ -425,55 +426,20 @@ def register_model(
     ctx: RunContext,
     eval_dir: str | None = None,
     max_new_tokens: int = 64,
-    runner_up: str | None = None,
 ) -> Registration:
     """Registers the tuned model as a new version with its lineage tags and model card, and
     moves `champion` to it only when it passes the promotion gate (else: `challenger`).
-    With `runner_up` (a sweep's other candidates) the version gets no alias and no gate:
-    `runner_up` says why, e.g. "rank 2 of 3 in sweep S".
 
     Idempotent: if a version of `registry.model_name` already comes from this run (an earlier
     attempt crashed after creating it), that version is finished instead of a new one made."""
     from mlflow.tracking import MlflowClient
 
-    from tuneforge.model_registry import version_for_run
-
-    cfg, run_id, tracking_uri = registry, ctx.run_id, ctx.tracking_uri
+    cfg = registry
     if cfg.metric not in tuned_metrics:
         raise ValueError(f"registry.metric {cfg.metric!r} is not among {sorted(tuned_metrics)}")
-    client = MlflowClient(tracking_uri)
-    lineage = {
-        k: v
-        for k, v in client.get_run(run_id).data.tags.items()
-        if k.startswith("tuneforge.") and k not in _OWN_RUN_TAGS
-    }
-    existing = version_for_run(client, cfg.model_name, run_id)
-    if existing is None:
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint, package = _package(model_dir, lineage, cfg, ctx, max_new_tokens, tmp)
-            log_model_artifacts(checkpoint, package, run_id, tracking_uri)  # verified
-        version = _create_version(client, cfg.model_name, run_id, tracking_uri, lineage)
-        pause_point("register:version-created")
-        held: list[str] = []
-    else:  # registered by an earlier attempt whose upload was verified; finish it
-        version, held = existing.version, list(existing.aliases)
-        for key, value in lineage.items():
-            if existing.tags.get(key) != value:
-                client.set_model_version_tag(cfg.model_name, version, key, value)
-
-    if runner_up is not None:
-        alias, reason = "none", runner_up
-        client.set_model_version_tag(cfg.model_name, version, "tuneforge.decision", reason)
-        return _finish(
-            client,
-            cfg.model_name,
-            version,
-            alias,
-            reason,
-            lineage,
-            run_id,
-            (base_metrics, tuned_metrics),
-        )
+    client = MlflowClient(ctx.tracking_uri)
+    version, existing, lineage = _version_of_run(client, model_dir, cfg, ctx, max_new_tokens)
+    held = list(existing.aliases) if existing else []
     if CHAMPION in held:  # an earlier attempt promoted it: re-deciding would compare it to itself
         decision = existing.tags.get("tuneforge.decision", "") if existing else ""
         promote = True
@@ -488,21 +454,78 @@ def register_model(
         )
     alias = _set_alias(client, cfg.model_name, version, promote, reason, held)
     scores = (base_metrics, tuned_metrics)
-    return _finish(client, cfg.model_name, version, alias, reason, lineage, run_id, scores)
+    return _finish(client, cfg.model_name, version, alias, reason, lineage, ctx.run_id, scores)
+
+
+@task(
+    name="register_runner_up",
+    retries=3,
+    retry_delay_seconds=[30, 60, 120],
+    retry_condition_fn=retry_if_unreachable,
+)
+def register_runner_up(
+    *,
+    model_dir: str,
+    base_metrics: dict[str, float],
+    tuned_metrics: dict[str, float],
+    registry: RegistryConfig,
+    ctx: RunContext,
+    reason: str,
+    max_new_tokens: int = 64,
+) -> Registration:
+    """Registers a sweep's other candidate as a version with its lineage tags and model card,
+    without an alias and without the promotion gate (`reason` says why: its rank); to compare
+    or promote by hand later. Idempotent like `register_model`."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(ctx.tracking_uri)
+    name = registry.model_name
+    version, _, lineage = _version_of_run(client, model_dir, registry, ctx, max_new_tokens)
+    client.set_model_version_tag(name, version, "tuneforge.decision", reason)
+    scores = (base_metrics, tuned_metrics)
+    return _finish(client, name, version, None, reason, lineage, ctx.run_id, scores)
+
+
+def _version_of_run(
+    client: Any, model_dir: str, cfg: RegistryConfig, ctx: RunContext, max_new_tokens: int
+) -> tuple[str, Any, dict[str, str]]:
+    """The version registered from the run: a new one (its model uploaded and verified first),
+    or the one an earlier attempt created (None unless so), and the run's lineage tags."""
+    from tuneforge.model_registry import version_for_run
+
+    run_id, tracking_uri = ctx.run_id, ctx.tracking_uri
+    lineage = {
+        k: v
+        for k, v in client.get_run(run_id).data.tags.items()
+        if k.startswith("tuneforge.") and k not in _OWN_RUN_TAGS
+    }
+    existing = version_for_run(client, cfg.model_name, run_id)
+    if existing is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint, package = _package(model_dir, lineage, cfg, ctx, max_new_tokens, tmp)
+            log_model_artifacts(checkpoint, package, run_id, tracking_uri)  # verified
+        version = _create_version(client, cfg.model_name, run_id, tracking_uri, lineage)
+        pause_point("register:version-created")
+        return version, None, lineage
+    # Registered by an earlier attempt whose upload was verified; finish it.
+    for key, value in lineage.items():
+        if existing.tags.get(key) != value:
+            client.set_model_version_tag(cfg.model_name, existing.version, key, value)
+    return existing.version, existing, lineage
 
 
 def _finish(
     client: Any,
     name: str,
     version: str,
-    alias: str,
+    alias: str | None,
     reason: str,
     lineage: dict[str, str],
     run_id: str,
     scores: tuple[dict[str, float], dict[str, float]],
 ) -> Registration:
     """The model card on the version and the run, and the decision tagged on the run."""
-    decision = f"{alias}: {reason}" if alias != "none" else reason
+    decision = f"{alias}: {reason}" if alias else reason
     card = model_card(name, version, decision, lineage, *scores)
     client.update_model_version(name, version, description=card)
     client.log_text(run_id, card, "model_card.md")

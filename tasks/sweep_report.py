@@ -13,10 +13,11 @@ from prefect import task
 
 from tuneforge.config import RegistryConfig, RunConfig
 from tuneforge.run_context import RunContext
+from tuneforge.tasks.register import Registration
 
 
 @dataclass(frozen=True)
-class Candidate:
+class CandidateOutcome:
     """One candidate's outcome: finished (with its run, model and scores) or failed."""
 
     name: str
@@ -40,12 +41,12 @@ class Candidate:
         return "finished" if self.finished else f"failed: {self.error}"
 
 
-def rank(candidates: list[Candidate], registry: RegistryConfig) -> list[Candidate]:
+def rank(candidates: list[CandidateOutcome], registry: RegistryConfig) -> list[CandidateOutcome]:
     """Finished candidates best first on `registry.metric` (its own direction), ties to the
     lower eval loss, then to the earlier candidate in the file; failed ones after them."""
     sign = -1.0 if registry.higher_wins else 1.0
 
-    def key(item: tuple[int, Candidate]) -> tuple[float, float, float, int]:
+    def key(item: tuple[int, CandidateOutcome]) -> tuple[float, float, float, int]:
         order, c = item
         value = c.metrics.get(registry.metric, math.nan)
         missing = not c.finished or math.isnan(value)
@@ -56,7 +57,7 @@ def rank(candidates: list[Candidate], registry: RegistryConfig) -> list[Candidat
     return [replace(c, rank=i) for i, c in enumerate(ordered, start=1)]
 
 
-def leaderboard_rows(candidates: list[Candidate], metric: str) -> list[dict[str, Any]]:
+def leaderboard_rows(candidates: list[CandidateOutcome], metric: str) -> list[dict[str, Any]]:
     """One row per candidate, in rank order: what the table artifact and `--json` show."""
     rows = []
     for c in candidates:
@@ -101,7 +102,7 @@ def _cell(value: float | None) -> str:
 
 
 def plot_leaderboard(
-    candidates: list[Candidate], base: dict[str, float], metric: str, path: Path
+    candidates: list[CandidateOutcome], base: dict[str, float], metric: str, path: Path
 ) -> None:
     """Horizontal bars of `metric` per finished candidate, best on top, the base as a line."""
     import matplotlib
@@ -130,11 +131,11 @@ def plot_leaderboard(
 def report_sweep(
     *,
     sweep: str,
-    candidates: list[Candidate],
+    candidates: list[CandidateOutcome],
     base: dict[str, float],
     config: RunConfig,
     ctx: RunContext,
-    registration: Any = None,
+    registration: Registration | None = None,
 ) -> str:
     """Logs the leaderboard to the sweep's MLflow run (a table, a plot, `summary.md`, the
     winner's tags and `winner.*` metrics) and to the Prefect UI; returns the summary."""

@@ -30,14 +30,18 @@ def start_sweep_run(
     *, sweep: str, config: RunConfig, candidates: list[tuple[str, list[str]]], tracking_uri: str
 ) -> RunContext:
     """Creates the sweep's MLflow run: the shared config and each candidate's overrides as
-    params (`candidate.NAME`); the candidates' runs are nested under it."""
+    params (`candidate.NAME`); the candidates' runs are nested under it. First ends the runs
+    a killed run of this sweep left open (`end_crashed_sweep_runs`)."""
     from prefect.runtime import flow_run
 
+    flow_run_id = str(flow_run.id or "")
+    end_crashed_sweep_runs(tracking_uri, config, sweep, flow_run_id)
     params = flatten(config.model_dump(mode="json"))
     params |= {f"candidate.{name}": " ".join(own) or "(the preset)" for name, own in candidates}
     tags = {
         "tuneforge.sweep": sweep,
-        "tuneforge.sweep_flow_run_id": str(flow_run.id or ""),
+        "tuneforge.sweep_flow_run_id": flow_run_id,
+        "tuneforge.flow_run_id": flow_run_id,
         "tuneforge.model_name": config.registry.model_name,
         "tuneforge.base_model": config.model.source,
         "tuneforge.data_source": config.data.path,
@@ -80,8 +84,55 @@ def adopt_sweep_inputs(
                 os.link(src, dst)  # read only by the candidates: one copy on disk
             except OSError:  # another file system
                 shutil.copy2(src, dst)
-    lines = [sum(1 for _ in (out / n).open(encoding="utf-8")) for n in SHARED_FILES[:2]]
-    return SplitPaths(str(out / "train.jsonl"), str(out / "eval.jsonl"), *lines)
+    rows = [_lines(out / name) for name in ("train.jsonl", "eval.jsonl")]
+    return SplitPaths(str(out / "train.jsonl"), str(out / "eval.jsonl"), *rows)
+
+
+def _lines(path: Path) -> int:
+    with path.open(encoding="utf-8") as f:
+        return sum(1 for _ in f)
+
+
+def end_crashed_sweep_runs(
+    tracking_uri: str, config: RunConfig, sweep: str, flow_run_id: str
+) -> list[str]:
+    """Ends (KILLED, tag `tuneforge.crashed`) the runs a killed run of this sweep left RUNNING,
+    its own and its candidates'; returns their ids.
+
+    Called holding the model's retrain slot: a RUNNING run of this sweep and model from another
+    flow run that this Prefect server knows is dead. (Its candidates' checkpoints are resumed
+    by the new run's candidates of the same name; its runs are not continued.) Runs of a flow
+    run this server does not know (another Prefect server sharing MLflow) are left alone."""
+    from uuid import UUID
+
+    from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(config.tracking.experiment)
+    if experiment is None or not flow_run_id:
+        return []
+    running = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"attributes.status = 'RUNNING' and tags.`tuneforge.sweep` = '{sweep}'",
+    )
+    ended = []
+    with get_client(sync_client=True) as prefect:
+        for run in running:
+            tags = run.data.tags
+            other = tags.get("tuneforge.sweep_flow_run_id", "")
+            if tags.get("tuneforge.model_name") != config.registry.model_name:
+                continue
+            if not other or other == flow_run_id:
+                continue
+            try:
+                prefect.read_flow_run(UUID(other))
+            except (ObjectNotFound, ValueError):
+                continue
+            client.set_tag(run.info.run_id, "tuneforge.crashed", f"ended by sweep {flow_run_id}")
+            client.set_terminated(run.info.run_id, status="KILLED")
+            ended.append(run.info.run_id)
+    return ended
 
 
 def candidate_run(tracking_uri: str, sweep_run_id: str, name: str) -> RunContext | None:

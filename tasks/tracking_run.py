@@ -19,9 +19,6 @@ from tuneforge.plugins.registry import strategy_info
 from tuneforge.run_context import RunContext
 from tuneforge.tracking import flatten, start_run
 
-# Tags that set a run apart from a plain retrain's: a sweep's candidate (see `crashed_runs`).
-SCOPE_TAGS = ("tuneforge.sweep", "tuneforge.sweep_candidate")
-
 PACKAGES = ("tuneforge", "torch", "transformers", "peft", "mlflow", "prefect", "pandera")
 
 
@@ -140,10 +137,13 @@ def crashed_runs(client: MlflowClient, config: RunConfig, flow_run_id: str) -> l
     dead. A run whose flow run this server does not know (another Prefect server sharing the
     MLflow server) is left alone.
 
-    Only runs of the same kind count: a plain retrain's, or the same sweep candidate's (the
-    `SCOPE_TAGS` in `tracking.tags`): a sweep trains its candidates side by side under one slot,
-    and one candidate must neither continue nor end another's run."""
+    Runs of a sweep (tag `tuneforge.sweep`) are not a retrain's to continue or end, and a
+    sweep's candidate continues none: its siblings train beside it under the one slot, and a
+    killed sweep's runs are ended by the next run of that sweep (`end_crashed_sweep_runs`)."""
     from prefect import get_client
+
+    if "tuneforge.sweep" in config.tracking.tags:
+        return []
 
     experiment = client.get_experiment_by_name(config.tracking.experiment)
     if experiment is None or not flow_run_id:
@@ -160,7 +160,7 @@ def crashed_runs(client: MlflowClient, config: RunConfig, flow_run_id: str) -> l
             other = tags.get("tuneforge.flow_run_id", "")
             if tags.get("tuneforge.model_name") != config.registry.model_name:
                 continue
-            if any(tags.get(t) != config.tracking.tags.get(t) for t in SCOPE_TAGS):
+            if "tuneforge.sweep" in tags:
                 continue
             if not other or other == flow_run_id:
                 continue

@@ -13,9 +13,10 @@ import yaml
 from tests.conftest import PRESET, REPO
 from tuneforge.config import ConfigError, RegistryConfig
 from tuneforge.flows.retrain import checkpoint_dir
+from tuneforge.flows.sweep_candidate import SweepInputs, as_candidate
 from tuneforge.run_context import RunContext
 from tuneforge.sweeps import load_sweep, sweep_fingerprint, threads_per_candidate
-from tuneforge.tasks.sweep_report import Candidate, leaderboard_rows, rank
+from tuneforge.tasks.sweep_report import CandidateOutcome, leaderboard_rows, rank
 
 
 def _write(tmp_path: Path, **spec) -> Path:
@@ -82,10 +83,13 @@ def test_the_sweeps_set_and_the_command_line_reach_every_candidate(tmp_path):
             {"candidates": [{"name": "a", "set": ["data.path=x.jsonl"]}]},
             "candidate a: data.path: a candidate may change train.* only",
         ),
-        ({"grid": {"registry.metric": ["rouge_l"]}}, "grid.registry.metric: a candidate may"),
+        (
+            {"grid": {"registry.metric": ["rouge_l"]}},
+            "candidate metric=rouge_l: registry.metric: a candidate may change train.* only",
+        ),
         (
             {"candidates": [{"name": "a", "set": ["train.stepz=3"]}]},
-            "candidate a: ",
+            "candidate a: ",  # then the preset's path and the key
         ),
         (
             {"candidates": [{"name": "a"}, {"name": "a"}]},
@@ -96,23 +100,32 @@ def test_the_sweeps_set_and_the_command_line_reach_every_candidate(tmp_path):
         ({"grid": {"train.seed": []}}, "grid: train.seed: give at least one value"),
         (
             {"grid": {"train.max_length": [64, 96]}},
-            "train.max_length differs between candidates",
+            "train.max_length differs between candidates (max_length=64 64, max_length=96 96)",
         ),
         ({"candidates_typo": []}, "candidates_typo: unknown key"),
     ],
 )
-def test_a_bad_sweep_fails_at_load_in_one_line(tmp_path, spec, phrase):
+def test_a_bad_sweep_fails_at_load_in_one_line_naming_the_file(tmp_path, spec, phrase):
+    path = _write(tmp_path, **spec)
     with pytest.raises(ConfigError) as info:
-        load_sweep(_write(tmp_path, **spec))
+        load_sweep(path)
+    assert str(info.value).startswith(f"{path}: ")
     assert phrase in str(info.value) and "\n" not in str(info.value)
 
 
-def test_a_candidates_bad_setting_names_the_candidate_and_key(tmp_path):
-    path = _write(tmp_path, candidates=[{"name": "lo", "set": ["train.settings.rank=-1"]}])
+@pytest.mark.parametrize(
+    ("setting", "key"),
+    [
+        ("train.stepz=3", "train.stepz: unknown key"),
+        ("train.settings.rank=-1", "train.settings.rank"),
+    ],
+)
+def test_a_candidates_bad_setting_names_the_candidate_and_key(tmp_path, setting, key):
+    path = _write(tmp_path, candidates=[{"name": "lo", "set": ["train.strategy=lora", setting]}])
     with pytest.raises(ConfigError) as info:
         load_sweep(path)
-    assert str(info.value).startswith("candidate lo: ")
-    assert "train.settings.rank" in str(info.value)
+    assert str(info.value).startswith(f"{path}: candidate lo: {PRESET}: ")
+    assert key in str(info.value)
 
 
 def test_the_fingerprint_follows_what_shapes_the_candidates(tmp_path):
@@ -130,6 +143,36 @@ def test_candidates_training_here_divide_the_cores(concurrency, cores, threads):
     assert threads_per_candidate(concurrency, cores) == threads
 
 
+def test_fewer_candidates_than_the_concurrency_all_run_at_once(tmp_path):
+    assert load_sweep(_write(tmp_path, concurrency=8, grid={"train.seed": [1, 2]})).at_once() == 2
+    assert load_sweep(_write(tmp_path, concurrency=1, grid={"train.seed": [1, 2]})).at_once() == 1
+
+
+def _inputs(threads: int) -> SweepInputs:
+    return SweepInputs(
+        "s", "sweep-run", "sqlite://", "flow-run", "fp", "/split", "/base", {}, threads
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "threads"),
+    [
+        ([], 4),  # its share of the cores
+        (["train.num_processes=2"], 2),  # split between its processes
+        (["train.num_threads=3"], 3),  # set by hand: kept (the sweep warns)
+        (["train.deployment=train-stage/gpu"], 0),  # trains on a pool: not this machine's
+    ],
+)
+def test_a_candidate_training_here_gets_its_share_of_the_cores(tmp_path, overrides, threads):
+    spec = load_sweep(_write(tmp_path, set=overrides, grid={"train.seed": [1, 2]}))
+    name, config = spec.candidate_configs()[0]
+    candidate = as_candidate(name, config, _inputs(4))
+    assert candidate.train.num_threads == threads
+    assert candidate.tracking.tags["mlflow.parentRunId"] == "sweep-run"
+    assert candidate.fingerprint() == config.fingerprint()  # threads shape nothing
+    assert as_candidate(name, config, _inputs(0)).train.num_threads == config.train.num_threads
+
+
 def test_each_candidate_checkpoints_in_a_directory_of_its_own(tmp_path):
     spec = load_sweep(_write(tmp_path, grid={"train.seed": [1, 2]}))
     dirs = set()
@@ -144,14 +187,14 @@ def test_each_candidate_checkpoints_in_a_directory_of_its_own(tmp_path):
     assert not any(Path(d).is_relative_to(plain) for d in dirs)
 
 
-def _done(name: str, **metrics: float) -> Candidate:
+def _done(name: str, **metrics: float) -> CandidateOutcome:
     ctx = RunContext(f"run-{name}", "sqlite://", "/tmp")
-    return Candidate(name=name, strategy="full", ctx=ctx, metrics=metrics)
+    return CandidateOutcome(name=name, strategy="full", ctx=ctx, metrics=metrics)
 
 
 def test_rank_puts_the_best_first_ties_to_the_lower_loss_failures_last():
     candidates = [
-        Candidate(name="broken", strategy="lora", error="lora: prepare_model: no such module"),
+        CandidateOutcome("broken", "lora", error="lora: prepare_model: no such module"),
         _done("a", exact_match=0.5, eval_loss=2.0),
         _done("b", exact_match=0.7, eval_loss=3.0),
         _done("c", exact_match=0.5, eval_loss=1.0),

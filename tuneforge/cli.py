@@ -229,10 +229,10 @@ def sweep(
     reg = result.registration
     out.print()
     out.print(leaderboard_markdown(rows, result.base, metric), markup=False, highlight=False)
-    if reg is not None:
-        out.print(f"[bold]Winner[/bold] {escape(result.winner.name)}: {escape(reg.decision)}")
+    winner = f"[bold]Winner[/bold] {escape(result.winner.name)}: {escape(reg.decision)}"
+    out.print(winner, soft_wrap=True)
     for other in result.others:
-        out.print(f"  also registered: version {other.version} ({other.reason})", markup=False)
+        out.print(f"  also registered: {other.decision}", markup=False, soft_wrap=True)
     out.print(f"Sweep MLflow run {result.run_id} in {result.tracking_uri}", markup=False)
     if as_json:
         candidates = [
@@ -244,10 +244,10 @@ def sweep(
             "metric": metric,
             "base": result.base,
             "candidates": candidates,
-            "winner": result.winner.name if result.winner else None,
-            "model": reg.name if reg else None,
-            "version": reg.version if reg else None,
-            "alias": reg.alias if reg else None,
+            "winner": result.winner.name,
+            "model": reg.name,
+            "version": reg.version,
+            "alias": reg.alias,
             "others": [{"version": o.version, "reason": o.reason} for o in result.others],
         }
         print(json.dumps(summary))

@@ -30,7 +30,7 @@ import contextvars
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -416,23 +416,21 @@ def training_slot(limit: str | None, what: str) -> Iterator[None]:
     if not limit:
         yield
         return
-    from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
     from prefect.concurrency.sync import concurrency
 
-    logger.info(
-        "%s: taking a slot of the concurrency limit %r (waits while all are taken)", what, limit
-    )
-    started = time.monotonic()
-    with ExitStack() as stack:
+    with get_client(sync_client=True) as client:
         try:
-            stack.enter_context(
-                concurrency(limit, occupy=1, strict=True, raise_on_lease_renewal_failure=False)
-            )
-        except ConcurrencySlotAcquisitionError:
+            slots = client.read_global_concurrency_limit_by_name(limit).limit
+        except ObjectNotFound:
             raise ValueError(
                 f"train.concurrency_limit: no Prefect concurrency limit {limit!r}; create it "
                 f"(prefect gcl create {limit} --limit N, N trainings at once) or unset it"
             ) from None
+    logger.info(
+        "%s: taking one of the %d slots of %r (waits while all are taken)", what, slots, limit
+    )
+    started = time.monotonic()
+    with concurrency(limit, occupy=1, strict=True, raise_on_lease_renewal_failure=False):
         logger.info("%s: took a slot of %r after %.0f s", what, limit, time.monotonic() - started)
         yield
 

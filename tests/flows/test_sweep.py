@@ -1,8 +1,10 @@
 """The real `sweep` flow through `tuneforge sweep --json` (Prefect test server, MLflow server
 over HTTP): three candidates, two at a time, one of which fails in training; the winner on
 eval loss goes through the gate, the runner-up is registered without an alias
-(`register_others`), the failed one is reported. Then the same sweep again: skipped, since
-data and candidates equal those of the champion's sweep.
+(`register_others`), the failed one is reported; the runs a killed earlier run of the sweep
+left open are ended. Then the same sweep again: skipped, since data and candidates equal
+those of the champion's sweep. And a sweep whose every candidate fails (one at a time, in
+the flow's own process): it fails in one line, its leaderboard logged.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prefect import flow
+from prefect.context import FlowRunContext
 
 from tests.conftest import BUNDLED_DATA, NO_GATE, PRESET
 from tuneforge.sweeps import threads_per_candidate
@@ -19,6 +23,7 @@ from tuneforge.sweeps import threads_per_candidate
 pytestmark = pytest.mark.integration
 
 SWEEP = "it-sweep"
+LORA = ("train.strategy=lora",)
 
 
 def _write_sweep(path: Path, data: Path) -> Path:
@@ -62,13 +67,53 @@ def _invoke(path: Path, tracking_uri: str, out: Path):
     return CliRunner().invoke(app, args)
 
 
+@flow
+def _killed_sweep() -> str:
+    """Stands in for the flow run of a sweep that was killed: ended as far as Prefect knows."""
+    return str(FlowRunContext.get().flow_run.id)
+
+
+def _left_open_by_a_killed_sweep(tracking_uri: str) -> str:
+    """A RUNNING MLflow run of this sweep and model, from another (dead) sweep flow run."""
+    from mlflow.tracking import MlflowClient
+
+    tags = {
+        "tuneforge.sweep": SWEEP,
+        "tuneforge.model_name": "it-sweep",
+        "tuneforge.sweep_flow_run_id": _killed_sweep(),
+    }
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name("tuneforge")
+    experiment = found.experiment_id if found else client.create_experiment("tuneforge")
+    return client.create_run(experiment, run_name=SWEEP, tags=tags).info.run_id
+
+
 @pytest.fixture(scope="module")
 def runs(prefect_harness, mlflow_server, tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
     data = root / "chat.jsonl"
     data.write_text(BUNDLED_DATA.read_text(encoding="utf-8")[:60_000].rsplit("\n", 1)[0] + "\n")
     spec = _write_sweep(root / "sweep.yaml", data)
-    return [_invoke(spec, mlflow_server, root / "out") for _ in range(2)]
+    left_open = _left_open_by_a_killed_sweep(mlflow_server)
+    done = [_invoke(spec, mlflow_server, root / "out") for _ in range(2)]
+    every_one_fails = root / "broken.yaml"
+    every_one_fails.write_text(
+        yaml.safe_dump(
+            {
+                "name": "it-sweep-broken",
+                "preset": str(PRESET),
+                "set": [*NO_GATE, f"data.path={data}", "registry.model_name=it-sweep-broken"],
+                "concurrency": 1,
+                "candidates": [
+                    {"name": f"broken{i}", "set": [*LORA, f"train.settings.target_modules=[no{i}]"]}
+                    for i in range(2)
+                ],
+            }
+        ),
+        encoding="utf-8",
+    )
+    done.append(_invoke(every_one_fails, mlflow_server, root / "out"))
+    return done, left_open
 
 
 def _last_json(result) -> dict:
@@ -79,7 +124,7 @@ def _last_json(result) -> dict:
 def test_the_best_finished_candidate_wins_and_only_it_is_gated(runs, mlflow_server):
     from mlflow.tracking import MlflowClient
 
-    summary = _last_json(runs[0])
+    summary = _last_json(runs[0][0])
     assert [c["rank"] for c in summary["candidates"]] == [1, 2, 3]
     finished = [c for c in summary["candidates"] if c["status"] == "finished"]
     assert {c["candidate"] for c in finished} == {"full", "instruction"}
@@ -98,6 +143,7 @@ def test_the_best_finished_candidate_wins_and_only_it_is_gated(runs, mlflow_serv
     other = client.get_model_version("it-sweep", "2")
     assert other.run_id == runner_up["run_id"] and not other.aliases
     assert other.tags["tuneforge.decision"].startswith(f"rank 2 of 2 in sweep {SWEEP}")
+    assert summary["others"] == [{"version": "2", "reason": other.tags["tuneforge.decision"]}]
     assert len(client.search_model_versions("name='it-sweep'")) == 2
     # Each candidate's scores are those its own run logged.
     for c in finished:
@@ -108,7 +154,7 @@ def test_the_best_finished_candidate_wins_and_only_it_is_gated(runs, mlflow_serv
 def test_a_failed_candidate_is_reported_and_does_not_sink_the_sweep(runs, mlflow_server):
     from mlflow.tracking import MlflowClient
 
-    summary = _last_json(runs[0])
+    summary = _last_json(runs[0][0])
     broken = summary["candidates"][-1]
     assert broken["candidate"] == "broken" and broken["rank"] == 3
     assert broken["status"].startswith("failed: strategy 'lora'")
@@ -120,7 +166,7 @@ def test_a_failed_candidate_is_reported_and_does_not_sink_the_sweep(runs, mlflow
 def test_candidates_share_the_split_and_the_base_and_nest_under_the_sweep(runs, mlflow_server):
     from mlflow.tracking import MlflowClient
 
-    summary = _last_json(runs[0])
+    summary = _last_json(runs[0][0])
     client = MlflowClient(mlflow_server)
     sweep = client.get_run(summary["run_id"])
     assert sweep.data.tags["tuneforge.sweep_winner"] == summary["winner"]
@@ -162,6 +208,33 @@ def test_at_most_concurrency_candidates_run_at_once(runs):
 
 
 def test_the_same_sweep_on_the_same_data_is_skipped(runs):
-    again = _last_json(runs[1])
+    again = _last_json(runs[0][1])
     assert again["sweep"] == SWEEP
     assert "version 1 (champion)" in again["skipped"]
+
+
+def test_runs_a_killed_run_of_the_sweep_left_open_are_ended(runs, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    _, left_open = runs
+    run = MlflowClient(mlflow_server).get_run(left_open)
+    assert run.info.status == "KILLED"
+    assert run.data.tags["tuneforge.crashed"].startswith("ended by sweep ")
+
+
+def test_a_sweep_whose_every_candidate_fails_fails_in_one_line(runs, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    failed = runs[0][2]
+    assert failed.exit_code == 2, failed.output
+    assert "Traceback" not in failed.output
+    last = failed.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: sweep it-sweep-broken: every candidate failed (broken0: ")
+    assert "{'no0'}" in last and "; broken1: " in last and "{'no1'}" in last
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("tuneforge").experiment_id
+    sweep = client.search_runs([experiment], "tags.`tuneforge.sweep` = 'it-sweep-broken'")
+    parent = next(r for r in sweep if "tuneforge.sweep_candidate" not in r.data.tags)
+    assert parent.info.status == "FAILED"
+    assert "leaderboard.json" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert not client.search_model_versions("name='it-sweep-broken'")
