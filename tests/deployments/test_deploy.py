@@ -15,12 +15,13 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import NO_GATE, REPO, PrefectServerProcess
+from tests.conftest import NO_GATE, REPO, PrefectServerProcess, set_args
 
 pytestmark = pytest.mark.integration
 
@@ -226,9 +227,10 @@ REMOTE_SWEEP = {
 def scenarios(deployed):
     """The machine running the nightly deployment dies (worker and flow run, SIGKILL) after
     the checkpoint of step 100; the next run of the deployment is triggered by hand on a new
-    worker. While it waits for the dead run's lease to lapse, a `tuneforge sweep` trains its
-    candidates on another pool (the train-stage deployment, on the same worker). Then the same
-    data is pushed. Returns what each of them left."""
+    worker. While it waits for the dead run's lease to lapse, a `tuneforge sweep` and a
+    `tuneforge run` train on another pool (the train-stage deployment, on the same worker),
+    through one concurrency limit of one slot. Then the same data is pushed. Returns what each
+    of them left."""
     env, home, _, worker = deployed
     checkpoint = home / "runs" / "checkpoints" / "tuneforge-demo" / "step-000000100"
     with _client(env) as client:
@@ -245,17 +247,27 @@ def scenarios(deployed):
         again = client.create_flow_run_from_deployment(nightly.id)
         sweep_file = home / "deployments" / "sweeps" / "it-remote.yaml"
         sweep_file.write_text(yaml.safe_dump(REMOTE_SWEEP))
-        remote = subprocess.Popen(
-            [str(BIN / "tuneforge"), "sweep", str(sweep_file), "--json"],
-            cwd=home,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        remote_output, _ = remote.communicate(timeout=600)
-        assert remote.returncode == 0, remote_output[-4000:]
-        swept = json.loads(remote_output.strip().splitlines()[-1])
+        retrain = [
+            "run",
+            "deployments/presets/tiny-cpu.yaml",
+            *set_args(*REMOTE_SWEEP["set"], "registry.model_name=it-remote-retrain"),
+        ]
+        remote = [
+            subprocess.Popen(
+                [str(BIN / "tuneforge"), *args],
+                cwd=home,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for args in (["sweep", str(sweep_file), "--json"], retrain)
+        ]
+        for command in remote:
+            output, _ = command.communicate(timeout=600)
+            assert command.returncode == 0, output[-4000:]
+            if command is remote[0]:
+                swept = json.loads(output.strip().splitlines()[-1])
         finished = _wait_flow_run(client, again.id, seconds=600)
         slot = client.read_global_concurrency_limit_by_name("retrain-tuneforge-demo")
 
@@ -293,16 +305,21 @@ def test_nightly_run_killed_resumed_then_pushed_unchanged_data_is_skipped(scenar
 
     experiment = mlflow.get_experiment_by_name("tuneforge")
     skipped = mlflow.search_runs(
-        [experiment.experiment_id], filter_string="tags.`tuneforge.skipped` != ''"
+        [experiment.experiment_id],
+        filter_string=(
+            "tags.`tuneforge.skipped` != '' and tags.`tuneforge.model_name` = 'tuneforge-demo'"
+        ),
     )
     assert len(skipped) == 1
     assert f"version {champion.version} (champion)" in skipped[0].data.tags["tuneforge.skipped"]
     assert len(mlflow.search_model_versions("name='tuneforge-demo'")) == 1
 
 
-def test_sweep_candidates_train_on_another_pool_one_slot_at_a_time(
+def test_a_sweep_and_a_retrain_train_on_another_pool_one_slot_at_a_time(
     scenarios, deployed, mlflow_server
 ):
+    """Both candidates of the sweep and the retrain trained as the train-stage deployment,
+    one after the other (the pool's limit has one slot); each model came back trained."""
     from mlflow.tracking import MlflowClient
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
@@ -312,20 +329,23 @@ def test_sweep_candidates_train_on_another_pool_one_slot_at_a_time(
     client = MlflowClient(mlflow_server)
     version = client.get_model_version_by_alias("it-remote", "champion")
     assert version.run_id == swept["candidates"][0]["run_id"]  # the winner
-    run = client.get_run(version.run_id)
-    assert run.data.params["train.deployment"] == "train-stage/on-cpu"
-    assert len(client.get_metric_history(version.run_id, "train.loss")) == 100 // 50
-    tuned = {Path(f.path).name for f in client.list_artifacts(version.run_id, "handover/tuned")}
-    assert "model.safetensors" in tuned
-    # The model trained on the other pool came back trained.
-    assert run.data.metrics["tuned.eval_loss"] < run.data.metrics["base.eval_loss"] / 2
+    retrained = client.get_model_version_by_alias("it-remote-retrain", "champion")
+    for run_id in (version.run_id, retrained.run_id):
+        run = client.get_run(run_id)
+        assert run.data.params["train.deployment"] == "train-stage/on-cpu"
+        assert run.data.params["train.concurrency_limit"] == POOL_SLOTS
+        assert len(client.get_metric_history(run_id, "train.loss")) == 100 // 50
+        tuned = {Path(f.path).name for f in client.list_artifacts(run_id, "handover/tuned")}
+        assert "model.safetensors" in tuned
+        # The model trained on the other pool came back trained.
+        assert run.data.metrics["tuned.eval_loss"] < run.data.metrics["base.eval_loss"] / 2
     with _client(env) as prefect_client:
         stage = prefect_client.read_deployment_by_name("train-stage/on-cpu")
         trainings = prefect_client.read_flow_runs(
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[stage.id]))
         )
         slots = prefect_client.read_global_concurrency_limit_by_name(POOL_SLOTS)
-    assert len(trainings) == 2 and all(r.state.is_completed() for r in trainings)
-    first, second = sorted((r.start_time, r.end_time) for r in trainings)
-    assert second[0] >= first[1]  # one slot: the second waited for the first
+    assert len(trainings) == 3 and all(r.state.is_completed() for r in trainings)
+    spans = sorted((r.start_time, r.end_time) for r in trainings)
+    assert all(later[0] >= earlier[1] for earlier, later in pairwise(spans))
     assert slots.active_slots == 0
