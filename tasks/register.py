@@ -410,12 +410,14 @@ _OWN_RUN_TAGS = ("tuneforge.registered_version", "tuneforge.decision")
 # than only the call that failed, which a retry loop around each of the ten calls could do;
 # in exchange one mechanism covers a failure anywhere in the task, and it is safe because the
 # task finds and finishes the version it registered before instead of registering another.
-@task(
-    name="register_model",
-    retries=3,
-    retry_delay_seconds=[30, 60, 120],
-    retry_condition_fn=retry_if_unreachable,
-)
+RETRIED_IF_UNREACHABLE = {
+    "retries": 3,
+    "retry_delay_seconds": [30, 60, 120],
+    "retry_condition_fn": retry_if_unreachable,
+}
+
+
+@task(name="register_model", **RETRIED_IF_UNREACHABLE)
 def register_model(
     *,
     model_dir: str,
@@ -457,12 +459,7 @@ def register_model(
     return _finish(client, cfg.model_name, version, alias, reason, lineage, ctx.run_id, scores)
 
 
-@task(
-    name="register_runner_up",
-    retries=3,
-    retry_delay_seconds=[30, 60, 120],
-    retry_condition_fn=retry_if_unreachable,
-)
+@task(name="register_runner_up", **RETRIED_IF_UNREACHABLE)
 def register_runner_up(
     *,
     model_dir: str,

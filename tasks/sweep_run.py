@@ -13,7 +13,7 @@ from prefect import task
 from tuneforge.config import RunConfig
 from tuneforge.run_context import RunContext
 from tuneforge.tasks.split_data import SplitPaths
-from tuneforge.tasks.tracking_run import code_version, package_versions
+from tuneforge.tasks.tracking_run import code_version, left_by_other_flow_runs, package_versions
 from tuneforge.tracking import MetricLogger, flatten, start_run
 
 # What the sweep's tasks tag on its run that describes the data and the base every candidate
@@ -103,11 +103,6 @@ def end_crashed_sweep_runs(
     flow run that this Prefect server knows is dead. (Its candidates' checkpoints are resumed
     by the new run's candidates of the same name; its runs are not continued.) Runs of a flow
     run this server does not know (another Prefect server sharing MLflow) are left alone."""
-    from uuid import UUID
-
-    from prefect import get_client
-    from prefect.exceptions import ObjectNotFound
-
     client = MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name(config.tracking.experiment)
     if experiment is None or not flow_run_id:
@@ -116,22 +111,16 @@ def end_crashed_sweep_runs(
         [experiment.experiment_id],
         filter_string=f"attributes.status = 'RUNNING' and tags.`tuneforge.sweep` = '{sweep}'",
     )
+    mine = [
+        run
+        for run in running
+        if run.data.tags.get("tuneforge.model_name") == config.registry.model_name
+    ]
     ended = []
-    with get_client(sync_client=True) as prefect:
-        for run in running:
-            tags = run.data.tags
-            other = tags.get("tuneforge.sweep_flow_run_id", "")
-            if tags.get("tuneforge.model_name") != config.registry.model_name:
-                continue
-            if not other or other == flow_run_id:
-                continue
-            try:
-                prefect.read_flow_run(UUID(other))
-            except (ObjectNotFound, ValueError):
-                continue
-            client.set_tag(run.info.run_id, "tuneforge.crashed", f"ended by sweep {flow_run_id}")
-            client.set_terminated(run.info.run_id, status="KILLED")
-            ended.append(run.info.run_id)
+    for run in left_by_other_flow_runs(mine, "tuneforge.sweep_flow_run_id", flow_run_id):
+        client.set_tag(run.info.run_id, "tuneforge.crashed", f"ended by sweep {flow_run_id}")
+        client.set_terminated(run.info.run_id, status="KILLED")
+        ended.append(run.info.run_id)
     return ended
 
 

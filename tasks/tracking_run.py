@@ -140,8 +140,6 @@ def crashed_runs(client: MlflowClient, config: RunConfig, flow_run_id: str) -> l
     Runs of a sweep (tag `tuneforge.sweep`) are not a retrain's to continue or end, and a
     sweep's candidate continues none: its siblings train beside it under the one slot, and a
     killed sweep's runs are ended by the next run of that sweep (`end_crashed_sweep_runs`)."""
-    from prefect import get_client
-
     if "tuneforge.sweep" in config.tracking.tags:
         return []
 
@@ -153,15 +151,24 @@ def crashed_runs(client: MlflowClient, config: RunConfig, flow_run_id: str) -> l
         filter_string="attributes.status = 'RUNNING'",
         order_by=["attributes.start_time DESC"],
     )
+    mine = [
+        run
+        for run in running
+        if run.data.tags.get("tuneforge.model_name") == config.registry.model_name
+        and "tuneforge.sweep" not in run.data.tags
+    ]
+    return left_by_other_flow_runs(mine, "tuneforge.flow_run_id", flow_run_id)
+
+
+def left_by_other_flow_runs(runs: list[Any], tag: str, flow_run_id: str) -> list[Any]:
+    """The runs whose flow run (the id in `tag`) is not `flow_run_id` and is known to this
+    Prefect server: taken for dead by a caller holding the model's retrain slot."""
+    from prefect import get_client
+
     found = []
     with get_client(sync_client=True) as prefect:
-        for run in running:
-            tags = run.data.tags
-            other = tags.get("tuneforge.flow_run_id", "")
-            if tags.get("tuneforge.model_name") != config.registry.model_name:
-                continue
-            if "tuneforge.sweep" in tags:
-                continue
+        for run in runs:
+            other = run.data.tags.get(tag, "")
             if not other or other == flow_run_id:
                 continue
             try:

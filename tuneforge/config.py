@@ -687,15 +687,15 @@ def parse_config(data: dict[str, Any], source: str = "config") -> RunConfig:
     return cfg
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Reads a YAML preset, applies `KEY=VALUE` overrides (dotted keys) and validates it."""
-    path = Path(path)
+def read_yaml_mapping(path: Path, kind: str, expected: str) -> dict[str, Any]:
+    """A YAML file's top-level mapping (a config, pipeline or sweep file, `kind`); a missing,
+    unreadable or malformed file is one `ConfigError` line naming it (and the line)."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
+        raise ConfigError(f"{path}: {kind} file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read config ({exc})") from None
+        raise ConfigError(f"{path}: cannot read {kind} ({exc})") from None
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
@@ -703,7 +703,14 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}:{where} invalid YAML") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+        raise ConfigError(f"{path}: expected a mapping {expected}")
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Reads a YAML preset, applies `KEY=VALUE` overrides (dotted keys) and validates it."""
+    path = Path(path)
+    data = read_yaml_mapping(path, "config", "of keys at the top level")
     preset_strategy = (data.get("train") or {}).get("strategy", "full")
     for assignment in overrides:
         _apply_override(data, assignment)

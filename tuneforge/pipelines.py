@@ -21,10 +21,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tuneforge.config import ConfigError, RunConfig, format_errors, load_config
+from tuneforge.config import ConfigError, RunConfig, format_errors, load_config, read_yaml_mapping
 
 PLACEHOLDER_VERSION = "models:/{name}/1"  # stands in for a version not registered yet
 
@@ -80,14 +79,7 @@ class PipelineSpec(BaseModel):
 def load_pipeline(path: str | Path, extra: list[str] | tuple[str, ...] = ()) -> PipelineSpec:
     """Reads and validates a pipeline file and every stage's config (`stage_configs`)."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: pipeline file not found") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read pipeline ({type(exc).__name__})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping with name and stages")
+    data = read_yaml_mapping(path, "pipeline", "with name and stages")
     try:
         spec = PipelineSpec.model_validate({**data, "folder": str(path.parent)})
     except ValidationError as exc:

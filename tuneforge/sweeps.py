@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tuneforge.config import ConfigError, RunConfig, format_errors, load_config
+from tuneforge.config import ConfigError, RunConfig, format_errors, load_config, read_yaml_mapping
 
 NAME = r"^[A-Za-z0-9][\w.=,+-]*$"  # a candidate's name: MLflow run names, Prefect run names
 
@@ -168,14 +168,7 @@ def _yaml_scalar(value: Any) -> str:
 def load_sweep(path: str | Path, extra: list[str] | tuple[str, ...] = ()) -> SweepSpec:
     """Reads and validates a sweep file and every candidate's config."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: sweep file not found") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read sweep ({type(exc).__name__})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping with name, preset and candidates")
+    data = read_yaml_mapping(path, "sweep", "with name, preset and candidates")
     try:
         spec = SweepSpec.model_validate({**data, "folder": str(path.parent)})
     except ValidationError as exc:
