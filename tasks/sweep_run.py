@@ -13,7 +13,12 @@ from prefect import task
 from tuneforge.config import RunConfig
 from tuneforge.run_context import RunContext
 from tuneforge.tasks.split_data import SplitPaths
-from tuneforge.tasks.tracking_run import code_version, left_by_other_flow_runs, package_versions
+from tuneforge.tasks.tracking_run import (
+    code_version,
+    left_by_other_flow_runs,
+    package_versions,
+    run_context,
+)
 from tuneforge.tracking import MetricLogger, flatten, start_run
 
 # What the sweep's tasks tag on its run that describes the data and the base every candidate
@@ -50,13 +55,7 @@ def start_sweep_run(
         **config.tracking.tags,
     }
     run_id = start_run(tracking_uri, config.tracking.experiment, sweep, params, tags)
-    return RunContext(
-        run_id=run_id,
-        tracking_uri=tracking_uri,
-        run_dir=str(Path(config.output_dir).resolve() / run_id),
-        trust_remote_code=config.model.trust_remote_code,
-        model_dtype=config.model.dtype,
-    )
+    return run_context(config, tracking_uri, run_id)
 
 
 @task(name="adopt_sweep_inputs")

@@ -93,7 +93,7 @@ def start_tracking_run(*, config: RunConfig, tracking_uri: str) -> RunContext:
             attempt,
             config.registry.model_name,
         )
-        return _context(config, tracking_uri, run_id, resumed=True)
+        return run_context(config, tracking_uri, run_id, resumed=True)
 
     strategy = strategy_info(config.train.strategy)
     tags = {
@@ -115,10 +115,13 @@ def start_tracking_run(*, config: RunConfig, tracking_uri: str) -> RunContext:
     }
     params = flatten(config.model_dump(mode="json"))
     run_id = start_run(tracking_uri, config.tracking.experiment, config.name, params, tags)
-    return _context(config, tracking_uri, run_id, resumed=False)
+    return run_context(config, tracking_uri, run_id, resumed=False)
 
 
-def _context(config: RunConfig, tracking_uri: str, run_id: str, resumed: bool) -> RunContext:
+def run_context(
+    config: RunConfig, tracking_uri: str, run_id: str, resumed: bool = False
+) -> RunContext:
+    """The context every task of the run gets: its run directory under `output_dir`."""
     return RunContext(
         run_id=run_id,
         tracking_uri=tracking_uri,
