@@ -49,6 +49,7 @@ class SweepResult:
     name: str
     run_id: str  # the sweep's MLflow run; the candidates' runs are nested under it
     tracking_uri: str
+    metric: str  # registry.metric: what the candidates were ranked on
     base: dict[str, float]
     candidates: list[CandidateOutcome]  # ranked: the winner first, failed ones last
     registration: Registration  # the winner's
@@ -69,8 +70,8 @@ def sweep(
 ) -> SweepResult | SkippedRun:
     """Trains `spec`'s candidates on one split, ranks them, registers the winner."""
     extra = [*(overrides or []), *(["force=true"] if force else [])]
-    check_sweep(spec, extra)  # a bad candidate fails now, not after the base is scored
     config, candidates = spec.base_config(extra), spec.candidate_configs(extra)
+    check_sweep(config, candidates)  # a bad candidate fails now, not after the base is scored
     tracking_uri = resolve_tracking_uri(config.tracking.tracking_uri)
     with one_retrain_at_a_time(config.registry.model_name, config.registry.wait_for_slot_s) as slot:
         ctx = start_sweep_run(
@@ -146,7 +147,10 @@ def _sweep_in(
         ctx=ctx,
         registration=registration,
     )
-    return SweepResult(spec.name, ctx.run_id, ctx.tracking_uri, base, ranked, registration, others)
+    metric = config.registry.metric
+    return SweepResult(
+        spec.name, ctx.run_id, ctx.tracking_uri, metric, base, ranked, registration, others
+    )
 
 
 def _train_candidates(

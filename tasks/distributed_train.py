@@ -25,9 +25,8 @@ import torch.distributed as dist
 
 from tuneforge.config import TrainConfig
 from tuneforge.jsonl import read_jsonl
+from tuneforge.multinode import PARENT_PID
 from tuneforge.tasks.train import train_model
-
-PARENT_PID = "TUNEFORGE_PARENT_PID"  # set by train_distributed for a process alone
 
 
 def main(argv: list[str]) -> None:

@@ -272,12 +272,13 @@ def stages_table(stages: list[StageOutcome]) -> str:
             tuned = scores["tuned"].get(short) if scores else s.tuned.get(key)
             lines.append(
                 f"| {s.stage} | {s.model} v{s.version} | {s.alias} | {'yes' if s.skipped else 'no'}"
-                f" | {key.replace('.all', '')} | {_number(base)} | {_number(tuned)} |"
+                f" | {key.replace('.all', '')} | {format_score(base)} | {format_score(tuned)} |"
             )
     return "\n".join(lines) + "\n"
 
 
-def _number(value: float | None) -> str:
+def format_score(value: float | None) -> str:
+    """A score in a markdown table: four decimals, or n/a."""
     return "n/a" if value is None else f"{value:.4f}"
 
 

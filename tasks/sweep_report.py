@@ -14,6 +14,7 @@ from prefect import task
 from tuneforge.config import RegistryConfig, RunConfig
 from tuneforge.run_context import RunContext
 from tuneforge.tasks.register import Registration
+from tuneforge.tasks.report import format_score
 
 
 @dataclass(frozen=True)
@@ -86,19 +87,16 @@ def leaderboard_markdown(rows: list[dict[str, Any]], base: dict[str, float], met
     lines = [
         f"| rank | candidate | strategy | {metric} | eval_loss | train s | status |",
         "|---:|---|---|---:|---:|---:|---|",
-        f"| | base | | {_cell(base.get(metric))} | {_cell(base.get('eval_loss'))} | | |",
+        f"| | base | | {format_score(base.get(metric))} | "
+        f"{format_score(base.get('eval_loss'))} | | |",
     ]
     for r in rows:
         lines.append(
-            f"| {r['rank']} | {r['candidate']} | {r['strategy']} | {_cell(r[metric])} | "
-            f"{_cell(r['eval_loss'])} | {r['train_seconds']:.1f} | "
+            f"| {r['rank']} | {r['candidate']} | {r['strategy']} | {format_score(r[metric])} | "
+            f"{format_score(r['eval_loss'])} | {r['train_seconds']:.1f} | "
             f"{r['status'].replace('|', '/')} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def _cell(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
 
 
 def plot_leaderboard(

@@ -77,7 +77,6 @@ def adopt_sweep_inputs(
     out.mkdir(parents=True, exist_ok=True)
     for name in SHARED_FILES:
         src, dst = Path(split_dir, name), out / name
-        dst.unlink(missing_ok=True)  # a continued run's are an earlier sweep's
         if src.exists():
             try:
                 os.link(src, dst)  # read only by the candidates: one copy on disk

@@ -716,7 +716,7 @@ def train_distributed(
             )
         else:
             command = [sys.executable, "-m", multinode.TRAIN_MODULE, f"{tmp}/spec.json"]
-            env["TUNEFORGE_PARENT_PID"] = str(os.getpid())  # it ends when this process does
+            env[multinode.PARENT_PID] = str(os.getpid())  # it ends when this process does
             if cfg.num_threads:  # size OpenMP's pool from the start, not only torch's
                 env["OMP_NUM_THREADS"] = str(cfg.num_threads)
         done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)

@@ -210,7 +210,7 @@ def sweep(
     overrides = [*(set_ or [])]
     try:
         spec = load_sweep(path, overrides)
-        check_sweep(spec, overrides)
+        check_sweep(spec.base_config(overrides), spec.candidate_configs(overrides))
     except ConfigError as exc:
         _fail(str(exc))
 
@@ -224,7 +224,7 @@ def sweep(
         if as_json:
             print(json.dumps({"sweep": spec.name, "skipped": result.reason}))
         return
-    metric = spec.base_config(overrides).registry.metric
+    metric = result.metric
     rows = leaderboard_rows(result.candidates, metric)
     reg = result.registration
     out.print()

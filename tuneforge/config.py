@@ -14,7 +14,7 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -31,6 +31,9 @@ from tuneforge.models import TinyModelConfig
 
 class ConfigError(ValueError):
     """A config problem, phrased as one line that names the file and the key."""
+
+
+Spec = TypeVar("Spec", bound=BaseModel)
 
 
 class Strict(BaseModel):
@@ -705,6 +708,16 @@ def read_yaml_mapping(path: Path, kind: str, expected: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping {expected}")
     return data
+
+
+def load_spec_file(path: Path, model: type[Spec], kind: str, expected: str) -> Spec:
+    """A pipeline or sweep file (`kind`) validated as `model`, its `folder` (what its presets
+    are relative to) the file's; every problem one `ConfigError` line naming the file."""
+    data = read_yaml_mapping(path, kind, expected)
+    try:
+        return model.model_validate({**data, "folder": str(path.parent)})
+    except ValidationError as exc:
+        raise ConfigError(format_errors(str(path), exc)) from None
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

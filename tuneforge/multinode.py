@@ -41,6 +41,9 @@ LOCAL_ADDR_ENV = "TUNEFORGE_LOCAL_ADDR"
 JOIN_TIMEOUT_S = 1800.0
 RDZV_ID = "tuneforge"  # one store per job (node 0's), so one id serves every run
 TRAIN_MODULE = "tuneforge.tasks.distributed_train"
+# The training task's pid, given to a training process started alone (not by torchrun): it
+# ends when that task's process does.
+PARENT_PID = "TUNEFORGE_PARENT_PID"
 
 
 def launcher_command(

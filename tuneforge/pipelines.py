@@ -21,9 +21,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from tuneforge.config import ConfigError, RunConfig, format_errors, load_config, read_yaml_mapping
+from tuneforge.config import ConfigError, RunConfig, load_config, load_spec_file
 
 PLACEHOLDER_VERSION = "models:/{name}/1"  # stands in for a version not registered yet
 
@@ -79,11 +79,7 @@ class PipelineSpec(BaseModel):
 def load_pipeline(path: str | Path, extra: list[str] | tuple[str, ...] = ()) -> PipelineSpec:
     """Reads and validates a pipeline file and every stage's config (`stage_configs`)."""
     path = Path(path)
-    data = read_yaml_mapping(path, "pipeline", "with name and stages")
-    try:
-        spec = PipelineSpec.model_validate({**data, "folder": str(path.parent)})
-    except ValidationError as exc:
-        raise ConfigError(format_errors(str(path), exc)) from None
+    spec = load_spec_file(path, PipelineSpec, "pipeline", "with name and stages")
     tracking = {config.tracking.tracking_uri for config in stage_configs(spec, extra)}
     if len(tracking) > 1:  # a stage pins the one before by version: one registry for all
         raise ConfigError(f"{path}: every stage must use the same tracking.tracking_uri")

@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tuneforge.config import ConfigError, RunConfig, format_errors, load_config, read_yaml_mapping
+from tuneforge.config import ConfigError, RunConfig, load_config, load_spec_file
 
 NAME = r"^[A-Za-z0-9][\w.=,+-]*$"  # a candidate's name: MLflow run names, Prefect run names
 
@@ -168,11 +168,7 @@ def _yaml_scalar(value: Any) -> str:
 def load_sweep(path: str | Path, extra: list[str] | tuple[str, ...] = ()) -> SweepSpec:
     """Reads and validates a sweep file and every candidate's config."""
     path = Path(path)
-    data = read_yaml_mapping(path, "sweep", "with name, preset and candidates")
-    try:
-        spec = SweepSpec.model_validate({**data, "folder": str(path.parent)})
-    except ValidationError as exc:
-        raise ConfigError(format_errors(str(path), exc)) from None
+    spec = load_spec_file(path, SweepSpec, "sweep", "with name, preset and candidates")
     try:
         spec.base_config(extra)  # its errors name the preset
         spec.candidate_configs(extra)
@@ -181,15 +177,15 @@ def load_sweep(path: str | Path, extra: list[str] | tuple[str, ...] = ()) -> Swe
     return spec
 
 
-def check_sweep(spec: SweepSpec, extra: list[str] | tuple[str, ...] = ()) -> None:
+def check_sweep(config: RunConfig, candidates: list[tuple[str, RunConfig]]) -> None:
     """`tuneforge.preflight.check_run` on the shared config (data file, tracking server, ...)
     and on each candidate (a candidate's train.deployment, ...), failures naming it."""
     from tuneforge.preflight import check_run
 
-    check_run(spec.base_config(extra))
-    for name, config in spec.candidate_configs(extra):
+    check_run(config)
+    for name, candidate in candidates:
         try:
-            check_run(config)
+            check_run(candidate)
         except ConfigError as exc:
             raise ConfigError(f"candidate {name}: {exc}") from None
 
