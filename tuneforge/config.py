@@ -25,6 +25,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticUndefined
 
 from tuneforge.models import TinyModelConfig
 
@@ -40,9 +41,46 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-logger = logging.getLogger("tuneforge.config")
+logger = logging.getLogger(__name__)
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+SHAPES_TRAINING = "shapes_training"  # the mark's key in a field's json_schema_extra
+
+
+def not_shaping(default: Any = PydanticUndefined, **field_kwargs: Any) -> Any:
+    """`Field(default, **field_kwargs)` for a setting that does not change what a run computes:
+    how often to log or checkpoint, retries, threads, how many processes share a batch, padded
+    or padding-free batches (the same training in distribution: only float rounding or which
+    dropout masks get drawn differ), and what the run is called, where its data and outputs
+    live, whether it was forced. Such fields are left out of `RunConfig.fingerprint()` and of
+    a checkpoint's resume key (`TrainConfig.shaping_settings`); the JSON schema shows the mark
+    as `shapes_training: false`."""
+    return Field(default, **field_kwargs, json_schema_extra={SHAPES_TRAINING: False})
+
+
+def fields_not_shaping(model: type[BaseModel]) -> set[str]:
+    """The names of `model`'s fields declared with `not_shaping` (not its nested sections')."""
+    return {
+        name
+        for name, field in model.model_fields.items()
+        if isinstance(field.json_schema_extra, dict)
+        and field.json_schema_extra.get(SHAPES_TRAINING) is False
+    }
+
+
+def _not_shaping_exclude(model: type[BaseModel]) -> dict[str, Any]:
+    """`model_dump`'s `exclude` for everything in `model` that does not shape training: its
+    marked fields whole, and the marked fields of its nested sections, recursively."""
+    exclude: dict[str, Any] = dict.fromkeys(fields_not_shaping(model), True)
+    for name, field in model.model_fields.items():
+        section = field.annotation
+        if name in exclude or not (isinstance(section, type) and issubclass(section, BaseModel)):
+            continue
+        inner = _not_shaping_exclude(section)
+        if inner:
+            exclude[name] = inner
+    return exclude
 
 
 DatasetSchema = Literal[
@@ -58,11 +96,28 @@ class DataConfig(Strict):
         extra="forbid", frozen=True, populate_by_name=True, serialize_by_alias=True
     )
 
-    # A local file (.jsonl, .json, .csv, .parquet) or a Hugging Face `datasets` name
-    # (`hf:NAME` or format: hf). Relative paths are resolved against the working directory.
-    path: str = Field(min_length=1)
-    format: Literal["auto", "jsonl", "json", "csv", "parquet", "hf"] = "auto"
-    hf_split: str = Field("train", min_length=1)
+    path: str = not_shaping(
+        min_length=1,
+        description=(
+            "The data to train on: a local file (.jsonl, .json, .csv, .parquet), a Hugging Face "
+            "datasets name (hf:NAME, or any name with format hf) or a saved dataset directory. "
+            "Relative paths are resolved against the working directory. Where the data lives "
+            "is not part of the config fingerprint: the data's content has its own."
+        ),
+    )
+    format: Literal["auto", "jsonl", "json", "csv", "parquet", "hf"] = Field(
+        "auto",
+        description=(
+            "How path is read: jsonl, json, csv, parquet, or hf (a Hugging Face datasets name "
+            "or a saved dataset directory). auto: hf for an hf: prefix or a directory, else "
+            "the file's extension."
+        ),
+    )
+    hf_split: str = Field(
+        "train",
+        min_length=1,
+        description="The split of a Hugging Face dataset to read (format hf); files have none.",
+    )
     schema_: DatasetSchema = Field(
         "auto",
         alias="schema",
@@ -86,30 +141,76 @@ class DataConfig(Strict):
             "and mapping leave unread makes the file unusable: nothing is dropped unasked."
         ),
     )
-    # Rows longer than this (characters, per field) are quarantined rather than truncated:
-    # silent truncation would train on answers cut in half. The upper bound only catches a
-    # typo (an extra zero or three): no instruction example is a million characters long.
-    max_chars: int = Field(2000, gt=0, le=1_000_000)
-    # Fail the run when more than this share of rows is rejected: a few bad rows are normal,
-    # a flood means the upstream export broke and training on the rest would mislead.
-    max_rejected_fraction: Fraction = 0.05
-    # Share of (held-in) rows kept for evaluation. The split hashes row content with `seed`,
-    # so a row stays on its side as the dataset grows between retrains.
-    eval_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
-    # Task families kept out of training entirely and evaluated only: measures whether
-    # instruction tuning generalises to instructions the model never saw.
-    holdout_tasks: list[str] = []
-    seed: int = 0
+    max_chars: int = Field(
+        2000,
+        gt=0,
+        le=1_000_000,
+        description=(
+            "Rows with a field longer than this many characters are quarantined rather than "
+            "truncated: silent truncation would train on answers cut in half. The upper bound "
+            "only catches a typo (an extra zero or three): no instruction example is a million "
+            "characters long."
+        ),
+    )
+    max_rejected_fraction: Fraction = Field(
+        0.05,
+        description=(
+            "Fail the run when more than this share of rows (0 to 1) is rejected: a few bad "
+            "rows are normal, a flood means the upstream export broke and training on the rest "
+            "would mislead."
+        ),
+    )
+    eval_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = Field(
+        0.2,
+        description=(
+            "Share of the (held-in) rows kept for evaluation, between 0 and 1. The split "
+            "hashes each row's content with seed, so a row stays on its side as the dataset "
+            "grows between retrains."
+        ),
+    )
+    holdout_tasks: list[str] = Field(
+        [],
+        description=(
+            "Task families (the rows' task field) kept out of training entirely and evaluated "
+            "only, reported as held_out against held_in: measures whether instruction tuning "
+            "generalises to instructions the model never saw. Empty: every family trains."
+        ),
+    )
+    seed: int = Field(
+        0,
+        description=(
+            "Seed of the hash that splits rows into train and eval: another seed puts other "
+            "rows on each side."
+        ),
+    )
 
 
 class ModelConfig(Strict):
-    # "tiny" (built locally), a local directory, a Hugging Face hub id, or a registry URI such
-    # as models:/NAME@champion (transfer learning from the current champion).
-    source: str = Field("tiny", min_length=1)
-    revision: str | None = None
-    # Runs code shipped with the checkpoint. Off unless you trust the checkpoint's author.
-    # Strict: a security switch must be a YAML boolean, not a string pydantic would guess at.
-    trust_remote_code: bool = Field(False, strict=True)
+    source: str = Field(
+        "tiny",
+        min_length=1,
+        description=(
+            "The base model: tiny (built locally, shaped by model.tiny), a local checkpoint "
+            "directory, a Hugging Face hub id, or a registry URI such as models:/NAME@champion "
+            "(transfer learning from the current champion)."
+        ),
+    )
+    revision: str | None = Field(
+        None,
+        description=(
+            "The revision (branch, tag or commit) of a hub id source; null: its default "
+            "branch. Other sources ignore it."
+        ),
+    )
+    trust_remote_code: bool = Field(
+        False,
+        strict=True,
+        description=(
+            "Run the Python code shipped with the checkpoint (custom model classes). Off "
+            "unless you trust the checkpoint's author. A YAML boolean only (true or false): a "
+            "security switch is not guessed from a string."
+        ),
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "float32",
         description=(
@@ -122,62 +223,96 @@ class ModelConfig(Strict):
             "Ampere, CPUs with AVX512-BF16/AMX); float16 overflows more easily."
         ),
     )
-    tiny: TinyModelConfig = TinyModelConfig()
-
-
-# Training settings that do not change what a run computes, only float rounding or which
-# dropout masks get drawn (how often to log or checkpoint, retries, threads, how many processes
-# share a batch, padded or padding-free batches): the same training in distribution, so left
-# out of the config fingerprint and of a checkpoint's resume key.
-TRAIN_NOT_SHAPING = {
-    "log_every",
-    "num_threads",
-    "checkpoint_every",
-    "keep_checkpoints",
-    "resume",
-    "retries",
-    "deployment",
-    "num_processes",
-    "num_nodes",
-    "rendezvous",
-    "parallel",
-    "padding_free",
-    "gradient_checkpointing",
-    "loss_chunk_tokens",
-    "concurrency_limit",
-}
+    tiny: TinyModelConfig = Field(
+        TinyModelConfig(),
+        description="The shape of the model built when source is tiny; other sources ignore it.",
+    )
 
 
 class TrainConfig(Strict):
-    # Name of a strategy registered under the `tuneforge.strategies` entry-point group.
-    strategy: str = "full"
-    # The strategy's own settings, validated by its settings model.
-    settings: dict[str, Any] = {}
-    steps: int = Field(300, gt=0)
-    batch_size: int = Field(16, gt=0)
-    learning_rate: float = Field(3e-3, gt=0, lt=1)
-    # Linear warmup then linear decay to zero; warmup keeps the first, noisy steps small.
-    # Capped at `steps`, so a short smoke run (--set train.steps=5) still reaches full rate.
-    warmup_steps: int = Field(20, ge=0)
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0)
-    # Examples longer than this many tokens are truncated (the loss-mask audit in the
-    # strategy decides whether what is left is still trainable).
-    max_length: int = Field(128, gt=8)
-    # Batch examples of similar length together: far less padding, so more of each step's
-    # compute goes to real tokens; batch order stays random. But when length follows the task
-    # (as in the bundled data) batches become single-task and learning slows: on the tiny
-    # preset, 600 steps reached 0.10 exact match grouped against 0.35 ungrouped (2000: 0.60
-    # against 0.64), for 1.3x the tokens/s.
-    group_by_length: bool = False
-    # Lay each batch's examples end to end instead of padding them to the longest: the
-    # layers compute real tokens only (the padding was 17-24% of the bundled data's tokens),
-    # attention stays within each example, the loss is the same (tasks/padding_free.py).
-    # Architectures not verified for it (padding_free.VERIFIED), custom model code, or a
-    # sliding window shorter than max_length train padded (logged, tuneforge.batches tag).
-    # Off only to compare against padded batches.
-    padding_free: bool = True
-    gradient_checkpointing: bool = Field(
+    strategy: str = Field(
+        "full",
+        description=(
+            "The tuning strategy: a name registered under the tuneforge.strategies entry-point "
+            "group (tuneforge strategies lists them), e.g. full, instruction, lora or pretrain."
+        ),
+    )
+    settings: dict[str, Any] = Field(
+        {},
+        description=(
+            "The strategy's own settings, validated by its settings model. Switching the "
+            "preset's strategy with --set starts from the new strategy's defaults (the "
+            "preset's settings were the other strategy's); settings given with --set are kept."
+        ),
+    )
+    steps: int = Field(300, gt=0, description="Optimizer steps, each on one batch.")
+    batch_size: int = Field(
+        16,
+        gt=0,
+        description=(
+            "Examples per optimizer step: the global batch, split evenly across all training "
+            "processes (num_processes x num_nodes)."
+        ),
+    )
+    learning_rate: float = Field(
+        3e-3,
+        gt=0,
+        lt=1,
+        description="AdamW's peak learning rate, reached after warmup_steps.",
+    )
+    warmup_steps: int = Field(
+        20,
+        ge=0,
+        description=(
+            "Steps of linear warmup to learning_rate, then linear decay to zero; warmup keeps "
+            "the first, noisy steps small. Capped at steps, so a short smoke run (--set "
+            "train.steps=5) still reaches the full rate."
+        ),
+    )
+    weight_decay: float = Field(
+        0.0, ge=0, description="AdamW's (decoupled) weight decay; 0 turns it off."
+    )
+    max_grad_norm: float = Field(
+        1.0,
+        gt=0,
+        description=(
+            "Gradients are clipped to this global norm before each step, so one odd batch "
+            "cannot throw the weights far."
+        ),
+    )
+    max_length: int = Field(
+        128,
+        gt=8,
+        description=(
+            "Examples longer than this many tokens are truncated; the loss-mask audit in the "
+            "strategy decides whether what is left is still trainable."
+        ),
+    )
+    # Measured 2026-11-28 (tiny preset, commit 0bcbb4b): 600 steps reached 0.10 exact match
+    # grouped against 0.35 ungrouped (2000: 0.60 against 0.64), for 1.3x the tokens/s.
+    group_by_length: bool = Field(
+        False,
+        description=(
+            "Batch examples of similar length together: far less padding, so more of each "
+            "step's compute goes to real tokens; batch order stays random. But when length "
+            "follows the task (as in the bundled data) batches become single-task and learning "
+            "slows, hence off by default."
+        ),
+    )
+    # Measured 2026-11-28 (benchmarks/RESULTS.md): the padding was 17-24% of the bundled data's
+    # tokens.
+    padding_free: bool = not_shaping(
+        True,
+        description=(
+            "Lay each batch's examples end to end instead of padding them to the longest: the "
+            "layers compute real tokens only, attention stays within each example, the loss is "
+            "the same (tuneforge/training/padding_free.py). Architectures not verified for it "
+            "(padding_free.VERIFIED), custom model code, or a sliding window shorter than "
+            "max_length train padded (logged, tuneforge.batches tag). Off only to compare "
+            "against padded batches."
+        ),
+    )
+    gradient_checkpointing: bool = not_shaping(
         False,
         description=(
             "Recompute each layer's activations in the backward pass instead of keeping them: "
@@ -186,7 +321,7 @@ class TrainConfig(Strict):
             "big models; the loss and gradients are the same."
         ),
     )
-    loss_chunk_tokens: int = Field(
+    loss_chunk_tokens: int = not_shaping(
         1024,
         ge=0,
         description=(
@@ -194,18 +329,31 @@ class TrainConfig(Strict):
             "chunk's logits recomputed in the backward pass instead of kept: peak memory holds "
             "one chunk's logits (1024 x a 151,936 vocabulary: 0.6 GB in float32) instead of "
             "every trained token's. Steps with fewer trained tokens are unaffected. 0: all at "
-            "once. Single-process training of verified architectures (tasks/chunked_head.py)."
+            "once. Single-process training of verified architectures "
+            "(tuneforge/training/chunked_head.py)."
         ),
     )
-    seed: int = 0
-    # fp32: full precision everywhere. bf16: the forward pass runs under bfloat16 autocast
-    # while weights, gradients, optimizer state and the loss stay fp32 (as TRL does). Pays off
-    # for models big enough that matrix products dominate, on hardware with bf16 units (GPUs
-    # since Ampere, CPUs with AVX512-BF16/AMX): on this project's 2-core benchmark (10.5M
-    # parameters) 1.4-1.7x tokens/s, eval loss within 2% (benchmarks/RESULTS.md). For tiny
-    # models the casts cost more than they save: the 0.4M-parameter demo trains 1.6x slower.
-    # Costs bit-exact reproducibility across machines; without bf16 units it is emulated.
-    precision: Literal["fp32", "bf16"] = "fp32"
+    seed: int = Field(
+        0,
+        description=(
+            "Seed of training's randomness: the batch order, dropout and newly initialised "
+            "weights (adapters). Another seed, another sample of the same training."
+        ),
+    )
+    # Measured 2026-11-28 (benchmarks/RESULTS.md): bf16 on this project's 2-core benchmark
+    # (10.5M parameters) gave 1.4-1.7x tokens/s, eval loss within 2%; the 0.4M-parameter demo
+    # trains 1.6x slower.
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description=(
+            "fp32: full precision everywhere. bf16: the forward pass runs under bfloat16 "
+            "autocast while weights, gradients, optimizer state and the loss stay fp32 (as TRL "
+            "does). bf16 pays off for models big enough that matrix products dominate, on "
+            "hardware with bf16 units (GPUs since Ampere, CPUs with AVX512-BF16/AMX); for tiny "
+            "models the casts cost more than they save, and without bf16 units it is emulated. "
+            "It costs bit-exact reproducibility across machines."
+        ),
+    )
     assistant_turns: Literal["last", "all"] = Field(
         "last",
         description=(
@@ -215,54 +363,122 @@ class TrainConfig(Strict):
             "examples, and the earlier turns are read again in each)."
         ),
     )
-    # 0 leaves torch's default (all cores). Pinning avoids oversubscription when several
-    # workers share a machine.
-    num_threads: int = Field(0, ge=0)
-    log_every: int = Field(10, gt=0)
-    # Every this many steps, score greedy exact match on the first `eval_examples` rows of the
-    # eval split and keep the best step's weights (registered instead of the last step's).
-    # 0 turns it off. Each evaluation costs generation time; a few per run is plenty.
-    eval_every: int = Field(0, ge=0)
-    eval_examples: int = Field(48, gt=0)
-    # More than 1 launches training through torchrun as DDP: one process per GPU (NCCL), or
-    # CPU processes on gloo. batch_size stays the global batch, split evenly across processes,
-    # so the loss curve matches a single process on the same batches.
-    num_processes: int = Field(1, ge=1)
-    # Machines training together (torchrun's --nnodes), each running num_processes processes;
-    # batch_size splits over all of them. More than 1 needs a c10d rendezvous endpoint: node
-    # 0's HOST:PORT in `rendezvous`, or the multi-node work pool's (it sets
-    # TUNEFORGE_RENDEZVOUS on every node; docs/multi-node.md). Every node reads the base
-    # model, the data and checkpoints, so OUTPUT_DIR and the model cache must be on storage
-    # all nodes mount at the same path. Costs a network all-reduce of the gradients per step:
-    # worth it when one node's GPUs are too few, not before.
-    num_nodes: int = Field(1, ge=1)
-    rendezvous: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-]+:[0-9]+$")
-    # How the processes share the model. ddp: a full replica each, gradients averaged; the
-    # fastest while the model fits one device. fsdp: weights, gradients and optimizer state
-    # sharded across processes (about 1/N of the memory each), with an all-gather per layer in
-    # forward and backward; for models that do not fit. Periodic evaluation (eval_every) runs on
-    # the first process alone, so it needs ddp.
-    parallel: Literal["ddp", "fsdp"] = "ddp"
-    # Every this many steps, save what resuming needs (trainable weights, optimizer, scheduler,
-    # RNG states, step) under OUTPUT_DIR/checkpoints/MODEL_NAME, atomically (a temp directory
-    # renamed into place). A killed worker or a retried task continues from the newest one, and
-    # ends with the same weights as an uninterrupted run. Smaller is safer on preemptible
-    # machines and costs a write each time (weights plus twice their size in optimizer state).
-    # 0 turns it off.
-    checkpoint_every: int = Field(100, ge=0)
-    # How many checkpoints to keep; older ones are deleted once a newer one is complete.
-    keep_checkpoints: int = Field(2, ge=1)
-    # auto: resume from a checkpoint written for the same data, base, strategy and training
-    # settings, and refuse one written for anything else. never: delete checkpoints and start over.
-    resume: Literal["auto", "never"] = "auto"
-    # Prefect retries of the training task after a crash (each resumes from the last
-    # checkpoint). Errors in the data or config are not retried: they would fail again.
-    retries: int = Field(1, ge=0)
-    # Run training as the deployment NAME/DEPLOYMENT (a `train-stage` flow on another work
-    # pool, e.g. GPUs) while the rest of the flow stays here. Data and the tuned checkpoint
-    # travel as artifacts of the MLflow run, so this needs a tracking server both can reach.
-    deployment: str | None = None
-    concurrency_limit: str | None = Field(
+    num_threads: int = not_shaping(
+        0,
+        ge=0,
+        description=(
+            "CPU threads torch computes with; 0 leaves torch's default (all cores). Pinning "
+            "avoids oversubscription when several workers share a machine."
+        ),
+    )
+    log_every: int = not_shaping(
+        10, gt=0, description="Log the training loss every this many steps (and at the last)."
+    )
+    eval_every: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Every this many steps, score greedy exact match on the first eval_examples rows "
+            "of the eval split and keep the best step's weights (registered instead of the "
+            "last step's). 0 turns it off. Each evaluation costs generation time; a few per "
+            "run is plenty."
+        ),
+    )
+    eval_examples: int = Field(
+        48,
+        gt=0,
+        description=(
+            "Eval rows scored at each periodic evaluation (eval_every): more pick the best "
+            "step more reliably, and cost more generation time."
+        ),
+    )
+    num_processes: int = not_shaping(
+        1,
+        ge=1,
+        description=(
+            "Training processes per machine. More than 1 launches training through torchrun: "
+            "one process per GPU (NCCL), or CPU processes on gloo. batch_size stays the global "
+            "batch, split evenly across processes, so the loss curve matches a single process "
+            "on the same batches."
+        ),
+    )
+    num_nodes: int = not_shaping(
+        1,
+        ge=1,
+        description=(
+            "Machines training together (torchrun's --nnodes), each running num_processes "
+            "processes; batch_size splits over all of them. More than 1 needs a c10d "
+            "rendezvous endpoint: node 0's HOST:PORT in rendezvous, or the multi-node work "
+            "pool's (it sets TUNEFORGE_RENDEZVOUS on every node; docs/multi-node.md). Every "
+            "node reads the base model, the data and checkpoints, so OUTPUT_DIR and the model "
+            "cache must be on storage all nodes mount at the same path. Costs a network "
+            "all-reduce of the gradients per step: worth it when one node's GPUs are too few, "
+            "not before."
+        ),
+    )
+    rendezvous: str | None = not_shaping(
+        None,
+        pattern=r"^[A-Za-z0-9_.\-]+:[0-9]+$",
+        description=(
+            "HOST:PORT of node 0, where the nodes of a multi-node run (num_nodes above 1) "
+            "meet. null: the multi-node work pool's TUNEFORGE_RENDEZVOUS."
+        ),
+    )
+    parallel: Literal["ddp", "fsdp"] = not_shaping(
+        "ddp",
+        description=(
+            "How the processes share the model. ddp: a full replica each, gradients averaged; "
+            "the fastest while the model fits one device. fsdp: weights, gradients and "
+            "optimizer state sharded across processes (about 1/N of the memory each), with an "
+            "all-gather per layer in forward and backward; for models that do not fit. "
+            "Periodic evaluation (eval_every) runs on the first process alone, so it needs ddp."
+        ),
+    )
+    checkpoint_every: int = not_shaping(
+        100,
+        ge=0,
+        description=(
+            "Every this many steps, save what resuming needs (trainable weights, optimizer, "
+            "scheduler, RNG states, step) under OUTPUT_DIR/checkpoints/MODEL_NAME, atomically "
+            "(a temp directory renamed into place). A killed worker or a retried task "
+            "continues from the newest one, and ends with the same weights as an "
+            "uninterrupted run. Smaller is safer on preemptible machines and costs a write "
+            "each time (weights plus twice their size in optimizer state). 0 turns it off."
+        ),
+    )
+    keep_checkpoints: int = not_shaping(
+        2,
+        ge=1,
+        description=(
+            "How many checkpoints to keep; older ones are deleted once a newer one is complete."
+        ),
+    )
+    resume: Literal["auto", "never"] = not_shaping(
+        "auto",
+        description=(
+            "auto: resume from a checkpoint written for the same data, base, strategy and "
+            "training settings, and refuse one written for anything else. never: delete "
+            "checkpoints and start over."
+        ),
+    )
+    retries: int = not_shaping(
+        1,
+        ge=0,
+        description=(
+            "Prefect retries of the training task after a crash (each resumes from the last "
+            "checkpoint). Errors in the data or config are not retried: they would fail again."
+        ),
+    )
+    deployment: str | None = not_shaping(
+        None,
+        description=(
+            "Run training as the deployment NAME/DEPLOYMENT (a train-stage flow on another "
+            "work pool, e.g. GPUs) while the rest of the flow stays here; null: train here. "
+            "Data and the tuned checkpoint travel as artifacts of the MLflow run, so this "
+            "needs a tracking server both can reach."
+        ),
+    )
+    concurrency_limit: str | None = not_shaping(
         None,
         min_length=1,
         description=(
@@ -314,7 +530,7 @@ class TrainConfig(Strict):
     @field_validator("strategy")
     @classmethod
     def _strategy_is_registered(cls, name: str) -> str:
-        from tuneforge.plugins.registry import UnknownStrategyError, strategy_info
+        from tuneforge.plugins.discovery import UnknownStrategyError, strategy_info
 
         try:
             strategy_info(name)
@@ -325,17 +541,44 @@ class TrainConfig(Strict):
     def strategy_settings(self) -> BaseModel:
         """`settings` parsed into the strategy's own `Settings` model: the one place that
         happens (`parse_config` turns its errors into `train.settings.KEY` messages)."""
-        from tuneforge.plugins.registry import parse_settings
+        from tuneforge.plugins.discovery import parse_settings
 
         return parse_settings(self.strategy, self.settings)
 
+    def shaping_settings(self) -> dict[str, Any]:
+        """These settings as JSON, less those marked `not_shaping`: what a checkpoint must
+        have been written for to be resumed (with the data, base and strategy)."""
+        return self.model_dump(mode="json", exclude=fields_not_shaping(type(self)))
+
 
 class EvalConfig(Strict):
-    # Generation is the slow part of evaluation; capping examples bounds its time. The upper
-    # bounds only catch typos: generation that long would run for days on any machine.
-    max_examples: int = Field(240, gt=0, le=1_000_000)
-    max_new_tokens: int = Field(24, gt=0, le=4096)
-    batch_size: int = Field(32, gt=0, le=4096)
+    # The upper bounds below only catch typos: generation that long would run for days on any
+    # machine.
+    max_examples: int = Field(
+        240,
+        gt=0,
+        le=1_000_000,
+        description=(
+            "Eval rows scored at most, taken round-robin over the task families so that every "
+            "family is covered. Generation is the slow part of evaluation; capping the rows "
+            "bounds its time."
+        ),
+    )
+    max_new_tokens: int = Field(
+        24,
+        gt=0,
+        le=4096,
+        description=(
+            "Longest answer generated, in tokens; also the registered model's default answer "
+            "length. A longer budget costs generation time; an answer cut short cannot match."
+        ),
+    )
+    batch_size: int = Field(
+        32,
+        gt=0,
+        le=4096,
+        description="Eval rows scored or answered at once: bigger is faster while memory lasts.",
+    )
     groups: dict[str, list[str]] = Field(
         {},
         description=(
@@ -362,7 +605,7 @@ class EvalConfig(Strict):
     @field_validator("metrics")
     @classmethod
     def _evaluators_are_registered(cls, metrics: list[str]) -> list[str]:
-        from tuneforge.plugins.registry import UnknownEvaluatorError, evaluator_info
+        from tuneforge.plugins.discovery import UnknownEvaluatorError, evaluator_info
 
         for name in metrics:
             try:
@@ -388,7 +631,7 @@ class EvalConfig(Strict):
     def settings_of(self, name: str) -> BaseModel:
         """Evaluator `name`'s settings as its own `Settings` model (pydantic's
         `ValidationError` for bad keys or values)."""
-        from tuneforge.plugins.registry import evaluator_info
+        from tuneforge.plugins.discovery import evaluator_info
 
         return evaluator_info(name).cls.Settings.model_validate(self.metric_settings.get(name, {}))
 
@@ -413,28 +656,58 @@ def higher_is_better(metric: str) -> bool:
     family = metric.split(".", 1)[0]
     if family in LOSS_METRICS:
         return False
-    from tuneforge.plugins.registry import evaluator_info
+    from tuneforge.plugins.discovery import evaluator_info
 
     return bool(evaluator_info(family).cls.higher_is_better)
 
 
 class RegistryConfig(Strict):
-    # Also names a directory (checkpoints under output_dir) and a concurrency slot; MLflow
-    # itself refuses '/' and ':', but only at registration, after hours of training.
-    model_name: str = Field("tuneforge-demo", min_length=1, max_length=200)
-    # The candidate takes the `champion` alias only when it beats the base and the current
-    # champion on this metric, all three scored on this run's eval split; otherwise it becomes
-    # `challenger`. eval_loss, perplexity, or an evaluator's metric scored in evaluation
-    # (exact_match, rouge_l, a plugin's), optionally narrowed to a task family, held_in /
-    # held_out or an evaluation group (e.g. exact_match.held_out).
-    metric: str = "exact_match"
-    # None: decided by the metric (evaluators say; eval_loss and perplexity down).
-    higher_is_better: bool | None = None
-    # Margin over the current champion needed to take the alias. Retraining on unchanged data
-    # scores about the same; a small margin keeps the alias from flapping on noise.
-    min_improvement: float = Field(0.0, ge=0)
-    # Margin over the base model: a tuned model no better than where it started is not shipped.
-    min_improvement_over_base: float = Field(0.0, ge=0)
+    model_name: str = Field(
+        "tuneforge-demo",
+        min_length=1,
+        max_length=200,
+        description=(
+            "The registered model's name. It also names a directory (checkpoints under "
+            "output_dir) and a concurrency slot, so it is checked here: MLflow itself refuses "
+            "/ and :, but only at registration, after hours of training."
+        ),
+    )
+    metric: str = Field(
+        "exact_match",
+        description=(
+            "The candidate takes the champion alias only when it beats the base and the "
+            "current champion on this metric, all three scored on this run's eval split; "
+            "otherwise it becomes challenger. eval_loss, perplexity, or an evaluator's metric "
+            "scored in evaluation (exact_match, rouge_l, a plugin's), optionally narrowed to a "
+            "task family, held_in / held_out or an evaluation group (e.g. "
+            "exact_match.held_out)."
+        ),
+    )
+    higher_is_better: bool | None = Field(
+        None,
+        description=(
+            "Whether a higher metric wins. null: decided by the metric (evaluators say; "
+            "eval_loss and perplexity: lower); a value that disagrees with the metric is "
+            "refused."
+        ),
+    )
+    min_improvement: float = Field(
+        0.0,
+        ge=0,
+        description=(
+            "Margin over the current champion needed to take the alias. Retraining on "
+            "unchanged data scores about the same; a small margin keeps the alias from "
+            "flapping on noise."
+        ),
+    )
+    min_improvement_over_base: float = Field(
+        0.0,
+        ge=0,
+        description=(
+            "Margin over the base model needed to take the alias: a tuned model no better than "
+            "where it started is not shipped."
+        ),
+    )
     min_correct: int = Field(
         0,
         ge=0,
@@ -455,11 +728,16 @@ class RegistryConfig(Strict):
             "no test. 0.05 is the usual choice; a smaller split needs a clearer win."
         ),
     )
-    # Only one retrain per model name runs at a time; a second one waits for the slot this
-    # many seconds, then gives up naming the run that holds it (0: refuse at once; null: wait
-    # for ever). An hour lets a nightly run queue behind a long one without piling up; a
-    # killed holder frees the slot on its own about a minute after it died.
-    wait_for_slot_s: float | None = Field(3600, ge=0)
+    wait_for_slot_s: float | None = Field(
+        3600,
+        ge=0,
+        description=(
+            "Only one retrain per model name runs at a time; a second one waits for the slot "
+            "this many seconds, then gives up naming the run that holds it (0: refuse at once; "
+            "null: wait for ever). An hour lets a nightly run queue behind a long one without "
+            "piling up; a killed holder frees the slot on its own about a minute after it died."
+        ),
+    )
     adapters: Literal["adapter", "merged"] = Field(
         "adapter",
         description=(
@@ -484,7 +762,7 @@ class RegistryConfig(Strict):
     @field_validator("metric")
     @classmethod
     def _metric_is_known(cls, metric: str) -> str:
-        from tuneforge.plugins.registry import discover_evaluators
+        from tuneforge.plugins.discovery import discover_evaluators
 
         known = [*LOSS_METRICS, *sorted(discover_evaluators().plugins)]
         if metric.split(".", 1)[0] not in known:
@@ -508,14 +786,24 @@ class RegistryConfig(Strict):
 
 
 class TrackingConfig(Strict):
-    # None means MLflow's own default: MLFLOW_TRACKING_URI if set, else ./mlflow.db.
-    # Credentials never go here (the config is logged as params): use the environment,
-    # MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN.
-    tracking_uri: str | None = None
-    experiment: str = "tuneforge"
-    # Extra tags on the MLflow run; those named tuneforge.* are copied to the registered
-    # version too (a pipeline's lineage: tuneforge.pipeline, tuneforge.pipeline_stage).
-    tags: dict[str, str] = {}
+    tracking_uri: str | None = Field(
+        None,
+        description=(
+            "The MLflow tracking server or store. null: MLflow's own default, "
+            "MLFLOW_TRACKING_URI if set, else ./mlflow.db. Credentials never go here (the "
+            "config is logged as params): use the environment, MLFLOW_TRACKING_USERNAME / "
+            "MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN."
+        ),
+    )
+    experiment: str = Field("tuneforge", description="The MLflow experiment runs are logged in.")
+    tags: dict[str, str] = Field(
+        {},
+        description=(
+            "Extra tags on the MLflow run; those named tuneforge.* are copied to the registered "
+            "version too (a pipeline's lineage: tuneforge.pipeline, tuneforge.pipeline_stage). "
+            "Tags are logged, so a credential-looking one is refused."
+        ),
+    )
 
     @field_validator("tracking_uri")
     @classmethod
@@ -571,20 +859,48 @@ def embeds_credentials(uri: str) -> bool:
 
 
 class RunConfig(Strict):
-    # The Prefect flow run's and the MLflow run's name; never part of a path.
-    name: str = Field("retrain", min_length=1, max_length=200)
-    # Each run writes its split data, checkpoints and quarantine file under here; names from
-    # the config or the data become paths below it only through tuneforge.paths.
-    output_dir: str = Field("runs", min_length=1)
-    data: DataConfig
-    model: ModelConfig = ModelConfig()
-    train: TrainConfig = TrainConfig()
-    evaluation: EvalConfig = EvalConfig()
-    registry: RegistryConfig = RegistryConfig()
-    tracking: TrackingConfig = TrackingConfig()
-    # Retrain even when the data and config equal those the current champion was trained on
-    # (by default such a run stops after validation: no compute spent on an identical model).
-    force: bool = False
+    name: str = not_shaping(
+        "retrain",
+        min_length=1,
+        max_length=200,
+        description="The Prefect flow run's and the MLflow run's name; never part of a path.",
+    )
+    output_dir: str = not_shaping(
+        "runs",
+        min_length=1,
+        description=(
+            "Each run writes its split data, checkpoints and quarantine file under here; names "
+            "from the config or the data become paths below it only through tuneforge.paths."
+        ),
+    )
+    data: DataConfig = Field(
+        description="The training data: where it comes from and how it is read, checked and split."
+    )
+    model: ModelConfig = Field(
+        ModelConfig(), description="The base model to tune, and what its weights load in."
+    )
+    train: TrainConfig = Field(
+        TrainConfig(),
+        description="How the model trains: the strategy, the optimisation, and where it runs.",
+    )
+    evaluation: EvalConfig = Field(
+        EvalConfig(), description="How the base and tuned models are scored on the eval split."
+    )
+    registry: RegistryConfig = Field(
+        RegistryConfig(),
+        description="The model the tuned version is registered as, and when it takes the alias.",
+    )
+    tracking: TrackingConfig = not_shaping(
+        TrackingConfig(), description="Where and how the run is logged in MLflow."
+    )
+    force: bool = not_shaping(
+        False,
+        description=(
+            "Retrain even when the data and config equal those the current champion was "
+            "trained on (by default such a run stops after validation: no compute spent on an "
+            "identical model)."
+        ),
+    )
 
     @model_validator(mode="after")
     def _held_out_metric_needs_held_out_tasks(self) -> RunConfig:
@@ -610,7 +926,7 @@ class RunConfig(Strict):
         # strategies that say so train on it. (A file `auto` recognises as text is caught at
         # registration and at training, with the same words.) A strategy that trains raw
         # text only (`trains_chat = False`: pretrain) implies data.schema text.
-        from tuneforge.plugins.registry import strategy_info
+        from tuneforge.plugins.discovery import strategy_info
 
         info = strategy_info(self.train.strategy)
         text_only = not getattr(info.cls, "trains_chat", True)
@@ -637,10 +953,9 @@ class RunConfig(Strict):
     def fingerprint(self) -> str:
         """A short hash of everything in the config that shapes the model (not where the data
         or outputs live, what the run is called, or whether it was forced; the data's content
-        has its own fingerprint): for lineage and to detect an unchanged retrain."""
-        volatile = {"name": True, "output_dir": True, "tracking": True, "force": True}
-        exclude = {**volatile, "data": {"path"}, "train": TRAIN_NOT_SHAPING}
-        shaping = self.model_dump(mode="json", exclude=exclude)
+        has its own fingerprint): for lineage and to detect an unchanged retrain. What it
+        leaves out is declared on the fields (`not_shaping`)."""
+        shaping = self.model_dump(mode="json", exclude=_not_shaping_exclude(type(self)))
         blob = json.dumps(shaping, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
