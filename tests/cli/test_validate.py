@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from tests.conftest import REPO
 from tuneforge.cli import app
 
-REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "data" / "instructions.jsonl"
 BAD_ROWS = REPO / "tests" / "fixtures" / "bad_rows.jsonl"
 TUNEFORGE = Path(sys.executable).parent / "tuneforge"
@@ -277,3 +277,29 @@ def test_a_file_whose_every_row_is_rejected_exits_2(tmp_path):
         f"error: {data}: every row was rejected; nothing is usable (reasons in {quarantine})"
     )
     assert len(quarantine.read_text().splitlines()) == 1  # the reasons are kept
+
+
+def test_under_json_an_unusable_file_ends_stdout_with_the_error(tmp_path):
+    missing = tmp_path / "missing.jsonl"
+
+    result = _validate(str(missing), "--json")
+
+    assert result.exit_code == 2
+    assert result.stdout.strip().splitlines() == [
+        json.dumps({"error": f"{missing}: file not found"})
+    ]
+    assert result.stderr.strip() == f"error: {missing}: file not found"
+
+
+def test_under_json_every_row_rejected_prints_the_summary_then_the_error(tmp_path):
+    data = _write_jsonl(tmp_path / "d.jsonl", [{"instruction": "a", "output": " "}])
+    quarantine = tmp_path / "q.jsonl"
+
+    result = _validate(str(data), "--quarantine", str(quarantine), "--json")
+
+    assert result.exit_code == 2
+    *_, summary, error = result.stdout.strip().splitlines()
+    assert json.loads(summary)["rejected"] == 1
+    assert json.loads(error) == {
+        "error": f"{data}: every row was rejected; nothing is usable (reasons in {quarantine})"
+    }

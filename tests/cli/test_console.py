@@ -9,7 +9,7 @@ import logging
 
 from prefect.logging.handlers import PrefectConsoleHandler
 
-from tuneforge.cli import _console_without_tracebacks, prefect_console_handlers
+from tuneforge.cli.jobs import _console_without_tracebacks, prefect_console_handlers
 
 
 class _Collect(logging.Handler):

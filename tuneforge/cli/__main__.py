@@ -1,0 +1,5 @@
+"""`python -m tuneforge.cli ...`: the `tuneforge` command, run from a source tree."""
+
+from tuneforge.cli import app
+
+app()
