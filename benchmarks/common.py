@@ -138,7 +138,7 @@ def strategy_for(name: str) -> Any:
     """The tuneforge strategy object with default settings: the Trainer and TRL runners use it
     too, so the model preparation (which weights train, LoRA adapters) and the tokens that carry
     loss are identical; only the training loop differs."""
-    from tuneforge.plugins.registry import load_strategy
+    from tuneforge.plugins.discovery import load_strategy
 
     cls = load_strategy(name)
     return cls(cls.Settings())
@@ -150,7 +150,8 @@ def eval_loss(model_dir: Path, eval_records: list[dict[str, Any]], cfg: BenchCon
     import torch
 
     from tuneforge.models import load_pretrained, pick_device
-    from tuneforge.tasks.evaluate import response_loss, spread
+    from tuneforge.records import spread
+    from tuneforge.training.losses import response_loss
 
     model, tokenizer = load_pretrained(model_dir, dtype=cfg.dtype)
     model.to(pick_device()).eval()

@@ -59,7 +59,7 @@ def tuneforge_variant(base: str, name: str, quick: bool) -> dict:
     import torch
 
     from benchmarks.common import BenchConfig, load_split
-    from tuneforge.tasks.train import train_model
+    from tuneforge.training.loop import train_model
 
     strategy, settings, overrides = TUNEFORGE[name]
     train, _ = load_split()
@@ -103,8 +103,8 @@ def padding_free_equals_padded(base: str) -> dict:
     from benchmarks.common import load_split, strategy_for
     from tuneforge.batching import collate
     from tuneforge.models import load_pretrained, pick_device
-    from tuneforge.tasks import padding_free
-    from tuneforge.tasks.train import token_mean_loss
+    from tuneforge.training import padding_free
+    from tuneforge.training.losses import token_mean_loss
 
     model, tokenizer = load_pretrained(base, dtype="bfloat16")
     model.to(pick_device()).eval()

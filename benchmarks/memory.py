@@ -103,7 +103,7 @@ def run_variant(base: str, name: str, steps: int) -> dict:
     import torch
 
     from tuneforge.config import TrainConfig
-    from tuneforge.tasks.train import train_model
+    from tuneforge.training.loop import train_model
 
     strategy, dtype, settings, overrides = VARIANTS[name]
     torch.manual_seed(0)

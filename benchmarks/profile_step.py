@@ -28,8 +28,9 @@ from benchmarks.common import BenchConfig, build_base, load_split, strategy_for
 def run_variant(name: str, strategy_name: str, base: Path, steps: int, **options: Any) -> dict:
     from tuneforge.batching import collate
     from tuneforge.models import load_pretrained
-    from tuneforge.tasks import padding_free
-    from tuneforge.tasks.train import batch_order, token_mean_loss
+    from tuneforge.training import padding_free
+    from tuneforge.training.loop import batch_order
+    from tuneforge.training.losses import token_mean_loss
 
     cfg = BenchConfig.from_env()
     torch.set_num_threads(options.get("threads", 2))

@@ -1,4 +1,4 @@
-"""One benchmark run through tuneforge's own training loop (`tuneforge.tasks.train.train_model`).
+"""One benchmark run through tuneforge's own training loop (`tuneforge.training.loop.train_model`).
 
     .venv/bin/python -m benchmarks.run_tuneforge STRATEGY OUT_DIR CACHE_DIR [FLAG ...]
 
@@ -42,7 +42,7 @@ def padded_tokens(
     for a seed): padded, every row as wide as the batch's longest; padding-free, the real tokens
     rounded up to `row_multiple` (the filler of `padding_free.collate_flat`). Attention alone
     still works in the padded layout."""
-    from tuneforge.tasks.train import batch_order
+    from tuneforge.training.loop import batch_order
 
     order = batch_order(
         len(lengths), cfg.batch_size, cfg.steps, cfg.seed, lengths if group_by_length else None
@@ -54,8 +54,8 @@ def padded_tokens(
 
 def main(strategy: str, out_dir: Path, cache_dir: Path, flags: list[str]) -> None:
     from tuneforge.models import load_pretrained
-    from tuneforge.tasks import padding_free
-    from tuneforge.tasks.train import train_model
+    from tuneforge.training import padding_free
+    from tuneforge.training.loop import train_model
 
     unknown = set(flags) - {"--padded", "--group-by-length", "--bf16"}
     if unknown:

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
+from tuneforge import lineage
 from tuneforge.config import RunConfig
+from tuneforge.errors import first_line
 from tuneforge.flows.retrain import SkippedRun, retrain
 from tuneforge.pipelines import PipelineSpec
 from tuneforge.tasks.report import StageOutcome, report_pipeline, stage_outcome
@@ -45,7 +47,7 @@ def pipeline(
     extra = [*(overrides or []), *(["force=true"] if force else [])]
     first = spec.stage_config(0, None, extra)
     tracking_uri = resolve_tracking_uri(first.tracking.tracking_uri)
-    tags = {"tuneforge.pipeline": spec.name, "tuneforge.pipeline_flow_run": str(flow_run.id)}
+    tags = {lineage.PIPELINE: spec.name, lineage.PIPELINE_FLOW_RUN: str(flow_run.id)}
     params = {f"stage.{i}": f"{s.name}: {s.preset}" for i, s in enumerate(spec.stages)}
     run_id = start_run(tracking_uri, first.tracking.experiment, spec.name, params, tags)
     with run_status(tracking_uri, run_id):
@@ -62,16 +64,14 @@ def _run_stages(spec: PipelineSpec, extra: list[str], tags: dict[str, str]) -> l
     for index, stage in enumerate(spec.stages):
         config = _with_tags(
             spec.stage_config(index, previous, extra),
-            {**tags, "tuneforge.pipeline_stage": stage.name},
+            {**tags, lineage.PIPELINE_STAGE: stage.name},
         )
         try:
             result = retrain.with_options(flow_run_name=f"{spec.name}.{stage.name}")(config)
         except Exception as exc:
             done = ", ".join(f"{o.stage}: {o.model} v{o.version}" for o in outcomes) or "none"
-            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise StageFailed(
-                f"stage {stage.name} failed: {first_line} (earlier stages' versions kept: {done})"
-            ) from exc
+            kept = f"earlier stages' versions kept: {done}"
+            raise StageFailed(f"stage {stage.name} failed: {first_line(exc)} ({kept})") from exc
         outcome = stage_outcome(stage.name, config, result)
         if isinstance(result, SkippedRun):
             get_run_logger().info("stage %s unchanged: %s", stage.name, result.reason)

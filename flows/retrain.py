@@ -17,11 +17,10 @@ from pathlib import Path
 
 from prefect import flow
 
-from tuneforge.concurrency import RetrainSlot, one_retrain_at_a_time
 from tuneforge.config import RunConfig
-from tuneforge.paths import inside, safe_component
 from tuneforge.preflight import check_run
 from tuneforge.run_context import RunContext
+from tuneforge.slots import RetrainSlot, one_retrain_at_a_time
 from tuneforge.tasks.evaluate import evaluate_champion, evaluate_model
 from tuneforge.tasks.load_data import load_dataset
 from tuneforge.tasks.model_source import resolve_base_model
@@ -29,10 +28,10 @@ from tuneforge.tasks.register import Registration, register_model, unchanged_sin
 from tuneforge.tasks.report import report_run, training_notes
 from tuneforge.tasks.split_data import SplitPaths, split_dataset
 from tuneforge.tasks.tracking_run import start_tracking_run
-from tuneforge.tasks.train import TrainResult, train_with_strategy
-from tuneforge.tasks.train_remote import train_on_pool
+from tuneforge.tasks.train import train
 from tuneforge.tasks.validate_data import ValidationReport, validate_dataset
 from tuneforge.tracking import resolve_tracking_uri, run_status
+from tuneforge.training.loop import TrainResult
 
 
 @dataclass(frozen=True)
@@ -66,22 +65,6 @@ class SkippedRun:
     version: str  # the champion whose data and config this run's equal: models:/NAME/VERSION
 
 
-def checkpoint_dir(config: RunConfig) -> str:
-    """One checkpoint directory per registered model: only one retrain of a model runs at a
-    time, and a re-run after a crash (a new flow run) finds the checkpoints of the last one.
-
-    A sweep's candidates train side by side under the model's one slot: one directory each,
-    named by the `tuneforge.sweep` and `tuneforge.sweep_candidate` tags their configs carry
-    (`flows/sweep_candidate.py:as_candidate`), which travel with the config to a work pool."""
-    name = safe_component(config.registry.model_name)
-    sweep = config.tracking.tags.get("tuneforge.sweep")
-    candidate = config.tracking.tags.get("tuneforge.sweep_candidate")
-    if sweep and candidate:
-        parts = ("sweep-checkpoints", name, safe_component(sweep), safe_component(candidate))
-        return str(inside(config.output_dir, *parts))
-    return str(inside(config.output_dir, "checkpoints", name))
-
-
 @flow(name="retrain", flow_run_name="{config.name}")
 def retrain(config: RunConfig) -> RetrainResult | SkippedRun:
     """Validates fresh data, fine-tunes, evaluates base vs tuned, registers the tuned model."""
@@ -113,19 +96,13 @@ def _retrain_in(
             return SkippedRun(ctx.run_id, ctx.tracking_uri, unchanged.reason, unchanged.version)
     split = split_dataset(valid_path=validation.valid_path, data=config.data)
     base_dir = resolve_base_model(model=config.model, train_path=split.train_path, ctx=ctx)
-    if config.train.deployment:  # training on another work pool, e.g. GPUs
-        trained = train_on_pool(
-            config=config, train_path=split.train_path, eval_path=split.eval_path, ctx=ctx
-        )
-    else:
-        trained = train_with_strategy.with_options(retries=config.train.retries)(
-            base_dir=base_dir,
-            train_path=split.train_path,
-            eval_path=split.eval_path,
-            train=config.train,
-            checkpoint_dir=checkpoint_dir(config),
-            ctx=ctx,
-        )
+    trained = train(
+        config=config,
+        base_dir=base_dir,
+        train_path=split.train_path,
+        eval_path=split.eval_path,
+        ctx=ctx,
+    )
     scores = {
         label: evaluate_model(
             model_dir=model_dir, label=label, eval_path=split.eval_path, config=config, ctx=ctx

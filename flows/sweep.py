@@ -22,11 +22,12 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from tuneforge.concurrency import RetrainSlot, one_retrain_at_a_time
+from tuneforge import lineage
 from tuneforge.config import RunConfig
 from tuneforge.flows.retrain import SkippedRun
 from tuneforge.flows.sweep_candidate import SweepInputs, as_candidate, run_candidate
 from tuneforge.run_context import RunContext
+from tuneforge.slots import RetrainSlot, one_retrain_at_a_time
 from tuneforge.sweeps import SweepSpec, check_sweep, sweep_fingerprint, threads_per_candidate
 from tuneforge.tasks.evaluate import evaluate_champion, evaluate_model
 from tuneforge.tasks.load_data import load_dataset
@@ -97,7 +98,7 @@ def _sweep_in(
             model_name=config.registry.model_name,
             data_fingerprint=validation.fingerprint,
             config_hash=fingerprint,
-            config_tag="tuneforge.sweep_fingerprint",
+            config_tag=lineage.SWEEP_FINGERPRINT,
             ctx=ctx,
         )
         if unchanged:

@@ -13,15 +13,15 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 
+from tuneforge import lineage
 from tuneforge.config import RunConfig
-from tuneforge.flows.retrain import checkpoint_dir
+from tuneforge.errors import first_line
 from tuneforge.tasks.evaluate import evaluate_model
 from tuneforge.tasks.report import report_run, training_notes
 from tuneforge.tasks.sweep_report import CandidateOutcome
 from tuneforge.tasks.sweep_run import adopt_sweep_inputs, candidate_run
 from tuneforge.tasks.tracking_run import start_tracking_run
-from tuneforge.tasks.train import train_with_strategy
-from tuneforge.tasks.train_remote import train_on_pool
+from tuneforge.tasks.train import train
 
 
 @dataclass(frozen=True)
@@ -48,10 +48,10 @@ def as_candidate(name: str, config: RunConfig, inputs: SweepInputs) -> RunConfig
     tags = {
         **config.tracking.tags,
         "mlflow.parentRunId": inputs.run_id,
-        "tuneforge.sweep": inputs.sweep,
-        "tuneforge.sweep_candidate": name,
-        "tuneforge.sweep_fingerprint": inputs.fingerprint,
-        "tuneforge.sweep_flow_run_id": inputs.flow_run_id,
+        lineage.SWEEP: inputs.sweep,
+        lineage.SWEEP_CANDIDATE: name,
+        lineage.SWEEP_FINGERPRINT: inputs.fingerprint,
+        lineage.SWEEP_FLOW_RUN_ID: inputs.flow_run_id,
     }
     train = config.train
     if inputs.threads and not train.deployment and not train.num_threads:
@@ -70,7 +70,7 @@ def run_candidate(*, name: str, config: RunConfig, inputs: SweepInputs) -> Candi
             name=name, config=config, inputs=inputs
         )
     except Exception as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        reason = first_line(exc)
         get_run_logger().error("candidate %s failed: %s", name, reason)
         ctx = candidate_run(inputs.tracking_uri, inputs.run_id, name)
         return CandidateOutcome(name, config.train.strategy, error=reason, ctx=ctx)
@@ -86,20 +86,14 @@ def sweep_candidate(*, name: str, config: RunConfig, inputs: SweepInputs) -> Can
         split = adopt_sweep_inputs(
             sweep_run_id=inputs.run_id, split_dir=inputs.split_dir, base=inputs.base, ctx=ctx
         )
-        if config.train.deployment:  # training on another work pool, e.g. GPUs
-            trained = train_on_pool(
-                config=config, train_path=split.train_path, eval_path=split.eval_path, ctx=ctx
-            )
-        else:
-            trained = train_with_strategy.with_options(retries=config.train.retries)(
-                base_dir=inputs.base_dir,
-                train_path=split.train_path,
-                eval_path=split.eval_path,
-                train=config.train,
-                checkpoint_dir=checkpoint_dir(config),
-                ctx=ctx,
-                isolated=bool(inputs.threads),  # torch's threads and RNG are per process
-            )
+        trained = train(
+            config=config,
+            base_dir=inputs.base_dir,
+            train_path=split.train_path,
+            eval_path=split.eval_path,
+            ctx=ctx,
+            isolated=bool(inputs.threads),  # beside other candidates: a process of its own
+        )
         tuned = evaluate_model(
             model_dir=trained.model_dir,
             label="tuned",

@@ -17,11 +17,11 @@ from typing import Any
 
 from prefect import flow
 
+from tuneforge import lineage
 from tuneforge.config import RunConfig
-from tuneforge.flows.retrain import checkpoint_dir
 from tuneforge.run_context import RunContext
 from tuneforge.tasks.model_source import resolve_base_model
-from tuneforge.tasks.train import train_with_strategy
+from tuneforge.tasks.train import train
 from tuneforge.tasks.train_remote import HANDOVER
 
 
@@ -44,17 +44,17 @@ def _train_in(work: Path, cfg: RunConfig, run_id: str, tracking_uri: str) -> dic
         run_id, tracking_uri, str(work), cfg.model.trust_remote_code, model_dtype=cfg.model.dtype
     )
     data = Path(client.download_artifacts(run_id, f"{HANDOVER}/data", str(work)))
-    parent = client.get_run(run_id).data.tags.get("tuneforge.parent_version")
+    parent = client.get_run(run_id).data.tags.get(lineage.PARENT_VERSION)
     model = cfg.model.model_copy(update={"source": f"models:/{parent}"}) if parent else cfg.model
     train_path = str(data / "train.jsonl")
     base_dir = resolve_base_model(model=model, train_path=train_path, ctx=ctx)
-    trained = train_with_strategy.with_options(retries=cfg.train.retries)(
+    trained = train(
+        config=cfg,
         base_dir=base_dir,
         train_path=train_path,
         eval_path=str(data / "eval.jsonl"),
-        train=cfg.train,
-        checkpoint_dir=checkpoint_dir(cfg),
         ctx=ctx,
+        here=True,  # this flow is train.deployment
     )
     client.log_artifacts(run_id, trained.model_dir, f"{HANDOVER}/tuned")
     client.log_text(run_id, json.dumps(asdict(trained)), f"{HANDOVER}/train_result.json")

@@ -13,12 +13,12 @@ everything else in tuneforge may change between versions. The built-in strategie
 
 from tuneforge.batching import IGNORE_INDEX, Example
 from tuneforge.plugins.evaluator import Evaluator
-from tuneforge.plugins.examples import (
+from tuneforge.plugins.strategy import TuningStrategy
+from tuneforge.plugins.tokenization import (
     check_chat_template,
     tokenize_prompt_response,
     tokenize_text_blocks,
 )
-from tuneforge.plugins.strategy import TuningStrategy
 
 __all__ = [
     "IGNORE_INDEX",

@@ -2,7 +2,7 @@
 
 An evaluator is a class registered under the `tuneforge.evaluators` entry-point group:
 
-    [project.entry-points."tuneforge.evaluators"]
+    [project.entry-points.'tuneforge.evaluators']
     json_valid = "my_package.metrics:JsonValid"
 
 Evaluation generates one greedy answer per eval row; an evaluator scores each answer against

@@ -2,12 +2,12 @@
 
 A strategy is a class registered under the `tuneforge.strategies` entry-point group:
 
-    [project.entry-points."tuneforge.strategies"]
+    [project.entry-points.'tuneforge.strategies']
     bitfit = "my_package.bitfit:BitFitStrategy"
 
 The generic training loop (`tuneforge.tasks.train`) owns the optimizer, batching, logging and
 checkpoints; a strategy only says what is specific to it. This Protocol is a contract, not a
-vehicle for code reuse: share code through free functions (`tuneforge.plugins.examples`), not by
+vehicle for code reuse: share code through free functions (`tuneforge.plugins.tokenization`), not by
 subclassing another strategy.
 """
 

@@ -23,6 +23,7 @@ from typing import Any, BinaryIO, TextIO
 from prefect import task
 
 from tuneforge.config import DataConfig
+from tuneforge.errors import first_line
 from tuneforge.run_context import RunContext
 
 FORMATS = ("jsonl", "json", "csv", "parquet", "hf")
@@ -356,7 +357,7 @@ def _iter_hf(source: str, split: str) -> Iterator[RawRow]:
         else:
             dataset = datasets.load_dataset(name, split=split)
     except Exception as exc:  # hub, network and format errors all mean "unusable"
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        message = first_line(exc)
         raise DataLoadError(f"{source}: cannot load dataset split {split!r}: {message}") from None
     if len(dataset) == 0:
         raise DataLoadError(f"{source}: dataset split {split!r} has no rows")
@@ -440,10 +441,6 @@ def iter_raw_rows(path: Path) -> Iterator[RawRow]:
     with path.open(encoding="utf-8") as f:
         for line in f:
             yield RawRow(**json.loads(line))
-
-
-def read_raw_rows(path: Path) -> list[RawRow]:
-    return list(iter_raw_rows(path))
 
 
 @task(name="load_dataset")

@@ -17,6 +17,7 @@ from typing import Any
 
 from prefect import task
 
+from tuneforge import lineage
 from tuneforge.config import ModelConfig
 from tuneforge.models import ModelSourceError, build_tiny_model
 from tuneforge.run_context import RunContext
@@ -75,7 +76,7 @@ def resolve_base_model(*, model: ModelConfig, train_path: str, ctx: RunContext) 
         except RegistryError as exc:
             raise ModelSourceError(str(exc)) from None
         pinned = f"models:/{parent.name}/{parent.version}"
-        client.set_tag(ctx.run_id, "tuneforge.parent_version", f"{parent.name}/{parent.version}")
+        client.set_tag(ctx.run_id, lineage.PARENT_VERSION, f"{parent.name}/{parent.version}")
         model = model.model_copy(update={"source": pinned})
     records = read_jsonl(train_path) if model.source == "tiny" else []
     return str(resolve_model_dir(model, records, Path(ctx.run_dir)))

@@ -24,13 +24,13 @@ from typing import Any
 
 from prefect import task
 
+from tuneforge import lineage
 from tuneforge.config import RegistryConfig
 from tuneforge.jsonl import read_jsonl
-from tuneforge.model_registry import CHALLENGER, CHAMPION
+from tuneforge.lineage import CHALLENGER, CHAMPION
 from tuneforge.models import load_pretrained
 from tuneforge.pause_points import pause_point
 from tuneforge.run_context import RunContext
-from tuneforge.tasks.evaluate import metric_safe
 from tuneforge.tracking import is_unreachable
 
 MODEL_ARTIFACT = "model"
@@ -123,9 +123,9 @@ def adapter_base(base_path: str, lineage: dict[str, str]) -> str:
     into the version: a tiny or local base has no address another machine can resolve)."""
     from tuneforge.serving import hub_reference
 
-    if parent := lineage.get("tuneforge.parent_version"):
+    if parent := lineage.get(lineage.PARENT_VERSION):
         return f"models:/{parent}"
-    source, path = lineage.get("tuneforge.base_model", ""), Path(base_path)
+    source, path = lineage.get(lineage.BASE_MODEL, ""), Path(base_path)
     if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
         return hub_reference(source, path.name)  # a hub cache snapshot is named by its commit
     return "bundled"
@@ -268,7 +268,7 @@ def _subset(rows: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
         return [r for r in rows if r.get("held_out") == (narrowed == "held_out")]
     if any(narrowed in r.get("groups", ()) for r in rows):
         return [r for r in rows if narrowed in r.get("groups", ())]
-    return [r for r in rows if metric_safe(r.get("task") or "untagged") == narrowed]
+    return [r for r in rows if lineage.metric_safe(r.get("task") or "untagged") == narrowed]
 
 
 def sign_test_p(wins: int, losses: int) -> float:
@@ -351,7 +351,7 @@ def unchanged_since_champion(
     data_fingerprint: str,
     config_hash: str,
     ctx: RunContext,
-    config_tag: str = "tuneforge.config_hash",
+    config_tag: str = lineage.CONFIG_HASH,
 ) -> Unchanged | None:
     """The champion trained on the same data with the same config (its `config_tag`: a
     sweep's compares `tuneforge.sweep_fingerprint`), so retraining can be skipped, or None.
@@ -365,7 +365,7 @@ def unchanged_since_champion(
     if champion is None:
         return None
     tags = champion.tags
-    if tags.get("tuneforge.data_fingerprint") != data_fingerprint:
+    if tags.get(lineage.DATA_FINGERPRINT) != data_fingerprint:
         return None
     if tags.get(config_tag) != config_hash:
         return None
@@ -373,7 +373,7 @@ def unchanged_since_champion(
         f"data {data_fingerprint} and config {config_hash} are those of {model_name} "
         f"version {champion.version} (champion); nothing to retrain (force: true overrides)"
     )
-    client.set_tag(ctx.run_id, "tuneforge.skipped", reason)
+    client.set_tag(ctx.run_id, lineage.SKIPPED, reason)
     return Unchanged(str(champion.version), reason)
 
 
@@ -390,7 +390,9 @@ def champion_score(
         return None
     if evaluated and evaluated["version"] == champion.version and evaluated["metrics"]:
         return evaluated["metrics"].get(metric)
-    return client.get_run(champion.run_id).data.metrics.get(f"tuned.{metric}")
+    return client.get_run(champion.run_id).data.metrics.get(
+        lineage.metric_key(lineage.TUNED, metric)
+    )
 
 
 def retry_if_unreachable(task: Any, task_run: Any, state: Any) -> bool:
@@ -401,7 +403,7 @@ def retry_if_unreachable(task: Any, task_run: Any, state: Any) -> bool:
 
 
 # Run tags that registration writes itself: not lineage, and present on a re-run's run.
-_OWN_RUN_TAGS = ("tuneforge.registered_version", "tuneforge.decision")
+_OWN_RUN_TAGS = (lineage.REGISTERED_VERSION, lineage.DECISION)
 
 
 # Retries: every MLflow call already retries for about four minutes on its own
@@ -443,7 +445,7 @@ def register_model(
     version, existing, lineage = _version_of_run(client, model_dir, cfg, ctx, max_new_tokens)
     held = list(existing.aliases) if existing else []
     if CHAMPION in held:  # an earlier attempt promoted it: re-deciding would compare it to itself
-        decision = existing.tags.get("tuneforge.decision", "") if existing else ""
+        decision = existing.tags.get(lineage.DECISION, "") if existing else ""
         promote = True
         reason = decision.removeprefix(f"{CHAMPION}: ") or "promoted by an interrupted attempt"
     else:
@@ -478,7 +480,7 @@ def register_runner_up(
     client = MlflowClient(ctx.tracking_uri)
     name = registry.model_name
     version, _, lineage = _version_of_run(client, model_dir, registry, ctx, max_new_tokens)
-    client.set_model_version_tag(name, version, "tuneforge.decision", reason)
+    client.set_model_version_tag(name, version, lineage.DECISION, reason)
     scores = (base_metrics, tuned_metrics)
     return _finish(client, name, version, None, reason, lineage, ctx.run_id, scores)
 
@@ -494,7 +496,7 @@ def _version_of_run(
     lineage = {
         k: v
         for k, v in client.get_run(run_id).data.tags.items()
-        if k.startswith("tuneforge.") and k not in _OWN_RUN_TAGS
+        if k.startswith(lineage.TAG_PREFIX) and k not in _OWN_RUN_TAGS
     }
     existing = version_for_run(client, cfg.model_name, run_id)
     if existing is None:
@@ -526,8 +528,8 @@ def _finish(
     card = model_card(name, version, decision, lineage, *scores)
     client.update_model_version(name, version, description=card)
     client.log_text(run_id, card, "model_card.md")
-    client.set_tag(run_id, "tuneforge.registered_version", f"{name}/{version}")
-    client.set_tag(run_id, "tuneforge.decision", decision)
+    client.set_tag(run_id, lineage.REGISTERED_VERSION, f"{name}/{version}")
+    client.set_tag(run_id, lineage.DECISION, decision)
     return Registration(name, version, alias, reason, f"models:/{name}/{version}")
 
 
@@ -557,7 +559,7 @@ def _paired_failure(eval_dir: str | None, cfg: RegistryConfig) -> str | None:
     """`paired_gate` on the per-row scores evaluation wrote beside the eval split."""
     if eval_dir is None or not (cfg.min_correct or cfg.max_p_value is not None):
         return None
-    paths = [Path(eval_dir) / f"{label}_scores.jsonl" for label in ("base", "tuned")]
+    paths = [Path(eval_dir) / f"{label}_scores.jsonl" for label in (lineage.BASE, lineage.TUNED)]
     if not all(p.exists() for p in paths):
         return "the per-row scores the gate needs are missing (evaluate_model writes them)"
     return paired_gate(read_jsonl(paths[0]), read_jsonl(paths[1]), cfg)
@@ -592,5 +594,5 @@ def _set_alias(
             client.delete_registered_model_alias(name, CHALLENGER)
         return CHAMPION
     client.set_registered_model_alias(name, CHALLENGER, version)
-    client.set_model_version_tag(name, version, "tuneforge.decision", f"{CHALLENGER}: {reason}")
+    client.set_model_version_tag(name, version, lineage.DECISION, f"{CHALLENGER}: {reason}")
     return CHALLENGER

@@ -13,6 +13,7 @@ from typing import Any
 
 from prefect import task
 
+from tuneforge import lineage
 from tuneforge.run_context import RunContext
 
 SAMPLE_ROWS = 20
@@ -137,7 +138,7 @@ def report_run(
 
     client, run_id = MlflowClient(ctx.tracking_uri), ctx.run_id
     out = Path(eval_dir)
-    history = client.get_metric_history(run_id, "train.loss")
+    history = client.get_metric_history(run_id, lineage.TRAIN_LOSS)
     plot_loss(
         [m.step for m in history],
         [m.value for m in history],
@@ -203,8 +204,8 @@ def stage_outcome(stage: str, config: Any, result: Any) -> StageOutcome:
         client = MlflowClient(result.tracking_uri)
         run_id = client.get_model_version(name, result.version).run_id
         logged = client.get_run(run_id).data.metrics
-        base = {k[5:]: v for k, v in logged.items() if k.startswith("base.")}
-        tuned = {k[6:]: v for k, v in logged.items() if k.startswith("tuned.")}
+        base = lineage.scores_of(lineage.BASE, logged)
+        tuned = lineage.scores_of(lineage.TUNED, logged)
         return StageOutcome(
             stage, name, result.version, "champion", True, run_id, base, tuned, aggregates
         )

@@ -11,6 +11,7 @@ from typing import Any
 
 from prefect import task
 
+from tuneforge import lineage
 from tuneforge.config import RegistryConfig, RunConfig
 from tuneforge.run_context import RunContext
 from tuneforge.tasks.register import Registration
@@ -158,10 +159,10 @@ def report_sweep(
         logger = MetricLogger(ctx.tracking_uri, ctx.run_id)
         logger.log({f"winner.{k}": v for k, v in winner.metrics.items()}, step=0)
         logger.flush()
-        client.set_tag(ctx.run_id, "tuneforge.sweep_winner", winner.name)
+        client.set_tag(ctx.run_id, lineage.SWEEP_WINNER, winner.name)
     if registration is not None:
-        client.set_tag(ctx.run_id, "tuneforge.registered_version", registration.model_uri)
-        client.set_tag(ctx.run_id, "tuneforge.decision", registration.decision)
+        client.set_tag(ctx.run_id, lineage.REGISTERED_VERSION, registration.model_uri)
+        client.set_tag(ctx.run_id, lineage.DECISION, registration.decision)
     outcome = registration.decision if registration is not None else "nothing registered"
     summary = (
         f"# Sweep {sweep}\n\n**{outcome}**\n\nRanked on {metric} (eval split, "

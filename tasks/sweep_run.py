@@ -10,6 +10,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 from prefect import task
 
+from tuneforge import lineage
 from tuneforge.config import RunConfig
 from tuneforge.run_context import RunContext
 from tuneforge.tasks.split_data import SplitPaths
@@ -23,7 +24,7 @@ from tuneforge.tracking import MetricLogger, flatten, start_run
 
 # What the sweep's tasks tag on its run that describes the data and the base every candidate
 # shares; copied onto each candidate's run, so a registered candidate carries it as lineage.
-SHARED_TAGS = ("tuneforge.data_fingerprint", "tuneforge.data_schema", "tuneforge.parent_version")
+SHARED_TAGS = (lineage.DATA_FINGERPRINT, lineage.DATA_SCHEMA, lineage.PARENT_VERSION)
 
 # What a candidate's data directory takes from the sweep's: the split, and the base's
 # per-row scores and generations (the gate's paired test and the report read them there).
@@ -44,14 +45,14 @@ def start_sweep_run(
     params = flatten(config.model_dump(mode="json"))
     params |= {f"candidate.{name}": " ".join(own) or "(the preset)" for name, own in candidates}
     tags = {
-        "tuneforge.sweep": sweep,
-        "tuneforge.sweep_flow_run_id": flow_run_id,
-        "tuneforge.flow_run_id": flow_run_id,
-        "tuneforge.model_name": config.registry.model_name,
-        "tuneforge.base_model": config.model.source,
-        "tuneforge.data_source": config.data.path,
-        "tuneforge.code_version": code_version(),
-        "tuneforge.packages": package_versions(),
+        lineage.SWEEP: sweep,
+        lineage.SWEEP_FLOW_RUN_ID: flow_run_id,
+        lineage.FLOW_RUN_ID: flow_run_id,
+        lineage.MODEL_NAME: config.registry.model_name,
+        lineage.BASE_MODEL: config.model.source,
+        lineage.DATA_SOURCE: config.data.path,
+        lineage.CODE_VERSION: code_version(),
+        lineage.PACKAGES: package_versions(),
         **config.tracking.tags,
     }
     run_id = start_run(tracking_uri, config.tracking.experiment, sweep, params, tags)
@@ -71,7 +72,7 @@ def adopt_sweep_inputs(
         if key in tags:
             client.set_tag(ctx.run_id, key, tags[key])
     logger = MetricLogger(ctx.tracking_uri, ctx.run_id)
-    logger.log({f"base.{k}": v for k, v in base.items()}, step=0)
+    logger.log({lineage.metric_key(lineage.BASE, k): v for k, v in base.items()}, step=0)
     logger.flush()
     out = Path(ctx.path("data"))
     out.mkdir(parents=True, exist_ok=True)
@@ -112,11 +113,11 @@ def end_crashed_sweep_runs(
     mine = [
         run
         for run in running
-        if run.data.tags.get("tuneforge.model_name") == config.registry.model_name
+        if run.data.tags.get(lineage.MODEL_NAME) == config.registry.model_name
     ]
     ended = []
-    for run in left_by_other_flow_runs(mine, "tuneforge.sweep_flow_run_id", flow_run_id):
-        client.set_tag(run.info.run_id, "tuneforge.crashed", f"ended by sweep {flow_run_id}")
+    for run in left_by_other_flow_runs(mine, lineage.SWEEP_FLOW_RUN_ID, flow_run_id):
+        client.set_tag(run.info.run_id, lineage.CRASHED, f"ended by sweep {flow_run_id}")
         client.set_terminated(run.info.run_id, status="KILLED")
         ended.append(run.info.run_id)
     return ended

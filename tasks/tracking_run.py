@@ -14,8 +14,9 @@ from mlflow.tracking import MlflowClient
 from prefect import get_run_logger, task
 from prefect.exceptions import ObjectNotFound
 
+from tuneforge import lineage
 from tuneforge.config import RunConfig
-from tuneforge.plugins.registry import strategy_info
+from tuneforge.plugins.discovery import strategy_info
 from tuneforge.run_context import RunContext
 from tuneforge.tracking import flatten, start_run
 
@@ -46,7 +47,7 @@ def code_version() -> str:
 def package_versions() -> str:
     """`name==version` of the packages that shape a model: the stack, and every distribution
     that registers a tuning strategy (the code that trained it may be a plugin's)."""
-    from tuneforge.plugins.registry import discover_strategies
+    from tuneforge.plugins.discovery import discover_strategies
 
     plugins = sorted({info.package for info in discover_strategies().values()})
     found = []
@@ -73,19 +74,19 @@ def start_tracking_run(*, config: RunConfig, tracking_uri: str) -> RunContext:
     client = MlflowClient(tracking_uri)
     resumable = None
     for run in crashed_runs(client, config, flow_run_id):
-        same = run.data.tags.get("tuneforge.config_hash") == config.fingerprint() and (
-            run.data.tags.get("tuneforge.data_source") == config.data.path
+        same = run.data.tags.get(lineage.CONFIG_HASH) == config.fingerprint() and (
+            run.data.tags.get(lineage.DATA_SOURCE) == config.data.path
         )
         if same and resumable is None:  # the newest one (runs come newest first)
             resumable = run
         else:
-            client.set_tag(run.info.run_id, "tuneforge.crashed", "superseded by a later retrain")
+            client.set_tag(run.info.run_id, lineage.CRASHED, "superseded by a later retrain")
             client.set_terminated(run.info.run_id, status="KILLED")
     if resumable is not None:
         run_id = resumable.info.run_id
-        attempt = int(resumable.data.tags.get("tuneforge.attempt", "1")) + 1
-        client.set_tag(run_id, "tuneforge.attempt", str(attempt))
-        client.set_tag(run_id, "tuneforge.flow_run_id", flow_run_id)
+        attempt = int(resumable.data.tags.get(lineage.ATTEMPT, "1")) + 1
+        client.set_tag(run_id, lineage.ATTEMPT, str(attempt))
+        client.set_tag(run_id, lineage.FLOW_RUN_ID, flow_run_id)
         get_run_logger().warning(
             "continuing MLflow run %s (attempt %d): a retrain of %s with the same config was "
             "killed before it finished",
@@ -97,20 +98,20 @@ def start_tracking_run(*, config: RunConfig, tracking_uri: str) -> RunContext:
 
     strategy = strategy_info(config.train.strategy)
     tags = {
-        "tuneforge.strategy": config.train.strategy,
+        lineage.STRATEGY: config.train.strategy,
         # The distribution whose code trained the model, and its version.
-        "tuneforge.strategy_package": f"{strategy.package}=={strategy.version}",
-        "tuneforge.strategy_settings": json.dumps(
+        lineage.STRATEGY_PACKAGE: f"{strategy.package}=={strategy.version}",
+        lineage.STRATEGY_SETTINGS: json.dumps(
             config.train.strategy_settings().model_dump(mode="json"), sort_keys=True
         ),
-        "tuneforge.config_hash": config.fingerprint(),
-        "tuneforge.base_model": config.model.source,
-        "tuneforge.data_source": config.data.path,
-        "tuneforge.model_name": config.registry.model_name,
-        "tuneforge.flow_run_id": flow_run_id,
-        "tuneforge.python": platform.python_version(),
-        "tuneforge.code_version": code_version(),
-        "tuneforge.packages": package_versions(),
+        lineage.CONFIG_HASH: config.fingerprint(),
+        lineage.BASE_MODEL: config.model.source,
+        lineage.DATA_SOURCE: config.data.path,
+        lineage.MODEL_NAME: config.registry.model_name,
+        lineage.FLOW_RUN_ID: flow_run_id,
+        lineage.PYTHON: platform.python_version(),
+        lineage.CODE_VERSION: code_version(),
+        lineage.PACKAGES: package_versions(),
         **config.tracking.tags,
     }
     params = flatten(config.model_dump(mode="json"))
@@ -143,7 +144,7 @@ def crashed_runs(client: MlflowClient, config: RunConfig, flow_run_id: str) -> l
     Runs of a sweep (tag `tuneforge.sweep`) are not a retrain's to continue or end, and a
     sweep's candidate continues none: its siblings train beside it under the one slot, and a
     killed sweep's runs are ended by the next run of that sweep (`end_crashed_sweep_runs`)."""
-    if "tuneforge.sweep" in config.tracking.tags:
+    if lineage.SWEEP in config.tracking.tags:
         return []
 
     experiment = client.get_experiment_by_name(config.tracking.experiment)
@@ -157,10 +158,10 @@ def crashed_runs(client: MlflowClient, config: RunConfig, flow_run_id: str) -> l
     mine = [
         run
         for run in running
-        if run.data.tags.get("tuneforge.model_name") == config.registry.model_name
-        and "tuneforge.sweep" not in run.data.tags
+        if run.data.tags.get(lineage.MODEL_NAME) == config.registry.model_name
+        and lineage.SWEEP not in run.data.tags
     ]
-    return left_by_other_flow_runs(mine, "tuneforge.flow_run_id", flow_run_id)
+    return left_by_other_flow_runs(mine, lineage.FLOW_RUN_ID, flow_run_id)
 
 
 def left_by_other_flow_runs(runs: list[Any], tag: str, flow_run_id: str) -> list[Any]:

@@ -1,736 +1,71 @@
-"""Train a model with a tuning strategy: the generic loop every strategy shares.
+"""Train a model: the `train_with_strategy` task over the training engine
+(`tuneforge/training/`), and `train`, the one place that decides where a flow trains.
 
-The loop owns the optimizer (AdamW over exactly the parameters the strategy left trainable),
-linear warmup and decay, gradient clipping, dynamic padding and metric logging. What is
-specific to a strategy (which weights train, how a record becomes labels, what is saved) comes
-from the strategy object, found by name in the plugin registry.
+    trained = train(config=config, base_dir=base_dir, train_path=..., eval_path=..., ctx=ctx)
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
 import sys
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from prefect import get_run_logger, task
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from tuneforge.batching import IGNORE_INDEX, MaskAudit, audit_examples, collate, pack
-from tuneforge.concurrency import training_slot
-from tuneforge.config import TrainConfig
-from tuneforge.jsonl import read_jsonl
-from tuneforge.models import load_pretrained, pick_device
-from tuneforge.plugins.examples import check_chat_template, tokenize_text_blocks
-from tuneforge.plugins.registry import strategy_info
-from tuneforge.prompts import end_of_turn_id
-from tuneforge.records import assistant_turn_records, is_text
+from tuneforge.config import RunConfig, TrainConfig
+from tuneforge.lineage import BATCHES, CHECKPOINT_STEP, SWEEP, SWEEP_CANDIDATE
+from tuneforge.paths import inside, safe_component
 from tuneforge.run_context import RunContext
-from tuneforge.tasks import checkpoint, padding_free, parallel
-from tuneforge.tasks.chunked_head import chunk_unsupported, chunked_head_loss
-from tuneforge.tasks.evaluate import generate_answers, response_loss, score, spread
+from tuneforge.slots import training_slot
+from tuneforge.tasks.train_remote import train_on_pool
 from tuneforge.tracking import MetricLogger
-
-MetricsCallback = Callable[[int, dict[str, float]], None]
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    model_dir: str
-    steps: int
-    examples: int
-    real_tokens: int  # non-padding tokens processed, summed over all steps
-    trained_tokens: int  # tokens that carried loss, summed over all steps
-    seconds: float
-    final_loss: float
-    best_step: int  # the step whose weights were saved (the last one without periodic eval)
-    trainable_parameters: int
-    total_parameters: int
-    audit: MaskAudit
-    resumed_from_step: int = 0  # the checkpoint this attempt continued from (0: from scratch)
-    # "padding-free", or "padded: <why>" (see tasks/padding_free.py)
-    batches: str = "padded"
-    # The periodic-evaluation scores of `best_step` (`exact_match`, `eval_loss`); empty without
-    # periodic evaluation.
-    best_scores: dict[str, float] = field(default_factory=dict)
-    # Peak memory of the training process: resident set size (whole process, loading
-    # included) and, on a GPU, what torch allocated at most. MiB.
-    peak_rss_mb: float = 0.0
-    peak_cuda_mb: float = 0.0
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainResult:
-        """Rebuilds a result that crossed a process boundary as JSON."""
-        return cls(**{**data, "audit": MaskAudit(**data["audit"])})
-
-    @property
-    def tokens_per_second(self) -> float:
-        """Real (non-padding) tokens per second: what the hardware actually processed."""
-        return self.real_tokens / self.seconds if self.seconds else 0.0
+from tuneforge.training import checkpoint
+from tuneforge.training.launch import train_from_files
+from tuneforge.training.loop import TrainResult, finished_result
 
 
-def batch_order(
-    n: int, batch_size: int, steps: int, seed: int, lengths: list[int] | None = None
-) -> list[list[int]]:
-    """Indices for `steps` batches: a fresh shuffle each epoch, deterministic for a seed.
-
-    With `lengths`, each epoch's shuffled examples are cut into windows of 50 batches, sorted by
-    length inside a window, and batched; the batches are then shuffled again. Batches hold
-    examples of similar length (little padding) while their order stays random.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    batches: list[list[int]] = []
-    while len(batches) < steps:
-        perm = torch.randperm(n, generator=generator).tolist()
-        epoch: list[list[int]] = []
-        if lengths is not None:
-            window = batch_size * 50
-            perm = [
-                i
-                for start in range(0, n, window)
-                for i in sorted(perm[start : start + window], key=lambda k: lengths[k])
-            ]
-        for start in range(0, n, batch_size):
-            chunk = perm[start : start + batch_size]
-            if len(chunk) == batch_size or n < batch_size:
-                epoch.append(chunk)
-        if lengths is not None:
-            order = torch.randperm(len(epoch), generator=generator).tolist()
-            epoch = [epoch[i] for i in order]
-        batches += epoch[: steps - len(batches)]
-    return batches
-
-
-def linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
-    warmup = min(warmup, total)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total - step) / max(1, total - warmup))
-
-    return factor
-
-
-def _progress(enabled: bool = True) -> Progress:
-    return Progress(
-        TextColumn("[bold]train"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.3f}  {task.fields[tps]:,.0f} tok/s"),
-        TimeRemainingColumn(),
-        disable=not (enabled and sys.stderr.isatty()),
-        transient=False,
+def train(
+    *,
+    config: RunConfig,
+    base_dir: str,
+    train_path: str,
+    eval_path: str,
+    ctx: RunContext,
+    isolated: bool = False,
+    here: bool = False,
+) -> TrainResult:
+    """Trains where the config says, for every flow that trains (retrain, a sweep's candidate,
+    the train-stage deployment): as the deployment `train.deployment` on its work pool (the
+    split and the tuned checkpoint travel through the MLflow run), or here with `train.retries`
+    Prefect retries, each resuming from the last checkpoint. `here`: the caller is that
+    deployment already. `isolated`: train here in a process of its own (`train_with_strategy`)."""
+    if config.train.deployment and not here:
+        return train_on_pool(config=config, train_path=train_path, eval_path=eval_path, ctx=ctx)
+    return train_with_strategy.with_options(retries=config.train.retries)(
+        base_dir=base_dir,
+        train_path=train_path,
+        eval_path=eval_path,
+        train=config.train,
+        checkpoint_dir=checkpoint_dir(config),
+        ctx=ctx,
+        isolated=isolated,
     )
 
 
-class BestCheckpoint:
-    """Scores the model every `every` steps on held-back records, and keeps a copy of the
-    trainable weights of the best step so that step is what gets saved.
+def checkpoint_dir(config: RunConfig) -> str:
+    """One checkpoint directory per registered model: only one retrain of a model runs at a
+    time, and a re-run after a crash (a new flow run) finds the checkpoints of the last one.
 
-    Best means the highest greedy exact match, ties broken by the lower eval loss (on small
-    data exact match is often tied, at 0.0 early on, and the first of equals is not the one
-    to keep); raw-text records have no answer to match, so there it is the eval loss alone.
-    Only trainable parameters are copied (for LoRA: the adapters alone), so this costs little
-    memory. With `every == 0` or no records it does nothing and the last step is kept.
-    """
-
-    def __init__(
-        self, records: list[dict[str, Any]], tokenizer: Any, every: int, max_length: int
-    ) -> None:
-        self.records, self.tokenizer, self.every = records, tokenizer, every
-        self.max_length = max_length
-        self.chat = [r for r in records if not is_text(r)]
-        self.best_score, self.best_step = -1.0, 0
-        self.best_loss = math.inf
-        self.history: list[tuple[int, float | None, float]] = []  # step, exact match, loss
-        self._weights: dict[str, torch.Tensor] = {}
-
-    def due(self, step: int, last: bool) -> bool:
-        return bool(self.records and self.every) and (step % self.every == 0 or last)
-
-    def evaluate(self, model: Any, step: int) -> dict[str, float]:
-        model.eval()
-        loss = response_loss(model, self.tokenizer, self.records, self.max_length, bs=48)
-        value = None
-        if self.chat:
-            answers = generate_answers(model, self.tokenizer, self.chat, max_new_tokens=24, bs=48)
-            value = score(self.chat, answers)[0]["exact_match"]
-        model.train()
-        self.history.append((step, value, loss))
-        # >=: of two steps scoring exactly the same, the later one (trained longer) is kept.
-        if (value or 0.0, -loss) >= (self.best_score, -self.best_loss):
-            self.best_score, self.best_loss, self.best_step = value or 0.0, loss, step
-            self._weights = {
-                n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad
-            }
-        scores = {"train.eval_loss": loss}
-        return scores | ({"train.eval_exact_match": value} if value is not None else {})
-
-    def resume(
-        self, step: int, score: float, loss: float, weights: dict[str, torch.Tensor]
-    ) -> None:
-        """Takes back the best step found before a crash (from a training checkpoint)."""
-        self.best_step, self.best_score, self.best_loss = step, score, loss
-        self._weights = weights
-
-    @property
-    def weights(self) -> dict[str, torch.Tensor]:
-        return self._weights
-
-    def restore(self, model: Any) -> None:
-        """Puts the best step's weights back (a no-op when the last step was the best)."""
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                if name in self._weights:
-                    param.copy_(self._weights[name])
-
-
-def token_mean_loss(
-    model: Any, batch: dict[str, Any], world: int, slim: bool = True, chunk: int = 0
-) -> tuple[torch.Tensor, float]:
-    """Cross-entropy averaged over the trained tokens of the whole (global) batch.
-
-    `batch` is padded (`collate`) or padding-free (`padding_free.collate_flat`). With `slim`
-    the output head runs only where a trained token is predicted (the model's
-    `logits_to_keep`), not on prompts and padding: the same loss, less work. With `chunk` the
-    head and loss run that many trained positions at a time (`tasks/chunked_head.py`).
-
-    Returns the loss to backpropagate and the global mean for logging. Under DDP each rank holds
-    a shard; its loss is scaled so that DDP's gradient averaging over ranks gives exactly the
-    gradient of the token mean over the global batch, as one process would compute it.
-    """
-    labels = batch["labels"]
-    trained = labels[:, 1:] != IGNORE_INDEX
-    keep = torch.nn.functional.pad(trained, (0, 1))  # position i predicts token i + 1
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    targets = labels[:, 1:][trained]
-    if chunk:
-        local = chunked_head_loss(model, inputs, keep, targets, chunk)
-    else:
-        if slim:
-            inputs["logits_to_keep"] = keep
-        logits = model(**inputs).logits
-        if not slim:
-            logits = logits[keep]
-        local = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.size(-1)).float(), targets, reduction="sum"
-        )
-    sums = torch.stack([local.detach(), trained.sum().to(local.dtype)])
-    if world > 1:
-        torch.distributed.all_reduce(sums)
-    total, count = sums.tolist()
-    return local / count * world, total / count
-
-
-def float32_trainable(model: Any) -> Any:
-    """Makes every trainable parameter float32, whatever the base loaded in (`model.dtype`):
-    AdamW steps on bfloat16 weights round away updates below their precision. Frozen
-    parameters stay as loaded."""
-    for param in model.parameters():
-        if param.requires_grad and param.dtype != torch.float32:
-            param.data = param.data.float()
-    return model
-
-
-def peak_memory(device: torch.device) -> dict[str, float]:
-    """This process's peak resident set size and, on CUDA, peak allocated memory, in MiB."""
-    import resource
-
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
-    cuda = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
-    return {"peak_rss_mb": rss, "peak_cuda_mb": cuda}
-
-
-def train_model(
-    base_dir: str | Path,
-    records: list[dict[str, Any]],
-    cfg: TrainConfig,
-    out_dir: str | Path,
-    *,
-    on_metrics: MetricsCallback | None = None,
-    trust_remote_code: bool = False,
-    dtype: str = "float32",
-    eval_records: list[dict[str, Any]] | None = None,
-    checkpoint_dir: str | Path | None = None,
-) -> TrainResult:
-    """Trains from `base_dir` (loaded in `dtype`, `model.dtype`) on validated `records` and
-    saves the result to `out_dir`.
-
-    With `cfg.eval_every` and `eval_records`, the saved weights are those of the step with the
-    best exact match on (the first `cfg.eval_examples` of) `eval_records`.
-
-    With `checkpoint_dir` and `cfg.checkpoint_every`, a checkpoint is written there every that
-    many steps, and a matching one found at start is resumed (see `tasks/checkpoint.py`); they
-    are deleted once the result is saved.
-
-    Under torch.distributed (see `tasks/distributed_train.py`) every rank runs this with the
-    same arguments: each takes its shard of every global batch, the model is wrapped in DDP or
-    FSDP (`cfg.parallel`), and rank 0 alone logs, evaluates and saves.
-    """
-    run = TrainingRun(cfg, base_dir, trust_remote_code, on_metrics, dtype)
-    run.setup(records, eval_records or [])
-    run.resume(checkpoint_dir, records)
-    run.train()
-    return run.save(Path(out_dir))
-
-
-class StrategyError(ValueError):
-    """A tuning strategy failed (raised, or broke the contract the loop relies on). One line
-    that names the strategy and its distribution; a ValueError, so it is not retried."""
-
-
-class TrainingRun:
-    """One training run, as the steps a reader follows: `setup` (strategy, model, examples,
-    batches, optimizer, periodic evaluation), `resume` (from a checkpoint), `train` (the
-    loop), `save` (the model, its result, then the checkpoints go)."""
-
-    def __init__(
-        self,
-        cfg: TrainConfig,
-        base_dir: str | Path,
-        trust_remote_code: bool,
-        on_metrics: MetricsCallback | None,
-        dtype: str = "float32",
-    ) -> None:
-        self.cfg, self.base_dir, self.trust_remote_code = cfg, base_dir, trust_remote_code
-        self.dtype = dtype
-        self.distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        self.world = torch.distributed.get_world_size() if self.distributed else 1
-        self.rank = torch.distributed.get_rank() if self.distributed else 0
-        self.lead = self.rank == 0  # the one process that logs, evaluates and saves
-        self.on_metrics = on_metrics if self.lead else None
-        self.info = strategy_info(cfg.strategy)
-
-    # Setup ------------------------------------------------------------------------------
-
-    def setup(self, records: list[dict[str, Any]], eval_records: list[dict[str, Any]]) -> None:
-        cfg = self.cfg
-        if cfg.num_threads:
-            torch.set_num_threads(cfg.num_threads)
-        torch.manual_seed(cfg.seed)
-        with self._blame("building it"):
-            self.strategy = self.info.cls(cfg.strategy_settings())
-        self._setup_model()
-        self._setup_examples(records)
-        self._setup_batches()
-        self._setup_optimizer()
-        held_back = spread(eval_records, cfg.eval_examples) if self.lead else []
-        self.best = BestCheckpoint(held_back, self.tokenizer, cfg.eval_every, cfg.max_length)
-
-    def _setup_model(self) -> None:
-        device = pick_device()
-        if device.type == "cuda" and self.distributed:
-            # This node's processes share its GPUs (torchrun's LOCAL_RANK), one each.
-            local_rank = int(os.environ.get("LOCAL_RANK", self.rank))
-            device = torch.device("cuda", local_rank % torch.cuda.device_count())
-            torch.cuda.set_device(device)  # FSDP and NCCL use the current device
-        self.device = device
-        model, self.tokenizer = self._load_base()
-        with self._blame("prepare_model"):
-            model = self.strategy.prepare_model(model)
-        float32_trainable(model)
-        if self.cfg.gradient_checkpointing:
-            # Non-reentrant: works with frozen inputs (adapters) and needs no input grads.
-            model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
-        model.to(device).train()
-        self.model = model
-        self.core = model  # unwrapped: what strategies save and evaluation scores
-
-    def _load_base(self) -> tuple[Any, Any]:
-        """The base in `model.dtype`, with the strategy's own load options (QLoRA's 4 bits)."""
-        with self._blame("load_options"):
-            load_options = getattr(self.strategy, "load_options", None)
-            options = load_options(self.dtype) if load_options else {}
-        if "quantization_config" in options:  # quantized layers are placed as they load
-            options.setdefault("device_map", {"": self.device})
-        return load_pretrained(self.base_dir, self.trust_remote_code, self.dtype, **options)
-
-    def _setup_examples(self, records: list[dict[str, Any]]) -> None:
-        cfg, tokenizer = self.cfg, self.tokenizer
-        self.rows: list[list[int]] | None = None  # packed rows of example indices
-        if any(is_text(r) for r in records):  # a file has one schema: then every record
-            self._setup_text_examples(records)
-            return
-        if not getattr(self.strategy, "trains_chat", True):
-            raise ValueError(
-                f"{self.info.label} trains on raw text (data.schema text), and these are "
-                "prompt/response records; use full or instruction for those"
-            )
-        check_chat_template(tokenizer)
-        if cfg.assistant_turns == "all":
-            records = [turn for r in records for turn in assistant_turn_records(r)]
-        with self._blame("build_example"):
-            build = self.strategy.build_example
-            self.examples = [build(r, tokenizer, cfg.max_length) for r in records]
-        with self._blame("the loss-mask audit"):
-            rows = [r["row"] for r in records]
-            end = end_of_turn_id(tokenizer)
-            self.audit = audit_examples(self.examples, rows, end, cfg.max_length)
-        if self.audit.truncated:
-            # A truncated example loses its end-of-sequence token (and, for response-only
-            # strategies, possibly its answer): the model would learn to ramble or to stop mid-way.
-            raise ValueError(
-                f"{self.audit.truncated} of {self.audit.examples} examples are longer than "
-                f"train.max_length={cfg.max_length} tokens; raise train.max_length or quarantine "
-                "long rows with a lower data.max_chars"
-            )
-
-    def _setup_text_examples(self, records: list[dict[str, Any]]) -> None:
-        """Raw text: causal-LM loss on every token, each document split into
-        `train.max_length` blocks (nothing cut off), for strategies that say they train text."""
-        if not getattr(self.strategy, "trains_text", False):
-            raise ValueError(
-                f"{self.info.label} trains on prompt/response pairs, and raw text (data.schema "
-                "text) has none; use full or lora, or a strategy with trains_text = True"
-            )
-        cfg, tokenizer = self.cfg, self.tokenizer
-        self.examples, rows = [], []
-        for r in records:
-            blocks = tokenize_text_blocks(r, tokenizer, cfg.max_length)
-            self.examples += blocks
-            rows += [r["row"]] * len(blocks)
-        trained = sum(e.trained_tokens for e in self.examples)
-        total = sum(len(e.input_ids) for e in self.examples)
-        # Blocks are cut on purpose: none counts as truncated.
-        self.audit = MaskAudit(len(self.examples), 0, trained, total - trained)
-        if getattr(self.strategy, "packs_text", False):  # a batch is batch_size full rows
-            lengths = [len(e.input_ids) for e in self.examples]
-            self.rows = pack(lengths, cfg.max_length)
-
-    def _setup_batches(self) -> None:
-        cfg, examples = self.cfg, self.examples
-        self.lengths = [len(e.input_ids) for e in examples] if cfg.group_by_length else None
-        self.why_padded = (
-            padding_free.unsupported_reason(self.core, cfg.max_length)
-            if cfg.padding_free
-            else "train.padding_free is off"
-        )
-        self.flat = self.why_padded is None
-        self.row_multiple = padding_free.row_multiple(cfg.precision)
-        self.slim = padding_free.takes_logits_to_keep(self.core)
-        # The decoder is called past the DDP/FSDP wrapper there: one process only.
-        chunkable = self.world == 1 and chunk_unsupported(self.core) is None
-        self.chunk = cfg.loss_chunk_tokens if chunkable else 0
-        self.trained_per_example = [sum(y != IGNORE_INDEX for y in e.labels[1:]) for e in examples]
-
-    def _setup_optimizer(self) -> None:
-        cfg = self.cfg
-        if self.world > 1:  # before the optimizer: FSDP replaces the parameters with sharded ones
-            self.model = parallel.wrap(self.model, cfg.parallel)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        if not self.params:
-            raise StrategyError(f"{self.info.label}: prepare_model left no parameter trainable")
-        self.optimizer = torch.optim.AdamW(
-            self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=True
-        )  # fused AdamW exists for CPU and CUDA tensors alike
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, linear_schedule(cfg.warmup_steps, cfg.steps)
-        )
-
-    # Resume -----------------------------------------------------------------------------
-
-    def resume(self, checkpoint_dir: str | Path | None, records: list[dict[str, Any]]) -> None:
-        """Continues from a matching checkpoint in `checkpoint_dir`, if there is one."""
-        cfg = self.cfg
-        self.root = Path(checkpoint_dir) if checkpoint_dir and cfg.checkpoint_every else None
-        self.key = checkpoint.ResumeKey.of(records, self.base_dir, cfg) if self.root else None
-        self.state = checkpoint.LoopState()
-        if self.root and self.key:
-            found = _find_resumable(self.root, self.key, cfg.resume, self.lead, self.distributed)
-            if found:
-                self.state, best_weights = checkpoint.load_checkpoint(
-                    found, self.core, self.optimizer, self.scheduler
-                )
-                state = self.state
-                self.best.resume(state.best_step, state.best_score, state.best_loss, best_weights)
-        self.resumed_from = self.state.step
-
-    # The loop ---------------------------------------------------------------------------
-
-    def train(self) -> None:
-        cfg, state = self.cfg, self.state
-        earlier_seconds = state.seconds
-        self.started = time.perf_counter()
-        self.paused = 0.0  # evaluation and checkpoint writing: kept out of tokens/s
-        self.window_tokens, self.window_start = 0, self.started
-        swapped = padding_free.attention(self.core) if self.flat else nullcontext()
-        order = self._batch_order()
-        with _progress(enabled=self.lead) as bar, swapped:
-            self.bar = bar
-            self.progress = bar.add_task("train", total=cfg.steps, loss=state.loss, tps=0.0)
-            bar.update(self.progress, completed=self.resumed_from)
-            for step, indices in enumerate(order, start=1):
-                if step <= self.resumed_from:  # the checkpoint's RNG and optimizer include it
-                    continue
-                loss_value, grad_norm = self._step(indices)
-                tokens = sum(len(self.examples[i].input_ids) for i in indices)  # global batch
-                self.window_tokens += tokens
-                state.step, state.loss = step, loss_value
-                state.real_tokens += tokens
-                state.trained_tokens += sum(self.trained_per_example[i] for i in indices)
-                if step % cfg.log_every == 0 or step == cfg.steps:
-                    self._log(step, loss_value, grad_norm)
-                if self.best.due(step, last=step == cfg.steps):
-                    self._paused(self._evaluate, step)
-                if self._checkpoint_due(step):
-                    self._paused(self._checkpoint, earlier_seconds)
-                bar.advance(self.progress)
-        self.seconds = earlier_seconds + time.perf_counter() - self.started - self.paused
-
-    def _batch_order(self) -> list[list[int]]:
-        """Example indices per step: `batch_size` examples, or with packed rows (`packs_text`)
-        the blocks of `batch_size` rows."""
-        cfg = self.cfg
-        if self.rows is None:
-            n, lengths = len(self.examples), self.lengths
-            return batch_order(n, cfg.batch_size, cfg.steps, cfg.seed, lengths)
-        rows = batch_order(len(self.rows), cfg.batch_size, cfg.steps, cfg.seed)
-        return [[i for r in batch for i in self.rows[r]] for batch in rows]
-
-    def _step(self, indices: list[int]) -> tuple[float, Any]:
-        """One optimizer step on this process's shard of the global batch `indices`."""
-        cfg, tokenizer = self.cfg, self.tokenizer
-        chosen = [self.examples[i] for i in indices[self.rank :: self.world]]
-        batch = (
-            padding_free.collate_flat(chosen, self.row_multiple, tokenizer.pad_token_id)
-            if self.flat
-            else collate(chosen, tokenizer.pad_token_id)
-        )
-        batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        with torch.autocast(self.device.type, torch.bfloat16, enabled=cfg.precision == "bf16"):
-            loss, loss_value = token_mean_loss(self.model, batch, self.world, self.slim, self.chunk)
-        loss.backward()  # outside autocast, as PyTorch recommends
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return loss_value, grad_norm
-
-    def _log(self, step: int, loss_value: float, grad_norm: Any) -> None:
-        now = time.perf_counter()
-        tps = self.window_tokens / (now - self.window_start)
-        self.window_tokens, self.window_start = 0, now
-        self.bar.update(self.progress, loss=loss_value, tps=tps)
-        if self.on_metrics:
-            self.on_metrics(
-                step,
-                {
-                    "train.loss": loss_value,
-                    "train.learning_rate": self.scheduler.get_last_lr()[0],
-                    "train.grad_norm": float(grad_norm),
-                    "train.tokens_per_second": tps,
-                },
-            )
-
-    def _paused(self, work: Callable[..., None], *args: Any) -> None:
-        """Runs `work(*args)` with its time kept out of the training time and tokens/s."""
-        pause = time.perf_counter()
-        work(*args)
-        self.window_start = time.perf_counter()
-        self.paused += self.window_start - pause
-
-    def _evaluate(self, step: int) -> None:
-        scores = self.best.evaluate(self.core, step)
-        if self.on_metrics:
-            self.on_metrics(step, scores)
-
-    def _checkpoint_due(self, step: int) -> bool:
-        every = self.cfg.checkpoint_every
-        return bool(self.root and self.key and self.lead and step % every == 0) and (
-            step < self.cfg.steps
-        )
-
-    def _checkpoint(self, earlier_seconds: float) -> None:
-        state = self.state
-        best = self.best
-        state.best_step, state.best_score, state.best_loss = (
-            best.best_step,
-            best.best_score,
-            best.best_loss,
-        )
-        state.seconds = earlier_seconds + time.perf_counter() - self.started - self.paused
-        checkpoint.save_checkpoint(
-            self.root,
-            self.key,
-            state,
-            self.core,
-            self.optimizer,
-            self.scheduler,
-            self.best.weights,
-            self.cfg.keep_checkpoints,
-        )
-
-    # Save -------------------------------------------------------------------------------
-
-    def save(self, out_dir: Path) -> TrainResult:
-        """Saves the best step's weights through the strategy, then the result beside them,
-        then deletes the checkpoints (in that order: a crash leaves one or the other)."""
-        cfg, core = self.cfg, self.core
-        self.best.restore(core)
-        core.eval()
-        full = parallel.full_state_dict(core, cfg.parallel) if self.world > 1 else None
-        if self.lead:
-            if full is not None:  # FSDP: put the gathered weights into an unsharded copy
-                core, _ = self._load_base()
-                core = float32_trainable(self.strategy.prepare_model(core))
-                core.load_state_dict(full)
-            out_dir.mkdir(parents=True, exist_ok=True)
-            with self._blame("save"):
-                self.strategy.save(core.to("cpu"), self.tokenizer, out_dir)
-        state = self.state
-        result = TrainResult(
-            model_dir=str(out_dir),
-            steps=cfg.steps,
-            examples=len(self.examples),
-            real_tokens=state.real_tokens,
-            trained_tokens=state.trained_tokens,
-            seconds=self.seconds,
-            final_loss=state.loss,
-            best_step=self.best.best_step or cfg.steps,
-            best_scores=self._best_scores(),
-            trainable_parameters=sum(p.numel() for p in self.params),
-            total_parameters=sum(p.numel() for p in core.parameters()),
-            audit=self.audit,
-            resumed_from_step=self.resumed_from,
-            batches="padding-free" if self.flat else f"padded: {self.why_padded}",
-            **peak_memory(self.device),
-        )
-        if self.lead:
-            checkpoint.write_json_atomically(result_path(out_dir), asdict(result))
-            if self.root:
-                checkpoint.clear_checkpoints(self.root)
-        return result
-
-    def _best_scores(self) -> dict[str, float]:
-        """The kept step's periodic-evaluation scores (empty without periodic evaluation)."""
-        best = self.best
-        if not best.best_step:
-            return {}
-        scores = {"eval_loss": best.best_loss}
-        return scores | ({"exact_match": best.best_score} if best.chat else {})
-
-    @contextmanager
-    def _blame(self, what: str) -> Iterator[None]:
-        """Turns a failure inside the strategy into one `StrategyError` line naming it."""
-        try:
-            yield
-        except StrategyError:
-            raise
-        except Exception as exc:
-            text = str(exc).strip().splitlines()
-            detail = text[0].rstrip(".") if text else ""
-            kind = "" if isinstance(exc, ValueError) else f"{type(exc).__name__}: "
-            raise StrategyError(
-                f"{self.info.label}: {what}: {kind}{detail}; a plugin's own tests catch this "
-                "with tuneforge.plugins.testing.check_strategy"
-            ) from exc
-
-
-def result_path(out_dir: str | Path) -> Path:
-    """Where a finished training run's `TrainResult` is kept, beside its saved model."""
-    out_dir = Path(out_dir)
-    return out_dir.with_name(f"{out_dir.name}.result.json")
-
-
-def finished_result(out_dir: str | Path) -> TrainResult | None:
-    """The result of a training run that already saved its model to `out_dir`, if any."""
-    path = result_path(out_dir)
-    return TrainResult.from_dict(json.loads(path.read_text())) if path.exists() else None
-
-
-def _find_resumable(
-    root: Path, key: checkpoint.ResumeKey, resume: str, lead: bool, distributed: bool
-) -> Path | None:
-    """The checkpoint to resume from. Rank 0 clears leftovers (and, with resume=never, old
-    checkpoints) before the other ranks look, so all ranks see the same directory."""
-    found = checkpoint.find_resumable(root, key, resume) if lead else None
-    if distributed:
-        torch.distributed.barrier()
-        if not lead:
-            found = checkpoint.find_resumable(root, key, "auto")
-    return found
-
-
-def train_distributed(
-    base_dir: str | Path,
-    train_path: str,
-    cfg: TrainConfig,
-    out_dir: str | Path,
-    *,
-    on_metrics: MetricsCallback | None = None,
-    trust_remote_code: bool = False,
-    dtype: str = "float32",
-    eval_path: str | None = None,
-    checkpoint_dir: str | Path | None = None,
-) -> TrainResult:
-    """Runs `train_model` in processes of its own and returns rank 0's result; its step
-    metrics reach `on_metrics` once the processes have finished.
-
-    `cfg.world_size` > 1: torchrun on this node (node 0 of a multi-node run, see
-    `tuneforge.multinode`); else one plain process, which keeps torch's process-wide state
-    (threads, RNG) to itself: how a sweep trains candidates side by side. A ValueError in
-    training (bad data or config) is raised here as one, so it is not retried."""
-    import subprocess
-    import tempfile
-
-    from tuneforge import multinode
-
-    with tempfile.TemporaryDirectory(prefix="tuneforge-train-") as tmp:
-        spec = {
-            "base_dir": str(base_dir),
-            "train_path": str(train_path),
-            "eval_path": eval_path if cfg.eval_every else None,
-            "cfg": cfg.model_dump(mode="json"),
-            "out_dir": str(out_dir),
-            "trust_remote_code": trust_remote_code,
-            "dtype": dtype,
-            "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir else None,
-            "metrics_path": f"{tmp}/metrics.jsonl",
-            "result_path": f"{tmp}/result.json",
-            "error_path": f"{tmp}/error.json",
-        }
-        Path(tmp, "spec.json").write_text(json.dumps(spec))
-        env = dict(os.environ)
-        if cfg.world_size > 1:
-            rendezvous = None
-            if cfg.num_nodes > 1:
-                rendezvous = multinode.node_zero_rendezvous(
-                    cfg.num_nodes, cfg.num_processes, cfg.rendezvous
-                )
-            command = multinode.launcher_command(
-                num_nodes=cfg.num_nodes,
-                procs_per_node=cfg.num_processes,
-                rendezvous=rendezvous,
-                spec_path=f"{tmp}/spec.json",
-            )
-        else:
-            command = [sys.executable, "-m", multinode.TRAIN_MODULE, f"{tmp}/spec.json"]
-            env[multinode.PARENT_PID] = str(os.getpid())  # it ends when this process does
-            if cfg.num_threads:  # size OpenMP's pool from the start, not only torch's
-                env["OMP_NUM_THREADS"] = str(cfg.num_threads)
-        done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
-        if Path(spec["error_path"]).exists():
-            raise ValueError(json.loads(Path(spec["error_path"]).read_text())["error"])
-        if done.returncode:
-            tail = "\n".join(done.stderr.strip().splitlines()[-15:])
-            raise RuntimeError(f"training process failed ({done.returncode}):\n{tail}")
-        if on_metrics:
-            for line in Path(spec["metrics_path"]).read_text().splitlines():
-                entry = json.loads(line)
-                on_metrics(entry["step"], entry["values"])
-        data = json.loads(Path(spec["result_path"]).read_text())
-    return TrainResult.from_dict(data)
+    A sweep's candidates train side by side under the model's one slot: one directory each,
+    named by the sweep and candidate tags their configs carry (`flows/sweep_candidate.py:
+    as_candidate`), which travel with the config to a work pool."""
+    name = safe_component(config.registry.model_name)
+    sweep = config.tracking.tags.get(SWEEP)
+    candidate = config.tracking.tags.get(SWEEP_CANDIDATE)
+    if sweep and candidate:
+        parts = ("sweep-checkpoints", name, safe_component(sweep), safe_component(candidate))
+        return str(inside(config.output_dir, *parts))
+    return str(inside(config.output_dir, "checkpoints", name))
 
 
 def retry_unless_bad_input(task: Any, task_run: Any, state: Any) -> bool:
@@ -757,8 +92,7 @@ def train_with_strategy(
     isolated: bool = False,
 ) -> TrainResult:
     """Trains with the configured strategy into `tuned/` in the run directory; logs metrics per
-    step to the MLflow run, and tags it with the step whose weights were kept
-    (`tuneforge.checkpoint_step`).
+    step to the MLflow run, and tags it with the step whose weights were kept.
 
     Resumes from a matching checkpoint in `checkpoint_dir` (see `train_model`); the flow runs
     this task with `train.retries` Prefect retries, each of which resumes. `isolated` trains
@@ -789,47 +123,28 @@ def train_with_strategy(
     found = checkpoint.complete_checkpoints(Path(checkpoint_dir))
     if found and train.checkpoint_every and train.resume != "never":
         logger.info("resuming from checkpoint %s if it matches this run's inputs", found[-1])
-    common = {
-        "on_metrics": on_metrics,
-        "trust_remote_code": ctx.trust_remote_code,
-        "dtype": ctx.model_dtype,
-        "checkpoint_dir": checkpoint_dir,
-    }
     # Whoever starts the training holds its slot: here, unless this runs on train.deployment's
     # pool for a flow that holds it already (train_on_pool).
     limit = None if train.deployment else train.concurrency_limit
     with training_slot(limit, "training"):
-        if train.world_size > 1 or isolated:
-            result = train_distributed(
-                base_dir, train_path, train, out_dir, eval_path=eval_path, **common
-            )
-        else:
-            eval_records = read_jsonl(eval_path) if train.eval_every else None
-            records = read_jsonl(train_path)
-            result = train_model(
-                base_dir, records, train, out_dir, eval_records=eval_records, **common
-            )
+        result = train_from_files(
+            base_dir,
+            train_path,
+            eval_path,
+            train,
+            out_dir,
+            isolated=isolated,
+            on_metrics=on_metrics,
+            trust_remote_code=ctx.trust_remote_code,
+            dtype=ctx.model_dtype,
+            checkpoint_dir=checkpoint_dir,
+        )
     if result.resumed_from_step:
         logger.info("resumed from the checkpoint of step %d", result.resumed_from_step)
     if train.padding_free and result.batches != "padding-free":
         logger.warning("trained with %s", result.batches)
-    metrics.log(
-        {
-            "train.seconds": result.seconds,
-            "train.real_tokens": result.real_tokens,
-            "train.trained_tokens": result.trained_tokens,
-            "train.mean_tokens_per_second": result.tokens_per_second,
-            "train.trainable_parameters": result.trainable_parameters,
-            "train.total_parameters": result.total_parameters,
-            "train.trainable_fraction": result.trainable_parameters / result.total_parameters,
-            "train.resumed_from_step": result.resumed_from_step,
-            "train.peak_rss_mb": result.peak_rss_mb,
-            **({"train.peak_cuda_mb": result.peak_cuda_mb} if result.peak_cuda_mb else {}),
-            **{f"audit.{k}": v for k, v in asdict(result.audit).items()},
-        },
-        step=result.steps,
-    )
+    metrics.log(result.summary_metrics(), step=result.steps)
     metrics.flush()
-    metrics.client.set_tag(ctx.run_id, "tuneforge.checkpoint_step", str(result.best_step))
-    metrics.client.set_tag(ctx.run_id, "tuneforge.batches", result.batches)
+    metrics.client.set_tag(ctx.run_id, CHECKPOINT_STEP, str(result.best_step))
+    metrics.client.set_tag(ctx.run_id, BATCHES, result.batches)
     return result

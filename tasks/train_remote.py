@@ -12,10 +12,10 @@ from pathlib import Path
 
 from prefect import task
 
-from tuneforge.concurrency import training_slot
 from tuneforge.config import RunConfig
 from tuneforge.run_context import RunContext
-from tuneforge.tasks.train import TrainResult
+from tuneforge.slots import training_slot
+from tuneforge.training.loop import TrainResult
 
 HANDOVER = "handover"
 

@@ -37,6 +37,7 @@ import pandas as pd
 import pandera.pandas as pa
 from prefect import task
 
+from tuneforge import lineage
 from tuneforge.config import DataConfig
 from tuneforge.data_schemas import SCHEMAS, ColumnMap, SchemaError, convert_turns, resolve_columns
 from tuneforge.jsonl import JsonlWriter
@@ -517,9 +518,9 @@ def validate_dataset(*, loaded_path: str, data: DataConfig, ctx: RunContext) -> 
     counts = {"total": report.total, "valid": report.valid, "rejected": report.rejected}
     metrics.log({f"data.{k}": v for k, v in counts.items()}, step=0)
     metrics.flush()
-    metrics.client.set_tag(ctx.run_id, "tuneforge.data_fingerprint", report.fingerprint)
+    metrics.client.set_tag(ctx.run_id, lineage.DATA_FINGERPRINT, report.fingerprint)
     mapping = ",".join(f"{f}={c}" for f, c in report.columns.items())
-    metrics.client.set_tag(ctx.run_id, "tuneforge.data_schema", f"{report.schema} ({mapping})")
+    metrics.client.set_tag(ctx.run_id, lineage.DATA_SCHEMA, f"{report.schema} ({mapping})")
     if report.rejected:
         metrics.client.log_artifact(ctx.run_id, report.quarantine_path, artifact_path="data")
     check_rejected_fraction(report, data.max_rejected_fraction, data.path)

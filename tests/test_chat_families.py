@@ -16,9 +16,9 @@ import transformers
 from tests.conftest import BUNDLED_DATA, NO_GATE, PRESET
 from tuneforge.config import TrainConfig
 from tuneforge.models import train_tokenizer
-from tuneforge.plugins.examples import check_chat_template, tokenize_prompt_response
+from tuneforge.plugins.tokenization import check_chat_template, tokenize_prompt_response
 from tuneforge.prompts import end_of_turn_id, render_prompt, split_turns, stop_token_ids
-from tuneforge.tasks.train import train_model
+from tuneforge.training.loop import train_model
 
 TEMPLATES = {
     "chatml": (

@@ -39,7 +39,8 @@ def test_outside_the_checkout_only_the_tuneforge_namespace_imports(tmp_path):
     )
     assert json.loads(found) == {"tasks": False, "flows": False, "plugins": False}
     where = _python(
-        "import tuneforge.tasks.train, tuneforge.flows.retrain, tuneforge.plugins.full;"
+        "import tuneforge.tasks.train, tuneforge.training.loop, tuneforge.flows.retrain,"
+        " tuneforge.plugins.full;"
         "print(tuneforge.tasks.train.__file__)",
         cwd=tmp_path,
     )
@@ -104,7 +105,8 @@ def test_a_regular_wheel_installs_one_namespace_that_imports(tmp_path):
         check=True,
     )
     where = _python(
-        "import tuneforge.tasks.train, tuneforge.plugins.testing;"
+        "import tuneforge.tasks.train, tuneforge.training.loop, tuneforge.cli,"
+        " tuneforge.plugins.testing;"
         "print(tuneforge.tasks.train.__file__)",
         cwd=tmp_path,
         PYTHONPATH=str(target),

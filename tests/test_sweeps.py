@@ -12,11 +12,11 @@ import yaml
 
 from tests.conftest import PRESET, REPO
 from tuneforge.config import ConfigError, RegistryConfig
-from tuneforge.flows.retrain import checkpoint_dir
 from tuneforge.flows.sweep_candidate import SweepInputs, as_candidate
 from tuneforge.run_context import RunContext
 from tuneforge.sweeps import load_sweep, sweep_fingerprint, threads_per_candidate
 from tuneforge.tasks.sweep_report import CandidateOutcome, leaderboard_rows, rank
+from tuneforge.tasks.train import checkpoint_dir
 
 
 def _write(tmp_path: Path, **spec) -> Path:

@@ -4,7 +4,7 @@ history (for rollback), lineage tags, and the read side behind `tuneforge models
 Every function takes an `MlflowClient`, so it works the same against `./mlflow.db` and a
 tracking server (`MLFLOW_TRACKING_URI=http://...`).
 
-The champion's history is a registered-model tag, `tuneforge.champion_history`: the versions
+The champion's history is a registered-model tag, `lineage.CHAMPION_HISTORY`: the versions
 that held `champion`, oldest first. Moving the alias is one registry call (atomic for readers of
 `models:/NAME@champion`); the history is written right after it.
 """
@@ -16,8 +16,7 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-CHAMPION, CHALLENGER = "champion", "challenger"
-HISTORY_TAG = "tuneforge.champion_history"
+from tuneforge import lineage
 
 
 class RegistryError(ValueError):
@@ -49,12 +48,12 @@ def resolve_version(client: MlflowClient, uri: str) -> Any:
 
 def champion_history(client: MlflowClient, name: str) -> list[str]:
     tags = client.get_registered_model(name).tags
-    return [v for v in tags.get(HISTORY_TAG, "").split(",") if v]
+    return [v for v in tags.get(lineage.CHAMPION_HISTORY, "").split(",") if v]
 
 
 def current_champion(client: MlflowClient, name: str) -> Any | None:
     try:
-        return client.get_model_version_by_alias(name, CHAMPION)
+        return client.get_model_version_by_alias(name, lineage.CHAMPION)
     except MlflowException:
         return None
 
@@ -73,10 +72,12 @@ def version_for_run(client: MlflowClient, name: str, run_id: str) -> Any | None:
 
 def set_champion(client: MlflowClient, name: str, version: str, reason: str) -> None:
     """Moves `champion` to `version` and records it in the history."""
-    client.set_registered_model_alias(name, CHAMPION, version)
+    client.set_registered_model_alias(name, lineage.CHAMPION, version)
     history = [v for v in champion_history(client, name) if v != str(version)]
-    client.set_registered_model_tag(name, HISTORY_TAG, ",".join([*history, str(version)]))
-    client.set_model_version_tag(name, version, "tuneforge.decision", f"{CHAMPION}: {reason}")
+    client.set_registered_model_tag(
+        name, lineage.CHAMPION_HISTORY, ",".join([*history, str(version)])
+    )
+    client.set_model_version_tag(name, version, lineage.DECISION, f"{lineage.CHAMPION}: {reason}")
 
 
 def rollback(client: MlflowClient, name: str) -> tuple[str, str]:
@@ -90,9 +91,9 @@ def rollback(client: MlflowClient, name: str) -> tuple[str, str]:
     if not history:
         raise RegistryError(f"{name}: version {champion.version} is the first champion")
     previous = history[-1]
-    client.set_registered_model_alias(name, CHAMPION, previous)
-    client.set_registered_model_tag(name, HISTORY_TAG, ",".join(history))
-    client.set_model_version_tag(name, champion.version, "tuneforge.rolled_back", "true")
+    client.set_registered_model_alias(name, lineage.CHAMPION, previous)
+    client.set_registered_model_tag(name, lineage.CHAMPION_HISTORY, ",".join(history))
+    client.set_model_version_tag(name, champion.version, lineage.ROLLED_BACK, "true")
     return champion.version, previous
 
 
@@ -106,7 +107,11 @@ def version_summary(client: MlflowClient, version: Any) -> dict[str, Any]:
         "run_id": version.run_id,
         "created": version.creation_timestamp,
         "source": version.source,
-        "metrics": {k: v for k, v in sorted(metrics.items()) if k.startswith(("base.", "tuned."))},
+        "metrics": {
+            k: v
+            for k, v in sorted(metrics.items())
+            if k.startswith((f"{lineage.BASE}.", f"{lineage.TUNED}."))
+        },
         "tags": dict(sorted(version.tags.items())),
     }
 
@@ -125,7 +130,9 @@ def list_models(client: MlflowClient) -> list[dict[str, Any]]:
                 "latest_version": max((int(v.version) for v in versions), default=None),
                 "champion": champion.version if champion else None,
                 "champion_metrics": {
-                    k: v for k, v in metrics.items() if k.startswith("tuned.") and k.count(".") == 1
+                    k: v
+                    for k, v in metrics.items()
+                    if k.startswith(f"{lineage.TUNED}.") and k.count(".") == 1
                 },
             }
         )
@@ -134,7 +141,7 @@ def list_models(client: MlflowClient) -> list[dict[str, Any]]:
 
 def show(client: MlflowClient, name: str, version: str | None = None) -> dict[str, Any]:
     """A version's details (the champion when `version` is None), with its artifacts."""
-    uri = f"models:/{name}/{version}" if version else f"models:/{name}@{CHAMPION}"
+    uri = f"models:/{name}/{version}" if version else f"models:/{name}@{lineage.CHAMPION}"
     found = resolve_version(client, uri)
     summary = version_summary(client, found)
     summary["artifacts"] = [a.path for a in client.list_artifacts(found.run_id, "model")]

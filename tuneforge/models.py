@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tuneforge import errors
 from tuneforge.prompts import render_prompt, split_turns
 
 
@@ -22,20 +23,61 @@ class ModelSourceError(ValueError):
 
 
 class TinyModelConfig(BaseModel):
+    """A Llama-style model built from a config with random weights, plus a byte-level BPE
+    tokenizer trained on the training split: no download, deterministic for a given seed."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    # A Llama-style model built from a config with random weights, plus a byte-level BPE
-    # tokenizer trained on the training split: no download, deterministic for a given seed.
-    # Bigger learns the toy tasks in fewer steps but each step costs more on 2 CPU cores.
     # The upper bounds are far above "tiny" and only stop a typo from allocating a model that
     # cannot fit in memory (hidden_size 40960 would be about 100 GB at float32).
-    hidden_size: int = Field(128, gt=0, le=4096)
-    num_layers: int = Field(2, gt=0, le=64)
-    num_heads: int = Field(4, gt=0, le=128)
-    intermediate_size: int = Field(256, gt=0, le=16384)
-    vocab_size: int = Field(384, ge=300, le=65536)  # 256 byte symbols + specials + some merges
-    max_position_embeddings: int = Field(256, gt=0, le=32768)
-    seed: int = 0
+    hidden_size: int = Field(
+        128,
+        gt=0,
+        le=4096,
+        description=(
+            "Width of the embeddings and of every layer's hidden state; a multiple of "
+            "num_heads. Bigger learns the toy tasks in fewer steps, but each step costs more "
+            "(on 2 CPU cores, noticeably)."
+        ),
+    )
+    num_layers: int = Field(
+        2,
+        gt=0,
+        le=64,
+        description="Transformer layers: more learn more per step, each costing its share.",
+    )
+    num_heads: int = Field(
+        4,
+        gt=0,
+        le=128,
+        description=(
+            "Attention heads per layer (as many key-value heads); must divide hidden_size."
+        ),
+    )
+    intermediate_size: int = Field(
+        256, gt=0, le=16384, description="Width of each layer's feed-forward (MLP) block."
+    )
+    vocab_size: int = Field(
+        384,
+        ge=300,
+        le=65536,
+        description=(
+            "Size of the byte-level BPE vocabulary trained on the training split: 256 byte "
+            "symbols, the special tokens, and merges for the rest (at least 300, so some)."
+        ),
+    )
+    max_position_embeddings: int = Field(
+        256,
+        gt=0,
+        le=32768,
+        description="The longest sequence, in tokens, the model is built for.",
+    )
+    seed: int = Field(
+        0,
+        description=(
+            "Seed of the random initial weights: the same seed and shape build the same model."
+        ),
+    )
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> TinyModelConfig:
@@ -45,12 +87,6 @@ class TinyModelConfig(BaseModel):
 
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>"]
-
-
-def first_line(exc: Exception) -> str:
-    """The first line of a library's (often multi-line) error, or its type when empty."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Any:
@@ -147,7 +183,7 @@ def load_pretrained(
     # (bad config), TypeError (config.json not an object), RuntimeError (weights whose shapes
     # differ from config.json), SafetensorError (truncated or garbage weights).
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
-        first = first_line(exc)
+        first = errors.first_line(exc)
         if "mismatched_sizes" in first:  # transformers points at a report printed above
             first = "the weights' shapes do not match config.json"
         raise ModelSourceError(f"{model_dir}: cannot load model: {first}") from None

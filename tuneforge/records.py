@@ -5,6 +5,7 @@ or raw text, `{"row": 3, "task": null, "text": "..."}` (no prompt: trained on ev
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from typing import Any
 
 from tuneforge.prompts import instruction_prompt
@@ -44,3 +45,21 @@ def assistant_turn_records(record: dict[str, Any]) -> list[dict[str, Any]]:
     # A turn with no user turn before it has nothing to answer: it stays context.
     asked = [i for i in ends if any(m["role"] == "user" for m in messages[:i])]
     return [{**record, "messages": messages[: i + 1]} for i in asked] or [record]
+
+
+def spread(records: list[dict], n: int) -> list[dict]:
+    """At most `n` records taken round-robin over task families (source order within each),
+    so a capped evaluation still covers every family even when the data is sorted by task."""
+    families: dict[str, list[dict]] = defaultdict(list)
+    for rec in records:
+        families[rec.get("task") or ""].append(rec)
+    picked: list[dict] = []
+    queues = [iter(v) for v in families.values()]
+    while queues and len(picked) < n:
+        for queue in list(queues):
+            rec = next(queue, None)
+            if rec is None:
+                queues.remove(queue)
+            elif len(picked) < n:
+                picked.append(rec)
+    return picked

@@ -36,11 +36,12 @@ from pathlib import Path
 from typing import Any
 
 try:
-    from tuneforge.prompts import instruction_prompt, render_prompt, stop_token_ids
+    from tuneforge.prompts import instruction_prompt, render_prompt, split_turns, stop_token_ids
 except ModuleNotFoundError:  # loaded without tuneforge installed: the copy logged with the model
     from tuneforge_prompts import (  # type: ignore[no-redef]
         instruction_prompt,
         render_prompt,
+        split_turns,
         stop_token_ids,
     )
 
@@ -252,6 +253,15 @@ def generate(
     return answers
 
 
+def generate_answers(
+    model: Any, tokenizer: Any, records: list[dict], max_new_tokens: int, bs: int
+) -> list[str]:
+    """Greedy answers to validated records' prompts (the turns before each answer), exactly as
+    a registered version answers them: what evaluation and periodic evaluation score."""
+    prompts = [render_prompt(split_turns(r)[0], tokenizer) for r in records]
+    return generate(model, tokenizer, prompts, max_new_tokens, bs)
+
+
 class TuneforgeModel:
     """The pyfunc model: loads the checkpoint (an adapter merged onto its base) once, then
     answers prompts greedily."""
@@ -274,7 +284,9 @@ class TuneforgeModel:
         return generate(self.model, self.tokenizer, prompts, max_new, batch_size)
 
 
-if __name__ != "tuneforge.serving":  # executed by MLflow as a registered model's code
+# Not imported as tuneforge's module: executed by MLflow as a registered model's code. (This
+# file names no tuneforge constant: it loads where tuneforge is not installed.)
+if __name__.partition(".")[0] != "tuneforge":
     import mlflow.models
     import mlflow.pyfunc
 

@@ -24,6 +24,8 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.proto_json_utils import message_to_json
 from mlflow.utils.rest_utils import http_request, verify_rest_response
 
+from tuneforge.errors import first_line
+
 _log = logging.getLogger(__name__)
 
 # MLflow rejects params longer than this.
@@ -92,7 +94,7 @@ def short_reason(exc: BaseException) -> str:
         return found.group(0).strip()
     if any(isinstance(e, requests.Timeout) for e in _chain(exc)):
         return "no answer in time"
-    return text.splitlines()[0][:200] if text else type(exc).__name__
+    return first_line(exc, limit=200)
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:

@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tuneforge.multinode import LOCAL_ADDR_ENV, NODES_ENV, PROCS_ENV, RENDEZVOUS_ENV
+from tuneforge.training.multinode import LOCAL_ADDR_ENV, NODES_ENV, PROCS_ENV, RENDEZVOUS_ENV
 
 HERE = Path(__file__).resolve().parent
 # Shared by the multi-node template and multinode-service.yaml (defaults of its variables).
@@ -74,7 +74,8 @@ def docker_template() -> dict[str, Any]:
 
 def kubernetes_multinode_template() -> dict[str, Any]:
     """An Indexed Job of `num_nodes` GPU pods: pod 0 runs the flow run, the others join its
-    training (`python -m tuneforge.multinode`), meeting at pod 0 through the headless Service."""
+    training (`python -m tuneforge.training.multinode`), meeting at pod 0 through the headless
+    Service."""
     template = kubernetes_template()
     config = template["job_configuration"]
     job = config["job_manifest"]["spec"]
@@ -95,7 +96,7 @@ def kubernetes_multinode_template() -> dict[str, Any]:
     ]
     container = pod["containers"][0]
     # The worker keeps filling `args` with the flow-run command; this runs it on pod 0.
-    container["command"] = ["python", "-m", "tuneforge.multinode", "--"]
+    container["command"] = ["python", "-m", "tuneforge.training.multinode", "--"]
     container["volumeMounts"] = [
         {"name": "shared", "mountPath": "{{ shared_path }}"},
         # Its own mount so the directory exists before anything starts (TMPDIR must exist,

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tuneforge import multinode
+from tuneforge.training import multinode
 
 POOLS = REPO / "deployments" / "work-pools"
 COMMITTED = [
@@ -118,7 +118,7 @@ def test_multinode_template_runs_an_indexed_job_whose_pods_meet_at_pod_zero(
 
     container = pod["containers"][0]
     assert [*container["command"], *container["args"]] == [
-        *("python", "-m", "tuneforge.multinode", "--"),
+        *("python", "-m", "tuneforge.training.multinode", "--"),
         *("prefect", "flow-run", "execute"),
     ]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 8

@@ -1,5 +1,5 @@
 """One retrain per model name at a time, through a real Prefect global concurrency limit, and
-how the slot is freed from holders that are gone (tuneforge/concurrency.py).
+how the slot is freed from holders that are gone (tuneforge/slots.py).
 
 All against the session's Prefect test server. The holders here are flow runs (as retrain's
 are): a slot taken outside any flow run is recorded nowhere, and counts as an orphan.
@@ -44,7 +44,7 @@ def _taken(slot: str) -> int:
 def _take_and_die(model_name: str) -> str:
     """Takes the slot and records it, as retrain does, then ends without releasing it: a run
     whose process died before its `finally` (its lease is still counted)."""
-    from tuneforge.concurrency import _current_flow_run_id, _ensure_limit, _retag, _try_acquire
+    from tuneforge.slots import _current_flow_run_id, _ensure_limit, _retag, _try_acquire
 
     slot = f"retrain-{model_name}"
     me = _current_flow_run_id()
@@ -61,9 +61,9 @@ def test_second_retrain_of_a_busy_model_gives_up_naming_the_holder(
 ):
     from mlflow.tracking import MlflowClient
 
-    from tuneforge.concurrency import SlotBusyError, one_retrain_at_a_time, release_slot
     from tuneforge.config import load_config
     from tuneforge.flows.retrain import retrain
+    from tuneforge.slots import SlotBusyError, one_retrain_at_a_time, release_slot
 
     config = load_config(
         PRESET,
@@ -110,7 +110,7 @@ def test_second_retrain_of_a_busy_model_gives_up_naming_the_holder(
 def test_a_slot_whose_holder_ended_is_released_at_once_naming_it(prefect_harness, tuneforge_logs):
     from prefect.states import Crashed
 
-    from tuneforge.concurrency import holders, one_retrain_at_a_time
+    from tuneforge.slots import holders, one_retrain_at_a_time
 
     dead = _take_and_die("it-dead")
     with _client() as client:
@@ -131,7 +131,7 @@ def test_a_slot_whose_holder_ended_is_released_at_once_naming_it(prefect_harness
 
 def test_a_count_no_run_holds_is_released_after_a_second_look(prefect_harness, tuneforge_logs):
     # What a Prefect server restarted with in-memory leases leaves: the count, no lease.
-    from tuneforge.concurrency import POLL_S, _ensure_limit, one_retrain_at_a_time
+    from tuneforge.slots import POLL_S, _ensure_limit, one_retrain_at_a_time
 
     with _client() as client:
         _ensure_limit(client, "retrain-it-orphan")
@@ -147,7 +147,7 @@ def test_a_count_no_run_holds_is_released_after_a_second_look(prefect_harness, t
 def test_a_holder_whose_lease_the_server_forgot_takes_the_slot_back(
     prefect_harness, tuneforge_logs
 ):
-    from tuneforge.concurrency import RetrainSlot, holders
+    from tuneforge.slots import RetrainSlot, holders
 
     @flow
     def hold() -> tuple[UUID, UUID, UUID]:
@@ -175,7 +175,7 @@ def test_a_run_that_ends_before_noticing_its_lease_is_gone_leaves_the_slot_free(
 ):
     # The server restarted (in-memory leases) and the run ended before its next renewal:
     # releasing the forgotten lease alone is a no-op that would leave the slot taken.
-    from tuneforge.concurrency import one_retrain_at_a_time
+    from tuneforge.slots import one_retrain_at_a_time
 
     @flow
     def hold_through_a_restart() -> None:
@@ -225,7 +225,7 @@ def test_two_first_runs_creating_the_limit_at_once_both_get_the_slot(prefect_har
     from prefect.client.orchestration import SyncPrefectClient
     from prefect.exceptions import ObjectNotFound
 
-    from tuneforge.concurrency import one_retrain_at_a_time
+    from tuneforge.slots import one_retrain_at_a_time
 
     with one_retrain_at_a_time("it-first-twice", wait_s=5):
         pass  # the other run created the limit
@@ -245,7 +245,7 @@ def test_trainings_queue_for_a_concurrency_limits_slots(prefect_harness):
 
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 
-    from tuneforge.concurrency import training_slot
+    from tuneforge.slots import training_slot
 
     with _client() as client:
         client.create_global_concurrency_limit(
@@ -267,7 +267,7 @@ def test_trainings_queue_for_a_concurrency_limits_slots(prefect_harness):
 
 
 def test_a_missing_concurrency_limit_fails_in_one_line_naming_it(prefect_harness):
-    from tuneforge.concurrency import training_slot
+    from tuneforge.slots import training_slot
 
     with pytest.raises(ValueError) as info, training_slot("it-no-such-limit", "training"):
         pass

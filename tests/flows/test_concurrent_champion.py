@@ -2,7 +2,7 @@
 
 Both run for real against one Prefect API server (the session's harness) and one MLflow server
 over HTTP, tiny (30 and 45 steps, 16 evaluation examples), with different seeds and step counts
-so their scores differ. The model's retrain slot (tuneforge/concurrency.py) must serialise them
+so their scores differ. The model's retrain slot (tuneforge/slots.py) must serialise them
 from data loading to the report, so the second one's gate sees the first one's champion. Checked:
 both finish; exactly one version holds `champion`; the first version to register was promoted
 for want of a champion, and the second's decision compares it with that champion's score on

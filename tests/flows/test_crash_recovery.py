@@ -164,7 +164,7 @@ def _wait_done(commands: list[Command], timeout_s: float) -> None:
 def recovered(mlflow_server, tmp_path_factory):
     from prefect.client.orchestration import SyncPrefectClient
 
-    from tuneforge.concurrency import list_slots
+    from tuneforge.slots import list_slots
 
     root = tmp_path_factory.mktemp("crash-recovery")
     env = {

@@ -13,7 +13,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 
 from tuneforge.config import RegistryConfig
-from tuneforge.model_registry import CHALLENGER, CHAMPION
+from tuneforge.lineage import CHALLENGER, CHAMPION
 from tuneforge.run_context import RunContext
 from tuneforge.tasks.register import IncompleteUpload, register_model, retry_if_unreachable
 from tuneforge.tracking import start_run

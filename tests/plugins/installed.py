@@ -29,13 +29,13 @@ def is_installed(dist: str) -> bool:
 
 def forget(module: str) -> None:
     """Drops what this process cached about installed packages and the plugin module."""
-    from tuneforge.plugins import registry
+    from tuneforge.plugins import discovery
 
     for name in [m for m in sys.modules if m.partition(".")[0] == module]:
         del sys.modules[name]
     importlib.invalidate_caches()
-    registry.discover.cache_clear()
-    registry.discover_evaluators.cache_clear()
+    discovery.discover.cache_clear()
+    discovery.discover_evaluators.cache_clear()
 
 
 @contextmanager

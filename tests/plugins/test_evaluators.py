@@ -10,11 +10,11 @@ from pydantic import BaseModel, ConfigDict
 
 from tests.conftest import PRESET
 from tuneforge.config import ConfigError, load_config
-from tuneforge.plugins import registry
+from tuneforge.evaluation import EvaluatorError, score
+from tuneforge.plugins import discovery
 from tuneforge.plugins.exact_match import ExactMatch
 from tuneforge.plugins.rouge_l import RougeL
 from tuneforge.plugins.testing import check_evaluator
-from tuneforge.tasks.evaluate import EvaluatorError, score
 
 
 class _Settings(BaseModel):
@@ -55,7 +55,7 @@ def _record(row: int, task: str, answer: str) -> dict:
 
 
 def test_builtins_are_registered_through_the_entry_point_group_and_keep_the_contract():
-    found = registry.discover_evaluators().plugins
+    found = discovery.discover_evaluators().plugins
     assert found["exact_match"].cls is ExactMatch and found["rouge_l"].cls is RougeL
     assert found["exact_match"].package == "tuneforge"
     for cls in (ExactMatch, RougeL, Shorter):
@@ -94,8 +94,8 @@ def test_any_evaluator_is_aggregated_per_family_and_held_out_and_kept_per_row():
 
 
 def test_a_failing_evaluator_is_one_line_naming_it(monkeypatch):
-    info = registry.PluginInfo("broken", Broken, "pkg-x", "1.2", "x:Broken", "evaluator")
-    monkeypatch.setattr(registry, "evaluator_info", lambda name: info)
+    info = discovery.PluginInfo("broken", Broken, "pkg-x", "1.2", "x:Broken", "evaluator")
+    monkeypatch.setattr(discovery, "evaluator_info", lambda name: info)
     with pytest.raises(
         EvaluatorError, match=r"^evaluator 'broken' \(pkg-x 1.2\): score: 'no model"
     ):

@@ -29,7 +29,7 @@ def json_valid(tmp_path_factory):
     pytest.importorskip("setuptools", reason="building the example plugin needs setuptools")
     scratch = tmp_path_factory.mktemp("evaluator-src")
     with installed(EXAMPLE, "tuneforge-jsonvalid", "tuneforge_jsonvalid", scratch):
-        from tuneforge.plugins.registry import evaluator_info
+        from tuneforge.plugins.discovery import evaluator_info
 
         yield evaluator_info("json_valid").cls
 

@@ -32,7 +32,7 @@ def bitfit(tmp_path_factory):
     """Installs the example plugin and yields its class."""
     pytest.importorskip("setuptools", reason="building the example plugin needs setuptools")
     with installed(EXAMPLE, DIST, "tuneforge_bitfit", tmp_path_factory.mktemp("plugin-src")):
-        from tuneforge.plugins.registry import load_strategy
+        from tuneforge.plugins.discovery import load_strategy
 
         yield load_strategy("bitfit")
 

@@ -15,7 +15,7 @@ from tuneforge.plugins import IGNORE_INDEX
 from tuneforge.plugins.full import FullStrategy
 from tuneforge.plugins.instruction import InstructionStrategy
 from tuneforge.prompts import split_turns
-from tuneforge.tasks.train import train_model
+from tuneforge.training.loop import train_model
 
 
 def _strategy(**settings) -> InstructionStrategy:

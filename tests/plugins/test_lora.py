@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from tuneforge.config import TrainConfig
 from tuneforge.models import load_pretrained
 from tuneforge.plugins.lora import LoraStrategy
-from tuneforge.tasks.train import train_model
+from tuneforge.training.loop import train_model
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_default_targets_are_the_attention_projections(tiny_model_dir, lora_run)
 
 def _run(tiny_model_dir, records, dtype: str, **settings):
     """A set-up LoRA training run on the tiny model, its loss logged at every step."""
-    from tuneforge.tasks.train import TrainingRun
+    from tuneforge.training.loop import TrainingRun
 
     cfg = TrainConfig(
         strategy="lora",

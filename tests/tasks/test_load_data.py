@@ -13,9 +13,9 @@ from tuneforge.tasks.load_data import (
     DataLoadError,
     RawRow,
     detect_format,
+    iter_raw_rows,
     load_dataset,
     parse_json,
-    read_raw_rows,
     read_rows,
     write_raw_rows,
 )
@@ -284,7 +284,7 @@ def test_load_dataset_task_round_trips_rows_including_parse_errors(tmp_path):
     loaded = load_dataset.fn(data=DataConfig(path=str(source)), ctx=ctx)
 
     assert loaded == str(tmp_path / "run" / "data" / "loaded.jsonl")
-    assert read_raw_rows(Path(loaded)) == read_rows(str(source))
+    assert list(iter_raw_rows(Path(loaded))) == read_rows(str(source))
 
 
 def test_csv_empty_cells_are_missing_values(tmp_path):
@@ -379,4 +379,4 @@ def test_csv_repeated_header_is_unusable_and_short_rows_are_quarantined(tmp_path
 def test_lone_surrogate_survives_the_hand_off_file(tmp_path):
     rows = [RawRow(1, {"instruction": "a\ud800", "output": "b"}), RawRow(2, None, "x\udfff", "e")]
     write_raw_rows(rows, tmp_path / "loaded.jsonl")
-    assert read_raw_rows(tmp_path / "loaded.jsonl") == rows
+    assert list(iter_raw_rows(tmp_path / "loaded.jsonl")) == rows

@@ -11,8 +11,9 @@ import transformers
 from tuneforge.batching import IGNORE_INDEX, Example, collate
 from tuneforge.config import TrainConfig
 from tuneforge.plugins.lora import LoraSettings, LoraStrategy
-from tuneforge.tasks import padding_free
-from tuneforge.tasks.train import token_mean_loss, train_model
+from tuneforge.training import padding_free
+from tuneforge.training.loop import train_model
+from tuneforge.training.losses import token_mean_loss
 
 VOCAB = 96
 PAD = 0
@@ -246,7 +247,7 @@ def test_training_padding_free_follows_the_padded_run(
 
 @pytest.mark.parametrize("kind", [*sorted(ARCHITECTURES), "lora"])
 def test_a_chunked_output_head_gives_the_same_loss_and_gradients(kind):
-    from tuneforge.tasks.chunked_head import chunk_unsupported
+    from tuneforge.training.chunked_head import chunk_unsupported
 
     model = _lora_llama() if kind == "lora" else _model(kind).eval()
     assert chunk_unsupported(model) is None
@@ -262,7 +263,7 @@ def test_a_chunked_output_head_gives_the_same_loss_and_gradients(kind):
 
 
 def test_heads_that_scale_their_logits_are_not_chunked():
-    from tuneforge.tasks.chunked_head import chunk_unsupported
+    from tuneforge.training.chunked_head import chunk_unsupported
 
     config = transformers.Gemma2Config(
         hidden_size=32,

@@ -34,7 +34,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from tuneforge.config import TRAIN_NOT_SHAPING, TrainConfig
+from tuneforge.config import TrainConfig
 
 _STEP_DIR = re.compile(r"^step-(\d{9})$")
 _TMP_PREFIX = ".tmp-"
@@ -58,7 +58,7 @@ class ResumeKey:
 
     @classmethod
     def of(cls, records: list[dict[str, Any]], base_dir: str | Path, cfg: TrainConfig) -> ResumeKey:
-        settings = cfg.model_dump(mode="json", exclude=TRAIN_NOT_SHAPING)
+        settings = cfg.shaping_settings()
         return cls(
             data=_sha(json.dumps(records, sort_keys=True).encode()),
             base=fingerprint_model_dir(Path(base_dir)),

@@ -103,7 +103,7 @@ def _register() -> None:
     AttentionMaskInterface.register(ATTENTION, _mask)
 
 
-def _transformers_model(model: Any) -> Any:
+def transformers_model(model: Any) -> Any:
     """The `PreTrainedModel` inside a PEFT wrapper (or the model itself)."""
     get_base = getattr(model, "get_base_model", None)
     return get_base() if callable(get_base) else model
@@ -117,9 +117,9 @@ VERIFIED = frozenset({"llama", "mistral", "qwen2", "qwen3", "gpt2", "phi3", "gem
 
 def unsupported_reason(model: Any, max_length: int) -> str | None:
     """Why this model cannot train padding-free (None: it can)."""
-    inner = _transformers_model(model)
+    inner = transformers_model(model)
     config = inner.config
-    if not _library_code(inner):
+    if not library_code(inner):
         return f"{type(inner).__name__} is custom model code, not transformers' own"
     if config.model_type not in VERIFIED:
         return f"model type {config.model_type!r} is not verified for padding-free batches"
@@ -139,7 +139,7 @@ def unsupported_reason(model: Any, max_length: int) -> str | None:
     return None
 
 
-def _library_code(inner: Any) -> bool:
+def library_code(inner: Any) -> bool:
     return type(inner).__module__.startswith("transformers.")
 
 
@@ -147,15 +147,15 @@ def takes_logits_to_keep(model: Any) -> bool:
     """Whether the model can compute the output head on chosen positions only, given as a
     boolean mask: transformers' own models do (`slice_logits_to_keep`); custom model code
     written for older versions takes the argument but slices with it in ways a mask breaks."""
-    inner = _transformers_model(model)
+    inner = transformers_model(model)
     parameters = inspect.signature(inner.forward).parameters
-    return _library_code(inner) and "logits_to_keep" in parameters
+    return library_code(inner) and "logits_to_keep" in parameters
 
 
 @contextmanager
 def attention(model: Any) -> Iterator[None]:
     """Swaps in `attention_forward` for the block; the saved config never names it."""
-    inner = _transformers_model(model)
+    inner = transformers_model(model)
     before = inner.config._attn_implementation
     _register()
     try:

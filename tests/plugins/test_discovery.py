@@ -6,17 +6,17 @@ from importlib.metadata import EntryPoint
 
 import pytest
 
-from tuneforge.plugins import registry
+from tuneforge.plugins import discovery
 from tuneforge.plugins.full import FullStrategy
 from tuneforge.plugins.strategy import TuningStrategy
 
 
 def _only_strategies(eps: list):
     """Fake strategy entry points; every other group (evaluators) stays the real one."""
-    real = registry._entry_points
+    real = discovery._entry_points
 
-    def fake(group: str = registry.STRATEGIES) -> list:
-        return list(eps) if group == registry.STRATEGIES else real(group)
+    def fake(group: str = discovery.STRATEGIES) -> list:
+        return list(eps) if group == discovery.STRATEGIES else real(group)
 
     return fake
 
@@ -24,37 +24,37 @@ def _only_strategies(eps: list):
 @pytest.fixture
 def fake_entry_points(monkeypatch):
     def install(*eps: EntryPoint) -> None:
-        monkeypatch.setattr(registry, "_entry_points", _only_strategies(list(eps)))
-        registry.discover.cache_clear()
+        monkeypatch.setattr(discovery, "_entry_points", _only_strategies(list(eps)))
+        discovery.discover.cache_clear()
 
     yield install
-    registry.discover.cache_clear()
+    discovery.discover.cache_clear()
 
 
 def test_builtin_full_is_registered_through_the_entry_point_group():
     # Real package metadata: the installed tuneforge distribution declares `full`.
-    info = registry.discover_strategies()["full"]
+    info = discovery.discover_strategies()["full"]
     assert info.cls is FullStrategy and info.package == "tuneforge"
     assert isinstance(FullStrategy(FullStrategy.Settings()), TuningStrategy)
 
 
 def test_broken_plugin_warns_and_is_skipped(fake_entry_points):
     fake_entry_points(
-        EntryPoint("full", "tuneforge.plugins.full:FullStrategy", registry.ENTRY_POINT_GROUP),
-        EntryPoint("broken", "no_such_module_xyz:Strategy", registry.ENTRY_POINT_GROUP),
+        EntryPoint("full", "tuneforge.plugins.full:FullStrategy", discovery.STRATEGIES),
+        EntryPoint("broken", "no_such_module_xyz:Strategy", discovery.STRATEGIES),
     )
     with pytest.warns(UserWarning, match="'broken'.*failed to load"):
-        found = registry.discover_strategies()
+        found = discovery.discover_strategies()
     assert set(found) == {"full"}
 
 
 def test_unknown_name_lists_available(fake_entry_points):
     fake_entry_points(
-        EntryPoint("full", "tuneforge.plugins.full:FullStrategy", registry.ENTRY_POINT_GROUP),
-        EntryPoint("other", "tuneforge.plugins.full:FullStrategy", registry.ENTRY_POINT_GROUP),
+        EntryPoint("full", "tuneforge.plugins.full:FullStrategy", discovery.STRATEGIES),
+        EntryPoint("other", "tuneforge.plugins.full:FullStrategy", discovery.STRATEGIES),
     )
-    with pytest.raises(registry.UnknownStrategyError, match="'lora'; available: full, other"):
-        registry.load_strategy("lora")
+    with pytest.raises(discovery.UnknownStrategyError, match="'lora'; available: full, other"):
+        discovery.load_strategy("lora")
 
 
 def test_full_strategy_trains_every_token_and_the_end_of_sequence(tiny_model_dir, bundled_records):
@@ -81,7 +81,7 @@ class _FakeEntryPoint:
         self.name, self.value, self.dist = name, value, dist
 
     def load(self) -> object:
-        return EntryPoint(self.name, self.value, registry.ENTRY_POINT_GROUP).load()
+        return EntryPoint(self.name, self.value, discovery.STRATEGIES).load()
 
 
 def test_a_name_two_distributions_register_is_an_error_naming_both(monkeypatch):
@@ -92,30 +92,20 @@ def test_a_name_two_distributions_register_is_an_error_naming_both(monkeypatch):
         _FakeEntryPoint("x", "tuneforge.plugins.full:FullStrategy", _FakeDist("pkg-a", "1.0")),
         _FakeEntryPoint("x", "tuneforge.plugins.lora:LoraStrategy", _FakeDist("pkg-b", "2.1")),
     ]
-    monkeypatch.setattr(registry, "_entry_points", _only_strategies(eps))
-    registry.discover.cache_clear()
+    monkeypatch.setattr(discovery, "_entry_points", _only_strategies(eps))
+    discovery.discover.cache_clear()
     try:
         with pytest.warns(UserWarning, match="'x' is registered by pkg-a 1.0"):
-            found = registry.discover_strategies()
+            found = discovery.discover_strategies()
         assert set(found) == {"full"}  # the other names still work
-        with pytest.raises(registry.StrategyConflictError) as raised:
-            registry.load_strategy("x")
+        with pytest.raises(discovery.StrategyConflictError) as raised:
+            discovery.load_strategy("x")
         message = str(raised.value)
         assert "pkg-a 1.0 (tuneforge.plugins.full:FullStrategy)" in message
         assert "pkg-b 2.1 (tuneforge.plugins.lora:LoraStrategy)" in message
-        assert registry.strategy_info("full").label == "strategy 'full' (tuneforge 0.1.0)"
+        assert discovery.strategy_info("full").label == "strategy 'full' (tuneforge 0.1.0)"
     finally:
-        registry.discover.cache_clear()
-
-
-def test_settings_describe_themselves_with_one_spelling_of_types():
-    from tuneforge.plugins.lora import LoraStrategy
-
-    described = registry.describe_settings(LoraStrategy.Settings)
-    assert described["rank"]["type"] == "int" and described["rank"]["default"] == 8
-    assert described["merge_export"]["type"] == "bool"
-    assert described["target_modules"]["type"] == "list[str] | Literal['all-linear'] | None"
-    assert all(field["description"] for field in described.values())
+        discovery.discover.cache_clear()
 
 
 def test_settings_are_parsed_in_one_place():
@@ -126,4 +116,4 @@ def test_settings_are_parsed_in_one_place():
     settings = TrainConfig(strategy="lora", settings={"rank": 4}).strategy_settings()
     assert type(settings).__name__ == "LoraSettings" and settings.rank == 4
     with pytest.raises(ValidationError, match="rnak"):
-        registry.parse_settings("lora", {"rnak": 4})
+        discovery.parse_settings("lora", {"rnak": 4})

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 from prefect import flow
 
+from tuneforge import lineage
 from tuneforge.config import load_config
 from tuneforge.flows.pipeline import pipeline
 from tuneforge.flows.retrain import RetrainResult, SkippedRun, retrain
 from tuneforge.flows.sweep import sweep
 from tuneforge.pipelines import load_pipeline
 from tuneforge.sweeps import load_sweep
-
-DATASET_PREFIX = "tuneforge.dataset."
 
 
 @flow(name="retrain-preset")
@@ -29,7 +28,7 @@ def retrain_preset(
     `data.path` at `dataset` when a data event names one, and runs `retrain`."""
     extra = [*(overrides or [])]
     if dataset:
-        extra.append(f"data.path={dataset.removeprefix(DATASET_PREFIX)}")
+        extra.append(f"data.path={dataset.removeprefix(lineage.DATASET_RESOURCE)}")
     if force:
         extra.append("force=true")
     result: RetrainResult | SkippedRun = retrain(load_config(preset, extra))

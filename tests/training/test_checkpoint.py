@@ -21,8 +21,9 @@ from safetensors.torch import load_file
 from tests.conftest import REPO
 from tuneforge.config import TrainConfig
 from tuneforge.run_context import RunContext
-from tuneforge.tasks.checkpoint import CheckpointMismatchError, complete_checkpoints
-from tuneforge.tasks.train import retry_unless_bad_input, train_model, train_with_strategy
+from tuneforge.tasks.train import retry_unless_bad_input, train_with_strategy
+from tuneforge.training.checkpoint import CheckpointMismatchError, complete_checkpoints
+from tuneforge.training.loop import train_model
 
 SETTINGS = {"steps": 150, "batch_size": 8, "warmup_steps": 10, "log_every": 1, "max_length": 64}
 # Dropout makes resuming exact only if the RNG state is restored too: so train LoRA with it.
@@ -31,7 +32,7 @@ LORA = {**SETTINGS, "strategy": "lora", "settings": {"dropout": 0.1}, "checkpoin
 TRAIN_SCRIPT = """
 import json, sys
 from tuneforge.jsonl import read_jsonl
-from tuneforge.tasks.train import train_model
+from tuneforge.training.loop import train_model
 from tuneforge.config import TrainConfig
 
 base, data, cfg, out, ckpt, losses = sys.argv[1:]

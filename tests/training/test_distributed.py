@@ -14,9 +14,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tuneforge import multinode
 from tuneforge.config import TrainConfig
-from tuneforge.tasks.train import train_distributed, train_model
+from tuneforge.training import multinode
+from tuneforge.training.launch import train_in_processes
+from tuneforge.training.loop import train_model
 
 COMMON = {
     "steps": 6,
@@ -60,7 +61,7 @@ def test_two_gloo_processes_match_one_process(
     )
     ddp_losses: dict[int, float] = {}
     cfg = TrainConfig(**common, num_processes=2, parallel=parallel, checkpoint_every=0)
-    result = train_distributed(
+    result = train_in_processes(
         tiny_model_dir,
         str(train_path),
         cfg,
@@ -114,7 +115,7 @@ def test_two_nodes_at_a_c10d_rendezvous_match_one_process(
     monkeypatch.setenv(multinode.LOCAL_ADDR_ENV, "localhost")
     # Started first, as a pod may be: it waits for node 0's store.
     joiner = subprocess.Popen(
-        [sys.executable, "-m", "tuneforge.multinode", "--", "false"],
+        [sys.executable, "-m", "tuneforge.training.multinode", "--", "false"],
         env={**os.environ, **pod},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -123,7 +124,7 @@ def test_two_nodes_at_a_c10d_rendezvous_match_one_process(
     try:
         losses: dict[int, float] = {}
         cfg = TrainConfig(**COMMON, num_nodes=2, rendezvous=endpoint, checkpoint_every=0)
-        result = train_distributed(
+        result = train_in_processes(
             tiny_model_dir,
             str(train_path),
             cfg,

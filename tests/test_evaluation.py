@@ -7,8 +7,9 @@ import math
 import pytest
 
 from tuneforge.config import EvalConfig
+from tuneforge.evaluation import evaluate_records, score
 from tuneforge.models import load_pretrained
-from tuneforge.tasks.evaluate import evaluate_records, generate_answers, score
+from tuneforge.serving import generate_answers
 
 
 def _record(row: int, task: str, answer: str) -> dict:
@@ -91,7 +92,7 @@ def test_batched_generation_equals_one_at_a_time(tiny_model_dir, bundled_records
 
 
 def test_capped_evaluation_covers_every_family_even_when_sorted():
-    from tuneforge.tasks.evaluate import spread
+    from tuneforge.records import spread
 
     records = [_record(i, "a", "x") for i in range(10)] + [
         _record(10 + i, "b", "y") for i in range(3)
@@ -111,13 +112,13 @@ def test_record_losses_are_the_same_with_the_head_in_chunks(
     tiny_model_dir, bundled_records, monkeypatch
 ):
     from tuneforge.models import load_pretrained
-    from tuneforge.tasks import evaluate
+    from tuneforge.training import losses
 
     model, tokenizer = load_pretrained(tiny_model_dir)
     records = bundled_records[:12]
-    monkeypatch.setattr(evaluate, "EVAL_CHUNK", 7)  # several chunks per batch
-    chunked = evaluate.record_losses(model, tokenizer, records, 64, 5)
-    monkeypatch.setattr(evaluate, "chunk_unsupported", lambda model: "whole logits")
-    whole = evaluate.record_losses(model, tokenizer, records, 64, 5)
+    monkeypatch.setattr(losses, "EVAL_CHUNK", 7)  # several chunks per batch
+    chunked = losses.record_losses(model, tokenizer, records, 64, 5)
+    monkeypatch.setattr(losses, "chunk_unsupported", lambda model: "whole logits")
+    whole = losses.record_losses(model, tokenizer, records, 64, 5)
     assert [n for _, n in chunked] == [n for _, n in whole] and all(n for _, n in whole)
     assert [s for s, _ in chunked] == pytest.approx([s for s, _ in whole], rel=1e-5)

@@ -6,7 +6,7 @@ FSDP (PyTorch's `fully_shard`) splits all three across processes and gathers eac
 layer's weights only while that layer runs: per-device memory drops to about 1/N of the
 replica, paid for with an all-gather per layer in forward and backward.
 
-Both average gradients over ranks, so the token-mean loss scaling in `tuneforge.tasks.train` gives
+Both average gradients over ranks, so the token-mean loss scaling in `losses.py` gives
 the same gradients as one process under either.
 """
 

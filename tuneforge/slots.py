@@ -44,6 +44,8 @@ from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.logging import get_logger
 
+from tuneforge import lineage
+
 logger = get_logger("tuneforge")
 
 LEASE_S = 60.0  # Prefect's shortest lease: a dead holder's slot frees ~1 min after it stops
@@ -51,8 +53,6 @@ RENEW_S = 15.0  # four renewals a lease: a server restart of up to ~45 s loses n
 POLL_S = 5.0  # how often a waiting run asks again
 REPORT_S = 60.0  # how often a waiting run says it is still waiting
 
-SLOT_TAG = "tuneforge.slot:"
-LEASE_TAG = "tuneforge.lease:"
 _LOCKED = 423  # what the server answers when the limit is full
 _GONE = (404, 410)  # what it answers when renewing a lease it does not have
 
@@ -104,13 +104,20 @@ def _current_flow_run_id() -> UUID | None:
 def holders(client: Any, slot: str) -> list[Holder]:
     """Flow runs recorded as holding `slot`, newest first."""
     runs = client.read_flow_runs(
-        flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"{SLOT_TAG}{slot}"])),
+        flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"{lineage.SLOT_TAG}{slot}"])),
         sort=FlowRunSort.START_TIME_DESC,
         limit=50,
     )
     found = []
     for run in runs:
-        lease = next((t.removeprefix(LEASE_TAG) for t in run.tags if t.startswith(LEASE_TAG)), "")
+        lease = next(
+            (
+                t.removeprefix(lineage.LEASE_TAG)
+                for t in run.tags
+                if t.startswith(lineage.LEASE_TAG)
+            ),
+            "",
+        )
         if not lease:
             continue  # held the slot once and released it
         state = run.state
@@ -130,9 +137,12 @@ def holders(client: Any, slot: str) -> list[Holder]:
 def _retag(client: Any, flow_run_id: UUID, slot: str, lease_id: UUID | None) -> None:
     """Records (or, with `lease_id=None`, clears) the lease a flow run holds `slot` under."""
     run = client.read_flow_run(flow_run_id)
-    tags = [t for t in run.tags if not t.startswith(LEASE_TAG)]
+    tags = [t for t in run.tags if not t.startswith(lineage.LEASE_TAG)]
     if lease_id is not None:
-        tags = [*dict.fromkeys([*tags, f"{SLOT_TAG}{slot}"]), f"{LEASE_TAG}{lease_id}"]
+        tags = [
+            *dict.fromkeys([*tags, f"{lineage.SLOT_TAG}{slot}"]),
+            f"{lineage.LEASE_TAG}{lease_id}",
+        ]
     client.update_flow_run(flow_run_id, tags=tags)
 
 

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from tuneforge.batching import IGNORE_INDEX, Example, collate
 from tuneforge.config import TrainConfig
-from tuneforge.tasks.train import batch_order, linear_schedule, train_model
+from tuneforge.training.loop import batch_order, linear_schedule, train_model
 
 
 def test_collate_pads_right_and_never_trains_padding():
@@ -84,17 +84,17 @@ def test_same_seed_gives_the_same_model(tiny_model_dir, bundled_records, tmp_pat
 def test_examples_truncated_to_nothing_trainable_are_refused(
     tiny_model_dir, bundled_records, tmp_path, monkeypatch
 ):
-    from tuneforge.plugins.examples import tokenize_prompt_response
     from tuneforge.plugins.full import FullStrategy
+    from tuneforge.plugins.tokenization import tokenize_prompt_response
 
     class ResponseOnly(FullStrategy):
         def build_example(self, record, tokenizer, max_length):
             return tokenize_prompt_response(record, tokenizer, max_length, train_prompt=False)
 
-    from tuneforge.plugins.registry import StrategyInfo
+    from tuneforge.plugins.discovery import PluginInfo
 
-    info = StrategyInfo("full", ResponseOnly, "tuneforge", "0.1.0", "tests:ResponseOnly")
-    monkeypatch.setattr("tuneforge.tasks.train.strategy_info", lambda name: info)
+    info = PluginInfo("full", ResponseOnly, "tuneforge", "0.1.0", "tests:ResponseOnly")
+    monkeypatch.setattr("tuneforge.training.loop.strategy_info", lambda name: info)
     # Every bundled prompt is longer than 9 tokens, so truncation removes the whole response.
     with pytest.raises(ValueError, match="no trained token after truncation") as raised:
         train_model(tiny_model_dir, bundled_records[:4], TrainConfig(max_length=9), tmp_path)
@@ -168,7 +168,7 @@ def test_audit_refuses_an_untrained_end_of_sequence():
 
 def test_a_chat_template_that_cannot_mark_the_assistant_turn_is_refused(tiny_model_dir):
     from tuneforge.models import load_pretrained
-    from tuneforge.plugins.examples import check_chat_template
+    from tuneforge.plugins.tokenization import check_chat_template
 
     _, tokenizer = load_pretrained(tiny_model_dir)
     check_chat_template(tokenizer)  # no template: the plain one marks the response itself
@@ -187,8 +187,9 @@ def test_a_chat_template_that_cannot_mark_the_assistant_turn_is_refused(tiny_mod
 
 
 def test_periodic_evaluation_keeps_the_best_step(tiny_model_dir, bundled_records, tmp_path):
+    from tuneforge.evaluation import score
     from tuneforge.models import load_pretrained
-    from tuneforge.tasks.evaluate import generate_answers, score
+    from tuneforge.serving import generate_answers
 
     easy = [r for r in bundled_records if r["task"] in ("first_letter", "uppercase")]
     train, held = easy[:300], easy[300:332]
@@ -245,8 +246,8 @@ def test_bf16_autocast_trains_like_fp32_and_keeps_fp32_weights(
 def test_periodic_evaluation_breaks_ties_on_eval_loss_then_keeps_the_later_step(monkeypatch):
     """Scores as on a small dataset (exact match 0.0 at every step): the step with the lowest
     eval loss is kept, and of exact equals the later one. The scores are scripted; the choice
-    and the weights kept are BestCheckpoint's own."""
-    import tuneforge.tasks.train as train_module
+    and the weights kept are BestStep's own."""
+    import tuneforge.training.best_step as best_step
 
     scripted = iter([(0.0, 3.0), (0.0, 2.0), (0.0, 2.5), (0.0, 2.0)])
     current: dict[str, float] = {}
@@ -255,12 +256,12 @@ def test_periodic_evaluation_breaks_ties_on_eval_loss_then_keeps_the_later_step(
         current["em"], loss = next(scripted)
         return loss
 
-    monkeypatch.setattr(train_module, "response_loss", fake_loss)
-    monkeypatch.setattr(train_module, "generate_answers", lambda *a, **k: ["x"])
-    monkeypatch.setattr(train_module, "score", lambda *a, **k: ({"exact_match": current["em"]},))
+    monkeypatch.setattr(best_step, "response_loss", fake_loss)
+    monkeypatch.setattr(best_step, "generate_answers", lambda *a, **k: ["x"])
+    monkeypatch.setattr(best_step, "exact_match", lambda *a, **k: current["em"])
     model = torch.nn.Linear(1, 1, bias=False)
     record = {"row": 1, "task": None, "messages": [{"role": "user", "content": "q"}]}
-    best = train_module.BestCheckpoint([record], tokenizer=None, every=10, max_length=64)
+    best = best_step.BestStep([record], tokenizer=None, every=10, max_length=64)
     for step in (10, 20, 30, 40):
         with torch.no_grad():
             model.weight.fill_(step)
@@ -306,7 +307,7 @@ def test_assistant_turns_all_trains_every_answer_in_its_context(
 def test_gradient_checkpointing_trains_the_same_for_every_strategy(
     tiny_model_dir, bundled_records, tmp_path, strategy, weights, settings
 ):
-    from tuneforge.tasks.train import TrainingRun
+    from tuneforge.training.loop import TrainingRun
 
     kw = {"strategy": strategy, "settings": settings}
     probe = TrainingRun(TrainConfig(gradient_checkpointing=True, **kw), tiny_model_dir, False, None)

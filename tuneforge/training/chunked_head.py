@@ -21,14 +21,14 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from tuneforge.tasks.padding_free import VERIFIED, _library_code, _transformers_model
+from tuneforge.training.padding_free import VERIFIED, library_code, transformers_model
 
 
 def chunk_unsupported(model: Any) -> str | None:
     """Why this model's loss cannot be computed in chunks here (None: it can)."""
-    inner = _transformers_model(model)
+    inner = transformers_model(model)
     config = inner.config
-    if not _library_code(inner) or config.model_type not in VERIFIED:
+    if not library_code(inner) or config.model_type not in VERIFIED:
         return f"{type(inner).__name__} is not verified for a chunked output head"
     for scaled in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
         if getattr(config, scaled, None) not in (None, 1, 1.0):
@@ -48,7 +48,7 @@ def _head_loss(
 
 def _kept_hidden(model: Any, inputs: dict[str, Any], keep: torch.Tensor) -> tuple[Any, Any]:
     """The decoder's last hidden states at the positions `keep` selects, and the head."""
-    inner = _transformers_model(model)
+    inner = transformers_model(model)
     body = {k: v for k, v in inputs.items() if k != "logits_to_keep"}
     return inner.base_model(**body).last_hidden_state[keep], inner.get_output_embeddings()
 

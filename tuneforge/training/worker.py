@@ -1,12 +1,12 @@
-"""One training process, started by `train_distributed` in `tasks/train.py`:
+"""One training process, started by `train_in_processes` (`launch.py`):
 
-    python -m tuneforge.tasks.distributed_train SPEC.json      # alone (a sweep's candidate)
+    python -m tuneforge.training.worker SPEC.json      # alone (a sweep's candidate)
     python -m torch.distributed.run --standalone --nproc_per_node 2 \
-        -m tuneforge.tasks.distributed_train SPEC.json         # a rank of one node's DDP/FSDP
+        -m tuneforge.training.worker SPEC.json         # a rank of one node's DDP/FSDP
 
 SPEC.json holds the arguments of `train_model` (paths, the train config). Under torchrun every
 rank trains its shard of each batch (gloo on CPUs, NCCL on GPUs). The processes of a joining
-node (`tuneforge.multinode`) start without a spec and receive node 0's over the process group.
+node (`multinode.py`) start without a spec and receive node 0's over the process group.
 At the end rank 0's step metrics and result reach the process that holds the spec, which
 writes them (JSONL, JSON) where the spec says, for the launching task to log. A ValueError
 (bad data or config) is written there too, so the task can fail it in one line, unretried.
@@ -25,15 +25,15 @@ import torch.distributed as dist
 
 from tuneforge.config import TrainConfig
 from tuneforge.jsonl import read_jsonl
-from tuneforge.multinode import PARENT_PID
-from tuneforge.tasks.train import train_model
+from tuneforge.training.loop import train_model
+from tuneforge.training.multinode import PARENT_PID
 
 
 def main(argv: list[str]) -> None:
     spec = json.loads(Path(argv[0]).read_text()) if argv else None
     if "WORLD_SIZE" not in os.environ:  # alone, not started by torchrun
         if spec is None:
-            raise SystemExit("usage: python -m tuneforge.tasks.distributed_train SPEC.json")
+            raise SystemExit(f"usage: python -m {__spec__.name} SPEC.json")
         _end_with_parent()
         metrics, result = _train(spec, errors_to=spec)
         _write_report(spec, metrics, asdict(result))

@@ -6,9 +6,9 @@ processes, and the processes form one DDP/FSDP group (NCCL on GPUs, gloo on CPUs
 
 - **Node 0** is wherever the training task runs: `train_with_strategy` launches it with the
   run's spec (paths, config) when `train.num_nodes` > 1.
-- **Every other node** runs `python -m tuneforge.multinode` (below): it waits until node 0's
-  store answers, then starts a launcher without a spec; its processes receive the spec from
-  node 0's over the process group (`tasks/distributed_train.py`), so a joining node needs no
+- **Every other node** runs `python -m tuneforge.training.multinode` (below): it waits until
+  node 0's store answers, then starts a launcher without a spec; its processes receive the
+  spec from node 0's over the process group (`worker.py`), so a joining node needs no
   knowledge of the run, only where to meet.
 
 On Kubernetes the multi-node work pool (deployments/work-pools/) runs the flow run as an
@@ -16,7 +16,7 @@ Indexed Job: pod 0 runs the flow, pods 1..N-1 run this module as joiners, and a 
 service gives pod 0 the stable name the others meet at (docs/multi-node.md).
 
     # on pods of a multi-node Job: index 0 runs COMMAND, the others join its training
-    python -m tuneforge.multinode -- prefect flow-run execute
+    python -m tuneforge.training.multinode -- prefect flow-run execute
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ JOIN_TIMEOUT_ENV = "TUNEFORGE_JOIN_TIMEOUT_S"
 LOCAL_ADDR_ENV = "TUNEFORGE_LOCAL_ADDR"
 JOIN_TIMEOUT_S = 1800.0
 RDZV_ID = "tuneforge"  # one store per job (node 0's), so one id serves every run
-TRAIN_MODULE = "tuneforge.tasks.distributed_train"
+TRAIN_MODULE = f"{__package__}.worker"  # tuneforge.training.worker
 # The training task's pid, given to a training process started alone (not by torchrun): it
 # ends when that task's process does.
 PARENT_PID = "TUNEFORGE_PARENT_PID"
@@ -121,7 +121,7 @@ def join() -> int:
     """Runs this node's launcher as a joiner; returns torchrun's exit status."""
     missing = [e for e in (RENDEZVOUS_ENV, NODES_ENV, PROCS_ENV) if not os.environ.get(e)]
     if missing:
-        raise SystemExit(f"tuneforge.multinode: a joining node needs {', '.join(missing)} set")
+        raise SystemExit(f"{__spec__.name}: a joining node needs {', '.join(missing)} set")
     endpoint = os.environ[RENDEZVOUS_ENV]
     wait_for_endpoint(endpoint, join_timeout_s())
     command = launcher_command(
@@ -138,7 +138,7 @@ def main(argv: list[str]) -> int:
     command = argv[1:] if argv[:1] == ["--"] else argv
     if int(os.environ.get("JOB_COMPLETION_INDEX", "0")) == 0:
         if not command:
-            raise SystemExit("tuneforge.multinode: node 0 needs the command to run after --")
+            raise SystemExit(f"{__spec__.name}: node 0 needs the command to run after --")
         os.execvp(command[0], command)
     return join()
 

@@ -14,15 +14,13 @@ import warnings
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import EntryPoint, entry_points
-from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any
 
 from pydantic import BaseModel
 
+from tuneforge.lineage import EVALUATORS, STRATEGIES
 from tuneforge.plugins.strategy import TuningStrategy
 
-STRATEGIES = ENTRY_POINT_GROUP = "tuneforge.strategies"
-EVALUATORS = "tuneforge.evaluators"
 _KINDS = {STRATEGIES: "strategy", EVALUATORS: "evaluator"}
 
 
@@ -58,9 +56,6 @@ class PluginInfo:
         return f"{self.kind} {self.name!r} ({self.package} {self.version})"
 
 
-StrategyInfo = PluginInfo  # a strategy's registration
-
-
 def _entry_points(group: str = STRATEGIES) -> list[EntryPoint]:
     return list(entry_points(group=group))
 
@@ -69,10 +64,6 @@ def _entry_points(group: str = STRATEGIES) -> list[EntryPoint]:
 class Discovery:
     plugins: dict[str, PluginInfo]
     conflicts: dict[str, list[PluginInfo]]  # names registered more than once
-
-    @property
-    def strategies(self) -> dict[str, PluginInfo]:
-        return self.plugins
 
 
 def _discover(group: str) -> Discovery:
@@ -161,32 +152,3 @@ def parse_settings(name: str, raw: dict[str, Any]) -> BaseModel:
     """`train.settings` as strategy `name`'s own `Settings` model (pydantic's
     `ValidationError` for bad keys or values)."""
     return load_strategy(name).Settings.model_validate(raw)
-
-
-def describe_settings(settings: type[BaseModel]) -> dict[str, dict[str, Any]]:
-    """Each setting of a `Settings` model: its type (as written in Python), default and
-    description, for `tuneforge strategies` and the docs."""
-    described = {}
-    for key, field in settings.model_fields.items():
-        described[key] = {
-            "type": _type_name(field.annotation),
-            "default": field.get_default(call_default_factory=True),
-            "description": field.description or "",
-        }
-    return described
-
-
-def _type_name(annotation: Any) -> str:
-    """`bool`, `int`, `list[str] | Literal['all-linear'] | None`: one spelling for every type,
-    as it would be written in Python today (`Optional[X]` and `Union` come out as `|`)."""
-    origin, args = get_origin(annotation), get_args(annotation)
-    if annotation is type(None):
-        return "None"
-    if origin in (Union, UnionType):
-        return " | ".join(_type_name(arg) for arg in args)
-    if origin is Literal:
-        return f"Literal[{', '.join(repr(arg) for arg in args)}]"
-    if origin is not None:
-        name = getattr(origin, "__name__", str(origin))
-        return f"{name}[{', '.join(_type_name(arg) for arg in args)}]"
-    return getattr(annotation, "__name__", str(annotation).replace("typing.", ""))
