@@ -1,5 +1,6 @@
 # make demo  - create .venv, install, run the retrain flow on the bundled data (a few minutes)
 # make test  - create/refresh .venv, lint, run the whole test suite
+# make test-fast - lint and the unit tier alone (no integration test): about 2 minutes
 # make bench - benchmarks (~25 min on 2 idle cores; BENCH_QUICK=1: a 2-min smoke run), writes
 #              benchmarks/RESULTS.md
 PYTHON ?= python3
@@ -12,7 +13,7 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 export DO_NOT_TRACK ?= true
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: install demo test lint format clean bench gpu-check
+.PHONY: install demo test test-fast lint format clean bench gpu-check
 
 # torch first and pinned, through pip: an unpinned torch pulls a multi-GB CUDA build, and pip
 # finds the CPU wheel where the machine keeps one. constraints.txt is the lock of every other
@@ -33,6 +34,11 @@ demo: install
 
 test: install lint
 	$(BIN)/pytest
+
+# Unit tests call plain functions and tasks' .fn(); the integration tier (real flows against
+# real Prefect and MLflow servers, -m integration) is what this leaves out.
+test-fast: install lint
+	$(BIN)/pytest -m "not integration"
 
 # The bench extra (trl) on top of the dev install; each suite waits for an idle machine first.
 $(VENV)/.bench-stamp: $(STAMP)

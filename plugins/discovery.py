@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from tuneforge.lineage import EVALUATORS, STRATEGIES
-from tuneforge.plugins.strategy import TuningStrategy
+from tuneforge.plugins.strategy import TuningStrategy, with_defaults
 
 _KINDS = {STRATEGIES: "strategy", EVALUATORS: "evaluator"}
 
@@ -82,6 +82,8 @@ def _discover(group: str) -> Discovery:
                 stacklevel=3,
             )
             continue
+        if group == STRATEGIES:  # the defaults of optional members it does not define
+            cls = with_defaults(cls)
         dist = ep.dist
         info = PluginInfo(
             name=ep.name,

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from tuneforge.plugins import Example, tokenize_prompt_response
+from tuneforge.plugins import Capabilities, Example, TuningStrategy, tokenize_prompt_response
 
 
 class FullSettings(BaseModel):
@@ -28,12 +28,12 @@ class FullSettings(BaseModel):
         return data
 
 
-class FullStrategy:
+class FullStrategy(TuningStrategy):
     name: ClassVar[str] = "full"
     description: ClassVar[str] = "Full fine-tuning: all weights train, loss on every token."
     Settings: ClassVar[type[BaseModel]] = FullSettings
     # Raw text (data.schema: text) trains causal-LM loss on every token, in blocks.
-    trains_text: ClassVar[bool] = True
+    capabilities: ClassVar[Capabilities] = Capabilities(chat=True, text=True)
 
     def __init__(self, settings: FullSettings) -> None:
         self.settings = settings

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from tuneforge.plugins import Example, tokenize_prompt_response
+from tuneforge.plugins import Example, TuningStrategy, tokenize_prompt_response
 
 DEFAULT_TEMPLATES = (
     "{prompt}",
@@ -78,7 +78,7 @@ def final_norm(model: Any) -> Any | None:
     return getattr(base, "norm", None)
 
 
-class InstructionStrategy:
+class InstructionStrategy(TuningStrategy):
     name: ClassVar[str] = "instruction"
     description: ClassVar[str] = (
         "Instruction tuning: varied instruction templates, loss on the response only; "

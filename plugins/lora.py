@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from tuneforge.plugins import Example, tokenize_prompt_response
+from tuneforge.plugins import Capabilities, Example, TuningStrategy, tokenize_prompt_response
 
 # peft 0.21 still calls a transformers 5 API that warns on every model load.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
@@ -85,7 +85,7 @@ def target_modules(model: Any, setting: list[str] | str | None) -> list[str] | s
     return DEFAULT_TARGETS.get(model.config.model_type, "all-linear")
 
 
-class LoraStrategy:
+class LoraStrategy(TuningStrategy):
     name: ClassVar[str] = "lora"
     description: ClassVar[str] = (
         "LoRA: low-rank adapters on a frozen base, loss on the response only; "
@@ -93,7 +93,7 @@ class LoraStrategy:
     )
     Settings: ClassVar[type[BaseModel]] = LoraSettings
     # Raw text (data.schema: text) trains causal-LM loss on every token, in blocks.
-    trains_text: ClassVar[bool] = True
+    capabilities: ClassVar[Capabilities] = Capabilities(chat=True, text=True)
 
     def __init__(self, settings: LoraSettings) -> None:
         self.settings = settings

@@ -20,22 +20,22 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from tuneforge.plugins import Example
+from tuneforge.plugins import Capabilities, Example, TuningStrategy
 
 
 class PretrainSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class PretrainStrategy:
+class PretrainStrategy(TuningStrategy):
     name: ClassVar[str] = "pretrain"
     description: ClassVar[str] = (
         "Continued pretraining: all weights, loss on every token of raw text, packed rows."
     )
     Settings: ClassVar[type[BaseModel]] = PretrainSettings
-    trains_text: ClassVar[bool] = True  # the loop cuts documents into blocks
-    packs_text: ClassVar[bool] = True  # ... and packs the blocks into max_length rows
-    trains_chat: ClassVar[bool] = False  # prompt/response records: use full or instruction
+    # Raw text only, its blocks packed into max_length rows; prompt/response records: use
+    # full or instruction.
+    capabilities: ClassVar[Capabilities] = Capabilities(chat=False, text=True, packs_text=True)
 
     def __init__(self, settings: PretrainSettings) -> None:
         self.settings = settings

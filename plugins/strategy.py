@@ -5,20 +5,55 @@ A strategy is a class registered under the `tuneforge.strategies` entry-point gr
     [project.entry-points.'tuneforge.strategies']
     bitfit = "my_package.bitfit:BitFitStrategy"
 
-The generic training loop (`tuneforge.tasks.train`) owns the optimizer, batching, logging and
-checkpoints; a strategy only says what is specific to it. This Protocol is a contract, not a
-vehicle for code reuse: share code through free functions (`tuneforge.plugins.tokenization`), not by
-subclassing another strategy.
+The training engine (`tuneforge.training`) owns the optimizer, batching, logging and
+checkpoints; a strategy only says what is specific to it. The whole contract is the
+`TuningStrategy` Protocol below: three required class attributes and three required methods,
+plus two optional members with documented defaults (`capabilities`, `load_options`). Subclass
+it to inherit those defaults and let a type checker check the rest:
+
+    class BitFitStrategy(TuningStrategy):
+        name = "bitfit"
+        ...
+
+It is a contract, not a vehicle for code reuse: share code through free functions
+(`tuneforge.plugins.tokenization`), not by subclassing another strategy.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
 from tuneforge.batching import Example
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What data a strategy trains on; the training loop, the config check and
+    `check_strategy` read it, nothing else.
+
+    Attributes:
+        chat: trains prompt/response records (every schema but text) through `build_example`.
+            False: such data is refused before any model is built (`pretrain`).
+        text: trains raw text (data.schema: text). The loop tokenizes it itself, each document
+            cut into `train.max_length` blocks with every token trained (`tokenize_text_blocks`);
+            `build_example` is never called for it.
+        packs_text: packs those blocks several to a row of `train.max_length` tokens, so a step
+            trains `batch_size` full rows whatever the documents' lengths (needs `text`).
+    """
+
+    chat: bool = True
+    text: bool = False
+    packs_text: bool = False
+
+    def __post_init__(self) -> None:
+        if self.packs_text and not self.text:
+            raise ValueError("Capabilities(packs_text=True) needs text=True: only raw text packs")
+        if not (self.chat or self.text):
+            raise ValueError("Capabilities: a strategy trains chat records, raw text, or both")
 
 
 @runtime_checkable
@@ -30,15 +65,14 @@ class TuningStrategy(Protocol):
     # The strategy's own pydantic settings model; `train.settings` in the run config is
     # validated against it before any model is built. Use `extra="forbid"`.
     Settings: ClassVar[type[BaseModel]]
-    # Optional, not part of the Protocol's checked members: `trains_text: ClassVar[bool] =
-    # True` says the strategy trains on raw text (data.schema: text), which the loop then
-    # tokenizes itself in blocks (`tokenize_text_blocks`); without it such data is refused.
-    # `packs_text: ClassVar[bool] = True` packs those blocks into rows of `train.max_length`
-    # tokens, so a batch is `batch_size` full rows (`pretrain`). `trains_chat: ClassVar[bool]
-    # = False` refuses prompt/response records (then `build_example` is never called).
-    # Optional too: `load_options(self, dtype: str) -> dict` returns extra `from_pretrained`
-    # options for the base (e.g. a `BitsAndBytesConfig` as `quantization_config`: the lora
-    # strategy's QLoRA); the loop loads the base with them before `prepare_model`.
+    # Optional: what data it trains on. Default: prompt/response records only.
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    def load_options(self, dtype: str) -> dict[str, Any]:
+        """Optional: extra `from_pretrained` options for the base, which the loop loads with
+        them (in `model.dtype`, `dtype`) before `prepare_model`; e.g. a `BitsAndBytesConfig`
+        as `quantization_config` (the lora strategy's QLoRA). Default: none."""
+        return {}
 
     def prepare_model(self, model: Any) -> Any:
         """Returns the model to train: sets `requires_grad` on the parameters that train (the
@@ -52,3 +86,22 @@ class TuningStrategy(Protocol):
     def save(self, model: Any, tokenizer: Any, out_dir: Path) -> None:
         """Writes what gets registered (weights as safetensors, tokenizer, config) to `out_dir`."""
         ...
+
+
+OPTIONAL_MEMBERS = ("capabilities", "load_options")
+
+
+def with_defaults(cls: type) -> type:
+    """`cls`, with the documented defaults of the optional members it does not define: the
+    one place they are filled in, for the plugin loader and `check_strategy` alike.
+
+    A class that subclasses `TuningStrategy` has them already; one written against the
+    contract before `capabilities` and `load_options` joined it gets a subclass of itself and
+    `TuningStrategy` (same name and module), which inherits them. Anything else is returned
+    as it is, for the conformance check to judge."""
+    if not isinstance(cls, type) or TuningStrategy in cls.__mro__:
+        return cls
+    if all(hasattr(cls, member) for member in OPTIONAL_MEMBERS):
+        return cls
+    names = {"__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__}
+    return type(cls.__name__, (cls, TuningStrategy), names)

@@ -9,8 +9,8 @@
 (small) checkpoint, and fails with an AssertionError naming the first broken promise. It does
 not judge whether the strategy learns well; it checks that it keeps the contract.
 `tiny_checkpoint` builds such a checkpoint in a second, without a download; `sample_records`
-gives validated records from tuneforge's bundled instruction data. These three are part of the
-stable plugin API (docs/writing-a-strategy.md).
+gives validated records from tuneforge's bundled instruction data, `sample_text_records` raw
+text. These are part of the stable plugin API (docs/writing-a-strategy.md).
 """
 
 from __future__ import annotations
@@ -22,10 +22,16 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from tuneforge.batching import IGNORE_INDEX, Example
-from tuneforge.plugins.strategy import TuningStrategy
+from tuneforge.plugins.strategy import Capabilities, TuningStrategy, with_defaults
 from tuneforge.prompts import end_of_turn_id
 
-__all__ = ["check_evaluator", "check_strategy", "sample_records", "tiny_checkpoint"]
+__all__ = [
+    "check_evaluator",
+    "check_strategy",
+    "sample_records",
+    "sample_text_records",
+    "tiny_checkpoint",
+]
 
 _UNKNOWN_KEY = "tuneforge_check_unknown_key"
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
@@ -59,6 +65,19 @@ def tiny_checkpoint(directory: str | Path, records: list[dict[str, Any]] | None 
     return build_tiny_model(config, records or sample_records(), Path(directory))
 
 
+def sample_text_records(n: int = 32, seed: int = 0) -> list[dict[str, Any]]:
+    """`n` validated raw-text records (`{"row", "task", "text"}`, data.schema: text): short
+    documents of 1 to 12 sentences of facts (the FLAN-in-miniature prose), so at
+    `max_length=128` some fit in one block and some are cut into several, as the training loop
+    cuts them. What `check_strategy` gives a strategy that declares `capabilities.text`."""
+    from tuneforge.flan_mini import prose_rows
+
+    return [
+        {"row": i, "task": None, "text": prose_rows(1, 1 + (i - 1) % 12, seed + i)[0]["text"]}
+        for i in range(1, n + 1)
+    ]
+
+
 def check_strategy(
     strategy_cls: type,
     model_dir: str | Path,
@@ -66,33 +85,45 @@ def check_strategy(
     settings: BaseModel | dict[str, Any] | None = None,
     max_length: int = 128,
 ) -> None:
-    """Checks that a tuning strategy fulfils the `TuningStrategy` contract.
+    """Checks that a tuning strategy fulfils the `TuningStrategy` contract, every ability it
+    declares included.
 
-    In order, stopping at the first violation:
+    The class is taken as the plugin loader takes it (`with_defaults`: the documented defaults
+    of the optional members it does not define). In order, stopping at the first violation:
 
-    1. the class has non-empty str `name` and `description` and a pydantic `Settings` model
-       that validates `settings` (or is default-constructible) and rejects unknown keys;
+    1. the class has non-empty str `name` and `description`, a pydantic `Settings` model that
+       validates `settings` (or is default-constructible) and rejects unknown keys, and
+       `capabilities`, a `Capabilities`;
     2. `strategy_cls(settings)` is a `TuningStrategy`;
-    3. `prepare_model` leaves at least one parameter trainable;
-    4. `build_example` on every record returns an `Example` with equally long `input_ids` and
-       `labels`, at most `max_length` tokens, trained labels equal to their input tokens, at
-       least one trained token after the first position (the causal shift never trains
-       position 0), and a trained end-of-sequence token last unless the example was truncated
-       (and the training loop's own `audit_examples` accepts them);
-    5. one AdamW step (lr 1e-2) on a padded batch of the first examples
-       (`tuneforge.batching.collate`, as the training loop pads) changes at least one trainable
-       parameter and leaves every frozen parameter bit-identical (compared by `named_parameters` of
-       the prepared model, so adapter-wrapped models work);
-    6. `save` writes safetensors and no pickle-based weights (`*.bin`, `*.pt`, `*.pkl`, ...),
+    3. `load_options("float32")` returns a dict, and the base loads with those options as the
+       training loop loads it (a 4-bit `quantization_config`, say);
+    4. `prepare_model` leaves at least one parameter trainable;
+    5. chat (`capabilities.chat`): `build_example` on every chat record returns an `Example`
+       with equally long `input_ids` and `labels`, at most `max_length` tokens, trained labels
+       equal to their input tokens, at least one trained token after the first position (the
+       causal shift never trains position 0), and a trained end-of-sequence token last unless
+       the example was truncated (and the training loop's own `audit_examples` accepts them);
+    6. raw text (`capabilities.text`): the text records are cut into blocks as the loop cuts
+       them, and with `packs_text` packed into rows of at most `max_length` tokens holding every
+       block once;
+    7. for each kind of data it trains, one AdamW step (lr 1e-2) on a padded batch of its first
+       examples (`tuneforge.batching.collate`, as the training loop pads; for packed text, the
+       blocks of the first rows) gives a finite loss, changes at least one trainable parameter
+       and leaves every frozen parameter bit-identical (compared by `named_parameters` of the
+       prepared model, so adapter-wrapped models work);
+    8. `save` writes safetensors and no pickle-based weights (`*.bin`, `*.pt`, `*.pkl`, ...),
        and the result, a checkpoint (`config.json`) or a PEFT adapter (`adapter_config.json`),
-       reloads through `tuneforge.models.load_pretrained` (as evaluation and registration load
-       it) and reproduces the trained model's logits (it is far closer to them than the
-       training step moved them).
+       reloads through `tuneforge.models.load_pretrained` with the strategy's load options (as
+       evaluation and registration load it) and reproduces the trained model's logits (it is far
+       closer to them than the training step moved them).
 
     Args:
         strategy_cls: the strategy class, as registered under `tuneforge.strategies`.
         model_dir: a small checkpoint (config.json, safetensors, tokenizer) to exercise it on.
-        records: validated records (`{"row", "task", "messages"}`); a few dozen are enough.
+        records: validated records, chat (`{"row", "task", "messages"}`) and/or raw text
+            (`{"row", "task", "text"}`); a few dozen are enough. A kind the strategy trains but
+            `records` lacks comes from `sample_records()` / `sample_text_records()`; a kind it
+            does not train is left out, as the loop refuses it.
         settings: the settings to build the strategy with, as a dict or a `Settings` instance;
             None uses `Settings()`.
         max_length: the `train.max_length` examples are built with.
@@ -117,10 +148,17 @@ def check_strategy(
 
     from tuneforge.batching import audit_examples, collate
     from tuneforge.models import ModelSourceError, load_pretrained
+    from tuneforge.records import is_text
 
     label = getattr(strategy_cls, "__qualname__", repr(strategy_cls))
     _require(records, "check_strategy needs at least one record")
+    strategy_cls = with_defaults(strategy_cls)
     settings_obj = _check_class(strategy_cls, label, settings)
+    abilities = strategy_cls.capabilities
+    _require(
+        isinstance(abilities, Capabilities),
+        f"{label}.capabilities must be a tuneforge.plugins.Capabilities, got {abilities!r}",
+    )
 
     try:
         strategy = strategy_cls(settings_obj)
@@ -132,12 +170,19 @@ def check_strategy(
         isinstance(strategy, TuningStrategy),
         (
             f"{label}(settings) is not a TuningStrategy: it needs name, description, Settings, "
-            "prepare_model, build_example and save"
+            "capabilities, load_options, prepare_model, build_example and save"
         ),
     )
 
+    options = strategy.load_options("float32")
+    _require(
+        isinstance(options, dict),
+        f"{label}.load_options returned {type(options).__name__}, not a dict",
+    )
+    if "quantization_config" in options:  # quantized layers are placed as they load
+        options = {**options, "device_map": {"": "cpu"}}
     try:
-        model, tokenizer = load_pretrained(model_dir)
+        model, tokenizer = load_pretrained(model_dir, **options)
     except ModelSourceError as exc:  # the caller's fixture, not the strategy, is at fault
         raise ValueError(f"check_strategy: cannot load model_dir: {exc}") from None
     model = strategy.prepare_model(model)
@@ -145,65 +190,37 @@ def check_strategy(
     params = dict(model.named_parameters())
     trainable = [name for name, p in params.items() if p.requires_grad]
     _require(trainable, f"{label}.prepare_model left no parameter trainable")
-
     vocab = model.get_input_embeddings().num_embeddings
-    examples = [
-        _check_example(strategy, label, record, tokenizer, max_length, vocab) for record in records
-    ]
 
-    try:  # the loop's own audit: whatever it would refuse must fail here too
-        audit_examples(
-            examples, [r.get("row", -1) for r in records], end_of_turn_id(tokenizer), max_length
-        )
-    except ValueError as exc:
-        raise AssertionError(f"{label}: the training loop refuses the examples: {exc}") from None
+    batches = []  # (what, examples) per kind of data the strategy trains
+    if abilities.chat:
+        chat = [r for r in records if not is_text(r)] or sample_records(48)
+        examples = [
+            _check_example(strategy, label, record, tokenizer, max_length, vocab) for record in chat
+        ]
+        try:  # the loop's own audit: whatever it would refuse must fail here too
+            rows = [r.get("row", -1) for r in chat]
+            audit_examples(examples, rows, end_of_turn_id(tokenizer), max_length)
+        except ValueError as exc:
+            raise AssertionError(
+                f"{label}: the training loop refuses the examples: {exc}"
+            ) from None
+        batches.append(("chat records", examples[:_BATCH_SIZE]))
+    if abilities.text:
+        text = [r for r in records if is_text(r)] or sample_text_records()
+        batches.append(("raw text", _text_batch(text, tokenizer, max_length, abilities)))
 
-    # One optimizer step exactly as the training loop takes it.
+    # One optimizer step per kind of data, exactly as the training loop takes it.
     torch.manual_seed(0)
     device = next(iter(params.values())).device
-    batch = collate(examples[:_BATCH_SIZE], tokenizer.pad_token_id)
-    batch = {key: value.to(device) for key, value in batch.items()}
-    before = {name: p.detach().clone() for name, p in params.items()}
-    logits_before = _logits(model, batch)
-    model.train()
-    loss = model(**batch).loss
-    _require(loss is not None, f"{label}: the prepared model returns no loss when given labels")
-    _require(torch.isfinite(loss), f"{label}: loss on the first batch is {loss.item()}")
-    _require(
-        loss.requires_grad,
-        (
-            f"{label}: the loss does not depend on any trainable parameter "
-            f"(trainable: {_names(trainable)})"
-        ),
-    )
-    loss.backward()
-    optimizer = torch.optim.AdamW(
-        [params[name] for name in trainable], lr=_LEARNING_RATE, weight_decay=0.0
-    )
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-
-    changed_frozen = [
-        name
-        for name, p in params.items()
-        if not p.requires_grad and not torch.equal(p.detach(), before[name])
+    padded = [
+        (what, {k: v.to(device) for k, v in collate(ex, tokenizer.pad_token_id).items()})
+        for what, ex in batches
     ]
-    _require(
-        not changed_frozen,
-        (
-            f"{label}: frozen parameters (requires_grad=False) changed during a training step: "
-            f"{_names(changed_frozen)}"
-        ),
-    )
-    changed = [name for name in trainable if not torch.equal(params[name].detach(), before[name])]
-    _require(
-        changed,
-        (
-            f"{label}: one optimizer step changed none of the trainable parameters "
-            f"{_names(trainable)}; do they receive gradients?"
-        ),
-    )
-    logits_after = _logits(model, batch)
+    logits_before = _logits(model, padded[0][1])
+    for what, batch in padded:
+        _check_step(model, params, trainable, batch, f"{label} on {what}")
+    logits_after = _logits(model, padded[0][1])
 
     with tempfile.TemporaryDirectory(prefix="tuneforge-check-") as tmp:
         out_dir = Path(tmp) / "out"
@@ -226,13 +243,13 @@ def check_strategy(
             f"(adapter_config.json): {sorted(map(str, files))}",
         )
         try:  # how evaluation and registration load it
-            reloaded, _ = load_pretrained(out_dir)
+            reloaded, _ = load_pretrained(out_dir, **options)
         except ModelSourceError as exc:
             raise AssertionError(f"{label}.save output does not reload: {exc}") from None
         reloaded.to(device)
-        logits_saved = _logits(reloaded, batch)
+        logits_saved = _logits(reloaded, padded[0][1])
 
-    mask = batch["attention_mask"].bool()
+    mask = padded[0][1]["attention_mask"].bool()
     moved = (logits_after - logits_before).abs()[mask].mean().item()
     off = (logits_saved - logits_after).abs()[mask].mean().item()
     _require(
@@ -242,6 +259,67 @@ def check_strategy(
             f"{off:.3g}, while the training step moved the logits by {moved:.3g}); does save() "
             "write the trained weights?"
         ),
+    )
+
+
+def _text_batch(
+    records: list[dict[str, Any]], tokenizer: Any, max_length: int, abilities: Capabilities
+) -> list[Example]:
+    """Raw-text records as the training loop cuts (and, with `packs_text`, packs) them: the
+    blocks of the first `_BATCH_SIZE` rows, or the first blocks."""
+    from tuneforge.batching import pack
+    from tuneforge.plugins.tokenization import tokenize_text_blocks
+
+    blocks = [b for r in records for b in tokenize_text_blocks(r, tokenizer, max_length)]
+    if not abilities.packs_text:
+        return blocks[:_BATCH_SIZE]
+    lengths = [len(b.input_ids) for b in blocks]
+    rows = pack(lengths, max_length)
+    packed = sorted(i for row in rows for i in row)
+    _require(packed == list(range(len(blocks))), "packing lost or repeated a text block")
+    over = [row for row in rows if sum(lengths[i] for i in row) > max_length]
+    _require(not over, f"packed rows longer than max_length={max_length}: {over[:3]}")
+    return [blocks[i] for row in rows[:_BATCH_SIZE] for i in row]
+
+
+def _check_step(
+    model: Any, params: dict[str, Any], trainable: list[str], batch: dict[str, Any], where: str
+) -> None:
+    """One AdamW step on `batch`: a finite loss that depends on a trainable parameter, at
+    least one trainable parameter changed, every frozen one bit-identical."""
+    import torch
+
+    before = {name: p.detach().clone() for name, p in params.items()}
+    model.train()
+    loss = model(**batch).loss
+    _require(loss is not None, f"{where}: the prepared model returns no loss when given labels")
+    _require(torch.isfinite(loss), f"{where}: loss on the first batch is {loss.item()}")
+    _require(
+        loss.requires_grad,
+        f"{where}: the loss does not depend on any trainable parameter "
+        f"(trainable: {_names(trainable)})",
+    )
+    loss.backward()
+    optimizer = torch.optim.AdamW(
+        [params[name] for name in trainable], lr=_LEARNING_RATE, weight_decay=0.0
+    )
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    changed_frozen = [
+        name
+        for name, p in params.items()
+        if not p.requires_grad and not torch.equal(p.detach(), before[name])
+    ]
+    _require(
+        not changed_frozen,
+        f"{where}: frozen parameters (requires_grad=False) changed during a training step: "
+        f"{_names(changed_frozen)}",
+    )
+    changed = [name for name in trainable if not torch.equal(params[name].detach(), before[name])]
+    _require(
+        changed,
+        f"{where}: one optimizer step changed none of the trainable parameters "
+        f"{_names(trainable)}; do they receive gradients?",
     )
 
 

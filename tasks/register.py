@@ -117,15 +117,15 @@ class ModelPackage:
     trust_remote_code: bool = False
 
 
-def adapter_base(base_path: str, lineage: dict[str, str]) -> str:
+def adapter_base(base_path: str, lineage_tags: dict[str, str]) -> str:
     """The address of an adapter's base that outlives this worker: the registry version it was
     pinned to, the hub id at the commit the cache holds, else `bundled` (the base is copied
     into the version: a tiny or local base has no address another machine can resolve)."""
     from tuneforge.serving import hub_reference
 
-    if parent := lineage.get(lineage.PARENT_VERSION):
+    if parent := lineage_tags.get(lineage.PARENT_VERSION):
         return f"models:/{parent}"
-    source, path = lineage.get(lineage.BASE_MODEL, ""), Path(base_path)
+    source, path = lineage_tags.get(lineage.BASE_MODEL, ""), Path(base_path)
     if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
         return hub_reference(source, path.name)  # a hub cache snapshot is named by its commit
     return "bundled"
@@ -320,8 +320,8 @@ def paired_gate(
 
 def model_card(name: str, version: str, reason: str, tags: dict, base: dict, tuned: dict) -> str:
     """A markdown model card: what this version is, where it came from, how it scored."""
-    lineage = "\n".join(
-        f"| {k.removeprefix('tuneforge.')} | {v} |" for k, v in sorted(tags.items())
+    table = "\n".join(
+        f"| {k.removeprefix(lineage.TAG_PREFIX)} | {v} |" for k, v in sorted(tags.items())
     )
     rows = "\n".join(
         f"| {k} | {base.get(k, float('nan')):.4f} | {v:.4f} |"
@@ -332,7 +332,7 @@ def model_card(name: str, version: str, reason: str, tags: dict, base: dict, tun
         f"# {name} version {version}\n\n"
         f"Decision: {reason}\n\n"
         f"## Evaluation (held-back split)\n\n| metric | base | tuned |\n|---|---|---|\n{rows}\n\n"
-        f"## Lineage\n\n| key | value |\n|---|---|\n{lineage}\n"
+        f"## Lineage\n\n| key | value |\n|---|---|\n{table}\n"
     )
 
 
@@ -442,7 +442,7 @@ def register_model(
     if cfg.metric not in tuned_metrics:
         raise ValueError(f"registry.metric {cfg.metric!r} is not among {sorted(tuned_metrics)}")
     client = MlflowClient(ctx.tracking_uri)
-    version, existing, lineage = _version_of_run(client, model_dir, cfg, ctx, max_new_tokens)
+    version, existing, lineage_tags = _version_of_run(client, model_dir, cfg, ctx, max_new_tokens)
     held = list(existing.aliases) if existing else []
     if CHAMPION in held:  # an earlier attempt promoted it: re-deciding would compare it to itself
         decision = existing.tags.get(lineage.DECISION, "") if existing else ""
@@ -458,7 +458,7 @@ def register_model(
         )
     alias = _set_alias(client, cfg.model_name, version, promote, reason, held)
     scores = (base_metrics, tuned_metrics)
-    return _finish(client, cfg.model_name, version, alias, reason, lineage, ctx.run_id, scores)
+    return _finish(client, cfg.model_name, version, alias, reason, lineage_tags, ctx.run_id, scores)
 
 
 @task(name="register_runner_up", **RETRIED_IF_UNREACHABLE)
@@ -479,10 +479,10 @@ def register_runner_up(
 
     client = MlflowClient(ctx.tracking_uri)
     name = registry.model_name
-    version, _, lineage = _version_of_run(client, model_dir, registry, ctx, max_new_tokens)
+    version, _, lineage_tags = _version_of_run(client, model_dir, registry, ctx, max_new_tokens)
     client.set_model_version_tag(name, version, lineage.DECISION, reason)
     scores = (base_metrics, tuned_metrics)
-    return _finish(client, name, version, None, reason, lineage, ctx.run_id, scores)
+    return _finish(client, name, version, None, reason, lineage_tags, ctx.run_id, scores)
 
 
 def _version_of_run(
@@ -493,7 +493,7 @@ def _version_of_run(
     from tuneforge.model_registry import version_for_run
 
     run_id, tracking_uri = ctx.run_id, ctx.tracking_uri
-    lineage = {
+    lineage_tags = {
         k: v
         for k, v in client.get_run(run_id).data.tags.items()
         if k.startswith(lineage.TAG_PREFIX) and k not in _OWN_RUN_TAGS
@@ -501,16 +501,16 @@ def _version_of_run(
     existing = version_for_run(client, cfg.model_name, run_id)
     if existing is None:
         with tempfile.TemporaryDirectory() as tmp:
-            checkpoint, package = _package(model_dir, lineage, cfg, ctx, max_new_tokens, tmp)
+            checkpoint, package = _package(model_dir, lineage_tags, cfg, ctx, max_new_tokens, tmp)
             log_model_artifacts(checkpoint, package, run_id, tracking_uri)  # verified
-        version = _create_version(client, cfg.model_name, run_id, tracking_uri, lineage)
+        version = _create_version(client, cfg.model_name, run_id, tracking_uri, lineage_tags)
         pause_point("register:version-created")
-        return version, None, lineage
+        return version, None, lineage_tags
     # Registered by an earlier attempt whose upload was verified; finish it.
-    for key, value in lineage.items():
+    for key, value in lineage_tags.items():
         if existing.tags.get(key) != value:
             client.set_model_version_tag(cfg.model_name, existing.version, key, value)
-    return existing.version, existing, lineage
+    return existing.version, existing, lineage_tags
 
 
 def _finish(
@@ -519,13 +519,13 @@ def _finish(
     version: str,
     alias: str | None,
     reason: str,
-    lineage: dict[str, str],
+    lineage_tags: dict[str, str],
     run_id: str,
     scores: tuple[dict[str, float], dict[str, float]],
 ) -> Registration:
     """The model card on the version and the run, and the decision tagged on the run."""
     decision = f"{alias}: {reason}" if alias else reason
-    card = model_card(name, version, decision, lineage, *scores)
+    card = model_card(name, version, decision, lineage_tags, *scores)
     client.update_model_version(name, version, description=card)
     client.log_text(run_id, card, "model_card.md")
     client.set_tag(run_id, lineage.REGISTERED_VERSION, f"{name}/{version}")
@@ -535,7 +535,7 @@ def _finish(
 
 def _package(
     model_dir: str,
-    lineage: dict[str, str],
+    lineage_tags: dict[str, str],
     cfg: RegistryConfig,
     ctx: RunContext,
     max_new_tokens: int,
@@ -552,7 +552,7 @@ def _package(
         merged = merged_checkpoint(Path(model_dir), Path(tmp) / "merged", trust)
         return str(merged), full
     base_path = json.loads(config.read_text())["base_model_name_or_path"]
-    return model_dir, replace(full, base=adapter_base(base_path, lineage))
+    return model_dir, replace(full, base=adapter_base(base_path, lineage_tags))
 
 
 def _paired_failure(eval_dir: str | None, cfg: RegistryConfig) -> str | None:

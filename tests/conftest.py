@@ -127,6 +127,19 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(_SANDBOX, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True)
+def _default_tracking_uri_restored():
+    """`mlflow.set_tracking_uri` (tuneforge.tracking.resolve_tracking_uri calls it) exports
+    MLFLOW_TRACKING_URI: without this, one test's (since stopped) server would become every
+    later test's default, and whether a test passes would depend on which ran before it."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if os.environ.get("MLFLOW_TRACKING_URI") != before:
+        import mlflow
+
+        mlflow.set_tracking_uri(before)  # None unsets it again
+
+
 @pytest.fixture(scope="session")
 def bundled_records() -> list[dict]:
     """The bundled dataset, validated into canonical records."""

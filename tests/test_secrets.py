@@ -15,6 +15,7 @@ credentials is sent and ignored: the values travel the real client code paths.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import subprocess
 import sys
@@ -92,6 +93,7 @@ def planted_run(prefect_harness, mlflow_server, tmp_path_factory):
             "train.eval_every=0",
             "--set",
             "evaluation.max_examples=16",
+            "--json",
         ],
         env=env,
         capture_output=True,
@@ -100,6 +102,26 @@ def planted_run(prefect_harness, mlflow_server, tmp_path_factory):
     )
     assert done.returncode == 0, done.stdout.decode()[-2000:] + done.stderr.decode()[-4000:]
     return done, out, api_url
+
+
+def test_run_ends_with_one_json_line_naming_the_version_and_its_metrics(planted_run, mlflow_server):
+    """`tuneforge run --json`: the human summary, then the outcome as the last line."""
+    from mlflow.tracking import MlflowClient
+
+    done, _, _ = planted_run
+    lines = done.stdout.decode().strip().splitlines()
+    summary = json.loads(lines[-1])
+    assert "Registered" in done.stdout.decode()  # the human summary still comes first
+    version = MlflowClient(mlflow_server).get_model_version(MODEL, summary["version"])
+    assert summary["model"] == MODEL and summary["alias"] in ("champion", "challenger")
+    assert version.run_id == summary["run_id"]
+    assert version.tags["tuneforge.decision"].startswith(summary["alias"])
+    assert summary["decision"].startswith(f"{MODEL} version {summary['version']} is ")
+    assert summary["reason"] in summary["decision"]
+    assert summary["training"]["steps"] == 20 and summary["data"]["valid"] > 0
+    tuned = MlflowClient(mlflow_server).get_run(summary["run_id"]).data.metrics
+    assert summary["metrics"]["tuned"]["exact_match"] == tuned["tuned.exact_match"]
+    assert set(summary["metrics"]["base"]) == set(summary["metrics"]["tuned"])
 
 
 def test_planted_secrets_reach_no_output_file_or_log(planted_run):

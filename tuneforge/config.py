@@ -925,11 +925,11 @@ class RunConfig(Strict):
         # Raw text has no answers to generate, so only the loss metrics exist; and only
         # strategies that say so train on it. (A file `auto` recognises as text is caught at
         # registration and at training, with the same words.) A strategy that trains raw
-        # text only (`trains_chat = False`: pretrain) implies data.schema text.
+        # text only (capabilities without chat: pretrain) implies data.schema text.
         from tuneforge.plugins.discovery import strategy_info
 
-        info = strategy_info(self.train.strategy)
-        text_only = not getattr(info.cls, "trains_chat", True)
+        trains = strategy_info(self.train.strategy).cls.capabilities
+        text_only = not trains.chat
         if self.data.schema_ != "text" and not text_only:
             return self
         if self.registry.metric.split(".", 1)[0] not in LOSS_METRICS:
@@ -943,7 +943,7 @@ class RunConfig(Strict):
                 f"train.strategy {self.train.strategy!r} trains on raw text, and data.schema "
                 f"{self.data.schema_} has prompt/response pairs; use full or instruction"
             )
-        if not getattr(info.cls, "trains_text", False):
+        if not trains.text:
             raise ValueError(
                 f"train.strategy {self.train.strategy!r} trains on prompt/response pairs, and "
                 "raw text (data.schema text) has none; use full or lora"

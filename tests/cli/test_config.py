@@ -30,9 +30,9 @@ def test_lists_train_steps_with_its_type_default_and_description():
         shown.append(line.strip())
     description = TrainConfig.model_fields["steps"].description
     assert description and " ".join(shown) == " ".join(description.split())  # wrapped, indented
-    assert "data.path: str (required)" in lines
+    assert "data.path: str (required)  (does not shape training)" in lines
     assert "model.tiny.hidden_size: int = 128" in lines
-    assert "name: str = 'retrain'" in lines  # the top-level keys have no prefix
+    assert "name: str = 'retrain'  (does not shape training)" in lines  # no prefix at the top
 
 
 def test_a_section_narrows_the_listing_to_its_keys_and_its_subsections():
@@ -59,7 +59,21 @@ def test_a_single_key():
         "default": 300,
         "description": TrainConfig.model_fields["steps"].description,
         "required": False,
+        "shapes_training": True,
     }
+
+
+def test_settings_that_do_not_shape_training_say_so():
+    """The mark the config fingerprint and the resume key read (`not_shaping`), shown."""
+    fields = {f["key"]: f for f in config_fields(RunConfig)}
+    assert not fields["train.log_every"]["shapes_training"]
+    assert not fields["tracking.experiment"]["shapes_training"]  # a section marked whole
+    assert not fields["data.path"]["shapes_training"]
+    assert fields["train.learning_rate"]["shapes_training"]
+    assert fields["model.tiny.hidden_size"]["shapes_training"]
+    lines = _config("train").stdout.splitlines()
+    assert "train.log_every: int = 10  (does not shape training)" in lines
+    assert "train.steps: int = 300" in lines
 
 
 def test_an_unknown_section_fails_in_one_line_listing_the_sections():
@@ -79,7 +93,8 @@ def test_json_lists_every_key_once_with_its_type_default_and_description():
     fields = json.loads(result.stdout.strip().splitlines()[-1])
     keys = [f["key"] for f in fields]
     assert len(keys) == len(set(keys))
-    assert all(set(f) == {"key", "type", "default", "description", "required"} for f in fields)
+    expected = {"key", "type", "default", "description", "required", "shapes_training"}
+    assert all(set(f) == expected for f in fields)
     by_key = {f["key"]: f for f in fields}
     assert by_key["data.path"]["required"] and by_key["data.path"]["default"] is None
     assert by_key["data.schema"]["type"].startswith("Literal['auto', 'alpaca'")  # YAML name

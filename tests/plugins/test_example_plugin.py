@@ -94,6 +94,7 @@ def test_a_strategy_that_fails_ends_the_command_in_one_line(bitfit, prefect_harn
             "train.strategy=bitfit",
             "train.settings.include_norms=false",
         ),
+        "--json",
     ]
     quiet = subprocess.run(
         command, env=env, capture_output=True, text=True, timeout=300, check=False
@@ -106,6 +107,8 @@ def test_a_strategy_that_fails_ends_the_command_in_one_line(bitfit, prefect_harn
         "true); a plugin's own tests catch this with tuneforge.plugins.testing.check_strategy"
     ]
     assert quiet.stderr.strip().endswith(errors[0])  # the last line, alone
+    # --json: the same line as the last one on stdout, as {"error": ...}
+    assert json.loads(quiet.stdout.strip().splitlines()[-1]) == {"error": errors[0][7:]}
     assert "Traceback" not in quiet.stdout + quiet.stderr
     # (The traceback on the console with --debug: tests/test_cli_console.py.)
 

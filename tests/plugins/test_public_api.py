@@ -45,6 +45,7 @@ def test_the_public_names_are_there():
 
     assert set(api.__all__) == {
         "IGNORE_INDEX",
+        "Capabilities",
         "Evaluator",
         "Example",
         "TuningStrategy",
@@ -56,6 +57,7 @@ def test_the_public_names_are_there():
         "check_evaluator",
         "check_strategy",
         "sample_records",
+        "sample_text_records",
         "tiny_checkpoint",
     }
     assert api.IGNORE_INDEX == -100

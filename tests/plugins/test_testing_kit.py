@@ -14,8 +14,15 @@ import pytest
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from tuneforge.plugins import IGNORE_INDEX, Example, tokenize_prompt_response
+from tuneforge.plugins import (
+    IGNORE_INDEX,
+    Capabilities,
+    Example,
+    TuningStrategy,
+    tokenize_prompt_response,
+)
 from tuneforge.plugins.full import FullStrategy
+from tuneforge.plugins.strategy import with_defaults
 from tuneforge.plugins.testing import check_strategy
 
 
@@ -120,8 +127,90 @@ def records(bundled_records: list[dict]) -> list[dict]:
     return bundled_records[:48]
 
 
-def test_builtin_full_strategy_passes(tiny_model_dir, records):
-    check_strategy(FullStrategy, tiny_model_dir, records)
+@pytest.mark.parametrize(
+    ("name", "settings"),
+    [
+        ("full", {}),
+        ("instruction", {}),
+        ("instruction", {"train_top_layers": 1}),
+        ("lora", {}),
+        ("lora", {"quantize_4bit": True}),  # load_options: the base loads in 4 bits
+        ("pretrain", {}),
+    ],
+    ids=lambda value: value if isinstance(value, str) else ",".join(value) or "defaults",
+)
+def test_every_builtin_strategy_passes(tiny_model_dir, records, name, settings):
+    """Found through the entry points, as the loop finds them; each ability it declares is
+    exercised (pretrain trains raw text alone, packed; full and lora both kinds)."""
+    from tuneforge.plugins.discovery import strategy_info
+
+    cls = strategy_info(name).cls
+    assert cls.__module__ == f"tuneforge.plugins.{name}"  # the built-in, not an adaptation
+    check_strategy(cls, tiny_model_dir, records, settings)
+
+
+def test_capabilities_say_what_data_a_strategy_trains():
+    from tuneforge.plugins.discovery import strategy_info
+
+    declared = {name: strategy_info(name).cls.capabilities for name in ("full", "pretrain")}
+    assert declared["full"] == Capabilities(chat=True, text=True)
+    assert declared["pretrain"] == Capabilities(chat=False, text=True, packs_text=True)
+    with pytest.raises(ValueError, match="packs_text=True\\) needs text=True"):
+        Capabilities(packs_text=True)
+    with pytest.raises(ValueError, match="chat records, raw text, or both"):
+        Capabilities(chat=False)
+
+
+def test_a_strategy_written_before_capabilities_gets_the_documented_defaults():
+    """`_NormsOnly` defines neither capabilities nor load_options, as plugins written against
+    the first contract do: the loader gives it the Protocol's defaults, nothing else changes."""
+    adapted = with_defaults(_NormsOnly)
+    assert adapted is not _NormsOnly and issubclass(adapted, _NormsOnly)
+    assert adapted.__name__ == "_NormsOnly" and adapted.capabilities == Capabilities()
+    strategy = adapted(_Settings())
+    assert isinstance(strategy, TuningStrategy) and strategy.load_options("float32") == {}
+    assert with_defaults(FullStrategy) is FullStrategy
+
+
+class _EagerAttention(_NormsOnly):
+    """Loads its base through load_options, and relies on it in prepare_model."""
+
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    def load_options(self, dtype: str) -> dict[str, Any]:
+        return {"attn_implementation": "eager"}
+
+    def prepare_model(self, model: Any) -> Any:
+        assert model.config._attn_implementation == "eager", "loaded without load_options"
+        return super().prepare_model(model)
+
+
+def test_the_base_is_loaded_with_the_strategys_load_options(tiny_model_dir, records):
+    check_strategy(_EagerAttention, tiny_model_dir, records)
+
+
+class _BadLoadOptions(_NormsOnly):
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    def load_options(self, dtype: str) -> Any:
+        return [("attn_implementation", "eager")]
+
+
+class _TextOnlyFreezesTheHead(_NormsOnly):
+    """Says it trains raw text, but leaves trainable only a parameter the model never uses:
+    the text batch's loss reaches nothing that trains."""
+
+    capabilities: ClassVar[Capabilities] = Capabilities(chat=False, text=True)
+
+    def prepare_model(self, model: Any) -> Any:
+        model.requires_grad_(False)
+        extra = torch.nn.Parameter(torch.zeros(1))
+        model.register_parameter("unused", extra)
+        return model
+
+
+class _BadCapabilities(_NormsOnly):
+    capabilities: ClassVar[Any] = {"text": True}
 
 
 def test_a_correct_partial_strategy_passes(tiny_model_dir, records):
@@ -139,6 +228,9 @@ def test_a_correct_partial_strategy_passes(tiny_model_dir, records):
         (_AllowsUnknownSettings, "accepts unknown keys"),
         (_SavesPickle, r"pickle-based files \['pytorch_model.bin'\]"),
         (_SavesTheUntrainedBase, "does not reproduce the trained one"),
+        (_BadLoadOptions, "load_options returned list, not a dict"),
+        (_TextOnlyFreezesTheHead, "on raw text: the loss does not depend on any trainable"),
+        (_BadCapabilities, "capabilities must be a tuneforge.plugins.Capabilities"),
     ],
     ids=lambda value: value.__name__.strip("_") if isinstance(value, type) else None,
 )

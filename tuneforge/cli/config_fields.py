@@ -3,7 +3,8 @@
     tuneforge config                 # all of them, section by section
     tuneforge config train           # one section (model.tiny: a nested one)
     tuneforge config train.steps     # one key
-    tuneforge config --json          # a list of {"key", "type", "default", "description"}
+    tuneforge config --json          # a list of {"key", "type", "default", "description",
+                                     #   "required", "shapes_training"}
 
 What it prints is what the pydantic models of tuneforge/config.py declare
 (`Field(description=...)`), so the listing cannot drift from the config it describes.
@@ -40,16 +41,24 @@ def config(
     print_result(fields, _render)
 
 
-def config_fields(model: type[BaseModel], prefix: str = "") -> list[dict[str, Any]]:
+def config_fields(
+    model: type[BaseModel], prefix: str = "", shaping: bool = True
+) -> list[dict[str, Any]]:
     """Each field of `model` and of the sections nested in it, as `{"key", "type", "default",
-    "description", "required"}` with a dotted key (`train.steps`, `model.tiny.hidden_size`).
+    "description", "required", "shapes_training"}` with a dotted key (`train.steps`,
+    `model.tiny.hidden_size`).
 
     A model's own fields come first, then each nested section's, in declaration order. A
-    required field (no default) has default None and required True.
+    required field (no default) has default None and required True. `shapes_training` is
+    False for a field declared `not_shaping` (or inside such a section): it changes how a run
+    executes, not the model, and is left out of the config fingerprint and the resume key.
     """
+    from tuneforge.config import fields_not_shaping
     from tuneforge.describe import describe_fields
 
     nested = _nested_sections(model)
+    aliases = {field.alias or name: name for name, field in model.model_fields.items()}
+    not_shaping = fields_not_shaping(model)
     listed = []
     for key, described in describe_fields(model).items():
         if key in nested:
@@ -62,10 +71,12 @@ def config_fields(model: type[BaseModel], prefix: str = "") -> list[dict[str, An
                 "default": None if required else described["default"],
                 "description": described["description"],
                 "required": required,
+                "shapes_training": shaping and aliases[key] not in not_shaping,
             }
         )
     for key, section in nested.items():
-        listed += config_fields(section, f"{prefix}{key}.")
+        inside = shaping and aliases[key] not in not_shaping
+        listed += config_fields(section, f"{prefix}{key}.", inside)
     return listed
 
 
@@ -89,7 +100,9 @@ def _nested_sections(model: type[BaseModel]) -> dict[str, type[BaseModel]]:
 def _render(fields: list[dict[str, Any]]) -> None:
     for field in fields:
         default = "(required)" if field["required"] else f"= {field['default']!r}"
-        out.print(f"{field['key']}: {field['type']} {default}", markup=False, highlight=False)
+        how = "" if field["shapes_training"] else "  (does not shape training)"
+        line = f"{field['key']}: {field['type']} {default}{how}"
+        out.print(line, markup=False, highlight=False)
         if field["description"]:
             text = textwrap.fill(
                 field["description"],

@@ -44,18 +44,16 @@ def _registry_call(tracking_uri: str | None, action: Callable[[Any], Any]) -> An
 @models_app.command("list")
 def models_list(tracking_uri: TrackingOption = None, as_json: JsonOption = False) -> None:
     """Registered models, their aliases and the champion's metrics."""
+    from tuneforge import lineage
     from tuneforge.model_registry import list_models
 
     def render(rows: list[dict]) -> None:
         table = Table("model", "latest", "champion", "aliases", "champion metrics")
         for r in rows:
             aliases = ", ".join(f"{a}=v{v}" for a, v in sorted(r["aliases"].items()))
-            headline = ("tuned.exact_match", "tuned.rouge_l", "tuned.eval_loss")
-            metrics = ", ".join(
-                f"{k.removeprefix('tuned.')}={r['champion_metrics'][k]:.4f}"
-                for k in headline
-                if k in r["champion_metrics"]
-            )
+            scores = lineage.scores_of(lineage.TUNED, r["champion_metrics"])
+            headline = ("exact_match", "rouge_l", "eval_loss")
+            metrics = ", ".join(f"{k}={scores[k]:.4f}" for k in headline if k in scores)
             table.add_row(r["name"], str(r["latest_version"]), str(r["champion"]), aliases, metrics)
         out.print(table)
 

@@ -263,8 +263,7 @@ class TrainingRun:
     def _load_base(self) -> tuple[Any, Any]:
         """The base in `model.dtype`, with the strategy's own load options (QLoRA's 4 bits)."""
         with self._blame("load_options"):
-            load_options = getattr(self.strategy, "load_options", None)
-            options = load_options(self.dtype) if load_options else {}
+            options = self.strategy.load_options(self.dtype)
         if "quantization_config" in options:  # quantized layers are placed as they load
             options.setdefault("device_map", {"": self.device})
         return load_pretrained(self.base_dir, self.trust_remote_code, self.dtype, **options)
@@ -275,7 +274,7 @@ class TrainingRun:
         if any(is_text(r) for r in records):  # a file has one schema: then every record
             self._setup_text_examples(records)
             return
-        if not getattr(self.strategy, "trains_chat", True):
+        if not self.strategy.capabilities.chat:
             raise ValueError(
                 f"{self.info.label} trains on raw text (data.schema text), and these are "
                 "prompt/response records; use full or instruction for those"
@@ -302,10 +301,10 @@ class TrainingRun:
     def _setup_text_examples(self, records: list[dict[str, Any]]) -> None:
         """Raw text: causal-LM loss on every token, each document split into
         `train.max_length` blocks (nothing cut off), for strategies that say they train text."""
-        if not getattr(self.strategy, "trains_text", False):
+        if not self.strategy.capabilities.text:
             raise ValueError(
                 f"{self.info.label} trains on prompt/response pairs, and raw text (data.schema "
-                "text) has none; use full or lora, or a strategy with trains_text = True"
+                "text) has none; use full or lora, or a strategy whose capabilities say text"
             )
         cfg, tokenizer = self.cfg, self.tokenizer
         self.examples, rows = [], []
@@ -317,7 +316,7 @@ class TrainingRun:
         total = sum(len(e.input_ids) for e in self.examples)
         # Blocks are cut on purpose: none counts as truncated.
         self.audit = MaskAudit(len(self.examples), 0, trained, total - trained)
-        if getattr(self.strategy, "packs_text", False):  # a batch is batch_size full rows
+        if self.strategy.capabilities.packs_text:  # a batch is batch_size full rows
             lengths = [len(e.input_ids) for e in self.examples]
             self.rows = pack(lengths, cfg.max_length)
 

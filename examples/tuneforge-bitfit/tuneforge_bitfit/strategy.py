@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from tuneforge.plugins import Example, tokenize_prompt_response
+from tuneforge.plugins import Capabilities, Example, TuningStrategy, tokenize_prompt_response
 
 _NORM_TYPES = (
     torch.nn.LayerNorm,
@@ -70,12 +70,15 @@ def bitfit_parameters(model: torch.nn.Module, include_norms: bool) -> dict[str, 
     return selected
 
 
-class BitFitStrategy:
+class BitFitStrategy(TuningStrategy):  # the contract, with its optional members' defaults
     name: ClassVar[str] = "bitfit"
     description: ClassVar[str] = (
         "BitFit: only biases (and, by default, normalization weights) train; response-only loss."
     )
     Settings: ClassVar[type[BaseModel]] = BitFitSettings
+    # Prompt/response records, and raw text (data.schema: text), which the training loop
+    # tokenizes itself; check_strategy exercises both.
+    capabilities: ClassVar[Capabilities] = Capabilities(chat=True, text=True)
 
     def __init__(self, settings: BitFitSettings) -> None:
         self.settings = settings
