@@ -112,9 +112,9 @@ class BenchConfig:
 
 def load_split() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The bundled data, validated and split exactly as the retrain flow does (seed 0, 20%)."""
-    from tuneforge.tasks.load_data import read_rows
+    from tuneforge.data.reading import read_rows
+    from tuneforge.data.validation import validate_rows
     from tuneforge.tasks.split_data import split_records
-    from tuneforge.tasks.validate_data import validate_rows
 
     valid, _ = validate_rows(read_rows(str(DATA)), max_chars=4000)
     return split_records(valid, eval_fraction=0.2, seed=0, holdout_tasks=[])
@@ -146,7 +146,7 @@ def strategy_for(name: str) -> Any:
 
 def eval_loss(model_dir: Path, eval_records: list[dict[str, Any]], cfg: BenchConfig) -> float:
     """Mean cross-entropy per response token on the held-out rows, by the flow's own evaluation
-    code (`tuneforge.tasks.evaluate.response_loss`); the same call for every runner."""
+    code (`tuneforge.training.losses.response_loss`); the same call for every runner."""
     import torch
 
     from tuneforge.models import load_pretrained, pick_device

@@ -7,10 +7,10 @@ Builds a random-init checkpoint of the Qwen2.5-0.5B shape (24 layers, hidden 896
 2 key/value heads, MLP 4864, vocabulary 151,936, tied embeddings; 494M parameters) once, in
 bfloat16, with a locally trained tokenizer, then trains each variant for a few steps on raw
 text in batches of 4 x 512 tokens (every token trained: the logits' worst case), each in a
-fresh process through the real loop (`tasks.train.train_model`), and prints one JSON line per
-variant: peak RSS (the process's, loading included), peak CUDA memory on a GPU, seconds per
-step. `--tiny` runs the same on a 2-layer model (a smoke run, seconds). The figures for this
-machine are in benchmarks/RESULTS.md ("Memory at a real shape").
+fresh process through the real loop (`tuneforge.training.loop.train_model`), and prints one
+JSON line per variant: peak RSS (the process's, loading included), peak CUDA memory on a GPU,
+seconds per step. `--tiny` runs the same on a 2-layer model (a smoke run, seconds). The figures
+for this machine are in benchmarks/RESULTS.md ("Memory at a real shape").
 """
 
 from __future__ import annotations

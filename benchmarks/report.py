@@ -104,7 +104,7 @@ def training_section(record: dict[str, Any]) -> list[str]:
         "tokens/s counts real (non-padding) tokens over the training loop alone; wall is the "
         "loop to N steps; process is the whole child (imports, model load, loop, save, eval); "
         "eval loss is per response token on the held-out rows "
-        "(`tuneforge.tasks.evaluate.response_loss`, the same call for every runner). Ratios are "
+        "(`tuneforge.training.losses.response_loss`, the same call for every runner). Ratios are "
         "per repeat, tuneforge / Trainer, then the median, against the fp32 Trainer (its "
         "default) and against the Trainer at the same precision (`trainer-bf16` for bf16 "
         "runners; TRL runs bf16 by default). The load range is the 1-minute load average at the "
@@ -230,7 +230,7 @@ def validation_section(record: dict[str, Any]) -> list[str]:
         _conditions(record),
         "",
         f"{data['rows']:,} generated rows ({data['valid']:,} valid, {data['rejected']:,} "
-        f"quarantined) through `tuneforge.tasks.validate_data.validate_file` on the loaded "
+        f"quarantined) through `tuneforge.data.validation.validate_file` on the loaded "
         f"rows (streamed, as the validate task reads them): {data['seconds']:.1f} s, "
         f"**{data['rows_per_second']:,} rows/s** (one pass over the loaded rows: "
         f"{data['read_seconds']:.1f} s). Target < {TARGET_VALIDATION_S:.0f} s for 1M rows: "

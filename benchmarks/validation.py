@@ -81,8 +81,8 @@ def run_command(path: Path, quarantine: Path) -> dict[str, object]:
 def validate_task(path: Path, tmp: Path) -> dict[str, object]:
     """What the `validate_dataset` task does, in this process, on the rows `load_dataset`
     wrote: read them (streamed), validate, write valid and quarantine files. Seconds."""
-    from tuneforge.tasks.load_data import iter_raw_rows, iter_rows, write_raw_rows
-    from tuneforge.tasks.validate_data import resolve_rows, validate_file
+    from tuneforge.data.reading import iter_raw_rows, iter_rows, write_raw_rows
+    from tuneforge.data.validation import resolve_rows, validate_file
 
     loaded = tmp / "loaded.jsonl"
     columns = write_raw_rows(iter_rows(str(path)), loaded)
@@ -103,8 +103,8 @@ def validate_task(path: Path, tmp: Path) -> dict[str, object]:
 
 
 def profile(path: Path) -> str:
-    from tuneforge.tasks.load_data import iter_rows
-    from tuneforge.tasks.validate_data import validate_file
+    from tuneforge.data.reading import iter_rows
+    from tuneforge.data.validation import validate_file
 
     profiler = cProfile.Profile()
     with tempfile.TemporaryDirectory() as tmp:

@@ -23,7 +23,8 @@ from tuneforge.config import RunConfig
 from tuneforge.errors import first_line
 from tuneforge.flows.retrain import SkippedRun, retrain
 from tuneforge.pipelines import PipelineSpec
-from tuneforge.tasks.report import StageOutcome, report_pipeline, stage_outcome
+from tuneforge.reporting import StageOutcome, stage_outcome
+from tuneforge.tasks.report import report_pipeline
 from tuneforge.tracking import resolve_tracking_uri, run_status, start_run
 
 

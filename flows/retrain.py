@@ -18,17 +18,19 @@ from pathlib import Path
 from prefect import flow
 
 from tuneforge.config import RunConfig
+from tuneforge.lineage import BASE, TUNED
 from tuneforge.preflight import check_run
+from tuneforge.reporting import training_notes
 from tuneforge.run_context import RunContext
 from tuneforge.slots import RetrainSlot, one_retrain_at_a_time
 from tuneforge.tasks.evaluate import evaluate_champion, evaluate_model
 from tuneforge.tasks.load_data import load_dataset
 from tuneforge.tasks.model_source import resolve_base_model
 from tuneforge.tasks.register import Registration, register_model, unchanged_since_champion
-from tuneforge.tasks.report import report_run, training_notes
+from tuneforge.tasks.report import report_run
 from tuneforge.tasks.split_data import SplitPaths, split_dataset
 from tuneforge.tasks.tracking_run import start_tracking_run
-from tuneforge.tasks.train import train
+from tuneforge.tasks.train import train_here_or_on_pool
 from tuneforge.tasks.validate_data import ValidationReport, validate_dataset
 from tuneforge.tracking import resolve_tracking_uri, run_status
 from tuneforge.training.loop import TrainResult
@@ -96,7 +98,7 @@ def _retrain_in(
             return SkippedRun(ctx.run_id, ctx.tracking_uri, unchanged.reason, unchanged.version)
     split = split_dataset(valid_path=validation.valid_path, data=config.data)
     base_dir = resolve_base_model(model=config.model, train_path=split.train_path, ctx=ctx)
-    trained = train(
+    trained = train_here_or_on_pool(
         config=config,
         base_dir=base_dir,
         train_path=split.train_path,
@@ -107,16 +109,16 @@ def _retrain_in(
         label: evaluate_model(
             model_dir=model_dir, label=label, eval_path=split.eval_path, config=config, ctx=ctx
         )
-        for label, model_dir in (("base", base_dir), ("tuned", trained.model_dir))
+        for label, model_dir in ((BASE, base_dir), (TUNED, trained.model_dir))
     }
     champion = evaluate_champion(
-        eval_path=split.eval_path, base_metrics=scores["base"], config=config, ctx=ctx
+        eval_path=split.eval_path, base_metrics=scores[BASE], config=config, ctx=ctx
     )
     slot.check_held()  # registration is the one step two runs must never both take
     registration = register_model(
         model_dir=trained.model_dir,
-        base_metrics=scores["base"],
-        tuned_metrics=scores["tuned"],
+        base_metrics=scores[BASE],
+        tuned_metrics=scores[TUNED],
         champion=champion,
         registry=config.registry,
         ctx=ctx,
@@ -125,12 +127,10 @@ def _retrain_in(
     )
     report_run(
         eval_dir=str(Path(split.eval_path).parent),
-        base=scores["base"],
-        tuned=scores["tuned"],
+        base=scores[BASE],
+        tuned=scores[TUNED],
         decision=registration.decision,
-        notes=training_notes(trained, scores["tuned"], validation.schema),
+        notes=training_notes(trained, scores[TUNED], validation.schema),
         ctx=ctx,
     )
-    return RetrainResult(
-        ctx, validation, split, trained, scores["base"], scores["tuned"], registration
-    )
+    return RetrainResult(ctx, validation, split, trained, scores[BASE], scores[TUNED], registration)

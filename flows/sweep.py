@@ -26,6 +26,8 @@ from tuneforge import lineage
 from tuneforge.config import RunConfig
 from tuneforge.flows.retrain import SkippedRun
 from tuneforge.flows.sweep_candidate import SweepInputs, as_candidate, run_candidate
+from tuneforge.lineage import BASE
+from tuneforge.reporting import CandidateOutcome, rank
 from tuneforge.run_context import RunContext
 from tuneforge.slots import RetrainSlot, one_retrain_at_a_time
 from tuneforge.sweeps import SweepSpec, check_sweep, sweep_fingerprint, threads_per_candidate
@@ -39,7 +41,7 @@ from tuneforge.tasks.register import (
     unchanged_since_champion,
 )
 from tuneforge.tasks.split_data import split_dataset
-from tuneforge.tasks.sweep_report import CandidateOutcome, rank, report_sweep
+from tuneforge.tasks.sweep_report import report_sweep
 from tuneforge.tasks.sweep_run import start_sweep_run
 from tuneforge.tasks.validate_data import validate_dataset
 from tuneforge.tracking import resolve_tracking_uri, run_status
@@ -106,7 +108,7 @@ def _sweep_in(
     split = split_dataset(valid_path=validation.valid_path, data=config.data)
     base_dir = resolve_base_model(model=config.model, train_path=split.train_path, ctx=ctx)
     base = evaluate_model(
-        model_dir=base_dir, label="base", eval_path=split.eval_path, config=config, ctx=ctx
+        model_dir=base_dir, label=BASE, eval_path=split.eval_path, config=config, ctx=ctx
     )
     inputs = SweepInputs(
         sweep=spec.name,

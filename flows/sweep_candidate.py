@@ -16,12 +16,13 @@ from prefect import flow, get_run_logger, task
 from tuneforge import lineage
 from tuneforge.config import RunConfig
 from tuneforge.errors import first_line
+from tuneforge.lineage import TUNED
+from tuneforge.reporting import CandidateOutcome, training_notes
 from tuneforge.tasks.evaluate import evaluate_model
-from tuneforge.tasks.report import report_run, training_notes
-from tuneforge.tasks.sweep_report import CandidateOutcome
+from tuneforge.tasks.report import report_run
 from tuneforge.tasks.sweep_run import adopt_sweep_inputs, candidate_run
 from tuneforge.tasks.tracking_run import start_tracking_run
-from tuneforge.tasks.train import train
+from tuneforge.tasks.train import train_here_or_on_pool
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ def sweep_candidate(*, name: str, config: RunConfig, inputs: SweepInputs) -> Can
         split = adopt_sweep_inputs(
             sweep_run_id=inputs.run_id, split_dir=inputs.split_dir, base=inputs.base, ctx=ctx
         )
-        trained = train(
+        trained = train_here_or_on_pool(
             config=config,
             base_dir=inputs.base_dir,
             train_path=split.train_path,
@@ -96,7 +97,7 @@ def sweep_candidate(*, name: str, config: RunConfig, inputs: SweepInputs) -> Can
         )
         tuned = evaluate_model(
             model_dir=trained.model_dir,
-            label="tuned",
+            label=TUNED,
             eval_path=split.eval_path,
             config=config,
             ctx=ctx,

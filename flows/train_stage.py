@@ -21,7 +21,7 @@ from tuneforge import lineage
 from tuneforge.config import RunConfig
 from tuneforge.run_context import RunContext
 from tuneforge.tasks.model_source import resolve_base_model
-from tuneforge.tasks.train import train
+from tuneforge.tasks.train import train_here_or_on_pool
 from tuneforge.tasks.train_remote import HANDOVER
 
 
@@ -48,7 +48,7 @@ def _train_in(work: Path, cfg: RunConfig, run_id: str, tracking_uri: str) -> dic
     model = cfg.model.model_copy(update={"source": f"models:/{parent}"}) if parent else cfg.model
     train_path = str(data / "train.jsonl")
     base_dir = resolve_base_model(model=model, train_path=train_path, ctx=ctx)
-    trained = train(
+    trained = train_here_or_on_pool(
         config=cfg,
         base_dir=base_dir,
         train_path=train_path,

@@ -89,6 +89,10 @@ class TuningStrategy(Protocol):
 
 
 OPTIONAL_MEMBERS = ("capabilities", "load_options")
+# How strategies said what data they train on before `capabilities` (tuneforge 0.1): class
+# attributes, still honoured (with a DeprecationWarning) for a class that declares no
+# capabilities.
+LEGACY_ABILITIES = {"trains_chat": "chat", "trains_text": "text", "packs_text": "packs_text"}
 
 
 def with_defaults(cls: type) -> type:
@@ -97,11 +101,24 @@ def with_defaults(cls: type) -> type:
 
     A class that subclasses `TuningStrategy` has them already; one written against the
     contract before `capabilities` and `load_options` joined it gets a subclass of itself and
-    `TuningStrategy` (same name and module), which inherits them. Anything else is returned
-    as it is, for the conformance check to judge."""
+    `TuningStrategy` (same name and module), which inherits them. Its old ability attributes
+    (`trains_text = True`, ...) become its `capabilities`, with a DeprecationWarning. Anything
+    else is returned as it is, for the conformance check to judge."""
     if not isinstance(cls, type) or TuningStrategy in cls.__mro__:
         return cls
     if all(hasattr(cls, member) for member in OPTIONAL_MEMBERS):
         return cls
     names = {"__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__}
+    legacy = {new: getattr(cls, old) for old, new in LEGACY_ABILITIES.items() if hasattr(cls, old)}
+    if legacy and not hasattr(cls, "capabilities"):
+        import warnings
+
+        said = ", ".join(f"{old}" for old in LEGACY_ABILITIES if hasattr(cls, old))
+        warnings.warn(
+            f"{cls.__qualname__}: {said} are deprecated; declare capabilities: "
+            f"ClassVar[Capabilities] = Capabilities(...) instead",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        names["capabilities"] = Capabilities(**legacy)
     return type(cls.__name__, (cls, TuningStrategy), names)

@@ -1,24 +1,23 @@
-"""Log the tuned model to MLflow, register a version, and promote it only when it wins.
+"""Register the tuned model as a version, and promote it only when it wins (the tasks).
 
-The model is saved in MLflow's transformers flavour (safetensors weights plus tokenizer) with a
-prompt template, so `mlflow.pyfunc.load_model("models:/NAME@champion").predict([...])` answers
-plain instructions. The files are uploaded to the run first, every one checked by path and size,
-and only then is a version registered from them, so a version never points at a half-uploaded
-model. The task is safe to repeat: a re-run (or a Prefect retry) for the same run finds the
-version it registered and finishes it (tags, alias, description) instead of adding another.
+The model is saved as a tuneforge pyfunc model (`tuneforge/packaging.py`), so
+`mlflow.pyfunc.load_model("models:/NAME@champion").predict([...])` answers plain instructions.
+The files are uploaded to the run first, every one checked by path and size, and only then is
+a version registered from them, so a version never points at a half-uploaded model. The task is
+safe to repeat: a re-run (or a Prefect retry) for the same run finds the version it registered
+and finishes it (tags, alias, description) instead of adding another.
 
-Promotion: the new version takes the `champion` alias when there is no champion yet or when it
-beats the champion on `tuned.<metric>`; otherwise it takes the `challenger` alias and the
-champion stays. The decision and its reason are tagged on the version.
+Promotion (`tuneforge/promotion.py`): the new version takes the `champion` alias when there is
+no champion yet or when it beats the base and the champion on `tuned.<metric>` and passes the
+paired checks; otherwise it takes the `challenger` alias and the champion stays. The decision
+and its reason are tagged on the version.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import tempfile
-import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +27,19 @@ from tuneforge import lineage
 from tuneforge.config import RegistryConfig
 from tuneforge.jsonl import read_jsonl
 from tuneforge.lineage import CHALLENGER, CHAMPION
-from tuneforge.models import load_pretrained
+from tuneforge.packaging import (
+    MODEL_ARTIFACT,
+    IncompleteUpload,
+    ModelPackage,
+    adapter_base,
+    log_model_artifacts,
+    merged_checkpoint,
+    model_card,
+)
 from tuneforge.pause_points import pause_point
+from tuneforge.promotion import decide, paired_gate
 from tuneforge.run_context import RunContext
 from tuneforge.tracking import is_unreachable
-
-MODEL_ARTIFACT = "model"
 
 
 @dataclass(frozen=True)
@@ -48,292 +54,6 @@ class Registration:
     def decision(self) -> str:
         held = f"is {self.alias}" if self.alias else "has no alias"
         return f"{self.name} version {self.version} {held}: {self.reason}"
-
-
-def _pip_requirements() -> list[str]:
-    from importlib.metadata import version
-
-    packages = ("torch", "transformers", "tokenizers", "peft")
-    return [f"{pkg}=={version(pkg).split('+')[0]}" for pkg in packages]
-
-
-class IncompleteUpload(ValueError):
-    """The run's copy of the model lacks files or has some at the wrong size (one line)."""
-
-
-def local_files(root: Path) -> dict[str, int]:
-    """Every file under `root`, by path relative to it, with its size in bytes."""
-    return {
-        path.relative_to(root).as_posix(): path.stat().st_size
-        for path in root.rglob("*")
-        if path.is_file()
-    }
-
-
-def uploaded_files(client: Any, run_id: str, root: str) -> dict[str, int | None]:
-    """Every artifact file of the run under `root` (recursively), by path relative to `root`,
-    with the size the artifact store reports (None where it reports none)."""
-    found: dict[str, int | None] = {}
-    pending = [root]
-    while pending:
-        for info in client.list_artifacts(run_id, pending.pop()):
-            if info.is_dir:
-                pending.append(info.path)
-            else:
-                found[info.path.removeprefix(f"{root}/")] = info.file_size
-    return found
-
-
-def check_upload(
-    local: dict[str, int], uploaded: dict[str, int | None], run_id: str, tracking_uri: str
-) -> None:
-    """Raises `IncompleteUpload` unless every local file was uploaded with its size."""
-    missing = sorted(set(local) - set(uploaded))
-    wrong_size = sorted(
-        f"{path} ({uploaded[path]} of {size} bytes)"
-        for path, size in local.items()
-        if uploaded.get(path) is not None and uploaded[path] != size
-    )
-    problems = []
-    if missing:
-        problems.append(f"missing {missing}")
-    if wrong_size:
-        problems.append(f"wrong size {wrong_size}")
-    if problems:
-        raise IncompleteUpload(
-            f"model upload to run {run_id} at {tracking_uri} incomplete "
-            f"({len(missing) + len(wrong_size)} of {len(local)} files): {'; '.join(problems)}; "
-            "nothing was registered"
-        )
-
-
-@dataclass(frozen=True)
-class ModelPackage:
-    """What a registered version holds besides the checkpoint (see `tuneforge.serving`)."""
-
-    base: str | None  # an adapter's lasting base address; None for a full checkpoint
-    dtype: str = "float32"  # what the weights load in
-    max_new_tokens: int = 64  # predict's default answer length: the evaluation's
-    trust_remote_code: bool = False
-
-
-def adapter_base(base_path: str, lineage_tags: dict[str, str]) -> str:
-    """The address of an adapter's base that outlives this worker: the registry version it was
-    pinned to, the hub id at the commit the cache holds, else `bundled` (the base is copied
-    into the version: a tiny or local base has no address another machine can resolve)."""
-    from tuneforge.serving import hub_reference
-
-    if parent := lineage_tags.get(lineage.PARENT_VERSION):
-        return f"models:/{parent}"
-    source, path = lineage_tags.get(lineage.BASE_MODEL, ""), Path(base_path)
-    if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
-        return hub_reference(source, path.name)  # a hub cache snapshot is named by its commit
-    return "bundled"
-
-
-def _link_files(src: Path, dst: Path) -> Path:
-    """`dst` with hard links to (or copies of) the files directly in `src`: the checkpoint
-    without what a strategy keeps beside it (a merged export, optimizer state)."""
-    import os
-    import shutil
-
-    dst.mkdir(parents=True)
-    for file in src.iterdir():
-        if file.is_file():
-            try:
-                os.link(file, dst / file.name)
-            except OSError:  # another file system
-                shutil.copy2(file, dst / file.name)
-    return dst
-
-
-def save_package(model_dir: Path, package: ModelPackage, local: Path, tmp: Path) -> None:
-    """Writes the MLflow pyfunc model of `tuneforge.serving` for `model_dir` into `local`."""
-    import shutil
-
-    import mlflow.pyfunc
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import ParamSchema, ParamSpec
-
-    from tuneforge import prompts, serving
-
-    adapter = package.base is not None
-    tmp.mkdir(parents=True, exist_ok=True)
-    manifest = {"tuneforge_layout": serving.LAYOUT, "adapter": adapter, **asdict(package)}
-    (tmp / serving.MANIFEST).write_text(json.dumps(manifest, indent=1))
-    artifacts = {
-        serving.CHECKPOINT: str(_link_files(model_dir, tmp / serving.CHECKPOINT)),
-        "manifest": str(tmp / serving.MANIFEST),
-    }
-    if package.base == "bundled":
-        base_dir = json.loads((model_dir / "adapter_config.json").read_text())
-        base = Path(base_dir["base_model_name_or_path"])
-        artifacts[serving.BUNDLED_BASE] = str(_link_files(base, tmp / serving.BUNDLED_BASE))
-    shutil.copy2(prompts.__file__, tmp / "tuneforge_prompts.py")  # serving's one import
-    # Parameters only: an input schema would make MLflow coerce the inputs (strings, records
-    # and chat turns alike) into one table; `serving.conversations` checks them instead.
-    signature = ModelSignature(
-        params=ParamSchema(
-            [
-                ParamSpec("max_new_tokens", "long", package.max_new_tokens),
-                ParamSpec("batch_size", "long", 16),
-            ]
-        )
-    )
-    with warnings.catch_warnings():  # "no input example": one would run the model at save time
-        warnings.simplefilter("ignore")
-        mlflow.pyfunc.save_model(
-            path=str(local),
-            python_model=serving.__file__,
-            artifacts=artifacts,
-            code_paths=[str(tmp / "tuneforge_prompts.py")],
-            pip_requirements=_pip_requirements(),
-            signature=signature,
-            # Shown in the MLflow UI; with a signature given, saved without running the model.
-            input_example=[
-                {"instruction": "Convert to uppercase.", "input": "salt"},
-                {"instruction": "Name a colour.", "input": ""},
-            ],
-        )
-
-
-def merged_checkpoint(adapter_dir: Path, dst: Path, trust_remote_code: bool) -> Path:
-    """Base and adapter merged into one checkpoint (`registry.adapters: merged`)."""
-    model, tokenizer = load_pretrained(adapter_dir, trust_remote_code=trust_remote_code)
-    model.merge_and_unload().save_pretrained(dst)
-    tokenizer.save_pretrained(dst)
-    return dst
-
-
-def log_model_artifacts(
-    model_dir: str, package: ModelPackage, run_id: str, tracking_uri: str
-) -> str:
-    """Saves the checkpoint as a tuneforge pyfunc model under the run and returns its URI once
-    every file is in the artifact store at its size (else `IncompleteUpload`)."""
-    from mlflow.tracking import MlflowClient
-
-    with tempfile.TemporaryDirectory() as tmp:
-        local = Path(tmp) / MODEL_ARTIFACT
-        save_package(Path(model_dir), package, local, Path(tmp))
-        client = MlflowClient(tracking_uri)
-        client.log_artifacts(run_id, str(local), artifact_path=MODEL_ARTIFACT)
-        uploaded = uploaded_files(client, run_id, MODEL_ARTIFACT)
-        check_upload(local_files(local), uploaded, run_id, tracking_uri)
-    return f"runs:/{run_id}/{MODEL_ARTIFACT}"
-
-
-def _gain(candidate: float, reference: float, higher_is_better: bool) -> float:
-    return candidate - reference if higher_is_better else reference - candidate
-
-
-def decide(
-    candidate: float,
-    base: float | None,
-    champion: float | None,
-    cfg: RegistryConfig,
-    paired_failure: str | None = None,
-) -> tuple[bool, str]:
-    """Whether the candidate should become champion, and why (one sentence).
-
-    It must beat the base by more than `min_improvement_over_base`, pass the paired checks
-    against the base (`paired_failure`: `registry.min_correct`, `registry.max_p_value`), and
-    beat the current champion (if any) by more than `min_improvement`, on `tuned.<metric>` in
-    the configured direction.
-    """
-    metric, up = cfg.metric, cfg.higher_wins
-    if base is not None and _gain(candidate, base, up) <= cfg.min_improvement_over_base:
-        margin = (
-            f" by more than {cfg.min_improvement_over_base}"
-            if cfg.min_improvement_over_base
-            else ""
-        )
-        return False, f"{metric}={candidate:.4f} does not beat the base's {base:.4f}{margin}"
-    if paired_failure:
-        return False, f"{metric}={candidate:.4f} beats the base, but {paired_failure}"
-    if champion is None:
-        return True, f"no current champion; {metric}={candidate:.4f}"
-    if _gain(candidate, champion, up) <= cfg.min_improvement:
-        margin = f" by more than {cfg.min_improvement}" if cfg.min_improvement else ""
-        return False, f"{metric}={candidate:.4f} does not beat champion's {champion:.4f}{margin}"
-    return True, f"{metric}={candidate:.4f} beats champion's {champion:.4f}"
-
-
-def _subset(rows: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
-    """The rows `metric` is computed on: all, a task family's, held-in / held-out ones, or an
-    `evaluation.groups` group's."""
-    _, _, narrowed = metric.partition(".")
-    if not narrowed:
-        return rows
-    if narrowed in ("held_in", "held_out"):
-        return [r for r in rows if r.get("held_out") == (narrowed == "held_out")]
-    if any(narrowed in r.get("groups", ()) for r in rows):
-        return [r for r in rows if narrowed in r.get("groups", ())]
-    return [r for r in rows if lineage.metric_safe(r.get("task") or "untagged") == narrowed]
-
-
-def sign_test_p(wins: int, losses: int) -> float:
-    """One-sided exact sign test: the chance of at least `wins` of `wins + losses` differing
-    rows going the candidate's way if neither model were better. On per-row exact match this
-    is McNemar's exact test."""
-    n = wins + losses
-    return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2**n if n else 1.0
-
-
-def paired_gate(
-    base_rows: list[dict[str, Any]], tuned_rows: list[dict[str, Any]], cfg: RegistryConfig
-) -> str | None:
-    """Why the candidate fails `registry.min_correct` or `registry.max_p_value` against the
-    base on the same eval rows, or None when it passes (or neither is asked for)."""
-    tuned = _subset(tuned_rows, cfg.metric)
-    base = {r["row"]: r for r in _subset(base_rows, cfg.metric)}
-    answered = [r for r in tuned if "exact" in r]  # raw text has no answers to count
-    if cfg.min_correct and answered:
-        correct = sum(bool(r["exact"]) for r in answered)
-        if correct < cfg.min_correct:
-            return (
-                f"only {correct} of {len(answered)} eval rows answered exactly "
-                f"(registry.min_correct={cfg.min_correct})"
-            )
-    if cfg.max_p_value is None:
-        return None
-    family = cfg.metric.split(".", 1)[0]
-    # Per row: `exact` for exact match, the evaluator's own value, or the loss (both losses).
-    key = {"exact_match": "exact", "eval_loss": "loss", "perplexity": "loss"}.get(family, family)
-    sign = 1 if cfg.higher_wins else -1
-    wins = losses = 0
-    for row in tuned:
-        other = base.get(row["row"])
-        if other is None or row.get(key) is None or other.get(key) is None:
-            continue
-        difference = sign * (float(row[key]) - float(other[key]))
-        wins += difference > 0
-        losses += difference < 0
-    p = sign_test_p(wins, losses)
-    if p > cfg.max_p_value:
-        return (
-            f"not significantly better than the base on {len(tuned)} eval rows (sign test on "
-            f"per-row {key}: {wins} better, {losses} worse, p={p:.3g} > "
-            f"registry.max_p_value={cfg.max_p_value:g})"
-        )
-    return None
-
-
-def model_card(name: str, version: str, reason: str, tags: dict, base: dict, tuned: dict) -> str:
-    """A markdown model card: what this version is, where it came from, how it scored."""
-    table = "\n".join(
-        f"| {k.removeprefix(lineage.TAG_PREFIX)} | {v} |" for k, v in sorted(tags.items())
-    )
-    rows = "\n".join(
-        f"| {k} | {base.get(k, float('nan')):.4f} | {v:.4f} |"
-        for k, v in tuned.items()
-        if k != "examples"
-    )
-    return (
-        f"# {name} version {version}\n\n"
-        f"Decision: {reason}\n\n"
-        f"## Evaluation (held-back split)\n\n| metric | base | tuned |\n|---|---|---|\n{rows}\n\n"
-        f"## Lineage\n\n| key | value |\n|---|---|\n{table}\n"
-    )
 
 
 @dataclass(frozen=True)

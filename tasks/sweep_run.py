@@ -108,7 +108,7 @@ def end_crashed_sweep_runs(
         return []
     running = client.search_runs(
         [experiment.experiment_id],
-        filter_string=f"attributes.status = 'RUNNING' and tags.`tuneforge.sweep` = '{sweep}'",
+        filter_string=f"attributes.status = 'RUNNING' and tags.`{lineage.SWEEP}` = '{sweep}'",
     )
     mine = [
         run
@@ -132,7 +132,7 @@ def candidate_run(tracking_uri: str, sweep_run_id: str, name: str) -> RunContext
         [sweep.info.experiment_id],
         filter_string=(
             f"tags.`mlflow.parentRunId` = '{sweep_run_id}' and "
-            f"tags.`tuneforge.sweep_candidate` = '{name}'"
+            f"tags.`{lineage.SWEEP_CANDIDATE}` = '{name}'"
         ),
         max_results=1,
     )

@@ -1,7 +1,10 @@
 """Train a model: the `train_with_strategy` task over the training engine
-(`tuneforge/training/`), and `train`, the one place that decides where a flow trains.
+(`tuneforge/training/`), and `train_here_or_on_pool`, the one place that decides where a flow
+trains (retrain, a sweep's candidate, the train-stage deployment).
 
-    trained = train(config=config, base_dir=base_dir, train_path=..., eval_path=..., ctx=ctx)
+    trained = train_here_or_on_pool(
+        config=config, base_dir=base_dir, train_path=..., eval_path=..., ctx=ctx
+    )
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from tuneforge.config import RunConfig, TrainConfig
-from tuneforge.lineage import BATCHES, CHECKPOINT_STEP, SWEEP, SWEEP_CANDIDATE
+from tuneforge.lineage import BATCHES, CHECKPOINT_STEP, SWEEP, SWEEP_CANDIDATE, TRAIN_LOSS
 from tuneforge.paths import inside, safe_component
 from tuneforge.run_context import RunContext
 from tuneforge.slots import training_slot
@@ -24,7 +27,7 @@ from tuneforge.training.launch import train_from_files
 from tuneforge.training.loop import TrainResult, finished_result
 
 
-def train(
+def train_here_or_on_pool(
     *,
     config: RunConfig,
     base_dir: str,
@@ -105,12 +108,12 @@ def train_with_strategy(
 
     def on_metrics(step: int, values: dict[str, float]) -> None:
         metrics.log(values, step)
-        if log_steps and "train.loss" in values:
+        if log_steps and TRAIN_LOSS in values:
             logger.info(
                 "step %d/%d loss %.4f tokens/s %.0f",
                 step,
                 train.steps,
-                values["train.loss"],
+                values[TRAIN_LOSS],
                 values["train.tokens_per_second"],
             )
 

@@ -1,8 +1,9 @@
 """Train on another work pool: hand the split over through the MLflow run, run the
 `train-stage` deployment there, and take the tuned checkpoint back the same way.
 
-Used by the `retrain` flow when `train.deployment` names a deployment of
-`flows/train_stage.py:train_stage` (e.g. on the GPU pool); the rest of the flow stays put.
+Chosen by `tasks/train.py:train_here_or_on_pool`, for every flow that trains, when
+`train.deployment` names a deployment of `flows/train_stage.py:train_stage` (e.g. on the GPU
+pool); the rest of the flow stays put.
 """
 
 from __future__ import annotations

@@ -143,8 +143,8 @@ def _default_tracking_uri_restored():
 @pytest.fixture(scope="session")
 def bundled_records() -> list[dict]:
     """The bundled dataset, validated into canonical records."""
-    from tuneforge.tasks.load_data import read_rows
-    from tuneforge.tasks.validate_data import validate_rows
+    from tuneforge.data.reading import read_rows
+    from tuneforge.data.validation import validate_rows
 
     valid, rejected = validate_rows(read_rows(str(BUNDLED_DATA)), max_chars=2000)
     assert not rejected

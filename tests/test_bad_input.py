@@ -25,12 +25,12 @@ from typer.testing import CliRunner
 from tests.conftest import PRESET, _free_port
 from tuneforge.cli import app
 from tuneforge.config import ConfigError, load_config, parse_config
+from tuneforge.data.reading import DataLoadError, read_rows
+from tuneforge.data.validation import validate_rows
 from tuneforge.data_schemas import SchemaError
 from tuneforge.jsonl import write_jsonl
 from tuneforge.paths import inside, safe_component
 from tuneforge.preflight import check_run
-from tuneforge.tasks.load_data import DataLoadError, read_rows
-from tuneforge.tasks.validate_data import validate_rows
 
 OK = '{"instruction": "Say hi.", "output": "Hi."}'
 OK2 = '{"instruction": "Say bye.", "output": "Bye."}'
@@ -534,7 +534,7 @@ def test_inside_refuses_a_symlink_out_of_the_root(tmp_path):
 
 @pytest.mark.parametrize("task", ["../../x", "/abs", "..", ".", "a//b", "a/./b", "x/"])
 def test_task_family_that_is_a_path_is_quarantined(task):
-    from tuneforge.tasks.load_data import RawRow
+    from tuneforge.data.reading import RawRow
 
     rows = [RawRow(1, {"instruction": "q", "output": "a", "task": task})]
     valid, quarantine = validate_rows(rows, max_chars=100)
@@ -543,7 +543,7 @@ def test_task_family_that_is_a_path_is_quarantined(task):
 
 @pytest.mark.parametrize("task", ["add", "qa/math", "v1.2", "Reverse words"])
 def test_ordinary_task_families_stay_valid(task):
-    from tuneforge.tasks.load_data import RawRow
+    from tuneforge.data.reading import RawRow
 
     valid, _ = validate_rows([RawRow(1, {"instruction": "q", "output": "a", "task": task})], 100)
     assert valid[0]["task"] == task

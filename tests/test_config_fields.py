@@ -43,10 +43,20 @@ def test_the_walk_reaches_every_section():
     assert {"EvalConfig", "RegistryConfig", "TrackingConfig"} <= names
 
 
-def test_every_config_field_has_a_description():
+def _pipeline_and_sweep_files() -> list[type[BaseModel]]:
+    from tuneforge.pipelines import PipelineSpec
+    from tuneforge.sweeps import SweepSpec
+
+    return [*_config_models(PipelineSpec), *_config_models(SweepSpec)]
+
+
+@pytest.mark.parametrize(
+    "models", [_config_models, _pipeline_and_sweep_files], ids=["run config", "pipeline, sweep"]
+)
+def test_every_config_field_has_a_description(models):
     undescribed = [
         f"{model.__name__}.{name}"
-        for model in _config_models()
+        for model in models()
         for name, field in model.model_fields.items()
         if not (field.description or "").strip()
     ]

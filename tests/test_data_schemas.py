@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
+from tuneforge.data.reading import read_rows
+from tuneforge.data.validation import resolve_rows, validate_rows
 from tuneforge.data_schemas import SCHEMAS, SchemaError, resolve_columns
-from tuneforge.tasks.load_data import read_rows
-from tuneforge.tasks.validate_data import resolve_rows, validate_rows
 
 FORMATS = ("jsonl", "json", "csv", "parquet", "hf")
 ROLE_NAMES = {"user": "human", "assistant": "gpt", "system": "system"}
@@ -98,7 +98,7 @@ def test_a_sharegpt_system_turn_and_several_rounds_become_chat_turns():
         {"from": "human", "value": "And 3+3?"},
         {"from": "gpt", "value": "6"},
     ]
-    from tuneforge.tasks.load_data import RawRow
+    from tuneforge.data.reading import RawRow
 
     valid, _ = validate_rows([RawRow(1, {"conversations": convo})], 100)
 

@@ -59,7 +59,7 @@ def test_held_out_families_are_reported_apart_from_held_in_ones():
 
 def test_named_groups_of_families_are_reported_and_gate_on_their_rows():
     from tuneforge.config import RegistryConfig
-    from tuneforge.tasks.register import paired_gate
+    from tuneforge.promotion import paired_gate
 
     records = [_record(1, "a", "X"), _record(2, "b", "Y"), _record(3, "c", "Z")]
     metrics, _ = score(records, ["X", "no", "Z"], ["b", "c"], groups={"unseen": ["b", "c"]})

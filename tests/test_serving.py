@@ -66,7 +66,7 @@ def test_inputs_it_cannot_answer_are_refused_naming_them(bad, message):
 
 
 def test_an_adapter_records_a_base_address_that_outlives_the_worker(tmp_path: Path):
-    from tuneforge.tasks.register import adapter_base
+    from tuneforge.packaging import adapter_base
 
     pinned = {"tuneforge.parent_version": "demo/7", "tuneforge.base_model": "models:/demo@x"}
     assert adapter_base(str(tmp_path / "run" / "base"), pinned) == "models:/demo/7"
@@ -101,7 +101,8 @@ def test_adapter_version_loads_after_its_base_and_adapter_are_deleted(
 ):
     import mlflow.pyfunc
 
-    from tuneforge.tasks.register import _package, save_package
+    from tuneforge.packaging import save_package
+    from tuneforge.tasks.register import _package
 
     base = Path(shutil.copytree(tiny_model_dir, tmp_path / "scratch" / "base"))
     adapter = _adapter(base, tmp_path / "scratch" / "adapter")
@@ -138,7 +139,8 @@ def test_adapter_on_a_hub_base_resolves_it_offline_at_its_commit(
     import mlflow.pyfunc
 
     from tests.conftest import cache_hub_checkpoint
-    from tuneforge.tasks.register import _package, save_package
+    from tuneforge.packaging import save_package
+    from tuneforge.tasks.register import _package
 
     snapshot = cache_hub_checkpoint(tiny_model_dir, "tuneforge-test/hub-base", "b2" * 20)
     adapter = _adapter(snapshot, tmp_path / "adapter")  # as a run from model.source: Org/Name

@@ -1,4 +1,4 @@
-"""Sweep files (tuneforge/sweeps.py) and the leaderboard's ranking (tasks/sweep_report.py):
+"""Sweep files (tuneforge/sweeps.py) and the leaderboard's ranking (tuneforge/reporting.py):
 every candidate's config is validated when the file loads, each problem one line naming the
 file or the candidate; candidates may vary train.* only."""
 
@@ -13,9 +13,9 @@ import yaml
 from tests.conftest import PRESET, REPO
 from tuneforge.config import ConfigError, RegistryConfig
 from tuneforge.flows.sweep_candidate import SweepInputs, as_candidate
+from tuneforge.reporting import CandidateOutcome, leaderboard_rows, rank
 from tuneforge.run_context import RunContext
 from tuneforge.sweeps import load_sweep, sweep_fingerprint, threads_per_candidate
-from tuneforge.tasks.sweep_report import CandidateOutcome, leaderboard_rows, rank
 from tuneforge.tasks.train import checkpoint_dir
 
 

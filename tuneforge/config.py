@@ -307,9 +307,9 @@ class TrainConfig(Strict):
             "Lay each batch's examples end to end instead of padding them to the longest: the "
             "layers compute real tokens only, attention stays within each example, the loss is "
             "the same (tuneforge/training/padding_free.py). Architectures not verified for it "
-            "(padding_free.VERIFIED), custom model code, or a sliding window shorter than "
-            "max_length train padded (logged, tuneforge.batches tag). Off only to compare "
-            "against padded batches."
+            "(VERIFIED in tuneforge/training/architectures.py), custom model code, or a sliding "
+            "window shorter than max_length train padded (logged, tuneforge.batches tag). Off "
+            "only to compare against padded batches."
         ),
     )
     gradient_checkpointing: bool = not_shaping(

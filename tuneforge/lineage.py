@@ -59,7 +59,9 @@ SWEEP_WINNER = "tuneforge.sweep_winner"
 CHAMPION, CHALLENGER = "champion", "challenger"
 
 # Metric names: `<label>.<metric>` for each model scored on a run's eval split
-# (`tuned.exact_match`, `base.exact_match.held_out`), training's own as `train.*`.
+# (`tuned.exact_match`, `base.exact_match.held_out`). Training logs its own as `train.*`
+# (the engine's TrainResult.summary_metrics and step metrics: written and read there, and
+# shown as logged); the loss curve is the one other code reads.
 BASE, TUNED, CHAMPION_SCORES = "base", "tuned", "champion"
 TRAIN_LOSS = "train.loss"
 
@@ -81,8 +83,10 @@ def scores_of(label: str, metrics: dict[str, float]) -> dict[str, float]:
     return {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix)}
 
 
-# Prefect: the tags a flow run holding a model's retrain slot carries (`tuneforge slots list`
-# reads them), and the event the on-new-data deployment is triggered by, with its resource id.
+# Prefect: each model's retrain slot (a global concurrency limit of one), the tags a flow run
+# holding it carries (`tuneforge slots list` reads them), and the event the on-new-data
+# deployment is triggered by, with its resource id.
+RETRAIN_SLOT = "retrain-"  # + the model name: the limit's name
 SLOT_TAG = "tuneforge.slot:"  # + the slot's limit name: this flow run took that slot
 LEASE_TAG = "tuneforge.lease:"  # + the lease id it holds the slot under, while it does
 DATA_PUSHED = "tuneforge.data.pushed"

@@ -4,9 +4,10 @@ history (for rollback), lineage tags, and the read side behind `tuneforge models
 Every function takes an `MlflowClient`, so it works the same against `./mlflow.db` and a
 tracking server (`MLFLOW_TRACKING_URI=http://...`).
 
-The champion's history is a registered-model tag, `lineage.CHAMPION_HISTORY`: the versions
-that held `champion`, oldest first. Moving the alias is one registry call (atomic for readers of
-`models:/NAME@champion`); the history is written right after it.
+The champion's history is a registered-model tag, `tuneforge.champion_history`
+(`lineage.CHAMPION_HISTORY`): the versions that held `champion`, oldest first. Moving the alias
+is one registry call (atomic for readers of `models:/NAME@champion`); the history is written
+right after it.
 """
 
 from __future__ import annotations

@@ -31,20 +31,40 @@ PLACEHOLDER_VERSION = "models:/{name}/1"  # stands in for a version not register
 class Stage(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(pattern=r"^[A-Za-z][\w-]*$", max_length=64)
-    preset: str = Field(min_length=1)
-    set: list[str] = []
-    start_from: Literal["previous", "preset"] | None = None  # None: previous, except the first
+    name: str = Field(
+        pattern=r"^[A-Za-z][\w-]*$",
+        max_length=64,
+        description="The stage's name, unique in the pipeline (its run: PIPELINE.STAGE).",
+    )
+    preset: str = Field(
+        min_length=1, description="The stage's run config, relative to the pipeline file."
+    )
+    set: list[str] = Field(
+        [], description="KEY=VALUE overrides of this stage, after the pipeline's."
+    )
+    start_from: Literal["previous", "preset"] | None = Field(
+        None,
+        description=(
+            "previous: model.source is the version the stage before registered, pinned by "
+            "number; preset: the preset's own model.source. null: previous, except for the "
+            "first stage."
+        ),
+    )
 
 
 class PipelineSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(pattern=r"^[A-Za-z][\w.-]*$", max_length=100)
-    set: list[str] = []
-    stages: list[Stage] = Field(min_length=1)
-    # Where the file was read from: presets are relative to its folder.
-    folder: str = "."
+    name: str = Field(
+        pattern=r"^[A-Za-z][\w.-]*$",
+        max_length=100,
+        description="The pipeline's name: its flow run, its MLflow run and its stages' runs.",
+    )
+    set: list[str] = Field([], description="KEY=VALUE overrides of every stage, before its own.")
+    stages: list[Stage] = Field(min_length=1, description="The stages, run in this order.")
+    folder: str = Field(
+        ".", description="Where the file was read from (set on load): presets are relative to it."
+    )
 
     @model_validator(mode="after")
     def _stage_names_are_unique(self) -> PipelineSpec:

@@ -66,7 +66,7 @@ class SlotLostError(ValueError):
 
 
 def slot_name(model_name: str) -> str:
-    return f"retrain-{model_name}"
+    return f"{lineage.RETRAIN_SLOT}{model_name}"
 
 
 @dataclass(frozen=True)
@@ -453,12 +453,12 @@ def list_slots(client: Any) -> list[dict[str, Any]]:
     limits = client.read_global_concurrency_limits(limit=200)
     rows = []
     for limit in sorted(limits, key=lambda lim: lim.name):
-        if not limit.name.startswith("retrain-"):
+        if not limit.name.startswith(lineage.RETRAIN_SLOT):
             continue
         recorded = holders(client, limit.name)
         rows.append(
             {
-                "model": limit.name.removeprefix("retrain-"),
+                "model": limit.name.removeprefix(lineage.RETRAIN_SLOT),
                 "slot": limit.name,
                 "taken": limit.active_slots,
                 "limit": limit.limit,

@@ -39,15 +39,24 @@ NAME = r"^[A-Za-z0-9][\w.=,+-]*$"  # a candidate's name: MLflow run names, Prefe
 class CandidateSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(pattern=NAME, max_length=100)
+    name: str = Field(
+        pattern=NAME, max_length=100, description="The candidate's name, unique in the sweep."
+    )
     set: list[str] = Field([], description="train.* overrides of this candidate")
 
 
 class SweepSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(pattern=r"^[A-Za-z][\w.-]*$", max_length=100)
-    preset: str = Field(min_length=1)
+    name: str = Field(
+        pattern=r"^[A-Za-z][\w.-]*$",
+        max_length=100,
+        description="The sweep's name: its flow run, its MLflow run and its candidates' runs.",
+    )
+    preset: str = Field(
+        min_length=1,
+        description="The run config every candidate starts from, relative to the file.",
+    )
     set: list[str] = Field([], description="Overrides for every candidate, before its own")
     candidates: list[CandidateSpec] = Field(
         [], description="Named sets of train.* overrides (none: the preset as it is)"
@@ -66,7 +75,7 @@ class SweepSpec(BaseModel):
         description=(
             "Candidates training at once. On this machine the cores are divided between them "
             "(train.num_threads = cores // concurrency, each in a process of its own); on a "
-            "work pool (train.deployment) each also waits for a slot of train.pool_limit."
+            "work pool (train.deployment) each also waits for a slot of train.concurrency_limit."
         ),
     )
     register_others: bool = Field(
@@ -76,8 +85,9 @@ class SweepSpec(BaseModel):
             "its rank, to compare or promote by hand later (tuneforge models promote)."
         ),
     )
-    # Where the file was read from: the preset is relative to its folder.
-    folder: str = "."
+    folder: str = Field(
+        ".", description="Where the file was read from (set on load): the preset is relative to it."
+    )
 
     @field_validator("grid")
     @classmethod

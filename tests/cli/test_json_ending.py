@@ -169,3 +169,28 @@ def test_data_push_json_reports_the_resource_and_its_rows(prefect_harness, tmp_p
         "valid": 1,
         "rejected": 1,
     }
+
+
+def test_a_crash_in_a_flow_still_ends_with_a_json_error_under_json(prefect_harness, capsys):
+    """Not bad input (a ValueError or OSError, one line) but a crash: the traceback is printed,
+    exit status 1, and under --json the last stdout line still says what failed."""
+    import typer
+
+    from tuneforge.cli import output
+    from tuneforge.cli.jobs import _run_flow
+
+    def crash() -> None:
+        raise RuntimeError("training process failed (-9):\nKilled")
+
+    with pytest.raises(RuntimeError):  # without --json: as any crash, a traceback
+        _run_flow(crash, debug=False)
+    token = output._as_json.set(True)
+    try:
+        with pytest.raises(typer.Exit) as exited:
+            _run_flow(crash, debug=False)
+    finally:
+        output._as_json.reset(token)
+    assert exited.value.exit_code == 1
+    captured = capsys.readouterr()
+    assert _last_json(captured.out) == {"error": "training process failed (-9):"}
+    assert "Traceback" in captured.err

@@ -7,11 +7,11 @@ import json
 
 from tuneforge.batching import MaskAudit
 from tuneforge.cli.jobs import run_summary, skipped_run_summary
+from tuneforge.data.validation import ValidationReport
 from tuneforge.flows.retrain import RetrainResult, SkippedRun
 from tuneforge.run_context import RunContext
 from tuneforge.tasks.register import Registration
 from tuneforge.tasks.split_data import SplitPaths
-from tuneforge.tasks.validate_data import ValidationReport
 from tuneforge.training.loop import TrainResult
 
 REGISTRATION = Registration(

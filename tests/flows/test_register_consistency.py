@@ -14,8 +14,9 @@ from mlflow.exceptions import MlflowException
 
 from tuneforge.config import RegistryConfig
 from tuneforge.lineage import CHALLENGER, CHAMPION
+from tuneforge.packaging import IncompleteUpload
 from tuneforge.run_context import RunContext
-from tuneforge.tasks.register import IncompleteUpload, register_model, retry_if_unreachable
+from tuneforge.tasks.register import register_model, retry_if_unreachable
 from tuneforge.tracking import start_run
 
 pytestmark = pytest.mark.integration

@@ -135,7 +135,7 @@ def test_evaluation_metrics_are_checked_before_any_work(overrides, phrase):
 
 def test_the_gate_reads_a_plugin_metrics_per_row_values_and_direction():
     from tuneforge.config import RegistryConfig
-    from tuneforge.tasks.register import paired_gate
+    from tuneforge.promotion import paired_gate
 
     base = [{"row": i, "exact": False, "rouge_l": 0.1} for i in range(8)]
     tuned = [{**r, "rouge_l": 0.9} for r in base]

@@ -110,7 +110,7 @@ def test_a_strategy_that_fails_ends_the_command_in_one_line(bitfit, prefect_harn
     # --json: the same line as the last one on stdout, as {"error": ...}
     assert json.loads(quiet.stdout.strip().splitlines()[-1]) == {"error": errors[0][7:]}
     assert "Traceback" not in quiet.stdout + quiet.stderr
-    # (The traceback on the console with --debug: tests/test_cli_console.py.)
+    # (The traceback on the console with --debug: tests/cli/test_console.py.)
 
 
 @pytest.fixture(scope="module")

@@ -172,6 +172,22 @@ def test_a_strategy_written_before_capabilities_gets_the_documented_defaults():
     assert with_defaults(FullStrategy) is FullStrategy
 
 
+class _LegacyTextOnly(_NormsOnly):
+    """Says what it trains the way the first contract had it: class attributes."""
+
+    trains_text: ClassVar[bool] = True
+    trains_chat: ClassVar[bool] = False
+
+
+def test_the_old_ability_attributes_still_count_with_a_deprecation_warning(tiny_model_dir, records):
+    with pytest.warns(DeprecationWarning, match="trains_chat, trains_text are deprecated"):
+        adapted = with_defaults(_LegacyTextOnly)
+    assert adapted.capabilities == Capabilities(chat=False, text=True)
+    # ... and check_strategy exercises them: raw text only (chat records given are left out).
+    with pytest.warns(DeprecationWarning):
+        check_strategy(_LegacyTextOnly, tiny_model_dir, records, max_length=96)
+
+
 class _EagerAttention(_NormsOnly):
     """Loads its base through load_options, and relies on it in prepare_model."""
 

@@ -43,10 +43,8 @@ for _name, _value in (
 
 # Imported after the defaults above: nothing these modules import may read them first.
 from tuneforge.cli import config_fields, data, jobs, models, plugins, slots  # noqa: E402
-from tuneforge.cli.data import default_quarantine  # noqa: E402
-from tuneforge.cli.jobs import prefect_console_handlers  # noqa: E402
 
-__all__ = ["app", "default_quarantine", "prefect_console_handlers"]
+__all__ = ["app"]
 
 # install_redaction runs before every command: secrets in the environment are masked in all
 # logs and output (tuneforge/secrets.py).

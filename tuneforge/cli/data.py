@@ -51,10 +51,10 @@ def validate(
 ) -> None:
     """Validate a dataset. Exit 0: all rows valid; 1: some quarantined; 2: unusable (no schema
     fits, a column nothing reads, every row rejected, or the file cannot be read)."""
+    from tuneforge.data.reading import DataLoadError, iter_rows
+    from tuneforge.data.validation import validate_source
     from tuneforge.data_schemas import SCHEMA_NAMES, SchemaError
     from tuneforge.jsonl import iter_jsonl
-    from tuneforge.tasks.load_data import DataLoadError, iter_rows
-    from tuneforge.tasks.validate_data import validate_source
 
     if schema not in SCHEMA_NAMES:
         fail(f"--schema {schema!r}: use one of {', '.join(SCHEMA_NAMES)}")
@@ -147,13 +147,13 @@ def evaluate(
     from pydantic import ValidationError
 
     from tuneforge.config import ConfigError, EvalConfig, ModelConfig
+    from tuneforge.data.reading import DataLoadError, read_rows
+    from tuneforge.data.validation import validate_rows
     from tuneforge.data_schemas import SchemaError
+    from tuneforge.evaluation import evaluate_records
     from tuneforge.models import ModelSourceError
     from tuneforge.preflight import check_tracking_server
-    from tuneforge.tasks.evaluate import evaluate_records
-    from tuneforge.tasks.load_data import DataLoadError, read_rows
     from tuneforge.tasks.model_source import resolve_model_dir
-    from tuneforge.tasks.validate_data import validate_rows
     from tuneforge.tracking import resolve_tracking_uri
 
     try:
@@ -213,9 +213,9 @@ def data_push(
     from prefect.settings import PREFECT_API_URL
 
     from tuneforge import lineage
+    from tuneforge.data.reading import DataLoadError, read_rows
+    from tuneforge.data.validation import validate_rows
     from tuneforge.data_schemas import SchemaError
-    from tuneforge.tasks.load_data import DataLoadError, read_rows
-    from tuneforge.tasks.validate_data import validate_rows
 
     if not PREFECT_API_URL.value():
         fail("PREFECT_API_URL is not set: point it at the Prefect server the deployments are on")

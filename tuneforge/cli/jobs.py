@@ -21,7 +21,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from tuneforge.cli.output import JsonOption, err, fail, out, print_result
+from tuneforge.cli.output import JsonOption, err, fail, json_requested, out, print_result
+from tuneforge.errors import first_line
 
 DebugOption = Annotated[bool, typer.Option("--debug", help="Show tracebacks on the console too")]
 
@@ -118,7 +119,14 @@ def _run_flow(call: Callable[[], Any], debug: bool) -> Any:
         # server (OSError): all say what went wrong in one line; Prefect has logged the details.
         if debug:
             err.print_exception()
-        fail(str(exc).strip().splitlines()[0])
+        fail(first_line(exc))
+    except Exception as exc:
+        # Anything else is a crash, not bad input: its traceback is printed as before, and
+        # under --json the last line still says what failed (exit status 1, as a crash's).
+        if not json_requested():
+            raise
+        err.print_exception()
+        fail(first_line(exc), code=1)
 
 
 def pipeline(
@@ -149,7 +157,7 @@ def pipeline(
         fail(str(exc))
 
     from tuneforge.flows.pipeline import pipeline as pipeline_flow
-    from tuneforge.tasks.report import stages_table
+    from tuneforge.reporting import stages_table
 
     result = _run_flow(lambda: pipeline_flow(spec, overrides, force), debug)
 
@@ -202,7 +210,7 @@ def sweep(
 
     from tuneforge.flows.retrain import SkippedRun
     from tuneforge.flows.sweep import sweep as sweep_flow
-    from tuneforge.tasks.sweep_report import leaderboard_markdown, leaderboard_rows
+    from tuneforge.reporting import leaderboard_markdown, leaderboard_rows
 
     result = _run_flow(lambda: sweep_flow(spec, overrides, force), debug)
     if isinstance(result, SkippedRun):
@@ -283,7 +291,7 @@ def prefect_console_handlers() -> list[logging.Handler]:
 
 def _print_summary(result: Any) -> None:
     """The human summary of a finished `retrain`: registration, data, training, metrics."""
-    from tuneforge.tasks.report import training_notes
+    from tuneforge.reporting import training_notes
 
     reg, data, training = result.registration, result.data, result.training
     out.print()

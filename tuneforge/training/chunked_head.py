@@ -10,7 +10,7 @@ price is the head's matrix product once more in the backward pass. Evaluation sc
 per-token losses the same way, a chunk at a time (`token_losses`, no gradient).
 
 Only for transformers' own code of the architectures whose head is a plain projection
-(`padding_free.VERIFIED`, no logit softcapping or scaling) and adapters that do not add
+(`architectures.VERIFIED`, no logit softcapping or scaling) and adapters that do not add
 tokens; any other model computes its logits as before (`chunk_unsupported`).
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from tuneforge.training.padding_free import VERIFIED, library_code, transformers_model
+from tuneforge.training.architectures import VERIFIED, library_code, transformers_model
 
 
 def chunk_unsupported(model: Any) -> str | None:

@@ -4,7 +4,7 @@ Every node runs one launcher with the same `--nnodes`, `--nproc_per_node` and re
 endpoint HOST:PORT; the launchers meet there (node 0 hosts the c10d store), torch numbers the
 processes, and the processes form one DDP/FSDP group (NCCL on GPUs, gloo on CPUs).
 
-- **Node 0** is wherever the training task runs: `train_with_strategy` launches it with the
+- **Node 0** is wherever the training task runs: `launch.train_in_processes` starts it with the
   run's spec (paths, config) when `train.num_nodes` > 1.
 - **Every other node** runs `python -m tuneforge.training.multinode` (below): it waits until
   node 0's store answers, then starts a launcher without a spec; its processes receive the

@@ -16,7 +16,7 @@ the example layout (`tuneforge_slots`); any other call (evaluation, generation) 
 attention, unchanged.
 
 The loss is the same sum over the same trained tokens as the padded batch; gradients agree to
-float rounding (tests/tasks/test_padding_free.py). Models qualify when they are transformers'
+float rounding (tests/training/test_padding_free.py). Models qualify when they are transformers'
 own code of a verified architecture (`VERIFIED`) using its attention interface; a sliding window
 shorter than `max_length` does not qualify (the padded attention here has no window). Anything
 else trains with padded batches, as before.
@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from tuneforge.batching import IGNORE_INDEX, Example
+from tuneforge.training.architectures import VERIFIED, library_code, transformers_model
 
 ATTENTION = "tuneforge_padding_free"
 
@@ -103,18 +104,6 @@ def _register() -> None:
     AttentionMaskInterface.register(ATTENTION, _mask)
 
 
-def transformers_model(model: Any) -> Any:
-    """The `PreTrainedModel` inside a PEFT wrapper (or the model itself)."""
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
-
-
-# Architectures whose padding-free loss and gradients are tested equal to padded batches
-# (tests/tasks/test_padding_free.py). Others may carry attention features this module does not
-# implement (chunked attention, mask overlays for image tokens, ...): they train padded.
-VERIFIED = frozenset({"llama", "mistral", "qwen2", "qwen3", "gpt2", "phi3", "gemma"})
-
-
 def unsupported_reason(model: Any, max_length: int) -> str | None:
     """Why this model cannot train padding-free (None: it can)."""
     inner = transformers_model(model)
@@ -137,10 +126,6 @@ def unsupported_reason(model: Any, max_length: int) -> str | None:
     if window is not None and window < max_length:
         return f"its sliding attention window ({window}) is shorter than train.max_length"
     return None
-
-
-def library_code(inner: Any) -> bool:
-    return type(inner).__module__.startswith("transformers.")
 
 
 def takes_logits_to_keep(model: Any) -> bool:

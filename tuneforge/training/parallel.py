@@ -16,8 +16,10 @@ from typing import Any
 
 import torch
 
+from tuneforge.training.architectures import transformers_model
+
 # torch.distributed's FSDP and checkpoint modules are imported where they are used: together
-# they cost about 1.4 s of start-up in every process that imports the training task, and
+# they cost about 1.4 s of start-up in every process that imports the training engine, and
 # only distributed runs need them.
 
 
@@ -29,7 +31,7 @@ def wrap(model: Any, parallel: str) -> Any:
 
     # One FSDP unit per transformer block (the classes transformers never splits across
     # devices), then the root for embeddings, final norm and head.
-    blocks = set(getattr(_hf_model(model), "_no_split_modules", None) or [])
+    blocks = set(getattr(transformers_model(model), "_no_split_modules", None) or [])
     for module in model.modules():
         if type(module).__name__ in blocks:
             fully_shard(module)
@@ -49,9 +51,3 @@ def full_state_dict(model: Any, parallel: str) -> dict[str, torch.Tensor] | None
     return get_model_state_dict(
         model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
     )
-
-
-def _hf_model(model: Any) -> Any:
-    """The transformers model inside a PEFT wrapper (or the model itself)."""
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model

@@ -1,4 +1,4 @@
-"""The promotion gate's paired checks against the base (tasks/register.py): a minimum of
+"""The promotion gate's paired checks against the base (tuneforge/promotion.py): a minimum of
 exactly answered eval rows and an exact sign test on the rows where base and tuned differ."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from math import comb
 import pytest
 
 from tuneforge.config import RegistryConfig
-from tuneforge.tasks.register import decide, paired_gate, sign_test_p
+from tuneforge.promotion import decide, paired_gate, sign_test_p
 
 
 def _rows(exact: list[int], loss: list[float] | None = None, held_out=None) -> list[dict]:

@@ -1,4 +1,4 @@
-"""Tests for tasks/validate_data.py: every bad-row kind is quarantined with its reason, and
+"""Tests for tuneforge/data/validation.py: every bad-row kind is quarantined with its reason, and
 every row ends up in exactly one place."""
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tuneforge.data_schemas import SCHEMAS, SchemaError
-from tuneforge.tasks.load_data import RawRow, read_rows
-from tuneforge.tasks.validate_data import (
+from tuneforge.data.reading import RawRow, read_rows
+from tuneforge.data.validation import (
     TooManyRejectedError,
     ValidationReport,
     check_rejected_fraction,
@@ -21,6 +20,7 @@ from tuneforge.tasks.validate_data import (
     validate_file,
     validate_rows,
 )
+from tuneforge.data_schemas import SCHEMAS, SchemaError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 BAD_ROWS = FIXTURES / "bad_rows.jsonl"  # alpaca rows
@@ -362,7 +362,7 @@ def test_random_rows_never_crash_and_are_all_accounted_for(drawn, max_chars):
 
 
 def _one_pass_and_two(tmp_path, monkeypatch, records: list[dict]):
-    import tuneforge.tasks.validate_data as module
+    import tuneforge.data.validation as module
 
     monkeypatch.setattr(module, "CHUNK", 2)  # a decision per two rows
     rows = [RawRow(i, r) for i, r in enumerate(records, start=1)]
@@ -400,7 +400,7 @@ def test_rows_that_cannot_tell_the_schema_at_first_are_read_again(tmp_path, monk
 
 
 def test_a_column_seen_late_that_nothing_reads_still_refuses_the_file(tmp_path, monkeypatch):
-    import tuneforge.tasks.validate_data as module
+    import tuneforge.data.validation as module
 
     monkeypatch.setattr(module, "CHUNK", 2)
     records = [{"instruction": f"q{i}", "output": f"a{i}"} for i in range(5)] + [

@@ -1,4 +1,5 @@
-"""Tests for tasks/load_data.py: every format's reader, row numbering, and unusable sources."""
+"""Tests for tuneforge/data/reading.py (and the load_dataset task): every format's reader,
+row numbering, and unusable sources."""
 
 from __future__ import annotations
 
@@ -8,17 +9,17 @@ from pathlib import Path
 import pytest
 
 from tuneforge.config import DataConfig
-from tuneforge.run_context import RunContext
-from tuneforge.tasks.load_data import (
+from tuneforge.data.reading import (
     DataLoadError,
     RawRow,
     detect_format,
     iter_raw_rows,
-    load_dataset,
     parse_json,
     read_rows,
     write_raw_rows,
 )
+from tuneforge.run_context import RunContext
+from tuneforge.tasks.load_data import load_dataset
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 CHAT = [
@@ -288,7 +289,7 @@ def test_load_dataset_task_round_trips_rows_including_parse_errors(tmp_path):
 
 
 def test_csv_empty_cells_are_missing_values(tmp_path):
-    from tuneforge.tasks.validate_data import validate_rows
+    from tuneforge.data.validation import validate_rows
 
     path = tmp_path / "rows.csv"
     path.write_text("instruction,input,output,task\nAdd.,1 + 1,2,\nSay hi.,,,greet\n", "utf-8")

@@ -1,0 +1,493 @@
+"""Validate loaded rows with a pandera schema; quarantine the bad ones with their reasons.
+
+First the file's columns are matched to a dataset schema (`tuneforge/data_schemas.py`:
+alpaca, dolly, prompt_completion, openai, sharegpt, text; `auto` recognises them), then every
+row is checked in the shape that schema gives it:
+- instruction rows: `instruction`, optional `input`, `output` (alpaca, dolly,
+  prompt_completion);
+- chat rows: `messages`, a list of turns with a user turn and ending in the assistant's turn
+  (openai `{role, content}`, sharegpt `{from, value}`; a JSON string in CSV cells is decoded);
+- text rows: `text`, raw text trained on every token (any length: training splits it into
+  blocks).
+An optional `task` names the task family (used for per-family evaluation and held-out tasks).
+
+Every row ends up in exactly one place: valid rows become canonical records
+(`{"row", "task", "messages"}`, or `{"row", "task", "text"}`); rejected rows go to a quarantine
+JSONL entry `{"row", "reason", "record"}` holding the original row, so nothing is silently
+dropped and `valid + rejected == total` always holds. Duplicates keep their first occurrence.
+A column that nothing reads makes the whole file unusable (`SchemaError`), unless it is mapped
+or listed in `data.ignore_columns`.
+
+Rows are checked in chunks of `CHUNK` and written as they are judged, so memory does not grow
+with the file beyond one digest per valid row (for duplicates).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pandera.pandas as pa
+
+from tuneforge.data.reading import Columns, RawRow, parse_json
+from tuneforge.data_schemas import SCHEMAS, ColumnMap, SchemaError, convert_turns, resolve_columns
+from tuneforge.jsonl import JsonlWriter
+from tuneforge.records import canonical_record
+
+ROLES = frozenset({"system", "user", "assistant"})
+PAIR_FIELDS = ("instruction", "input", "output")
+# Rows per pandera call: large enough to amortise its fixed cost per call (10,000 made it a
+# quarter slower on 1M rows), small enough to bound memory (~100 MB of rows in flight).
+CHUNK = 50_000
+
+__all__ = [
+    "CHUNK",
+    "SchemaError",
+    "TooManyRejectedError",
+    "ValidationReport",
+    "check_rejected_fraction",
+    "column_stats",
+    "resolve_rows",
+    "validate_file",
+    "validate_rows",
+    "validate_source",
+]
+
+
+class TooManyRejectedError(ValueError):
+    """More rows were rejected than the configured threshold allows."""
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    total: int
+    valid: int
+    rejected: int
+    valid_path: str
+    quarantine_path: str
+    fingerprint: str  # sha256 of the valid records: what training will see
+    schema: str = "alpaca"
+    columns: dict[str, str] = field(default_factory=dict)  # tuneforge field -> file column
+
+    @property
+    def rejected_fraction(self) -> float:
+        return self.rejected / self.total if self.total else 0.0
+
+
+def column_stats(rows: Iterable[RawRow]) -> Columns:
+    """Which columns the rows have, and in how many rows."""
+    columns = Columns()
+    for r in rows:
+        columns.add(r)
+    return columns
+
+
+def resolve_rows(
+    rows: Iterable[RawRow] | Columns,
+    source: str,
+    schema: str = "auto",
+    columns: dict[str, str] | None = None,
+    ignore: Iterable[str] = (),
+) -> ColumnMap | None:
+    """The file's `ColumnMap` from its rows or their `Columns` (raises `SchemaError`), or
+    None when no row parsed at all."""
+    found = rows if isinstance(rows, Columns) else column_stats(rows)
+    if not found.parsed:
+        return None
+    return resolve_columns(found.found, source, schema, columns, ignore)
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _not_unicode(fields: dict[str, Any], cmap: ColumnMap) -> str | None:
+    """The reason when a field holds an unpaired surrogate (JSON can spell one, "\\ud800"):
+    such text cannot be written as UTF-8 or tokenized. Checked before pandera, whose failure
+    report breaks on it."""
+    # Text is checked by encoding it directly: a json.dumps per field took a quarter of the
+    # validation time (cProfile). Only non-text values (messages, numbers) go through JSON.
+    for name, value in fields.items():
+        try:
+            if isinstance(value, str):
+                value.encode("utf-8")
+            elif value is not None:
+                json.dumps(value, ensure_ascii=False, default=str).encode("utf-8")
+        except UnicodeEncodeError:
+            return f"{cmap.column(name)}: is not valid Unicode (an unpaired surrogate)"
+    return None
+
+
+def _is_family_name(value: Any) -> bool:
+    """Task families name metric keys (`exact_match.<task>`, which MLflow may store as files), so
+    `../x`, `/x` and `a//b` are refused; `qa/math` is fine."""
+    if not isinstance(value, str) or not value.strip():
+        return True  # reported as "must be text" / "is blank"
+    return all(part.strip(". ") for part in value.split("/"))
+
+
+def _turns(value: Any) -> list[dict[str, str]] | None:
+    """The messages as a list of well-formed turns, or None when they are not."""
+    if not isinstance(value, list) or not value:
+        return None
+    for turn in value:
+        if not isinstance(turn, dict) or not isinstance(turn.get("role"), str):
+            return None
+        if turn["role"] not in ROLES:
+            return None
+        if not isinstance(turn.get("content"), str):
+            return None
+    return value
+
+
+def _chat_check(rule: Any) -> Any:
+    # Malformed messages are reported once, by the format check; other rules pass them.
+    return lambda value: _turns(value) is None or bool(rule(_turns(value)))
+
+
+def _kind(cmap: ColumnMap) -> str:
+    fields = SCHEMAS[cmap.schema].columns
+    return "chat" if "messages" in fields else "text" if "text" in fields else "pair"
+
+
+def build_schema(max_chars: int, cmap: ColumnMap) -> pa.DataFrameSchema:
+    """The row schema of the file's kind of rows. Columns are tuneforge's field names; each
+    check's `error` is the reason written to the quarantine file (reported under the file's
+    own column name)."""
+
+    def not_blank(s: pd.Series) -> pd.Series:
+        return s.map(lambda v: not isinstance(v, str) or bool(v.strip()))
+
+    def within_limit(s: pd.Series) -> pd.Series:
+        return s.map(lambda v: not isinstance(v, str) or len(v) <= max_chars)
+
+    is_text = pa.Check(_is_text, element_wise=True, error="must be text")
+    blank = pa.Check(not_blank, error="is blank")
+    too_long = pa.Check(within_limit, error=f"is longer than {max_chars} characters")
+    family = pa.Check(
+        _is_family_name,
+        element_wise=True,
+        error="must be a family name, not a path (no leading '/', no empty, '.' or '..' parts)",
+    )
+    role, text = ("role", "content") if cmap.turns is None else cmap.turns[:2]
+    turn_keys = f"{{{role}, {text}}}"
+    chat_checks = [
+        pa.Check(
+            lambda v: _turns(v) is not None,
+            element_wise=True,
+            error=f"must be a non-empty list of {turn_keys} turns "
+            "(roles: system, user and assistant; text in each)",
+        ),
+        pa.Check(
+            _chat_check(lambda t: {"user", "assistant"} <= {m["role"] for m in t}),
+            element_wise=True,
+            error="needs a user turn and an assistant turn",
+        ),
+        pa.Check(
+            _chat_check(lambda t: t[-1]["role"] == "assistant"),
+            element_wise=True,
+            error="must end with the assistant's turn",
+        ),
+        pa.Check(
+            _chat_check(lambda t: all(m["content"].strip() for m in t)),
+            element_wise=True,
+            error="has a blank turn",
+        ),
+        pa.Check(
+            _chat_check(lambda t: all(len(m["content"]) <= max_chars for m in t)),
+            element_wise=True,
+            error=f"has a turn longer than {max_chars} characters",
+        ),
+    ]
+
+    def missing(name: str) -> pa.Check:
+        # ignore_na=False: pandera would otherwise skip the very rows whose value is missing.
+        return pa.Check(
+            lambda df: df[name].notna(), error=f"{cmap.column(name)} is missing", ignore_na=False
+        )
+
+    columns = {"task": pa.Column(object, nullable=True, checks=[is_text, blank, too_long, family])}
+    kind = _kind(cmap)
+    if kind == "pair":
+        text_checks = {"instruction": [blank, too_long], "input": [too_long]}
+        text_checks["output"] = [blank, too_long]
+        for name, checks in text_checks.items():
+            columns[name] = pa.Column(object, nullable=True, checks=[is_text, *checks])
+        frame_checks = [missing("instruction"), missing("output")]
+    elif kind == "chat":
+        columns["messages"] = pa.Column(object, nullable=True, checks=chat_checks)
+        frame_checks = [missing("messages")]
+    else:
+        # No length limit: a document is split into train.max_length blocks, never cut.
+        columns["text"] = pa.Column(object, nullable=True, checks=[is_text, blank])
+        frame_checks = [missing("text")]
+    return pa.DataFrameSchema(columns, checks=frame_checks, coerce=False)
+
+
+Reader = Callable[[dict[str, Any]], tuple[dict[str, Any], str | None]]
+
+
+def _reader(cmap: ColumnMap) -> Reader:
+    """A function giving a row's values under tuneforge's field names, and a reason if its
+    turns cannot be read. (Built once per file: it runs for every row.)"""
+    kind = _kind(cmap)
+    names = {"pair": PAIR_FIELDS, "chat": ("messages",), "text": ("text",)}[kind]
+    pairs = tuple((name, cmap.column(name)) for name in (*names, "task"))
+
+    def read(record: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+        fields = {name: record.get(column) for name, column in pairs}
+        if kind != "chat":
+            return fields, None
+        messages = fields["messages"]
+        if isinstance(messages, str):  # CSV cells carry turns as a JSON string
+            # Undecodable text stays a string: the format check rejects it with a reason.
+            with contextlib.suppress(ValueError):
+                messages = parse_json(messages)
+        fields["messages"], reason = convert_turns(messages, cmap)
+        return fields, reason
+
+    return read
+
+
+def _failure_reasons(
+    schema: pa.DataFrameSchema, frame: pd.DataFrame, cmap: ColumnMap
+) -> dict[int, list[str]]:
+    try:
+        schema.validate(frame, lazy=True)
+    except pa.errors.SchemaErrors as exc:
+        cases = exc.failure_cases
+    else:
+        return {}
+    reasons: dict[int, list[str]] = {}
+    for ctx, column, error, index in zip(
+        cases["schema_context"], cases["column"], cases["check"], cases["index"], strict=True
+    ):
+        if index is None or pd.isna(index):
+            # A failure without a row (e.g. a missing column) is a bug in _fields, not bad data.
+            raise RuntimeError(f"schema failure without a row: {column}: {error}")
+        reason = f"{cmap.column(column)}: {error}" if ctx == "Column" else error
+        row_reasons = reasons.setdefault(int(index), [])
+        if reason not in row_reasons:  # frame-level checks are reported once per column
+            row_reasons.append(reason)
+    return reasons
+
+
+def _duplicate_key(record: dict[str, Any]) -> bytes:
+    # A digest, not the content: memory per valid row stays 16 bytes however long the rows.
+    # Each field is prefixed by its length: no two different records spell the same string.
+    if "text" in record:
+        content = f"text:{len(record['text'])}:{record['text']}"
+    else:  # canonical turns hold exactly role and content
+        content = "".join(
+            f"{m['role']}:{len(m['content'])}:{m['content']}" for m in record["messages"]
+        )
+    data = content.encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+Verdict = tuple[dict[str, Any] | None, dict[str, Any] | None]  # (valid record, quarantine entry)
+
+
+def _judge_chunk(
+    chunk: list[RawRow],
+    cmap: ColumnMap | None,
+    read: Reader | None,
+    schema: pa.DataFrameSchema | None,
+    seen: dict[bytes, int],
+) -> list[Verdict]:
+    """Each row's verdict, in row order."""
+    checked: list[tuple[int, RawRow, dict[str, Any]]] = []
+    verdicts: list[Verdict] = [(None, None)] * len(chunk)
+    for i, r in enumerate(chunk):
+        if r.record is None:
+            verdicts[i] = (None, {"row": r.row, "reason": r.parse_error, "record": r.raw})
+            continue
+        assert read is not None and cmap is not None  # a parsed row: the file has columns
+        fields, reason = read(r.record)
+        reason = reason or _not_unicode(fields, cmap)
+        if reason:
+            verdicts[i] = (None, {"row": r.row, "reason": reason, "record": r.record})
+        else:
+            checked.append((i, r, fields))
+    reasons: dict[int, list[str]] = {}
+    if checked:
+        frame = pd.DataFrame(
+            {
+                name: pd.Series([f[name] for _, _, f in checked], dtype=object)
+                for name in checked[0][2]
+            }
+        )
+        reasons = _failure_reasons(schema, frame, cmap)
+    for position, (i, r, fields) in enumerate(checked):
+        if position in reasons:
+            entry = {"row": r.row, "reason": "; ".join(reasons[position]), "record": r.record}
+            verdicts[i] = (None, entry)
+            continue
+        record = canonical_record(r.row, fields)
+        key = _duplicate_key(record)
+        if key in seen:
+            entry = {"row": r.row, "reason": f"duplicate of row {seen[key]}", "record": r.record}
+            verdicts[i] = (None, entry)
+            continue
+        seen[key] = r.row
+        verdicts[i] = (record, None)
+    return verdicts
+
+
+def judge_rows(rows: Iterable[RawRow], max_chars: int, cmap: ColumnMap | None) -> Iterator[Verdict]:
+    """Every row's verdict, in row order: `(record, None)` or `(None, quarantine entry)`."""
+    schema = build_schema(max_chars, cmap) if cmap is not None else None
+    read = _reader(cmap) if cmap is not None else None
+    seen: dict[bytes, int] = {}
+    rows = iter(rows)
+    while chunk := list(islice(rows, CHUNK)):
+        yield from _judge_chunk(chunk, cmap, read, schema, seen)
+
+
+def validate_rows(
+    rows: list[RawRow],
+    max_chars: int,
+    cmap: ColumnMap | None = None,
+    source: str = "the data",
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Splits rows into canonical valid records and quarantine entries (each with a reason),
+    both in row order. Without `cmap`, the schema is recognised from the rows (`auto`);
+    raises `SchemaError` when it cannot be."""
+    if cmap is None:
+        cmap = resolve_rows(rows, source)
+    valid: list[dict[str, Any]] = []
+    quarantine: list[dict[str, Any]] = []
+    for record, entry in judge_rows(rows, max_chars, cmap):
+        if record is not None:
+            valid.append(record)
+        else:
+            quarantine.append(entry)
+    return valid, quarantine
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def validate_file(
+    rows: Callable[[], Iterable[RawRow]] | list[RawRow],
+    max_chars: int,
+    valid_path: Path,
+    quarantine_path: Path,
+    cmap: ColumnMap | None = None,
+    source: str = "the data",
+) -> ValidationReport:
+    """Validates rows and writes both outputs as it goes; the quarantine file is written even
+    when empty. `rows` is a list, or a function giving a fresh iterator of them (read twice:
+    once for the columns, once to validate, so a file larger than memory never is in it)."""
+    fresh = rows if callable(rows) else lambda: rows
+    if cmap is None:
+        cmap = resolve_rows(fresh(), source)
+    total = valid = 0
+    with JsonlWriter(valid_path) as good, JsonlWriter(quarantine_path) as bad:
+        for record, entry in judge_rows(fresh(), max_chars, cmap):
+            total += 1
+            if record is not None:
+                valid += 1
+                good.write(record)
+            else:
+                bad.write(entry)
+    return ValidationReport(
+        total=total,
+        valid=valid,
+        rejected=total - valid,
+        valid_path=str(valid_path),
+        quarantine_path=str(quarantine_path),
+        fingerprint=_sha256(valid_path)[:16],
+        schema=cmap.schema if cmap else "none",
+        columns=cmap.columns if cmap else {},
+    )
+
+
+def _extends(earlier: ColumnMap, later: ColumnMap) -> bool:
+    """Whether rows judged under `earlier` would be judged the same under `later`: the same
+    schema, every column read into the same field (later may read columns first seen since)."""
+    same = earlier.schema == later.schema and earlier.turns == later.turns
+    return same and all(later.columns.get(f) == c for f, c in earlier.columns.items())
+
+
+def validate_source(
+    rows: Callable[[], Iterable[RawRow]],
+    max_chars: int,
+    valid_path: Path,
+    quarantine_path: Path,
+    source: str,
+    schema: str = "auto",
+    columns: dict[str, str] | None = None,
+    ignore: Iterable[str] = (),
+) -> ValidationReport:
+    """`validate_file` of rows straight from their source, reading it once in the usual case:
+    each chunk is judged under the schema decided from the columns of every row read so far,
+    which only grows by optional columns seen for the first time. Should a later chunk change
+    that decision (or leave none), the source is read again under the decision all its
+    columns give, or its `SchemaError` raised: the verdicts are always those of that one."""
+    ignore = tuple(ignore)
+    tally = Columns()
+    cmap: ColumnMap | None = None
+    schema_check = read = None
+    seen: dict[bytes, int] = {}
+    total = valid = 0
+    settled = True
+    it = iter(rows())
+    with JsonlWriter(valid_path) as good, JsonlWriter(quarantine_path) as bad:
+        while chunk := list(islice(it, CHUNK)):
+            for r in chunk:
+                tally.add(r)
+            if settled:
+                try:
+                    now = resolve_rows(tally, source, schema, columns, ignore)
+                except SchemaError:
+                    now = None
+                    settled = False  # decided, if at all, by the whole file: read on, count
+                if settled and cmap is not None and (now is None or not _extends(cmap, now)):
+                    settled = False
+            if not settled:
+                continue
+            if now is not None and now != cmap:
+                cmap = now
+                schema_check, read = build_schema(max_chars, cmap), _reader(cmap)
+            for record, entry in _judge_chunk(chunk, cmap, read, schema_check, seen):
+                total += 1
+                if record is not None:
+                    valid += 1
+                    good.write(record)
+                else:
+                    bad.write(entry)
+    if not settled:  # rare: the first rows did not tell; the whole file does (or raises)
+        final = resolve_rows(tally, source, schema, columns, ignore)
+        return validate_file(rows, max_chars, valid_path, quarantine_path, final, source)
+    return ValidationReport(
+        total=total,
+        valid=valid,
+        rejected=total - valid,
+        valid_path=str(valid_path),
+        quarantine_path=str(quarantine_path),
+        fingerprint=_sha256(valid_path)[:16],
+        schema=cmap.schema if cmap else "none",
+        columns=cmap.columns if cmap else {},
+    )
+
+
+def check_rejected_fraction(report: ValidationReport, limit: float, source: str) -> None:
+    if report.rejected_fraction > limit:
+        raise TooManyRejectedError(
+            f"{source}: {report.rejected} of {report.total} rows rejected "
+            f"({report.rejected_fraction:.1%}), above data.max_rejected_fraction={limit:.1%}; "
+            f"reasons in {report.quarantine_path}"
+        )
