@@ -1,6 +1,6 @@
 # make demo  - create .venv, install, run the retrain flow on the bundled data (a few minutes)
 # make test  - create/refresh .venv, lint, run the whole test suite
-# make test-fast - lint and the unit tier alone (no integration test): about 2 minutes
+# make test-fast - lint and the unit tier alone (no integration test): under 3 minutes on 2 cores
 # make bench - benchmarks (~25 min on 2 idle cores; BENCH_QUICK=1: a 2-min smoke run), writes
 #              benchmarks/RESULTS.md
 PYTHON ?= python3
