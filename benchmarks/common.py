@@ -113,8 +113,8 @@ class BenchConfig:
 def load_split() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The bundled data, validated and split exactly as the retrain flow does (seed 0, 20%)."""
     from tuneforge.data.reading import read_rows
+    from tuneforge.data.splitting import split_records
     from tuneforge.data.validation import validate_rows
-    from tuneforge.tasks.split_data import split_records
 
     valid, _ = validate_rows(read_rows(str(DATA)), max_chars=4000)
     return split_records(valid, eval_fraction=0.2, seed=0, holdout_tasks=[])

@@ -270,6 +270,33 @@ def sweep_section(record: dict[str, Any]) -> list[str]:
     return lines
 
 
+def forgetting_section(record: dict[str, Any]) -> list[str]:
+    """`benchmarks/forgetting.py`'s record: the forgetting pipelines over seeds, and the bundled
+    guard suite's evaluation time."""
+    from benchmarks.forgetting import table
+
+    suite = record["guard_suite"]
+    seconds = ", ".join(f"{s:.2f}" for s in suite["evaluate_seconds"])
+    seeds = sorted({r["seed"] for r in record["runs"]})
+    return [
+        "## Guards: forgetting caught, replay against it, and what the guard suite costs",
+        "",
+        "`.venv/bin/python -m benchmarks.forgetting` (seeds "
+        f"{', '.join(map(str, seeds))}): `deployments/pipelines/forgetting.yaml` without guards "
+        "(`--set registry.guards={}`), as shipped, and `forgetting-replay.yaml`; the arithmetic "
+        "stage's alias, its exact match on arithmetic and each guard metric, before (the "
+        "instruct version) and after (mean ± sd over seeds):",
+        "",
+        table(record["runs"]),
+        "",
+        f"The bundled guard suite ({suite['documents']} documents: "
+        f"{', '.join(suite['metrics'])}) on {suite['version']} (the tiny model), in one "
+        f"process: {suite['loading_seconds']:.2f} s to import the harness and load the tasks "
+        f"(once per run, at the config check), then {seconds} s per evaluation (three repeats): "
+        "the cost of a benchmark per model scored (base, tuned and champion: three per run).",
+    ]
+
+
 def write(results: Path, out: Path, quick: bool = False) -> None:
     lines = [
         "# Benchmarks",
@@ -282,6 +309,7 @@ def write(results: Path, out: Path, quick: bool = False) -> None:
         "below 1.2 before it starts (timings shared with other work are worthless). Alone: "
         "`.venv/bin/python -m benchmarks.validation [ROWS]`, "
         "`.venv/bin/python -m benchmarks.sweep [--steps N]`, "
+        "`.venv/bin/python -m benchmarks.forgetting [--seeds ...]`, "
         "`.venv/bin/python -m benchmarks.profile_step STRATEGY CACHE_DIR [STEPS [VARIANT ...]]`.",
         "",
     ]
@@ -292,6 +320,7 @@ def write(results: Path, out: Path, quick: bool = False) -> None:
         ("flow", flow_section),
         ("validation", validation_section),
         ("sweep", sweep_section),
+        ("forgetting", forgetting_section),
     ):
         record = _load(results / f"{name}.json")
         if record:

@@ -4,9 +4,10 @@
 
 Steps: take the model's retrain slot -> open an MLflow run (or continue a crashed one) ->
 load -> validate (quarantine bad rows) -> stop if data and config equal the current champion's
-(unless `force`) -> split -> resolve the base model -> train with the configured strategy ->
-evaluate base, tuned and the current champion on the same split -> register, and move the
-`champion` alias only when the tuned model beats both base and champion -> report (plots,
+(unless `force`) -> split -> resolve the base model (and replay some of its parent's training
+rows, `data.replay`) -> train with the configured strategy -> evaluate base, tuned and the
+current champion on the same split and benchmarks -> register, and move the `champion` alias
+only when the tuned model beats both base and champion and its guards hold -> report (plots,
 sample generations, a markdown summary in MLflow and the Prefect UI).
 """
 
@@ -28,7 +29,7 @@ from tuneforge.tasks.load_data import load_dataset
 from tuneforge.tasks.model_source import resolve_base_model
 from tuneforge.tasks.register import Registration, register_model, unchanged_since_champion
 from tuneforge.tasks.report import report_run
-from tuneforge.tasks.split_data import SplitPaths, split_dataset
+from tuneforge.tasks.split_data import SplitPaths, replay_parent_data, split_dataset
 from tuneforge.tasks.tracking_run import start_tracking_run
 from tuneforge.tasks.train import train_here_or_on_pool
 from tuneforge.tasks.validate_data import ValidationReport, validate_dataset
@@ -98,6 +99,8 @@ def _retrain_in(
             return SkippedRun(ctx.run_id, ctx.tracking_uri, unchanged.reason, unchanged.version)
     split = split_dataset(valid_path=validation.valid_path, data=config.data)
     base_dir = resolve_base_model(model=config.model, train_path=split.train_path, ctx=ctx)
+    if config.data.replay:  # a share of the parent version's training rows, against forgetting
+        split = replay_parent_data(split=split, data=config.data, ctx=ctx)
     trained = train_here_or_on_pool(
         config=config,
         base_dir=base_dir,

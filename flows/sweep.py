@@ -40,7 +40,7 @@ from tuneforge.tasks.register import (
     register_runner_up,
     unchanged_since_champion,
 )
-from tuneforge.tasks.split_data import split_dataset
+from tuneforge.tasks.split_data import replay_parent_data, split_dataset
 from tuneforge.tasks.sweep_report import report_sweep
 from tuneforge.tasks.sweep_run import start_sweep_run
 from tuneforge.tasks.validate_data import validate_dataset
@@ -107,6 +107,8 @@ def _sweep_in(
             return SkippedRun(ctx.run_id, ctx.tracking_uri, unchanged.reason, unchanged.version)
     split = split_dataset(valid_path=validation.valid_path, data=config.data)
     base_dir = resolve_base_model(model=config.model, train_path=split.train_path, ctx=ctx)
+    if config.data.replay:  # a share of the parent version's training rows, against forgetting
+        split = replay_parent_data(split=split, data=config.data, ctx=ctx)
     base = evaluate_model(
         model_dir=base_dir, label=BASE, eval_path=split.eval_path, config=config, ctx=ctx
     )

@@ -5,6 +5,7 @@
     from tuneforge.plugins import tokenize_text_blocks   # raw text (data.schema: text)
     from tuneforge.plugins.testing import check_strategy, sample_records, tiny_checkpoint
     from tuneforge.plugins import Evaluator    # an evaluation metric (tuneforge.evaluators)
+    from tuneforge.plugins import BenchmarkEvaluator, BenchmarkResult   # one scoring the model
     from tuneforge.plugins.testing import check_evaluator
 
 These names, and `tuneforge.plugins.testing`, are the stable API (docs/writing-a-strategy.md);
@@ -14,7 +15,7 @@ this one.
 """
 
 from tuneforge.batching import IGNORE_INDEX, Example
-from tuneforge.plugins.evaluator import Evaluator
+from tuneforge.plugins.evaluator import BenchmarkEvaluator, BenchmarkResult, Evaluator
 from tuneforge.plugins.strategy import Capabilities, TuningStrategy
 from tuneforge.plugins.tokenization import (
     check_chat_template,
@@ -24,6 +25,8 @@ from tuneforge.plugins.tokenization import (
 
 __all__ = [
     "IGNORE_INDEX",
+    "BenchmarkEvaluator",
+    "BenchmarkResult",
     "Capabilities",
     "Evaluator",
     "Example",

@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from tuneforge.lineage import EVALUATORS, STRATEGIES
+from tuneforge.plugins.evaluator import is_benchmark
 from tuneforge.plugins.strategy import TuningStrategy, with_defaults
 
 _KINDS = {STRATEGIES: "strategy", EVALUATORS: "evaluator"}
@@ -49,6 +50,12 @@ class PluginInfo:
     version: str  # that distribution's version
     target: str  # the entry point's `module:Class`
     kind: str = "strategy"  # or evaluator
+
+    @property
+    def scores_model(self) -> bool:
+        """An evaluator that scores the model on tasks of its own (`BenchmarkEvaluator`),
+        configured under `evaluation.benchmarks`, rather than each answer."""
+        return is_benchmark(self.cls)
 
     @property
     def label(self) -> str:

@@ -10,10 +10,15 @@ the expected one. The evaluation owns the rest: the mean over all rows, per task
 held-in and held-out families and named groups (`<name>`, `<name>.<task>`, `<name>.held_out`,
 ...), the per-row values the promotion gate's paired test reads, the MLflow metrics.
 `registry.metric` can name any of them (`registry.metric: json_valid.held_out`).
+
+A second kind, `BenchmarkEvaluator` (below), scores the model itself on tasks of its own (the
+built-in `lm_eval` runs lm-evaluation-harness tasks): configured under `evaluation.benchmarks`,
+logged as `bench.<task>.<metric>`, and guarded against regressions by `registry.guards`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel
@@ -38,3 +43,50 @@ class Evaluator(Protocol):
         """One generated `answer` against the `expected` one (`record` is the validated eval
         row, `{"row", "task", "messages"}`): a finite number, usually in [0, 1]."""
         ...
+
+
+@dataclass(frozen=True)
+class BenchmarkResult:
+    """What a benchmark evaluator found on one model.
+
+    Attributes:
+        metrics: `task.metric` -> the task's score (e.g. `guard_uppercase.exact_match`);
+            tuneforge logs them as `<label>.bench.<task>.<metric>`.
+        higher_is_better: `task.metric` -> its direction, for each of `metrics`.
+        samples: one row per scored document and metric, for the paired test of a guard and
+            for inspection: `{"metric": "task.metric", "doc_id": 3, "value": 1.0, ...}` (any
+            other keys, e.g. the target and the response, are kept as they are).
+    """
+
+    metrics: dict[str, float]
+    higher_is_better: dict[str, bool]
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+
+@runtime_checkable
+class BenchmarkEvaluator(Protocol):
+    """An evaluator that scores the model itself on tasks of its own (a benchmark harness),
+    not each answer to the eval split: what a retrain must not forget, checked by the
+    promotion gate's guards (`registry.guards`). Subclass it: that is how tuneforge tells the
+    two kinds of evaluator apart. Instances are built as `Evaluator(settings)`, from
+    `evaluation.benchmarks.<name>`, validated by its `Settings`."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    Settings: ClassVar[type[BaseModel]]
+
+    def metrics(self) -> dict[str, bool]:
+        """Every metric `evaluate` will report, `task.metric` -> whether higher is better.
+        Called when a run's config is checked, before any training: a task, file or metric
+        that does not exist raises a ValueError in one line naming it and what exists."""
+        ...
+
+    def evaluate(self, model: Any, tokenizer: Any) -> BenchmarkResult:
+        """Scores the model (in memory, in evaluation mode) on the configured tasks."""
+        ...
+
+
+def is_benchmark(cls: type) -> bool:
+    """Whether an evaluator class scores the model (a `BenchmarkEvaluator`) rather than
+    answers (an `Evaluator`)."""
+    return isinstance(cls, type) and BenchmarkEvaluator in cls.__mro__

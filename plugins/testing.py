@@ -26,6 +26,7 @@ from tuneforge.plugins.strategy import Capabilities, TuningStrategy, with_defaul
 from tuneforge.prompts import end_of_turn_id
 
 __all__ = [
+    "check_benchmark_evaluator",
     "check_evaluator",
     "check_strategy",
     "sample_records",
@@ -399,6 +400,75 @@ def check_evaluator(
             ),
             f"{label}.score_batch disagrees with score on the same answers",
         )
+
+
+def check_benchmark_evaluator(
+    evaluator_cls: type, model_dir: str | Path, settings: BaseModel | dict[str, Any] | None = None
+) -> None:
+    """Checks that a benchmark evaluator fulfils the `BenchmarkEvaluator` contract, on a real
+    (small) checkpoint.
+
+    In order, stopping at the first violation: the class has non-empty str `name` and
+    `description` and a pydantic `Settings` model that validates `settings` and rejects unknown
+    keys; it subclasses `BenchmarkEvaluator`; `metrics()` names at least one `task.metric`, each
+    with a bool direction; `evaluate(model, tokenizer)` returns a `BenchmarkResult` with a
+    finite score for exactly those metrics, the same directions, and sample rows that name one
+    of them, a document and a finite value; and a second evaluation of the same model gives the
+    same scores.
+
+    Raises:
+        AssertionError: on the first violation, with a message saying what is wrong.
+    """
+    import math
+
+    from tuneforge.models import load_pretrained
+    from tuneforge.plugins.evaluator import BenchmarkEvaluator, BenchmarkResult
+
+    label = getattr(evaluator_cls, "__qualname__", repr(evaluator_cls))
+    settings_obj = _check_class(evaluator_cls, label, settings)
+    _require(
+        isinstance(evaluator_cls, type) and BenchmarkEvaluator in evaluator_cls.__mro__,
+        f"{label} must subclass tuneforge.plugins.BenchmarkEvaluator",
+    )
+    evaluator = evaluator_cls(settings_obj)
+    declared = evaluator.metrics()
+    _require(
+        isinstance(declared, dict) and declared,
+        f"{label}.metrics() returned {declared!r}, not a non-empty dict",
+    )
+    for key, higher in declared.items():
+        _require(
+            isinstance(key, str) and "." in key and isinstance(higher, bool),
+            f"{label}.metrics(): {key!r}: {higher!r} is not 'task.metric': bool",
+        )
+    model, tokenizer = load_pretrained(model_dir)
+    model.eval()
+    result = evaluator.evaluate(model, tokenizer)
+    _require(
+        isinstance(result, BenchmarkResult),
+        f"{label}.evaluate returned {type(result).__name__}, not BenchmarkResult",
+    )
+    _require(
+        set(result.metrics) == set(declared),
+        f"{label}.evaluate scored {sorted(result.metrics)}, metrics() said {sorted(declared)}",
+    )
+    bad = [k for k, v in result.metrics.items() if not math.isfinite(v)]
+    _require(not bad, f"{label}.evaluate: scores that are not finite numbers: {bad}")
+    _require(
+        result.higher_is_better == declared,
+        f"{label}.evaluate: its directions {result.higher_is_better} differ from metrics()'s",
+    )
+    for row in result.samples:
+        _require(
+            row.get("metric") in declared and "doc_id" in row and math.isfinite(row["value"]),
+            f"{label}.evaluate: sample row {row!r} needs a declared metric, doc_id and a value",
+        )
+    again = evaluator.evaluate(model, tokenizer)
+    _require(
+        again.metrics == result.metrics,
+        f"{label}.evaluate scores the same model differently twice: {again.metrics} vs "
+        f"{result.metrics}",
+    )
 
 
 def _check_class(strategy_cls: type, label: str, settings: BaseModel | dict | None) -> BaseModel:

@@ -3,6 +3,7 @@ eval split (`tuneforge.evaluation` does the scoring) and log `<label>.<metric>` 
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ from prefect import task
 
 from tuneforge import lineage
 from tuneforge.config import RunConfig
-from tuneforge.evaluation import evaluate_records
+from tuneforge.evaluation import Evaluation, evaluate_records
 from tuneforge.jsonl import read_jsonl, write_jsonl
 from tuneforge.pause_points import pause_point
 from tuneforge.run_context import RunContext
@@ -22,43 +23,33 @@ def evaluate_model(
     *, model_dir: str, label: str, eval_path: str, config: RunConfig, ctx: RunContext
 ) -> dict[str, float]:
     """Evaluates one model as `config.evaluation` says (examples `train.max_length` tokens long,
-    `data.holdout_tasks` reported as held out) and logs its metrics as `<label>.<metric>` (e.g.
-    `tuned.exact_match`) plus its generations as the artifact `eval/<label>_generations.jsonl`."""
+    `data.holdout_tasks` reported as held out, `evaluation.benchmarks` after them) and logs its
+    metrics as `<label>.<metric>` (e.g. `tuned.exact_match`, `tuned.bench.<task>.<metric>`),
+    its generations and benchmark samples as artifacts under `eval/`."""
     pause_point(f"evaluate:{label}")
-    records = read_jsonl(eval_path)
-    metrics, rows = evaluate_records(
+    scores = evaluate_records(
         model_dir,
-        records,
+        read_jsonl(eval_path),
         config.evaluation,
         config.train.max_length,
         trust_remote_code=ctx.trust_remote_code,
         holdout_tasks=config.data.holdout_tasks,
         dtype=config.model.dtype,
     )
-    run_id = ctx.run_id
-    logger = MetricLogger(ctx.tracking_uri, run_id)
-    logger.log({lineage.metric_key(label, k): v for k, v in metrics.items()}, step=0)
-    logger.flush()
-    out = Path(eval_path).parent
-    # Per row: exact (with answers), ROUGE-L, loss: what the promotion gate's paired test and
-    # minimum of correct answers read.
-    write_jsonl(rows, out / f"{label}_scores.jsonl")
-    generations = [r for r in rows if "answer" in r]  # raw text has no generations
-    if generations:
-        write_jsonl(generations, out / f"{label}_generations.jsonl")
-        logger.client.log_artifact(run_id, str(out / f"{label}_generations.jsonl"), "eval")
-    return metrics
+    _record(scores, label, Path(eval_path).parent, ctx)
+    return scores.metrics
 
 
 @task(name="evaluate_champion")
 def evaluate_champion(
     *, eval_path: str, base_metrics: dict[str, float], config: RunConfig, ctx: RunContext
 ) -> dict[str, Any] | None:
-    """Scores the current champion on this run's eval split, so that promotion compares like
-    with like (the champion's own run was scored on its own, older split). Returns
-    `{"version", "metrics"}`, `metrics` None when the champion cannot be loaded here; None when
-    there is no champion. Logged as `champion.<metric>`. When this run's base *is* the
-    champion (a chained stage), the base's scores are its scores: nothing is loaded twice."""
+    """Scores the current champion on this run's eval split (and benchmarks), so that
+    promotion and its guards compare like with like (the champion's own run was scored on its
+    own, older split). Returns `{"version", "metrics"}`, `metrics` None when the champion cannot
+    be loaded here; None when there is no champion. Logged as `champion.<metric>`, its rows
+    beside the base's and tuned model's. When this run's base *is* the champion (a chained
+    stage), the base's scores are its scores: nothing is loaded twice."""
     from mlflow.tracking import MlflowClient
     from prefect import get_run_logger
 
@@ -73,24 +64,53 @@ def evaluate_champion(
         return None
     parent = client.get_run(run_id).data.tags.get(lineage.PARENT_VERSION)
     uri = f"models:/{model_name}/{champion.version}"
+    out = Path(eval_path).parent
     if parent == f"{model_name}/{champion.version}":
+        for kind in ROWS:  # the base's rows are the champion's
+            base_file = out / f"{lineage.BASE}_{kind}.jsonl"
+            if base_file.exists():
+                shutil.copyfile(base_file, out / f"{lineage.CHAMPION_SCORES}_{kind}.jsonl")
         metrics = base_metrics
-    else:
-        try:
-            model_dir = download_registry_model(uri, Path(ctx.path("champion")))
-            metrics, _ = evaluate_records(
-                model_dir,
-                read_jsonl(eval_path),
-                config.evaluation,
-                config.train.max_length,
-                holdout_tasks=config.data.holdout_tasks,
-            )
-        except (ModelSourceError, ValueError) as exc:
-            get_run_logger().warning("cannot score champion %s here (%s)", uri, exc)
-            return {"version": champion.version, "metrics": None}
-    logger = MetricLogger(ctx.tracking_uri, run_id)
-    logger.log(
-        {lineage.metric_key(lineage.CHAMPION_SCORES, k): v for k, v in metrics.items()}, step=0
-    )
+        _log_metrics(metrics, lineage.CHAMPION_SCORES, ctx)
+        return {"version": champion.version, "metrics": metrics}
+    try:
+        model_dir = download_registry_model(uri, Path(ctx.path("champion")))
+        scores = evaluate_records(
+            model_dir,
+            read_jsonl(eval_path),
+            config.evaluation,
+            config.train.max_length,
+            holdout_tasks=config.data.holdout_tasks,
+        )
+    except (ModelSourceError, ValueError) as exc:
+        get_run_logger().warning("cannot score champion %s here (%s)", uri, exc)
+        return {"version": champion.version, "metrics": None}
+    _record(scores, lineage.CHAMPION_SCORES, out, ctx)
+    return {"version": champion.version, "metrics": scores.metrics}
+
+
+# What evaluation writes beside the eval split, per model: `<label>_scores.jsonl` (a row per
+# eval record: answer, exact, each evaluator's value, loss) and `<label>_bench.jsonl` (a row
+# per benchmark sample): what the promotion gate's paired tests and guards read.
+ROWS = ("scores", "bench")
+
+
+def _record(scores: Evaluation, label: str, out: Path, ctx: RunContext) -> None:
+    """Logs a model's metrics as `<label>.<metric>`, writes its rows beside the eval split and
+    logs its generations and benchmark samples as artifacts."""
+    logger = _log_metrics(scores.metrics, label, ctx)
+    write_jsonl(scores.rows, out / f"{label}_scores.jsonl")
+    write_jsonl(scores.bench_rows, out / f"{label}_bench.jsonl")
+    if scores.bench_rows:
+        logger.client.log_artifact(ctx.run_id, str(out / f"{label}_bench.jsonl"), "eval")
+    generations = [r for r in scores.rows if "answer" in r]  # raw text has no generations
+    if generations:
+        write_jsonl(generations, out / f"{label}_generations.jsonl")
+        logger.client.log_artifact(ctx.run_id, str(out / f"{label}_generations.jsonl"), "eval")
+
+
+def _log_metrics(metrics: dict[str, float], label: str, ctx: RunContext) -> MetricLogger:
+    logger = MetricLogger(ctx.tracking_uri, ctx.run_id)
+    logger.log({lineage.metric_key(label, k): v for k, v in metrics.items()}, step=0)
     logger.flush()
-    return {"version": champion.version, "metrics": metrics}
+    return logger

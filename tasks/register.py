@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from tuneforge.packaging import (
     model_card,
 )
 from tuneforge.pause_points import pause_point
-from tuneforge.promotion import decide, paired_gate
+from tuneforge.promotion import GuardResult, check_guards, decide, paired_gate
 from tuneforge.run_context import RunContext
 from tuneforge.tracking import is_unreachable
 
@@ -49,6 +49,8 @@ class Registration:
     alias: str | None  # champion or challenger; None for a sweep's runner-up
     reason: str
     model_uri: str  # models:/NAME/VERSION
+    # registry.guards checked (GuardResult.as_dict() each); empty without guards.
+    guards: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def decision(self) -> str:
@@ -164,6 +166,7 @@ def register_model(
     client = MlflowClient(ctx.tracking_uri)
     version, existing, lineage_tags = _version_of_run(client, model_dir, cfg, ctx, max_new_tokens)
     held = list(existing.aliases) if existing else []
+    guards = guard_results(eval_dir, cfg, base_metrics, tuned_metrics, champion)
     if CHAMPION in held:  # an earlier attempt promoted it: re-deciding would compare it to itself
         decision = existing.tags.get(lineage.DECISION, "") if existing else ""
         promote = True
@@ -176,9 +179,17 @@ def register_model(
             cfg,
             _paired_failure(eval_dir, cfg),
         )
+        failed = [g for g in guards if not g.passed]
+        if promote and failed:
+            promote = False
+            more = f" (and {len(failed) - 1} more guards)" if len(failed) > 1 else ""
+            reason = f"{reason}, but {failed[0].describe()}{more}"
     alias = _set_alias(client, cfg.model_name, version, promote, reason, held)
     scores = (base_metrics, tuned_metrics)
-    return _finish(client, cfg.model_name, version, alias, reason, lineage_tags, ctx.run_id, scores)
+    checked = [g.as_dict() for g in guards]
+    return _finish(
+        client, cfg.model_name, version, alias, reason, lineage_tags, ctx.run_id, scores, checked
+    )
 
 
 @task(name="register_runner_up", **RETRIED_IF_UNREACHABLE)
@@ -242,15 +253,48 @@ def _finish(
     lineage_tags: dict[str, str],
     run_id: str,
     scores: tuple[dict[str, float], dict[str, float]],
+    guards: list[dict[str, Any]] = (),
 ) -> Registration:
-    """The model card on the version and the run, and the decision tagged on the run."""
+    """The model card on the version and the run, and the decision (and guards) tagged on the
+    run and the version."""
     decision = f"{alias}: {reason}" if alias else reason
-    card = model_card(name, version, decision, lineage_tags, *scores)
+    card = model_card(name, version, decision, lineage_tags, *scores, list(guards))
     client.update_model_version(name, version, description=card)
     client.log_text(run_id, card, "model_card.md")
     client.set_tag(run_id, lineage.REGISTERED_VERSION, f"{name}/{version}")
     client.set_tag(run_id, lineage.DECISION, decision)
-    return Registration(name, version, alias, reason, f"models:/{name}/{version}")
+    if guards:
+        checked = json.dumps(list(guards))
+        client.set_tag(run_id, lineage.GUARDS, checked)
+        client.set_model_version_tag(name, version, lineage.GUARDS, checked)
+    return Registration(name, version, alias, reason, f"models:/{name}/{version}", list(guards))
+
+
+def guard_results(
+    eval_dir: str | None,
+    cfg: RegistryConfig,
+    base: dict[str, float],
+    tuned: dict[str, float],
+    champion: dict[str, Any] | None,
+) -> list[GuardResult]:
+    """`registry.guards` checked against the champion's scores on this run's data, else the
+    base's, from the metrics and the per-row files evaluation wrote beside the eval split."""
+    if not cfg.guards:
+        return []
+    if champion and champion.get("metrics"):
+        label, reference = lineage.CHAMPION_SCORES, champion["metrics"]
+        against = f"champion v{champion['version']}"
+    else:
+        label, reference, against = lineage.BASE, base, "the base"
+        if champion:
+            against = "the base (the champion could not be scored here)"
+    rows: dict[str, list[dict[str, Any]]] = {lineage.TUNED: [], label: []}
+    for who in rows:
+        for kind in ("scores", "bench"):
+            path = Path(eval_dir or ".") / f"{who}_{kind}.jsonl"
+            if eval_dir and path.exists():
+                rows[who] += read_jsonl(path)
+    return check_guards(cfg.guards, tuned, reference, against, rows[lineage.TUNED], rows[label])
 
 
 def _package(

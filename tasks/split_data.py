@@ -1,23 +1,23 @@
-"""Deterministic train/eval split of validated records.
-
-Each record's side is decided by a hash of its content and the seed, not by its position: when
-new rows arrive between retrains, old rows stay on the side they were on, so the eval set never
-leaks into training. Task families listed in `holdout_tasks` go entirely to evaluation.
-"""
+"""The `split_dataset` task: a run's valid records split into train and eval files
+(`tuneforge.data.splitting`: by content hash, so a row keeps its side as data grows); and
+`replay_parent_data`, which mixes a share of the parent version's training rows into the
+training file (`data.replay`, `tuneforge.data.replay`)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-from dataclasses import dataclass
+import shutil
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from prefect import task
 
+from tuneforge import lineage
 from tuneforge.config import DataConfig
+from tuneforge.data.splitting import split_records
 from tuneforge.jsonl import read_jsonl, write_jsonl
-from tuneforge.records import is_text
+from tuneforge.run_context import RunContext
+from tuneforge.tracking import MetricLogger
 
 
 @dataclass(frozen=True)
@@ -26,33 +26,6 @@ class SplitPaths:
     eval_path: str
     train_rows: int
     eval_rows: int
-
-
-def _bucket(record: dict[str, Any], seed: int) -> float:
-    content = record["text"] if is_text(record) else record["messages"]
-    key = json.dumps([seed, content], sort_keys=True).encode()
-    return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2**64
-
-
-def split_records(
-    records: list[dict[str, Any]], eval_fraction: float, seed: int, holdout_tasks: list[str]
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Returns (train, eval); order within each side follows the source."""
-    held_out = set(holdout_tasks)
-    unknown = held_out - {rec.get("task") for rec in records}
-    if unknown:
-        tasks = sorted({str(rec.get("task")) for rec in records})
-        raise ValueError(
-            f"data.holdout_tasks: {sorted(unknown)} not among the task families in the data "
-            f"({', '.join(tasks)})"
-        )
-    train, evaluation = [], []
-    for rec in records:
-        if rec.get("task") in held_out or _bucket(rec, seed) < eval_fraction:
-            evaluation.append(rec)
-        else:
-            train.append(rec)
-    return train, evaluation
 
 
 @task(name="split_dataset")
@@ -72,3 +45,44 @@ def split_dataset(*, valid_path: str, data: DataConfig) -> SplitPaths:
     return SplitPaths(
         str(out / "train.jsonl"), str(out / "eval.jsonl"), len(train), len(evaluation)
     )
+
+
+@task(name="replay_parent_data")
+def replay_parent_data(*, split: SplitPaths, data: DataConfig, ctx: RunContext) -> SplitPaths:
+    """Adds `data.replay` of the parent version's training rows to the training split (never
+    to the eval split): the parent is the registry version this run's base was resolved to
+    (`tuneforge.parent_version`), its rows rebuilt from the data config its run recorded.
+    Tags the run with what it replayed and logs `data.replayed_rows`."""
+    from mlflow.tracking import MlflowClient
+
+    from tuneforge.data.replay import parent_training_rows, replay_sample
+
+    client = MlflowClient(ctx.tracking_uri)
+    parent = client.get_run(ctx.run_id).data.tags.get(lineage.PARENT_VERSION)
+    if not parent:
+        raise ValueError("data.replay: the base is not a registered version; nothing to replay")
+    name, _, version = parent.rpartition("/")
+    tags = client.get_run(client.get_model_version(name, version).run_id).data.tags
+    recorded = tags.get(lineage.DATA_CONFIG)
+    if recorded is None:
+        raise ValueError(
+            f"data.replay: {parent}'s run records no data config (registered before replay "
+            "existed); retrain it once to make its data replayable"
+        )
+    scratch = Path(ctx.path("replay"))
+    parent_rows = parent_training_rows(
+        DataConfig.model_validate(json.loads(recorded)),
+        tags.get(lineage.DATA_FINGERPRINT, ""),
+        scratch,
+        f"version {parent}",
+    )
+    picked = replay_sample(parent_rows, data.replay, data.seed)
+    train = read_jsonl(split.train_path) + picked
+    write_jsonl(train, split.train_path)
+    logger = MetricLogger(ctx.tracking_uri, ctx.run_id)
+    logger.log({"data.replayed_rows": len(picked)}, step=0)
+    logger.flush()
+    replayed = f"{len(picked)} of {len(parent_rows)} training rows of {parent}"
+    client.set_tag(ctx.run_id, lineage.REPLAYED, replayed)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return replace(split, train_rows=len(train))

@@ -27,8 +27,15 @@ from tuneforge.tracking import MetricLogger, flatten, start_run
 SHARED_TAGS = (lineage.DATA_FINGERPRINT, lineage.DATA_SCHEMA, lineage.PARENT_VERSION)
 
 # What a candidate's data directory takes from the sweep's: the split, and the base's
-# per-row scores and generations (the gate's paired test and the report read them there).
-SHARED_FILES = ("train.jsonl", "eval.jsonl", "base_scores.jsonl", "base_generations.jsonl")
+# per-row scores, benchmark samples and generations (the gate's paired test, its guards and
+# the report read them there).
+SHARED_FILES = (
+    "train.jsonl",
+    "eval.jsonl",
+    "base_scores.jsonl",
+    "base_bench.jsonl",
+    "base_generations.jsonl",
+)
 
 
 @task(name="start_sweep_run")

@@ -107,6 +107,7 @@ def start_tracking_run(*, config: RunConfig, tracking_uri: str) -> RunContext:
         lineage.CONFIG_HASH: config.fingerprint(),
         lineage.BASE_MODEL: config.model.source,
         lineage.DATA_SOURCE: config.data.path,
+        lineage.DATA_CONFIG: json.dumps(config.data.model_dump(mode="json"), sort_keys=True),
         lineage.MODEL_NAME: config.registry.model_name,
         lineage.FLOW_RUN_ID: flow_run_id,
         lineage.PYTHON: platform.python_version(),

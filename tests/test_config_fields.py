@@ -155,3 +155,26 @@ def test_volatile_settings_leave_the_fingerprint(override: str):
 def test_shaping_settings_leave_out_exactly_the_marked_fields():
     settings = TrainConfig().shaping_settings()
     assert set(settings) == set(TrainConfig.model_fields) - OLD_TRAIN_NOT_SHAPING
+
+
+def test_a_setting_added_later_changes_the_fingerprint_only_when_set():
+    """data.replay shapes training but came after versions were registered: at its default it
+    is left out, so their fingerprints (the golden ones above) still match."""
+    parent = load_config(PRESET, ["model.source=models:/x/1"])
+    assert load_config(PRESET, ["model.source=models:/x/1", "data.replay=0"]).fingerprint() == (
+        parent.fingerprint()
+    )
+    replayed = load_config(PRESET, ["model.source=models:/x/1", "data.replay=0.5"])
+    assert replayed.fingerprint() != parent.fingerprint()
+
+
+def test_benchmarks_and_guards_judge_a_model_and_do_not_shape_it():
+    suite = REPO / "deployments" / "benchmarks"
+    guarded = load_config(
+        PRESET,
+        [
+            f"evaluation.benchmarks={{lm_eval: {{path: {suite}}}}}",
+            "registry.guards={bench.guard_antonym.acc: 0.1}",
+        ],
+    )
+    assert guarded.fingerprint() == load_config(PRESET).fingerprint()

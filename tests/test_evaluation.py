@@ -74,7 +74,9 @@ def test_named_groups_of_families_are_reported_and_gate_on_their_rows():
 
 def test_evaluate_records_reports_loss_perplexity_and_match(tiny_model_dir, bundled_records):
     cfg = EvalConfig(max_examples=12, max_new_tokens=4, batch_size=5)
-    metrics, rows = evaluate_records(tiny_model_dir, bundled_records, cfg, max_length=64)
+    scores = evaluate_records(tiny_model_dir, bundled_records, cfg, max_length=64)
+    metrics, rows = scores.metrics, scores.rows
+    assert scores.bench_rows == []  # no evaluation.benchmarks
     assert metrics["examples"] == 12 and len(rows) == 12
     # An untrained model over a ~380-token vocabulary: loss near ln(vocab), nothing right.
     assert 4.0 < metrics["eval_loss"] < 7.0

@@ -59,3 +59,19 @@ def test_generator_is_seeded():
     assert first == list(generate_rows(20, seed=1))
     assert first != list(generate_rows(20, seed=2))
     assert len(first) == 20 * len(FAMILIES)
+
+
+def test_the_arithmetic_domain_is_what_its_generator_makes_through_the_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    from tuneforge.cli import app
+
+    path = tmp_path / "arithmetic.jsonl"
+    done = CliRunner().invoke(app, ["sample-data", str(path), "--arithmetic"])
+    assert done.exit_code == 0, done.output
+    assert path.read_bytes() == (BUNDLED.parent / "arithmetic.jsonl").read_bytes()
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert {r["task"] for r in rows} == {"add", "subtract"} and len(rows) == 1200
+    for row in rows:
+        a, op, b = row["input"].split()
+        assert int(row["output"]) == (int(a) + int(b) if op == "+" else int(a) - int(b)) >= 0

@@ -27,6 +27,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticUndefined
 
+from tuneforge.lineage import BENCH
 from tuneforge.models import TinyModelConfig
 
 
@@ -46,6 +47,7 @@ logger = logging.getLogger(__name__)
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 SHAPES_TRAINING = "shapes_training"  # the mark's key in a field's json_schema_extra
+OMIT_AT_DEFAULT = "fingerprint_omits_default"  # shaping_when_set's mark
 
 
 def not_shaping(default: Any = PydanticUndefined, **field_kwargs: Any) -> Any:
@@ -57,6 +59,30 @@ def not_shaping(default: Any = PydanticUndefined, **field_kwargs: Any) -> Any:
     a checkpoint's resume key (`TrainConfig.shaping_settings`); the JSON schema shows the mark
     as `shapes_training: false`."""
     return Field(default, **field_kwargs, json_schema_extra={SHAPES_TRAINING: False})
+
+
+def shaping_when_set(default: Any = PydanticUndefined, **field_kwargs: Any) -> Any:
+    """`Field(default, **field_kwargs)` for a setting added after versions were registered:
+    it shapes training, but at its default it is left out of `RunConfig.fingerprint()`, so a
+    config that does not use it hashes as it did before it existed (an unchanged retrain is
+    still recognised as unchanged)."""
+    return Field(default, **field_kwargs, json_schema_extra={OMIT_AT_DEFAULT: True})
+
+
+def _omit_defaults(config: BaseModel, dump: dict[str, Any]) -> dict[str, Any]:
+    """`dump` (of `config`) without the `shaping_when_set` fields that hold their default,
+    in every nested section."""
+    for name, field in type(config).model_fields.items():
+        key = field.alias or name
+        value = getattr(config, name)
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        if key not in dump:
+            continue
+        if extra.get(OMIT_AT_DEFAULT) and value == field.get_default(call_default_factory=True):
+            del dump[key]
+        elif isinstance(value, BaseModel) and isinstance(dump[key], dict):
+            dump[key] = _omit_defaults(value, dump[key])
+    return dump
 
 
 def fields_not_shaping(model: type[BaseModel]) -> set[str]:
@@ -181,6 +207,16 @@ class DataConfig(Strict):
         description=(
             "Seed of the hash that splits rows into train and eval: another seed puts other "
             "rows on each side."
+        ),
+    )
+    replay: Fraction = shaping_when_set(
+        0.0,
+        description=(
+            "Share of the parent version's training rows (model.source models:/NAME/VERSION) "
+            "mixed into this run's training split, found through the parent's lineage (its "
+            "recorded data config, refused if its data changed since): a remedy for forgetting "
+            "what the parent could do while adapting it to narrower data. Costs training steps "
+            "on old rows; 0: none."
         ),
     )
 
@@ -602,17 +638,59 @@ class EvalConfig(Strict):
         "{json_valid: {required_keys: [name]}}.",
     )
 
+    benchmarks: dict[str, dict[str, Any]] = not_shaping(
+        {},
+        description=(
+            "Benchmark evaluators (tuneforge evaluators marks them: they score the model on "
+            "tasks of their own, e.g. lm_eval) with their settings, run on the base, the tuned "
+            "model and the champion after the eval split and logged as bench.<task>.<metric>: "
+            "what registry.guards watch. Each costs its own evaluation time per model. E.g. "
+            "{lm_eval: {path: deployments/benchmarks, limit: 100}}; empty: none."
+        ),
+    )
+
     @field_validator("metrics")
     @classmethod
     def _evaluators_are_registered(cls, metrics: list[str]) -> list[str]:
-        from tuneforge.plugins.discovery import UnknownEvaluatorError, evaluator_info
+        from tuneforge.plugins.discovery import (
+            UnknownEvaluatorError,
+            discover_evaluators,
+            evaluator_info,
+        )
 
         for name in metrics:
             try:
-                evaluator_info(name)
+                info = evaluator_info(name)
+            except UnknownEvaluatorError as exc:
+                found = discover_evaluators().plugins
+                answers = sorted(n for n, i in found.items() if not i.scores_model)
+                if name in found or not answers:
+                    raise ValueError(str(exc)) from None  # registered twice: say by whom
+                raise ValueError(
+                    f"unknown evaluator {name!r}; available: {', '.join(answers)}"
+                ) from None
+            if info.scores_model:
+                raise ValueError(
+                    f"{name} scores the model on tasks of its own, not answers: configure it "
+                    f"under evaluation.benchmarks.{name}"
+                )
+        return list(dict.fromkeys(metrics))
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _benchmarks_are_registered(cls, benchmarks: dict[str, Any]) -> dict[str, Any]:
+        from tuneforge.plugins.discovery import UnknownEvaluatorError, evaluator_info
+
+        for name in benchmarks:
+            try:
+                info = evaluator_info(name)
             except UnknownEvaluatorError as exc:
                 raise ValueError(str(exc)) from None
-        return list(dict.fromkeys(metrics))
+            if not info.scores_model:
+                raise ValueError(
+                    f"{name} scores answers, not the model: list it in evaluation.metrics"
+                )
+        return benchmarks
 
     @model_validator(mode="after")
     def _settings_name_scored_evaluators(self) -> EvalConfig:
@@ -639,6 +717,16 @@ class EvalConfig(Strict):
         """Each scored evaluator's settings (`settings_of`)."""
         return {name: self.settings_of(name) for name in self.evaluator_names()}
 
+    def benchmark_settings(self) -> dict[str, BaseModel]:
+        """Each benchmark evaluator's settings as its own `Settings` model (pydantic's
+        `ValidationError` for bad keys or values)."""
+        from tuneforge.plugins.discovery import evaluator_info
+
+        return {
+            name: evaluator_info(name).cls.Settings.model_validate(raw)
+            for name, raw in self.benchmarks.items()
+        }
+
     @field_validator("groups")
     @classmethod
     def _group_names_are_words(cls, groups: dict[str, list[str]]) -> dict[str, list[str]]:
@@ -652,7 +740,8 @@ LOSS_METRICS = ("eval_loss", "perplexity")  # lower is better; every other is an
 
 
 def higher_is_better(metric: str) -> bool:
-    """The natural direction of `metric` (`json_valid.held_out`: its evaluator's)."""
+    """The natural direction of `metric` (`json_valid.held_out`: its evaluator's). A benchmark
+    metric (`bench.*`) has the direction its evaluator reports with it, not one of these."""
     family = metric.split(".", 1)[0]
     if family in LOSS_METRICS:
         return False
@@ -749,6 +838,18 @@ class RegistryConfig(Strict):
         ),
     )
 
+    guards: dict[str, Annotated[float, Field(ge=0)]] = not_shaping(
+        {},
+        description=(
+            "What a new version must not lose: metric -> the largest drop allowed against the "
+            "current champion (the base when there is none), both scored on this run's data, "
+            "in the metric's own direction; e.g. {bench.guard_uppercase.exact_match: 0.05, "
+            "exact_match.held_out: 0.02}. A version that drops more becomes challenger, its "
+            "reason naming the guard, both numbers and a paired sign test on the same rows. "
+            "bench.* metrics come from evaluation.benchmarks."
+        ),
+    )
+
     @field_validator("model_name")
     @classmethod
     def _model_name_is_a_name(cls, name: str) -> str:
@@ -764,7 +865,8 @@ class RegistryConfig(Strict):
     def _metric_is_known(cls, metric: str) -> str:
         from tuneforge.plugins.discovery import discover_evaluators
 
-        known = [*LOSS_METRICS, *sorted(discover_evaluators().plugins)]
+        found = discover_evaluators().plugins
+        known = [*LOSS_METRICS, *sorted(n for n, info in found.items() if not info.scores_model)]
         if metric.split(".", 1)[0] not in known:
             raise ValueError(f"unknown metric {metric!r}; use one of {', '.join(known)}")
         return metric
@@ -921,6 +1023,34 @@ class RunConfig(Strict):
         return self
 
     @model_validator(mode="after")
+    def _replay_needs_a_registered_parent(self) -> RunConfig:
+        if self.data.replay and not self.model.source.startswith("models:/"):
+            raise ValueError(
+                f"data.replay replays a registered parent's data, and model.source "
+                f"{self.model.source!r} is not a registry version (models:/NAME/VERSION)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _guards_watch_scored_metrics(self) -> RunConfig:
+        # Whether a bench.* guard names a metric its tasks produce is checked by preflight,
+        # which loads the task files; here, that there are benchmarks at all.
+        scored = [*LOSS_METRICS, *self.evaluation.evaluator_names()]
+        for metric in self.registry.guards:
+            family = metric.split(".", 1)[0]
+            if family == BENCH and not self.evaluation.benchmarks:
+                raise ValueError(
+                    f"registry.guards.{metric}: no benchmarks are configured; add "
+                    "evaluation.benchmarks (e.g. lm_eval: {path: deployments/benchmarks})"
+                )
+            if family != BENCH and family not in scored:
+                raise ValueError(
+                    f"registry.guards.{metric}: {family} is not scored; use one of "
+                    f"{', '.join(scored)} or bench.<task>.<metric>"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _raw_text_needs_a_loss_metric_and_a_text_strategy(self) -> RunConfig:
         # Raw text has no answers to generate, so only the loss metrics exist; and only
         # strategies that say so train on it. (A file `auto` recognises as text is caught at
@@ -956,7 +1086,7 @@ class RunConfig(Strict):
         has its own fingerprint): for lineage and to detect an unchanged retrain. What it
         leaves out is declared on the fields (`not_shaping`)."""
         shaping = self.model_dump(mode="json", exclude=_not_shaping_exclude(type(self)))
-        blob = json.dumps(shaping, sort_keys=True).encode()
+        blob = json.dumps(_omit_defaults(self, shaping), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -1001,6 +1131,14 @@ def parse_config(data: dict[str, Any], source: str = "config") -> RunConfig:
             cfg.evaluation.settings_of(name)
         except ValidationError as exc:
             prefix = f"evaluation.metric_settings.{name}."
+            raise ConfigError(format_errors(source, exc, prefix=prefix)) from None
+    from tuneforge.plugins.discovery import evaluator_info
+
+    for name, raw in cfg.evaluation.benchmarks.items():
+        try:
+            evaluator_info(name).cls.Settings.model_validate(raw)
+        except ValidationError as exc:
+            prefix = f"evaluation.benchmarks.{name}."
             raise ConfigError(format_errors(source, exc, prefix=prefix)) from None
     return cfg
 

@@ -11,12 +11,15 @@ from pydantic import BaseModel
 
 def describe_fields(model: type[BaseModel]) -> dict[str, dict[str, Any]]:
     """Each field of `model` (a config section or a plugin's `Settings`): its type (as written
-    in Python), default and description, by the name it has in YAML (its alias, if any)."""
+    in Python), default, whether it is required (then its default is None) and description, by
+    the name it has in YAML (its alias, if any)."""
     described = {}
     for key, field in model.model_fields.items():
+        required = field.is_required()
         described[field.alias or key] = {
             "type": type_name(field.annotation),
-            "default": field.get_default(call_default_factory=True),
+            "default": None if required else field.get_default(call_default_factory=True),
+            "required": required,
             "description": field.description or "",
         }
     return described

@@ -8,18 +8,21 @@ The same function scores the base, the tuned model and the champion, so they are
   evaluator in `evaluation.metrics` (ROUGE-L by default, plugins through the evaluator entry
   points) is aggregated the same way.
 
-    metrics, rows = evaluate_records(model_dir, records, EvalConfig(), max_length=128)
+    scores = evaluate_records(model_dir, records, EvalConfig(), max_length=128)
+    scores.metrics, scores.rows, scores.bench_rows
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tuneforge.config import EvalConfig
-from tuneforge.lineage import metric_safe
+from tuneforge.errors import first_line
+from tuneforge.lineage import BENCH, metric_safe
 from tuneforge.models import load_pretrained, pick_device
 from tuneforge.prompts import split_turns
 from tuneforge.records import is_text, spread
@@ -129,9 +132,9 @@ def evaluate_records(
     trust_remote_code: bool = False,
     holdout_tasks: list[str] | tuple[str, ...] = (),
     dtype: str = "float32",
-) -> tuple[dict[str, float], list[dict]]:
+) -> Evaluation:
     """Scores the model in `model_dir` (loaded in `dtype`) on (at most `cfg.max_examples` of)
-    `records`."""
+    `records`, then on `cfg.benchmarks`."""
     model, tokenizer = load_pretrained(model_dir, trust_remote_code, dtype)
     model.to(pick_device()).eval()
     records = spread(records, cfg.max_examples)
@@ -163,4 +166,44 @@ def evaluate_records(
         "perplexity": math.exp(min(loss, 50.0)),
         "examples": len(records),
     }
+    bench, bench_rows = run_benchmarks(model, tokenizer, cfg)
+    return Evaluation(metrics | bench, rows, bench_rows)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One model's scores: `metrics` (on the eval split, and `bench.*`), a row per eval
+    record scored (`rows`: its answer, each evaluator's value, its loss) and a row per
+    benchmark sample (`bench_rows`: `{"metric": "bench.<task>.<metric>", "doc_id", "value"}`)
+    for the gate's paired tests."""
+
+    metrics: dict[str, float]
+    rows: list[dict]
+    bench_rows: list[dict] = field(default_factory=list)
+
+
+def run_benchmarks(
+    model: Any, tokenizer: Any, cfg: EvalConfig
+) -> tuple[dict[str, float], list[dict]]:
+    """Every benchmark evaluator of `cfg.benchmarks` on the model in memory: its metrics as
+    `bench.<task>.<metric>`, and its sample rows."""
+    from tuneforge.plugins.discovery import evaluator_info
+
+    metrics: dict[str, float] = {}
+    rows: list[dict] = []
+    for name, settings in cfg.benchmark_settings().items():
+        info = evaluator_info(name)
+        try:
+            result = info.cls(settings).evaluate(model, tokenizer)
+        except Exception as exc:  # third-party code: say whose
+            raise EvaluatorError(f"{info.label}: evaluate: {first_line(exc)}") from exc
+        metrics |= {f"{BENCH}.{key}": value for key, value in result.metrics.items()}
+        rows += [
+            {
+                **row,
+                "metric": f"{BENCH}.{row['metric']}",
+                "higher_is_better": result.higher_is_better.get(row["metric"], True),
+            }
+            for row in result.samples
+        ]
     return metrics, rows

@@ -26,6 +26,8 @@ PARENT_VERSION = "tuneforge.parent_version"  # NAME/VERSION of a registry base, 
 DATA_SOURCE = "tuneforge.data_source"  # data.path
 DATA_FINGERPRINT = "tuneforge.data_fingerprint"  # hash of the validated rows
 DATA_SCHEMA = "tuneforge.data_schema"  # the schema read and its column mapping
+DATA_CONFIG = "tuneforge.data_config"  # the data section as JSON: how to rebuild its split
+REPLAYED = "tuneforge.replayed"  # rows of which parent's training split a run replayed
 MODEL_NAME = "tuneforge.model_name"  # registry.model_name
 FLOW_RUN_ID = "tuneforge.flow_run_id"  # the Prefect flow run that trained it
 PYTHON = "tuneforge.python"
@@ -38,6 +40,7 @@ REGISTERED_VERSION = "tuneforge.registered_version"  # NAME/VERSION, on the run
 CHECKPOINT_STEP = "tuneforge.checkpoint_step"  # the step whose weights were registered
 BATCHES = "tuneforge.batches"  # padding-free, or padded and why
 SKIPPED = "tuneforge.skipped"  # why a run stopped early (data and config unchanged)
+GUARDS = "tuneforge.guards"  # registry.guards checked: JSON, one entry per guard
 ATTEMPT = "tuneforge.attempt"  # how many flow runs this MLflow run has been continued by
 CRASHED = "tuneforge.crashed"  # why an unfinished run was ended by a later one
 
@@ -64,6 +67,7 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 # shown as logged); the loss curve is the one other code reads.
 BASE, TUNED, CHAMPION_SCORES = "base", "tuned", "champion"
 TRAIN_LOSS = "train.loss"
+BENCH = "bench"  # bench.<task>.<metric>: a benchmark evaluator's (evaluation.benchmarks)
 
 
 def metric_key(label: str, metric: str) -> str:

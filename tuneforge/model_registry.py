@@ -12,6 +12,7 @@ right after it.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from mlflow.exceptions import MlflowException
@@ -99,9 +100,11 @@ def rollback(client: MlflowClient, name: str) -> tuple[str, str]:
 
 
 def version_summary(client: MlflowClient, version: Any) -> dict[str, Any]:
-    """One version as plain data: aliases, metrics of its run, lineage and decision tags."""
+    """One version as plain data: aliases, metrics of its run, lineage and decision tags, and
+    the guards its registration checked."""
     metrics = client.get_run(version.run_id).data.metrics if version.run_id else {}
     return {
+        "guards": json.loads(version.tags.get(lineage.GUARDS, "[]")),
         "name": version.name,
         "version": version.version,
         "aliases": list(version.aliases),

@@ -195,8 +195,17 @@ def log_model_artifacts(
     return f"runs:/{run_id}/{MODEL_ARTIFACT}"
 
 
-def model_card(name: str, version: str, reason: str, tags: dict, base: dict, tuned: dict) -> str:
-    """A markdown model card: what this version is, where it came from, how it scored."""
+def model_card(
+    name: str,
+    version: str,
+    reason: str,
+    tags: dict,
+    base: dict,
+    tuned: dict,
+    guards: list[dict[str, Any]] = (),
+) -> str:
+    """A markdown model card: what this version is, where it came from, how it scored, and
+    what its guards found (`GuardResult.as_dict()` each)."""
     table = "\n".join(
         f"| {k.removeprefix(lineage.TAG_PREFIX)} | {v} |" for k, v in sorted(tags.items())
     )
@@ -205,9 +214,25 @@ def model_card(name: str, version: str, reason: str, tags: dict, base: dict, tun
         for k, v in tuned.items()
         if k != "examples"
     )
+    guarded = ""
+    if guards:
+        lines = "\n".join(
+            f"| {g['metric']} | {_score(g['reference'])} ({g['against']}) | {_score(g['tuned'])} "
+            f"| {g['max_drop']:g} | {'passed' if g['passed'] else 'FAILED'} |"
+            for g in guards
+        )
+        guarded = (
+            "## Guards\n\n| metric | reference | tuned | max drop | result |\n"
+            f"|---|---|---|---|---|\n{lines}\n\n"
+        )
     return (
         f"# {name} version {version}\n\n"
         f"Decision: {reason}\n\n"
         f"## Evaluation (held-back split)\n\n| metric | base | tuned |\n|---|---|---|\n{rows}\n\n"
+        f"{guarded}"
         f"## Lineage\n\n| key | value |\n|---|---|\n{table}\n"
     )
+
+
+def _score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"

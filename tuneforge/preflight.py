@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 from tuneforge.config import ConfigError, RunConfig, embeds_credentials
+from tuneforge.lineage import BENCH
 
 HEALTH_TIMEOUT_S = 5
 
@@ -44,7 +45,40 @@ def check_run(config: RunConfig) -> None:
             f"train.deployment: training on another pool hands data over through MLflow, "
             f"which needs a tracking server (http://...), not {uri or './mlflow.db'}"
         )
+    check_benchmarks(config)
     check_writable(config.output_dir)  # last: it creates the directory
+
+
+def check_benchmarks(config: RunConfig) -> dict[str, bool]:
+    """Each benchmark's tasks, files and metrics exist, and every `bench.*` guard names one of
+    them; returns the benchmark metrics (`bench.<task>.<metric>` -> higher is better)."""
+    from tuneforge.plugins.discovery import evaluator_info
+
+    found: dict[str, bool] = {}
+    for name, settings in config.evaluation.benchmark_settings().items():
+        key = f"evaluation.benchmarks.{name}"
+        try:
+            metrics = evaluator_info(name).cls(settings).metrics()
+        except ModuleNotFoundError as exc:
+            raise ConfigError(
+                f"{key}: needs {exc.name}, which is not installed (pip install "
+                "'tuneforge[harness]' for lm_eval)"
+            ) from None
+        except ValueError as exc:
+            message = str(exc).strip().splitlines()[0]
+            raise ConfigError(message if message.startswith(key) else f"{key}: {message}") from None
+        for metric, higher in metrics.items():
+            full = f"{BENCH}.{metric}"
+            if full in found:
+                raise ConfigError(f"{key}: {full} is produced by two benchmark evaluators")
+            found[full] = higher
+    for guard in config.registry.guards:
+        if guard.startswith(f"{BENCH}.") and guard not in found:
+            raise ConfigError(
+                f"registry.guards.{guard}: not a metric the benchmarks produce (they produce "
+                f"{', '.join(sorted(found)) or 'none'})"
+            )
+    return found
 
 
 def check_writable(output_dir: str) -> None:

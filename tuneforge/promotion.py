@@ -7,17 +7,20 @@ A version becomes champion when there is none yet or when it beats both the base
 `registry.min_improvement_over_base`) and the champion (by `registry.min_improvement`) on
 `registry.metric`, and passes the paired checks against the base (`paired_gate`:
 `registry.min_correct` rows answered exactly, a one-sided exact sign test at
-`registry.max_p_value`); otherwise it is challenger. Plain functions: the registering task
-reads the scores and moves the alias.
+`registry.max_p_value`); otherwise it is challenger. And it must not lose what the guards
+watch (`check_guards`: `registry.guards`, each metric's drop against the champion, else the
+base, with a paired sign test on the same rows). Plain functions: the registering task reads
+the scores and moves the alias.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from tuneforge import lineage
-from tuneforge.config import RegistryConfig
+from tuneforge.config import RegistryConfig, higher_is_better
 
 
 def _gain(candidate: float, reference: float, higher_is_better: bool) -> float:
@@ -94,9 +97,7 @@ def paired_gate(
             )
     if cfg.max_p_value is None:
         return None
-    family = cfg.metric.split(".", 1)[0]
-    # Per row: `exact` for exact match, the evaluator's own value, or the loss (both losses).
-    key = {"exact_match": "exact", "eval_loss": "loss", "perplexity": "loss"}.get(family, family)
+    key = _row_key(cfg.metric)
     sign = 1 if cfg.higher_wins else -1
     wins = losses = 0
     for row in tuned:
@@ -114,3 +115,116 @@ def paired_gate(
             f"registry.max_p_value={cfg.max_p_value:g})"
         )
     return None
+
+
+@dataclass(frozen=True)
+class GuardResult:
+    """One `registry.guards` entry checked: the tuned model's score on a metric it must not
+    lose against the reference's (the champion's, else the base's) on the same rows."""
+
+    metric: str
+    max_drop: float
+    against: str  # "champion v3" or "the base"
+    tuned: float | None  # None: the tuned model has no such score
+    reference: float | None
+    higher_is_better: bool
+    worse: int = 0  # rows (documents) where the tuned model scores worse
+    better: int = 0
+    p_value: float | None = None  # one-sided sign test that the tuned model is worse
+
+    @property
+    def drop(self) -> float | None:
+        """How much the tuned model lost, in the metric's direction (negative: it gained)."""
+        if self.tuned is None or self.reference is None:
+            return None
+        return _gain(self.reference, self.tuned, self.higher_is_better)
+
+    @property
+    def passed(self) -> bool:
+        drop = self.drop
+        return drop is not None and drop <= self.max_drop
+
+    def describe(self) -> str:
+        """`guard bench.x.acc: 0.4200 against champion v3's 0.9100 (drop 0.4900 > 0.05;
+        paired: 23 of 30 rows worse, 1 better, p=1.2e-06)`."""
+        if self.drop is None:
+            missing = "the tuned model" if self.tuned is None else self.against
+            return f"guard {self.metric}: not scored for {missing}"
+        limit = ">" if self.drop > self.max_drop else "<="
+        paired = ""
+        if self.p_value is not None:
+            paired = (
+                f"; paired: {self.worse} rows worse, {self.better} better, p={self.p_value:.3g}"
+            )
+        return (
+            f"guard {self.metric}: {self.tuned:.4f} against {self.against}'s "
+            f"{self.reference:.4f} (drop {self.drop:.4f} {limit} {self.max_drop:g}{paired})"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "drop": self.drop, "passed": self.passed}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GuardResult:
+        """Rebuilds a result from `as_dict()` (a version's `tuneforge.guards` tag)."""
+        return cls(**{k: v for k, v in data.items() if k not in ("drop", "passed")})
+
+
+def check_guards(
+    guards: dict[str, float],
+    tuned: dict[str, float],
+    reference: dict[str, float],
+    against: str,
+    tuned_rows: list[dict[str, Any]],
+    reference_rows: list[dict[str, Any]],
+) -> list[GuardResult]:
+    """Each guard (`metric -> max_drop`) on the tuned model's metrics against the reference's,
+    both scored on this run's data. `*_rows` are the per-row scores evaluation wrote: a row per
+    eval record (`<label>_scores.jsonl`) and a row per benchmark sample, whose own
+    `higher_is_better` gives a benchmark metric's direction (`<label>_bench.jsonl`)."""
+    results = []
+    for metric, max_drop in guards.items():
+        if metric.startswith(f"{lineage.BENCH}."):
+            mine = [r for r in tuned_rows if r.get("metric") == metric]
+            theirs = {r["doc_id"]: r for r in reference_rows if r.get("metric") == metric}
+            up = bool(mine[0]["higher_is_better"]) if mine else True
+            pairs = [
+                (r["value"], theirs[r["doc_id"]]["value"]) for r in mine if r["doc_id"] in theirs
+            ]
+        else:
+            up = higher_is_better(metric)
+            key = _row_key(metric)
+            mine = [r for r in _subset(tuned_rows, metric) if "row" in r]
+            theirs = {r["row"]: r for r in _subset(reference_rows, metric) if "row" in r}
+            pairs = [
+                (r[key], theirs[r["row"]][key])
+                for r in mine
+                if r["row"] in theirs
+                and r.get(key) is not None
+                and theirs[r["row"]].get(key) is not None
+            ]
+        sign = 1 if up else -1
+        differences = [sign * (float(a) - float(b)) for a, b in pairs]
+        worse = sum(d < 0 for d in differences)
+        better = sum(d > 0 for d in differences)
+        results.append(
+            GuardResult(
+                metric,
+                max_drop,
+                against,
+                tuned.get(metric),
+                reference.get(metric),
+                up,
+                worse,
+                better,
+                sign_test_p(worse, better) if pairs else None,
+            )
+        )
+    return results
+
+
+def _row_key(metric: str) -> str:
+    """The per-row field an eval metric is the mean of: `exact` for exact match, `loss` for
+    both losses, else the evaluator's own name."""
+    family = metric.split(".", 1)[0]
+    return {"exact_match": "exact", "eval_loss": "loss", "perplexity": "loss"}.get(family, family)

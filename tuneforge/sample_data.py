@@ -187,3 +187,45 @@ def write_sample(path: Path, rows_per_family: int = 300, seed: int = 0) -> int:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
             n += 1
     return n
+
+
+# A narrow domain for a second stage (deployments/pipelines/forgetting.yaml): sums and
+# differences of numbers up to 50, phrased as the bundled `add` family and a few new ways.
+ARITHMETIC_PHRASINGS = {
+    "add": (*FAMILIES["add"][0], "Add these.", "How much is this?"),
+    "subtract": (
+        "Subtract the second number from the first.",
+        "What is the difference?",
+        "Work out the subtraction.",
+        "How much is left?",
+    ),
+}
+
+
+def arithmetic_rows(rows: int = 1200, seed: int = 0) -> list[dict[str, str]]:
+    """Alpaca-style rows of the arithmetic domain, `add` and `subtract` interleaved, no
+    (instruction, input) pair twice."""
+    rng = random.Random(seed)
+    out: list[dict[str, str]] = []
+    seen: set[tuple[str, str]] = set()
+    while len(out) < rows:
+        task = ("add", "subtract")[len(out) % 2]
+        a, b = rng.randint(0, 50), rng.randint(0, 50)
+        if task == "subtract":
+            a, b = max(a, b), min(a, b)
+        source, answer = (f"{a} + {b}", str(a + b)) if task == "add" else (f"{a} - {b}", str(a - b))
+        instruction = rng.choice(ARITHMETIC_PHRASINGS[task])
+        if (instruction, source) in seen:
+            continue
+        seen.add((instruction, source))
+        out.append({"instruction": instruction, "input": source, "output": answer, "task": task})
+    return out
+
+
+def write_arithmetic(path: Path, rows: int = 1200, seed: int = 0) -> int:
+    """Writes the arithmetic domain as JSONL and returns the number of rows."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for row in arithmetic_rows(rows, seed):
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return rows

@@ -86,6 +86,7 @@ def test_a_registered_run_summarises_registration_data_training_and_metrics():
             "base": {"exact_match": 0.1, "eval_loss": 3.0, "examples": 20.0},
             "tuned": {"exact_match": 0.5, "eval_loss": 1.5, "examples": 20.0},
         },
+        "guards": [],  # none configured (the flow test of guards has them)
     }
     assert "\n" not in json.dumps(summary)  # one line
 

@@ -30,7 +30,15 @@ def _tuneforge_imports(path: Path) -> set[str]:
         *sorted((REPO / "examples" / "tuneforge-jsonvalid").rglob("*.py")),
         *(
             REPO / "plugins" / f"{name}.py"
-            for name in ("full", "instruction", "lora", "pretrain", "exact_match", "rouge_l")
+            for name in (
+                "full",
+                "instruction",
+                "lora",
+                "pretrain",
+                "exact_match",
+                "rouge_l",
+                "harness",
+            )
         ),
     ],
     ids=lambda p: str(p.relative_to(REPO)),
@@ -45,6 +53,8 @@ def test_the_public_names_are_there():
 
     assert set(api.__all__) == {
         "IGNORE_INDEX",
+        "BenchmarkEvaluator",
+        "BenchmarkResult",
         "Capabilities",
         "Evaluator",
         "Example",
@@ -54,6 +64,7 @@ def test_the_public_names_are_there():
         "tokenize_text_blocks",
     }
     assert set(kit.__all__) == {
+        "check_benchmark_evaluator",
         "check_evaluator",
         "check_strategy",
         "sample_records",

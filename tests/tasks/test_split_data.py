@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from tuneforge.config import DataConfig
+from tuneforge.data.splitting import split_records
 from tuneforge.jsonl import read_jsonl, write_jsonl
-from tuneforge.tasks.split_data import split_dataset, split_records
+from tuneforge.tasks.split_data import split_dataset
 
 TASKS = ("add", "reverse", "sort", "antonym")
 
@@ -125,7 +126,7 @@ def test_split_dataset_refuses_an_empty_side(tmp_path, fraction, holdout, empty_
 
 
 def test_unknown_holdout_task_is_named():
-    from tuneforge.tasks.split_data import split_records
+    from tuneforge.data.splitting import split_records
 
     records = [{"row": 1, "task": "add", "messages": [{"role": "user", "content": "q"}]}]
     with pytest.raises(ValueError, match=r"data\.holdout_tasks: \['nope'\] not among"):

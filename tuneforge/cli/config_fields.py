@@ -17,7 +17,6 @@ from typing import Annotated, Any
 
 import typer
 from pydantic import BaseModel
-from pydantic_core import PydanticUndefined
 
 from tuneforge.cli.output import JsonOption, fail, out, print_result
 
@@ -63,14 +62,13 @@ def config_fields(
     for key, described in describe_fields(model).items():
         if key in nested:
             continue
-        required = described["default"] is PydanticUndefined
         listed.append(
             {
                 "key": f"{prefix}{key}",
                 "type": described["type"],
-                "default": None if required else described["default"],
+                "default": described["default"],
                 "description": described["description"],
-                "required": required,
+                "required": described["required"],
                 "shapes_training": shaping and aliases[key] not in not_shaping,
             }
         )

@@ -3,7 +3,7 @@
 tuneforge validate data/instructions.jsonl [--format jsonl] [--quarantine PATH] [--json]
 tuneforge evaluate models:/tuneforge-demo@champion data/instructions.jsonl [--json]
 tuneforge data push data/instructions.jsonl [--json]
-tuneforge sample-data data/instructions.jsonl
+tuneforge sample-data data/instructions.jsonl [--flan-mini | --arithmetic | --guards]
 """
 
 from __future__ import annotations
@@ -130,45 +130,69 @@ def evaluate(
     model: Annotated[
         str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION or a path")
     ],
-    data: Annotated[str, typer.Argument(help="Data file, dataset directory, or hf:NAME")],
+    data: Annotated[
+        str | None,
+        typer.Argument(
+            help="Data file, dataset directory, or hf:NAME (optional with --benchmarks)"
+        ),
+    ] = None,
     max_examples: Annotated[int, typer.Option(help="Rows scored at most")] = 240,
     max_new_tokens: Annotated[int, typer.Option(help="Generation budget per answer")] = 24,
     max_length: Annotated[int, typer.Option(help="Tokens per example for the loss")] = 128,
     holdout: Annotated[
         list[str] | None, typer.Option(help="Task families to report as held out")
     ] = None,
+    benchmarks: Annotated[
+        Path | None,
+        typer.Option(help="lm-evaluation-harness task files (a folder): bench.<task>.<metric>"),
+    ] = None,
+    task: Annotated[
+        list[str] | None, typer.Option(help="With --benchmarks: run only this task (repeatable)")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="With --benchmarks: documents per task at most")
+    ] = None,
+    chat_template: Annotated[
+        bool, typer.Option(help="With --benchmarks: prompts through the chat template")
+    ] = False,
     as_json: JsonOption = False,
     tracking_uri: Annotated[
         str | None,
         typer.Option(help="For models:/ URIs. Default: MLFLOW_TRACKING_URI, ./mlflow.db"),
     ] = None,
 ) -> None:
-    """Score a model on a dataset (every valid row): loss, perplexity, exact match, ROUGE-L."""
+    """Score a model on a dataset (every valid row: loss, perplexity, exact match, ROUGE-L)
+    and/or on benchmark tasks (--benchmarks: lm-evaluation-harness task files)."""
     from pydantic import ValidationError
 
     from tuneforge.config import ConfigError, EvalConfig, ModelConfig
-    from tuneforge.data.reading import DataLoadError, read_rows
-    from tuneforge.data.validation import validate_rows
-    from tuneforge.data_schemas import SchemaError
-    from tuneforge.evaluation import evaluate_records
     from tuneforge.models import ModelSourceError
     from tuneforge.preflight import check_tracking_server
     from tuneforge.tasks.model_source import resolve_model_dir
     from tuneforge.tracking import resolve_tracking_uri
 
+    if data is None and benchmarks is None:
+        fail("give a data file to score, --benchmarks PATH, or both")
+    harness = {"path": str(benchmarks), "tasks": task or None, "limit": limit}
+    harness |= {"apply_chat_template": chat_template}
     try:
-        cfg = EvalConfig(max_examples=max_examples, max_new_tokens=max_new_tokens)
+        cfg = EvalConfig(
+            max_examples=max_examples,
+            max_new_tokens=max_new_tokens,
+            benchmarks={"lm_eval": harness} if benchmarks is not None else {},
+        )
+        cfg.benchmark_settings()
     except ValidationError as exc:
         first = exc.errors()[0]
-        fail(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}")
+        option = {"path": "benchmarks", "tasks": "task", "apply_chat_template": "chat-template"}
+        name = str(first["loc"][0]) if first["loc"] else "benchmarks"
+        message = first["msg"].removeprefix("Value error, ")
+        fail(f"--{option.get(name, name).replace('_', '-')}: {message}")
     if max_length <= 8:
         fail(f"--max-length: {max_length} tokens leave no room for an answer; use more than 8")
-    try:
-        valid, rejected = validate_rows(read_rows(data), max_chars=100_000, source=data)
-    except (DataLoadError, SchemaError) as exc:
-        fail(str(exc))
-    if not valid:
-        fail(f"{data}: no valid rows to evaluate ({len(rejected)} rejected)")
+    if benchmarks is not None:
+        _check_benchmarks(cfg)
+    valid, rejected = _valid_rows(data) if data is not None else ([], [])
     uri = resolve_tracking_uri(tracking_uri)
     if model.startswith("models:/") and uri.startswith(("http://", "https://")):
         try:  # MLflow's client retries a dead server for minutes; this asks once, briefly
@@ -178,7 +202,7 @@ def evaluate(
     with tempfile.TemporaryDirectory() as tmp:
         try:
             model_dir = resolve_model_dir(ModelConfig(source=model), [], Path(tmp))
-            metrics, _ = evaluate_records(model_dir, valid, cfg, max_length, False, holdout or [])
+            metrics = _scores(model_dir, valid, cfg, max_length, holdout or [])
         except ModelSourceError as exc:
             fail(str(exc))
 
@@ -186,12 +210,53 @@ def evaluate(
         if rejected:
             skipped = f"{len(rejected)} invalid rows skipped (see tuneforge validate)"
             err.print(skipped, markup=False)
-        table = Table(f"{model} on {data}", "value")
+        table = Table(f"{model} on {data or benchmarks}", "value")
         for key, value in metrics.items():
             table.add_row(key, f"{value:.4f}")
         out.print(table)
 
     print_result(metrics, render)
+
+
+def _check_benchmarks(cfg: Any) -> None:
+    """The task files, tasks and their data exist, in one line otherwise (before any model
+    is loaded)."""
+    from tuneforge.config import ConfigError, RunConfig
+    from tuneforge.preflight import check_benchmarks
+
+    try:
+        check_benchmarks(RunConfig(data={"path": "-"}, evaluation=cfg))
+    except ConfigError as exc:
+        message = str(exc).replace("evaluation.benchmarks.lm_eval.tasks", "--task", 1)
+        fail(message.replace("evaluation.benchmarks.lm_eval", "--benchmarks", 1))
+
+
+def _valid_rows(data: str) -> tuple[list[dict], list[dict]]:
+    from tuneforge.data.reading import DataLoadError, read_rows
+    from tuneforge.data.validation import validate_rows
+    from tuneforge.data_schemas import SchemaError
+
+    try:
+        valid, rejected = validate_rows(read_rows(data), max_chars=100_000, source=data)
+    except (DataLoadError, SchemaError) as exc:
+        fail(str(exc))
+    if not valid:
+        fail(f"{data}: no valid rows to evaluate ({len(rejected)} rejected)")
+    return valid, rejected
+
+
+def _scores(
+    model_dir: Path, records: list[dict], cfg: Any, max_length: int, holdout: list[str]
+) -> dict[str, float]:
+    """The eval metrics on `records` (with the benchmarks'), or the benchmarks' alone."""
+    from tuneforge.evaluation import evaluate_records, run_benchmarks
+    from tuneforge.models import load_pretrained, pick_device
+
+    if records:
+        return evaluate_records(model_dir, records, cfg, max_length, False, holdout).metrics
+    model, tokenizer = load_pretrained(model_dir)
+    model.to(pick_device()).eval()
+    return run_benchmarks(model, tokenizer, cfg)[0]
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Announce new data to scheduled retraining.")
@@ -249,13 +314,28 @@ def sample_data(
         bool,
         typer.Option("--flan-mini", help="Write the FLAN-in-miniature corpus into the folder PATH"),
     ] = False,
+    arithmetic: Annotated[
+        bool, typer.Option("--arithmetic", help="Write the arithmetic domain to PATH")
+    ] = False,
+    guards: Annotated[
+        bool, typer.Option("--guards", help="Write the guard suite's data under the folder PATH")
+    ] = False,
 ) -> None:
-    """Regenerate the bundled instruction dataset (or, with --flan-mini, data/flan-mini)."""
-    if flan_mini:
+    """Regenerate the bundled instruction dataset (or, with --flan-mini, data/flan-mini; with
+    --arithmetic, data/arithmetic.jsonl; with --guards, deployments/benchmarks/data)."""
+    if flan_mini or guards:
         from tuneforge.flan_mini import write_flan_mini
+        from tuneforge.guard_suite import write_guard_suite
 
-        for name, n in write_flan_mini(path, seed).items():
-            out.print(f"wrote {n} rows to {path / name}")
+        written = write_flan_mini(path, seed) if flan_mini else write_guard_suite(path)
+        folder = path if flan_mini else path / "data"
+        for name, n in written.items():
+            out.print(f"wrote {n} rows to {folder / name}")
+        return
+    if arithmetic:
+        from tuneforge.sample_data import write_arithmetic
+
+        out.print(f"wrote {write_arithmetic(path, seed=seed)} rows to {path}")
         return
     from tuneforge.sample_data import write_sample
 

@@ -21,6 +21,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from tuneforge.cli.guards import print_guards
 from tuneforge.cli.output import JsonOption, err, fail, json_requested, out, print_result
 from tuneforge.errors import first_line
 
@@ -91,6 +92,7 @@ def run_summary(result: Any) -> dict[str, Any]:
             "best_step": training.best_step,
         },
         "metrics": {"base": result.base, "tuned": result.tuned},
+        "guards": reg.guards,
     }
 
 
@@ -298,6 +300,7 @@ def _print_summary(result: Any) -> None:
     name, alias = escape(reg.name), reg.alias
     out.print(f"[bold]Registered[/bold] {name} version {reg.version} as [bold]{alias}[/bold]")
     out.print(f"  {reg.reason}", markup=False)
+    print_guards(reg.guards)
     out.print(
         f"Data: {data.total} rows, {data.valid} valid, {data.rejected} quarantined"
         + (f" ({data.quarantine_path})" if data.rejected else ""),

@@ -14,6 +14,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from tuneforge.cli.guards import print_guards
 from tuneforge.cli.output import JsonOption, fail, out, print_result
 
 models_app = typer.Typer(
@@ -68,6 +69,7 @@ def models_show(
     as_json: JsonOption = False,
 ) -> None:
     """A version's metrics, lineage tags and artifacts."""
+    from tuneforge import lineage
     from tuneforge.model_registry import show
 
     def render(v: dict) -> None:
@@ -78,7 +80,9 @@ def models_show(
             table.add_row(key, f"{value:.4f}")
         out.print(table)
         for key, value in v["tags"].items():
-            out.print(f"  {key} = {value}", markup=False, highlight=False)
+            if key != lineage.GUARDS:
+                out.print(f"  {key} = {value}", markup=False, highlight=False)
+        print_guards(v["guards"])
         out.print(f"artifacts: {', '.join(v['artifacts'])}", markup=False)
 
     print_result(_registry_call(tracking_uri, lambda c: show(c, name, version)), render)

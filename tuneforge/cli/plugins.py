@@ -54,8 +54,10 @@ def _list_plugins(command: str, found: Any, info_of: Any, name: str | None) -> N
             "version": info.version,
             "settings": describe_fields(info.cls.Settings),
         }
-        if info.kind == "evaluator":
-            item["higher_is_better"] = info.cls.higher_is_better
+        if info.kind == "evaluator":  # what it scores: each answer, or the model (benchmarks)
+            item["scores"] = "model" if info.scores_model else "answers"
+            if not info.scores_model:
+                item["higher_is_better"] = info.cls.higher_is_better
         listing.append(item)
 
     def render(listing: list[dict[str, Any]]) -> None:
@@ -65,7 +67,8 @@ def _list_plugins(command: str, found: Any, info_of: Any, name: str | None) -> N
                 f"{escape(item['description'])}"
             )
             for key, field in item["settings"].items():
-                line = f"    {key}: {field['type']} = {field['default']!r}"
+                default = "(required)" if field["required"] else f"= {field['default']!r}"
+                line = f"    {key}: {field['type']} {default}"
                 out.print(line, markup=False, highlight=False)
                 if name is not None and field["description"]:
                     out.print(f"        {field['description']}", markup=False, highlight=False)
