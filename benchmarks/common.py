@@ -216,3 +216,22 @@ def wait_for_idle(threshold: float = 1.2, poll_s: int = 60, limit_s: int = 45 * 
         time.sleep(poll_s)
         waited += poll_s
     return True
+
+
+def pipeline_json(pipeline: str, sets: list[str], what: str) -> tuple[dict[str, Any], float]:
+    """`tuneforge pipeline PIPELINE --json` with `--set` each of `sets`, from the repository
+    root, in a process of its own: its final JSON line and its wall seconds. A failure ends the
+    benchmark naming `what` ran, with the command's last error output."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-m", "tuneforge.cli", "pipeline", pipeline, "--json"]
+    for assignment in sets:
+        command += ["--set", assignment]
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=root, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"{what} failed: {done.stderr.strip()[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1]), seconds

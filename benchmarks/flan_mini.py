@@ -17,10 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
-import time
 from pathlib import Path
+
+from benchmarks.common import pipeline_json
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINES = {
@@ -42,15 +41,7 @@ def run_pipeline(variant: str, seed: int, out: Path) -> dict:
         f"tracking.tracking_uri=sqlite:///{store / 'mlflow.db'}",
         f"output_dir={store / 'runs'}",
     ]
-    command = [sys.executable, "-m", "tuneforge.cli", "pipeline", PIPELINES[variant], "--json"]
-    for assignment in sets:
-        command += ["--set", assignment]
-    started = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
-    seconds = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"{variant} seed {seed} failed: {done.stderr.strip()[-2000:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result, seconds = pipeline_json(PIPELINES[variant], sets, f"{variant} seed {seed}")
     pretrain, tune = result["stages"]
     return {
         "variant": variant,

@@ -24,10 +24,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
+
+from benchmarks.common import pipeline_json
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
@@ -55,15 +55,7 @@ def run_pipeline(variant: str, seed: int, out: Path) -> dict:
         f"output_dir={store / 'runs'}",
         *extra,
     ]
-    command = [sys.executable, "-m", "tuneforge.cli", "pipeline", pipeline, "--json"]
-    for assignment in sets:
-        command += ["--set", assignment]
-    started = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
-    seconds = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"{variant} seed {seed} failed: {done.stderr.strip()[-2000:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result, seconds = pipeline_json(pipeline, sets, f"{variant} seed {seed}")
     instruct, arithmetic = result["stages"]
     return {
         "variant": variant,

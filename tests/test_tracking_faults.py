@@ -164,3 +164,25 @@ def test_what_counts_as_unreachable(exc, transient):
             raise MlflowException(f"API request failed with exception {inner}")  # noqa: B904
     except MlflowException as wrapped:
         assert is_unreachable(wrapped) is transient
+
+
+def test_runs_starting_together_share_the_experiment_one_of_them_created(mlflow_server):
+    """Both see no experiment; the second's creation is refused (RESOURCE_ALREADY_EXISTS over
+    HTTP) and it takes the first's. Seen in the suite when three `tuneforge run` started at
+    once."""
+    from tuneforge.tracking import experiment_id
+
+    first = MlflowClient(mlflow_server)
+
+    class LateToLook(MlflowClient):
+        """Looked before the first run created the experiment."""
+
+        def get_experiment_by_name(self, name):
+            if not getattr(self, "looked", False):
+                self.looked = True
+                return None
+            return super().get_experiment_by_name(name)
+
+    made = first.create_experiment("started-together")
+    assert experiment_id(LateToLook(mlflow_server), "started-together") == made
+    assert experiment_id(first, "started-together") == made

@@ -58,13 +58,28 @@ def start_run(
 ) -> str:
     """Creates an MLflow run (and its experiment if needed) and returns the run id."""
     client = MlflowClient(tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
-    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+    run = client.create_run(experiment_id(client, experiment), run_name=run_name, tags=tags)
     items = [Param(k, v) for k, v in params.items()]
     for start in range(0, len(items), 100):  # log_batch takes at most 100 params
         client.log_batch(run.info.run_id, params=items[start : start + 100])
     return run.info.run_id
+
+
+def experiment_id(client: MlflowClient, name: str) -> str:
+    """The id of experiment `name`, created if need be. Runs starting together (a sweep's
+    candidates, concurrent retrains) may all find it missing: one creation wins, and the
+    others, refused as RESOURCE_ALREADY_EXISTS, take the winner's."""
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(name).experiment_id
 
 
 class TrackingUnavailable(ValueError):
