@@ -128,9 +128,13 @@ def test_adapter_version_loads_after_its_base_and_adapter_are_deleted(
     assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
     model_dir = str(tmp_path / "model")
     example = mlflow.models.Model.load(model_dir).load_input_example(model_dir)
-    assert len(loaded.predict(example, params={"max_new_tokens": 2})) == len(example) == 2
-    with pytest.raises(ValueError, match="got keys \\['question'\\]"):
-        loaded.predict([{"question": "x"}])
+    assert len(loaded.predict(example, params={"max_new_tokens": 2})) == len(example) == 4
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException, match="got keys \\['question'\\]") as refused:
+        loaded.predict([{"question": "x"}])  # served: HTTP 400 with this message alone
+    assert refused.value.error_code == "INVALID_PARAMETER_VALUE"
+    assert refused.value.message.startswith("input 0: a dict needs")
 
 
 def test_adapter_on_a_hub_base_resolves_it_offline_at_its_commit(

@@ -120,6 +120,16 @@ def _link_files(src: Path, dst: Path) -> Path:
     return dst
 
 
+# One of each input form a version answers (tuneforge.serving.conversations): a plain prompt, an
+# Alpaca record, a prompt record and chat turns.
+INPUT_EXAMPLE = [
+    "Convert to uppercase.\n\nsalt",
+    {"instruction": "Convert to uppercase.", "input": "salt"},
+    {"prompt": "Name a colour."},
+    {"messages": [{"role": "user", "content": "Give the opposite of the word.\n\nhot"}]},
+]
+
+
 def save_package(model_dir: Path, package: ModelPackage, local: Path, tmp: Path) -> None:
     """Writes the MLflow pyfunc model of `tuneforge.serving` for `model_dir` into `local`."""
     import shutil
@@ -162,11 +172,9 @@ def save_package(model_dir: Path, package: ModelPackage, local: Path, tmp: Path)
             code_paths=[str(tmp / "tuneforge_prompts.py")],
             pip_requirements=_pip_requirements(),
             signature=signature,
-            # Shown in the MLflow UI; with a signature given, saved without running the model.
-            input_example=[
-                {"instruction": "Convert to uppercase.", "input": "salt"},
-                {"instruction": "Name a colour.", "input": ""},
-            ],
+            # Shown in the MLflow UI and written as serving_input_example.json: every form a
+            # request may take (with a signature given, saved without running the model).
+            input_example=INPUT_EXAMPLE,
         )
 
 

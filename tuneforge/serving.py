@@ -59,6 +59,11 @@ class ModelLoadError(ValueError):
     """A registered model cannot be loaded; the message is one line naming what is missing."""
 
 
+class BadInput(ValueError):
+    """An input the model cannot answer; the message is one line naming it (served: HTTP 400
+    with this message)."""
+
+
 def hub_reference(repo_id: str, revision: str) -> str:
     """The lasting address of a hub checkpoint at a commit: `hf://Org/Name@<sha>`."""
     return f"{HUB_PREFIX}{repo_id}@{revision}"
@@ -178,7 +183,10 @@ def load_registered(model_root: Path, scratch: Path) -> tuple[Any, Any]:
 def conversations(model_input: Any) -> list[list[dict[str, str]]]:
     """The prompt turns of each input: a string is one user turn; a dict is an Alpaca record
     (`instruction`, optional `input`), a `prompt`, or chat `messages` ending with a user turn.
-    Accepts one input, a list of them, or a pandas DataFrame with those columns."""
+    Accepts one input, a list of them, or a pandas DataFrame with those columns, in whichever
+    form MLflow's scoring server hands them over (`inputs` arrive as numpy arrays: one per
+    string field, an array of turns for `messages`), so every request form gets one answer."""
+    model_input = _plain(model_input)
     if hasattr(model_input, "to_dict") and hasattr(model_input, "columns"):  # DataFrame
         columns = list(model_input.columns)
         if len(columns) == 1 and columns[0] not in ("instruction", "prompt", "messages"):
@@ -189,14 +197,26 @@ def conversations(model_input: Any) -> list[list[dict[str, str]]]:
         items = [model_input]
     else:
         items = list(model_input)
-    return [_turns(i, item) for i, item in enumerate(items)]
+    return [_turns(i, _plain(item)) for i, item in enumerate(items)]
+
+
+def _plain(value: Any) -> Any:
+    """Numpy arrays and scalars (what MLflow's scoring server makes of JSON `inputs`) as
+    plain Python values, inside dicts too; anything else as it is."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if hasattr(value, "tolist") and not hasattr(value, "columns"):  # not a DataFrame
+        value = value.tolist()
+        if isinstance(value, list):
+            return [_plain(v) for v in value]
+    return value
 
 
 def _turns(i: int, item: Any) -> list[dict[str, str]]:
     if isinstance(item, str):
         return [{"role": "user", "content": item}]
     if not isinstance(item, dict):
-        raise ValueError(f"input {i}: expected a string or a dict, got {type(item).__name__}")
+        raise BadInput(f"input {i}: expected a string or a dict, got {type(item).__name__}")
     keys = set(item)
     if keys == {"messages"}:
         messages = item["messages"]
@@ -206,19 +226,19 @@ def _turns(i: int, item: Any) -> list[dict[str, str]]:
             isinstance(m, dict) and m.get("role") in _ROLES and isinstance(m.get("content"), str)
             for m in messages
         ):
-            raise ValueError(
+            raise BadInput(
                 f"input {i}: messages must be a non-empty list of "
                 "{role: system|user|assistant, content: str}"
             )
         if messages[-1]["role"] != "user":
-            raise ValueError(f"input {i}: the last message must be the user's (the question)")
+            raise BadInput(f"input {i}: the last message must be the user's (the question)")
         return [{"role": m["role"], "content": m["content"]} for m in messages]
     if "instruction" in keys and keys <= {"instruction", "input"}:
         content = instruction_prompt(str(item["instruction"]), item.get("input"))
         return [{"role": "user", "content": content}]
     if keys == {"prompt"}:
         return [{"role": "user", "content": str(item["prompt"])}]
-    raise ValueError(
+    raise BadInput(
         f"input {i}: a dict needs 'instruction' (and optionally 'input'), 'prompt' or "
         f"'messages'; got keys {sorted(keys)}"
     )
@@ -287,14 +307,45 @@ class TuneforgeModel:
 # Not imported as tuneforge's module: executed by MLflow as a registered model's code. (This
 # file names no tuneforge constant: it loads where tuneforge is not installed.)
 if __name__.partition(".")[0] != "tuneforge":
+    import warnings
+
     import mlflow.models
     import mlflow.pyfunc
 
     # Mixed in here, not above: tuneforge imports this module for its helpers without paying
-    # for mlflow.pyfunc (2 s). `predict` is inherited, so MLflow does not wrap it to validate
-    # inputs against type hints: one schema cannot take strings, records and chat turns alike,
-    # and `conversations` checks them instead, with errors naming the input.
-    class _PyfuncModel(TuneforgeModel, mlflow.pyfunc.PythonModel):
-        pass
+    # for mlflow.pyfunc (2 s). `model_input` has no type hint: MLflow would validate inputs
+    # against it, and one schema cannot take strings, records and chat turns alike
+    # (`conversations` checks them instead, with errors naming the input); MLflow warns about
+    # the missing hint when the class is made, which says nothing to whoever serves it.
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    class _Refused(MlflowException):
+        """An input the model cannot answer: the scoring server's HTTP 400, whose message is
+        the one-line reason alone. (The server rewrites an error's message to begin with the
+        whole request, a DataFrame's spread over lines; this message keeps what it was.)"""
+
+        def __init__(self, reason: str) -> None:
+            self._reason = reason
+            super().__init__(reason, error_code=INVALID_PARAMETER_VALUE)
+
+        @property
+        def message(self) -> str:
+            return self._reason
+
+        @message.setter
+        def message(self, value: str) -> None:
+            pass  # see the class docstring
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+
+        class _PyfuncModel(TuneforgeModel, mlflow.pyfunc.PythonModel):
+            def predict(self, context, model_input, params: dict | None = None) -> list[str]:
+                """TuneforgeModel.predict; an input it cannot answer is refused (`_Refused`)."""
+                try:
+                    return super().predict(context, model_input, params)
+                except BadInput as exc:
+                    raise _Refused(str(exc)) from None
 
     mlflow.models.set_model(_PyfuncModel())
