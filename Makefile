@@ -1,6 +1,7 @@
 # make demo  - create .venv, install, run the retrain flow on the bundled data (a few minutes)
 # make test  - create/refresh .venv, lint, run the whole test suite
 # make test-fast - lint and the unit tier alone (no integration test): under 3 minutes on 2 cores
+# make test-gguf - llama.cpp loads our GGUF exports (compiles llama-cpp-python once: many minutes)
 # make bench - benchmarks (~25 min on 2 idle cores; BENCH_QUICK=1: a 2-min smoke run), writes
 #              benchmarks/RESULTS.md
 PYTHON ?= python3
@@ -13,7 +14,7 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 export DO_NOT_TRACK ?= true
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: install demo test test-fast lint format clean bench gpu-check
+.PHONY: install demo test test-fast test-gguf lint format clean bench gpu-check
 
 # torch first and pinned, through pip: an unpinned torch pulls a multi-GB CUDA build, and pip
 # finds the CPU wheel where the machine keeps one. constraints.txt is the lock of every other
@@ -39,6 +40,17 @@ test: install lint
 # real Prefect and MLflow servers, -m integration) is what this leaves out.
 test-fast: install lint
 	$(BIN)/pytest -m "not integration"
+
+# llama.cpp itself reading tuneforge's GGUF exports. llama-cpp-python is source-only on PyPI:
+# the first install compiles llama.cpp (cmake and a C++ compiler needed), so it stays out of
+# the dev install; without it `make test` skips this test and says so.
+$(VENV)/.llama-cpp-stamp: $(STAMP)
+	$(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -c constraints.txt llama-cpp-python
+	touch $@
+
+test-gguf: $(VENV)/.llama-cpp-stamp
+	$(BIN)/python -c "import llama_cpp"
+	HF_HUB_OFFLINE=1 $(BIN)/pytest tests/exports/test_gguf.py -k llama_cpp_answers -s
 
 # The bench extra (trl) on top of the dev install; each suite waits for an idle machine first.
 $(VENV)/.bench-stamp: $(STAMP)

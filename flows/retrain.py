@@ -7,7 +7,8 @@ load -> validate (quarantine bad rows) -> stop if data and config equal the curr
 (unless `force`) -> split -> resolve the base model (and replay some of its parent's training
 rows, `data.replay`) -> train with the configured strategy -> evaluate base, tuned and the
 current champion on the same split and benchmarks -> register, and move the `champion` alias
-only when the tuned model beats both base and champion and its guards hold -> report (plots,
+only when the tuned model beats both base and champion and its guards hold -> export it for
+serving engines (`registry.export`) -> report (plots,
 sample generations, a markdown summary in MLflow and the Prefect UI).
 """
 
@@ -25,6 +26,7 @@ from tuneforge.reporting import training_notes
 from tuneforge.run_context import RunContext
 from tuneforge.slots import RetrainSlot, one_retrain_at_a_time
 from tuneforge.tasks.evaluate import evaluate_champion, evaluate_model
+from tuneforge.tasks.export import export_registered
 from tuneforge.tasks.load_data import load_dataset
 from tuneforge.tasks.model_source import resolve_base_model
 from tuneforge.tasks.register import Registration, register_model, unchanged_since_champion
@@ -128,6 +130,8 @@ def _retrain_in(
         eval_dir=str(Path(split.eval_path).parent),
         max_new_tokens=config.evaluation.max_new_tokens,
     )
+    if config.registry.export:  # merged, adapter, GGUF: for serving engines
+        export_registered(registration=registration, registry=config.registry, ctx=ctx)
     report_run(
         eval_dir=str(Path(split.eval_path).parent),
         base=scores[BASE],

@@ -32,6 +32,7 @@ from tuneforge.run_context import RunContext
 from tuneforge.slots import RetrainSlot, one_retrain_at_a_time
 from tuneforge.sweeps import SweepSpec, check_sweep, sweep_fingerprint, threads_per_candidate
 from tuneforge.tasks.evaluate import evaluate_champion, evaluate_model
+from tuneforge.tasks.export import export_registered
 from tuneforge.tasks.load_data import load_dataset
 from tuneforge.tasks.model_source import resolve_base_model
 from tuneforge.tasks.register import (
@@ -143,6 +144,8 @@ def _sweep_in(
         eval_dir=str(Path(winner.eval_path).parent),
         max_new_tokens=config.evaluation.max_new_tokens,
     )
+    if config.registry.export:  # the winner's exports, for serving engines
+        export_registered(registration=registration, registry=config.registry, ctx=winner.ctx)
     others = _register_others(spec, ranked, base, config) if spec.register_others else []
     report_sweep(
         sweep=spec.name,

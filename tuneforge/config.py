@@ -827,6 +827,16 @@ class RegistryConfig(Strict):
             "piling up; a killed holder frees the slot on its own about a minute after it died."
         ),
     )
+    export: list[Literal["merged", "adapter", "gguf", "gguf:bf16", "gguf:q8_0"]] = not_shaping(
+        [],
+        description=(
+            "Exports logged with every registered version, as artifacts of its run under "
+            "exports/ (sizes in its tuneforge.exports tag): merged (a plain Hugging Face "
+            "checkpoint), adapter (the PEFT adapter, if vLLM can load it; skipped for a full "
+            "checkpoint), gguf (f16; gguf:bf16, gguf:q8_0) for llama.cpp and Ollama. Each "
+            "costs its size in the artifact store and seconds to minutes per version."
+        ),
+    )
     adapters: Literal["adapter", "merged"] = Field(
         "adapter",
         description=(

@@ -41,6 +41,7 @@ CHECKPOINT_STEP = "tuneforge.checkpoint_step"  # the step whose weights were reg
 BATCHES = "tuneforge.batches"  # padding-free, or padded and why
 SKIPPED = "tuneforge.skipped"  # why a run stopped early (data and config unchanged)
 GUARDS = "tuneforge.guards"  # registry.guards checked: JSON, one entry per guard
+EXPORTS = "tuneforge.exports"  # registry.export: JSON, format -> artifact path and bytes
 ATTEMPT = "tuneforge.attempt"  # how many flow runs this MLflow run has been continued by
 CRASHED = "tuneforge.crashed"  # why an unfinished run was ended by a later one
 

@@ -6,6 +6,8 @@
     tuneforge validate data/instructions.jsonl [--format jsonl] [--quarantine PATH] [--json]
     tuneforge evaluate models:/tuneforge-demo@champion data/instructions.jsonl [--json]
     tuneforge config [SECTION] [--json]
+    tuneforge export models:/tuneforge-demo@champion --format merged|adapter|gguf --out DIR
+    tuneforge serve models:/tuneforge-demo@champion [--port 8000]
     tuneforge strategies [NAME] [--json]
     tuneforge evaluators [NAME] [--json]
     tuneforge models list|show|compare|promote|rollback [--json]
@@ -17,7 +19,8 @@ Errors a user can fix (a bad config key, an unusable data file) print one line a
 with --json the last line on stdout is then {"error": ...}, and otherwise the result.
 
 One module per command group: jobs (run, pipeline, sweep), data (validate, evaluate, data
-push, sample-data), config_fields (config), plugins (strategies, evaluators), models, slots;
+push, sample-data), config_fields (config), plugins (strategies, evaluators), serving (export,
+serve), models, slots;
 output holds what they share (--json, print_result, fail).
 """
 
@@ -42,7 +45,7 @@ for _name, _value in (
     os.environ.setdefault(_name, _value)
 
 # Imported after the defaults above: nothing these modules import may read them first.
-from tuneforge.cli import config_fields, data, jobs, models, plugins, slots  # noqa: E402
+from tuneforge.cli import config_fields, data, jobs, models, plugins, serving, slots  # noqa: E402
 
 __all__ = ["app"]
 
@@ -60,6 +63,8 @@ app.command()(jobs.sweep)
 app.command()(data.validate)
 app.command()(data.evaluate)
 app.command()(config_fields.config)
+app.command()(serving.export)
+app.command()(serving.serve)
 app.command()(plugins.strategies)
 app.command()(plugins.evaluators)
 app.add_typer(models.models_app, name="models")
