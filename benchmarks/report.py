@@ -224,20 +224,20 @@ def validation_section(record: dict[str, Any]) -> list[str]:
     data = record["data"]
     verdict = "met" if data["seconds"] < TARGET_VALIDATION_S else "not met"
     verdict = verdict if data["rows"] >= 1_000_000 else "not measured (fewer rows)"
-    return [
-        "## Data validation throughput",
-        "",
-        _conditions(record),
-        "",
+    line = (
         f"{data['rows']:,} generated rows ({data['valid']:,} valid, {data['rejected']:,} "
         f"quarantined) through `tuneforge.data.validation.validate_file` on the loaded "
         f"rows (streamed, as the validate task reads them): {data['seconds']:.1f} s, "
         f"**{data['rows_per_second']:,} rows/s** (one pass over the loaded rows: "
         f"{data['read_seconds']:.1f} s). Target < {TARGET_VALIDATION_S:.0f} s for 1M rows: "
-        f"**{verdict}**. The whole `tuneforge validate` command on the "
-        f"{data.get('file_mb', '?')} MB file: {data.get('command_seconds', float('nan')):.1f} s, "
-        f"peak RSS {data.get('peak_rss_mb', '?')} MB.",
-    ]
+        f"**{verdict}**."
+    )
+    if "command_seconds" in data:  # records written before the command was timed lack it
+        line += (
+            f" The whole `tuneforge validate` command on the {data['file_mb']} MB file: "
+            f"{data['command_seconds']:.1f} s, peak RSS {data['peak_rss_mb']} MB."
+        )
+    return ["## Data validation throughput", "", _conditions(record), "", line]
 
 
 def sweep_section(record: dict[str, Any]) -> list[str]:
@@ -297,12 +297,33 @@ def forgetting_section(record: dict[str, Any]) -> list[str]:
     ]
 
 
+def serving_section(record: dict[str, Any]) -> list[str]:
+    """`benchmarks/serving.py`'s record: `tuneforge serve` against `mlflow models serve`."""
+    from benchmarks.serving import table
+
+    settings = record["settings"]
+    return [
+        "## Serving: `tuneforge serve` against MLflow's scoring server",
+        "",
+        f"`.venv/bin/python -m benchmarks.serving` ({record['date']}): "
+        f"{', '.join(map(str, settings['clients']))} clients at once, each sending "
+        f"{settings['requests_per_client']} chat requests one after another "
+        f"(max_tokens {settings['max_tokens']}); the run of median wall time of "
+        f"{settings['repeats']}. tuneforge batches up to {settings['tuneforge_max_batch']} "
+        f"waiting requests on {settings['tuneforge_torch_threads']} torch thread(s); MLflow's "
+        f"server computes on {settings['mlflow_torch_threads']}.",
+        "",
+        table(record["rows"]),
+    ]
+
+
 def write(results: Path, out: Path, quick: bool = False) -> None:
     lines = [
         "# Benchmarks",
         "",
-        f"Written by `make bench{' BENCH_QUICK=1' if quick else ''}` "
-        f"({datetime.now(UTC):%Y-%m-%d %H:%M} UTC). Machine: {_machine()}.",
+        f"Written from `benchmarks/results/` by `make bench{' BENCH_QUICK=1' if quick else ''}` "
+        f"or `.venv/bin/python -m benchmarks.report` ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC); "
+        f"each section gives the date it was measured. Machine: {_machine()}.",
         "",
         "Commands: `make bench` (everything), or `.venv/bin/python -m benchmarks.run "
         "[training|flow|validation]`; each suite waits until the 1-minute load average is "
@@ -310,6 +331,7 @@ def write(results: Path, out: Path, quick: bool = False) -> None:
         "`.venv/bin/python -m benchmarks.validation [ROWS]`, "
         "`.venv/bin/python -m benchmarks.sweep [--steps N]`, "
         "`.venv/bin/python -m benchmarks.forgetting [--seeds ...]`, "
+        "`.venv/bin/python -m benchmarks.serving [--quick]`, "
         "`.venv/bin/python -m benchmarks.profile_step STRATEGY CACHE_DIR [STEPS [VARIANT ...]]`.",
         "",
     ]
@@ -321,6 +343,7 @@ def write(results: Path, out: Path, quick: bool = False) -> None:
         ("validation", validation_section),
         ("sweep", sweep_section),
         ("forgetting", forgetting_section),
+        ("serving", serving_section),
     ):
         record = _load(results / f"{name}.json")
         if record:
