@@ -244,10 +244,38 @@ def test_six_clients_at_once_are_all_answered_as_one_at_a_time(server, reference
     assert max(sizes) > 1  # the waiting non-streaming requests shared a batch
 
 
+def test_a_waiting_request_whose_client_left_is_not_generated(server, monkeypatch):
+    app, url = server
+    worker = app.state.service.worker
+    generate, busy = worker._generate, threading.Event()
+
+    def slow_first(jobs):  # the request ahead takes 2 s: the second waits behind it
+        busy.set()
+        time.sleep(2.0)
+        generate(jobs)
+
+    monkeypatch.setattr(worker, "_generate", slow_first)
+    sizes_before = worker.batch_sizes.copy()
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    ahead = threading.Thread(
+        target=httpx.post, args=(f"{url}/chat/completions",), kwargs={"json": body, "timeout": 60}
+    )
+    ahead.start()
+    assert busy.wait(30)
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up while its request waits
+        httpx.post(f"{url}/chat/completions", json=body, timeout=0.5)
+    ahead.join(60)
+    time.sleep(0.5)  # the worker has taken the queue by now
+    monkeypatch.undo()
+    sizes = worker.batch_sizes - sizes_before
+    assert sum(size * n for size, n in sizes.items()) == 1  # the first alone was generated
+    answer = httpx.post(f"{url}/chat/completions", json=body, timeout=60)  # still serving
+    assert answer.status_code == 200
+
+
 @pytest.mark.parametrize(
     ("request_body", "param"),
     [
-        ({"model": "gpt-4o"}, "model"),
         ({"messages": []}, "messages"),
         ({"messages": [{"role": "assistant", "content": "hi"}]}, "messages"),
         ({"messages": [{"role": "tool", "content": "hi"}]}, "messages[0].role"),
@@ -272,6 +300,19 @@ def test_a_bad_chat_request_is_a_400_naming_the_field(client, request_body, para
     assert error["param"] == param
     assert error["message"].startswith(param.split("[")[0]) and "\n" not in error["message"]
     assert set(error) == {"message", "type", "param", "code"}
+
+
+def test_an_unknown_model_is_a_404_model_not_found_as_openai_answers(client):
+    with pytest.raises(openai.NotFoundError) as refused:
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+    assert refused.value.body["code"] == "model_not_found"
+    assert refused.value.body["param"] == "model"
+    assert "'tiny'" in refused.value.body["message"]  # names the model it does serve
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="gpt-4o", prompt="x", max_tokens=2)
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4o")
+    assert client.models.retrieve("tiny").id == "tiny"
 
 
 def test_other_bad_requests_get_the_openai_error_shape(client, server):

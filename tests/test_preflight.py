@@ -121,3 +121,23 @@ def test_real_cli_fails_fast_on_an_unreachable_tracking_server(tmp_path):
     assert uri in lines[0]
     assert not out_dir.exists()  # gave up before any work
     print(f"gave up after {seconds:.1f} s")
+
+
+def test_a_gguf_export_it_cannot_write_is_refused_before_training(monkeypatch, tmp_path):
+    import importlib.util
+
+    monkeypatch.chdir(PRESET.parents[2])
+    model = tmp_path / "gpt2-model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "gpt2"}')
+    config = load_config(PRESET, [f"model.source={model}", "registry.export=[merged, gguf:q8_0]"])
+    with pytest.raises(ConfigError, match=r"registry.export: gguf writes llama, mistral, qwen2"):
+        check_run(config)
+    check_run(load_config(PRESET, [f"model.source={model}", "registry.export=[merged]"]))
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "gguf" else real(n, *a)
+    )
+    with pytest.raises(ConfigError, match=r"registry.export: .*pip install 'tuneforge\[export\]'"):
+        check_run(load_config(PRESET, ["registry.export=[gguf]"]))

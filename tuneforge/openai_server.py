@@ -62,10 +62,10 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import fastapi
 from fastapi.exceptions import RequestValidationError
@@ -88,6 +88,9 @@ log = logging.getLogger(__name__)
 REGISTRY_PREFIX = "models:/"
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 _MAX_STOPS = 4  # OpenAI's limit on `stop` strings
+# How often a waiting non-streamed request checks that its client is still there: a client
+# that gave up (a timeout, a retry) is not worth generating for.
+_DISCONNECT_POLL_S = 0.25
 
 
 # --- requests -----------------------------------------------------------------------------------
@@ -493,6 +496,7 @@ class _Service:
                 f"model: unknown model {model!r}; this server serves {self.model_id!r}",
                 "model",
                 "model_not_found",
+                status=404,  # as OpenAI answers it
             )
 
     def encode(self, text: str, param: str) -> list[int]:
@@ -568,6 +572,26 @@ class _Service:
             job.cancelled.set()
 
 
+_T = TypeVar("_T")
+
+
+async def _unless_client_left(request: fastapi.Request, work: Awaitable[_T]) -> _T:
+    """`work`'s result. If the client disconnects first, `work` is cancelled (its requests
+    marked, so the worker skips them or stops generating them) and the answer, to nobody, is
+    499 (nginx's "client closed request"). Starlette cancels a stream's generator itself when
+    its client leaves, but not a plain handler: hence this watch."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=_DISCONNECT_POLL_S)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                raise RequestError("the client closed the connection", status=499)
+    finally:
+        task.cancel()  # a no-op once it is done
+
+
 def _sse(payload: dict[str, Any] | str) -> str:
     data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
     return f"data: {data}\n\n"
@@ -594,9 +618,12 @@ async def _errors_as_events(events: AsyncIterator[str]) -> AsyncIterator[str]:
             yield event
     except RequestError as exc:
         yield _sse(_error_body(exc.message, exc.param, exc.code, "invalid_request_error"))
-    except Exception as exc:
+    except Exception:
+        # The details (paths, internals) go to the server's log, not to any client.
         log.exception("streaming failed")
-        yield _sse(_error_body(f"generation failed: {exc}", None, None, "server_error"))
+        yield _sse(
+            _error_body("generation failed; see the server's log", None, None, "server_error")
+        )
 
 
 def create_app(
@@ -669,7 +696,8 @@ def create_app(
 
     @app.exception_handler(Exception)
     async def failed(request: fastapi.Request, exc: Exception) -> JSONResponse:
-        body = _error_body(f"the server failed: {exc}", None, None, "server_error")
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        body = _error_body("the server failed; see its log", None, None, "server_error")
         return JSONResponse(body, status_code=500)
 
     def model_card() -> dict[str, Any]:
@@ -693,7 +721,9 @@ def create_app(
         return model_card()
 
     @app.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(req: ChatCompletionRequest) -> JSONResponse | StreamingResponse:
+    async def chat_completions(
+        req: ChatCompletionRequest, request: fastapi.Request
+    ) -> JSONResponse | StreamingResponse:
         service.check_model(req.model)
         _check_request(req)
         turns = _chat_turns(req.messages)
@@ -738,7 +768,7 @@ def create_app(
 
             return _event_stream(_errors_as_events(events()))
 
-        answer = await service.complete(prompt, budget, stops)
+        answer = await _unless_client_left(request, service.complete(prompt, budget, stops))
         message = {"role": "assistant", "content": answer.text}
         choice = {
             "index": 0,
@@ -758,7 +788,9 @@ def create_app(
         )
 
     @app.post("/v1/completions", response_model=None)
-    async def completions(req: CompletionRequest) -> JSONResponse | StreamingResponse:
+    async def completions(
+        req: CompletionRequest, request: fastapi.Request
+    ) -> JSONResponse | StreamingResponse:
         service.check_model(req.model)
         _check_request(req)
         if not req.prompt:
@@ -801,8 +833,11 @@ def create_app(
 
             return _event_stream(_errors_as_events(events()))
 
-        answers = await asyncio.gather(
-            *(service.complete(p, b, stops) for p, b in zip(prompts, budgets, strict=True))
+        answers = await _unless_client_left(
+            request,
+            asyncio.gather(
+                *(service.complete(p, b, stops) for p, b in zip(prompts, budgets, strict=True))
+            ),
         )
         choices = [choice(i, a.text, a.finish_reason) for i, a in enumerate(answers)]
         generated = sum(a.completion_tokens for a in answers)
@@ -836,7 +871,11 @@ def load_for_serving(model_uri: str, scratch: Path) -> tuple[Any, Any]:
         # (model.dtype), an adapter merged onto its base.
         root = download(model_uri, scratch / "version")
         if read_manifest(root) is not None:
-            model, tokenizer = load_registered(root, scratch / "base")
+            try:
+                model, tokenizer = load_registered(root, scratch / "base")
+            except (OSError, ValueError) as exc:  # unreadable weights, a base that is gone
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ModelLoadError(f"{model_uri}: {first}") from exc
             return model.to(pick_device()).eval(), tokenizer
         checkpoint = materialize(root, scratch)  # a version registered before layout 1
     else:
@@ -846,7 +885,8 @@ def load_for_serving(model_uri: str, scratch: Path) -> tuple[Any, Any]:
                 f"{model_uri}: no such checkpoint directory (and not a {REGISTRY_PREFIX} URI)"
             )
     try:
-        model, tokenizer = load_pretrained(checkpoint)
+        # In the dtype the checkpoint was saved in, as serving engines load it.
+        model, tokenizer = load_pretrained(checkpoint, dtype="auto")
     except ModelSourceError as exc:  # one error type for `tuneforge serve` to report
         raise ModelLoadError(str(exc)) from None
     if (checkpoint / "adapter_config.json").is_file():  # one merged model generates faster

@@ -46,7 +46,31 @@ def check_run(config: RunConfig) -> None:
             f"which needs a tracking server (http://...), not {uri or './mlflow.db'}"
         )
     check_benchmarks(config)
+    check_exports(config)
     check_writable(config.output_dir)  # last: it creates the directory
+
+
+def check_exports(config: RunConfig) -> None:
+    """A GGUF export needs the gguf package, and from a local base, an architecture it
+    writes: found now, not after training and registration."""
+    import json
+
+    from tuneforge.exports.gguf import ARCHITECTURES
+    from tuneforge.exports.version import gguf_missing
+
+    if not any(entry.startswith("gguf") for entry in config.registry.export):
+        return
+    missing = gguf_missing()
+    if missing:
+        raise ConfigError(f"registry.export: {missing}")
+    config_file = Path(config.model.source).expanduser() / "config.json"
+    if config.model.source.startswith((".", "/", "~")) and config_file.is_file():
+        model_type = json.loads(config_file.read_text()).get("model_type")
+        if model_type not in ARCHITECTURES:
+            raise ConfigError(
+                f"registry.export: gguf writes {', '.join(ARCHITECTURES)} models, not "
+                f"{model_type!r} ({config.model.source})"
+            )
 
 
 def check_benchmarks(config: RunConfig) -> dict[str, bool]:

@@ -320,10 +320,11 @@ if __name__.partition(".")[0] != "tuneforge":
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-    class _Refused(MlflowException):
-        """An input the model cannot answer: the scoring server's HTTP 400, whose message is
-        the one-line reason alone. (The server rewrites an error's message to begin with the
-        whole request, a DataFrame's spread over lines; this message keeps what it was.)"""
+    class _Refused(MlflowException, ValueError):
+        """An input the model cannot answer: a ValueError to whoever calls `predict`, and the
+        scoring server's HTTP 400, whose message is the one-line reason alone. (The server
+        rewrites an error's message to begin with the whole request, a DataFrame's spread over
+        lines; this message keeps what it was.)"""
 
         def __init__(self, reason: str) -> None:
             self._reason = reason

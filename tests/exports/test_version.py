@@ -118,3 +118,33 @@ def test_the_parity_check_sees_a_changed_model(tiny_model_dir, tmp_path):
         changed[0].lm_head.weight.mul_(1.5)
     parity = compare(reference, changed, PROMPTS, 6)
     assert not parity.identical and parity.max_logit_difference > 0
+
+
+def test_merged_and_adapter_exports_refuse_a_folder_that_is_not_empty(adapter_version, tmp_path):
+    out = tmp_path / "exported"
+    export_version(adapter_version, "adapter", out)
+    before = sorted(p.name for p in out.iterdir())
+    for fmt in ("merged", "adapter"):  # a merged model over an adapter would load as one
+        with pytest.raises(ExportError, match=rf"{out}: not empty; export {fmt} into a new"):
+            export_version(adapter_version, fmt, out)
+    assert sorted(p.name for p in out.iterdir()) == before  # nothing written over
+
+
+def test_a_gguf_export_names_the_model_and_refuses_what_it_cannot_write(tiny_model_dir, tmp_path):
+    from gguf import GGUFReader
+
+    version = _saved(Path(tiny_model_dir), None, tmp_path / "version")
+    out = export_version(version, "gguf", tmp_path / "g", "f16", "tiny-demo-v3")
+    assert out.name == "tiny-demo-v3-f16.gguf"
+    assert GGUFReader(out).fields["general.name"].contents() == "tiny-demo-v3"  # not "merged"
+
+    config_file = version / "artifacts" / "checkpoint" / "config.json"
+    config = json.loads(config_file.read_text())
+    # transformers runs this RoPE scaling; llama.cpp has no such GGUF setting
+    config["rope_parameters"] = {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(ExportError) as refused:  # the one-line error, not a bare ValueError
+        export_version(version, "gguf", tmp_path / "g2", "f16", "tiny-demo-v3")
+    message = str(refused.value)
+    assert message.startswith("tiny-demo-v3: RoPE scaling 'dynamic' is not supported")
+    assert "\n" not in message and "/tmp" not in message  # the scratch folder is not named

@@ -30,8 +30,9 @@ def export(
     ],
     out_dir: Annotated[Path, typer.Option("--out", help="Where the export goes (a folder)")],
     precision: Annotated[
-        str, typer.Option(help="gguf: f16, bf16 or q8_0 (8-bit, about half of f16's size)")
-    ] = "f16",
+        str | None,
+        typer.Option(help="gguf: f16 (default), bf16 or q8_0 (8-bit, about half of f16's size)"),
+    ] = None,
     check: Annotated[
         bool,
         typer.Option(help="Compare the export's greedy answers and logits with the version's"),
@@ -46,30 +47,32 @@ def export(
 ) -> None:
     """Export a registered version for a serving engine: a merged Hugging Face checkpoint, a
     PEFT adapter vLLM can hot-load, or a GGUF file for llama.cpp and Ollama."""
-    from tuneforge.exports.version import FORMATS, ExportError, export_version
+    from tuneforge.exports.version import FORMATS, ExportError, export_version, gguf_missing
     from tuneforge.serving import ModelLoadError, download
 
     if format_ not in FORMATS:
         fail(f"--format {format_!r}: use one of {', '.join(FORMATS)}")
-    if precision not in ("f16", "bf16", "q8_0"):
+    if precision is not None and format_ != "gguf":
+        fail(f"--precision: a gguf setting; a {format_} export keeps the version's dtype")
+    if precision not in (None, "f16", "bf16", "q8_0"):
         fail(f"--precision {precision!r}: use f16, bf16 or q8_0")
     if rows < 1:
         fail(f"--rows {rows}: compare at least one prompt")
+    if format_ == "gguf" and gguf_missing():
+        fail(str(gguf_missing()))
     _use_registry(tracking_uri)
+    # The prompts first: a bad --data fails in seconds, not after a long export.
+    records = _check_records(data or _recorded_source(model), rows) if check else []
     with tempfile.TemporaryDirectory(prefix="tuneforge-export-") as tmp:
         try:
             root = download(model, Path(tmp))
-            exported = export_version(root, format_, out_dir, precision, _safe_name(model))
+            exported = export_version(root, format_, out_dir, precision or "f16", _safe_name(model))
             summary: dict[str, Any] = {"model": model, "format": format_, "path": str(exported)}
             summary["bytes"] = _size(exported)
             if check:
-                summary["check"] = _check(
-                    root, exported, format_, data or _recorded_source(model), rows, Path(tmp)
-                )
+                summary["check"] = _check(root, exported, format_, records, Path(tmp))
         except (ModelLoadError, ExportError) as exc:
             fail(str(exc))
-        except ModuleNotFoundError as exc:
-            fail(f"--format {format_} needs {exc.name}: pip install 'tuneforge[export]'")
 
     def render(result: dict[str, Any]) -> None:
         out.print(f"{result['format']}: {result['path']} ({result['bytes']:,} bytes)", markup=False)
@@ -109,6 +112,13 @@ def serve(
     from tuneforge.openai_server import serve as run_server
     from tuneforge.serving import ModelLoadError
 
+    for option, value in (("--max-new-tokens", max_new_tokens), ("--max-batch", max_batch)):
+        if value < 1:
+            fail(f"{option} {value}: must be at least 1")
+    if threads is not None and threads < 1:
+        fail(f"--threads {threads}: must be at least 1")
+    if not 0 <= port < 65536:
+        fail(f"--port {port}: not a TCP port")
     _use_registry(tracking_uri)
     try:
         run_server(
@@ -142,27 +152,40 @@ def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def _check(
-    root: Path, exported: Path, fmt: str, data: str, rows: int, scratch: Path
-) -> dict[str, Any]:
-    """The export against the version on `rows` prompts of `data` (by default the data the
-    version's run trained on, found through its lineage), spread over its task families."""
-    from dataclasses import asdict
-
-    from tuneforge.data.reading import read_rows
+def _check_records(data: str, rows: int) -> list[dict[str, Any]]:
+    """`rows` chat records of `data` (by default the data the version's run trained on, found
+    through its lineage), spread over its task families."""
+    from tuneforge.data.reading import DataLoadError, read_rows
     from tuneforge.data.validation import validate_rows
-    from tuneforge.exports.parity import check_export
     from tuneforge.records import spread
 
-    valid, _ = validate_rows(read_rows(data), max_chars=100_000, source=data)
+    try:
+        valid, _ = validate_rows(read_rows(data), max_chars=100_000, source=data)
+    except (DataLoadError, ValueError) as exc:
+        fail(f"--data: {exc}")
     chat = [r for r in valid if "messages" in r]
     if not chat:
         fail(f"--data {data}: no prompt/response rows to compare answers on")
-    parity = check_export(root, exported, fmt, spread(chat, rows), scratch)
+    return spread(chat, rows)
+
+
+def _check(
+    root: Path, exported: Path, fmt: str, records: list[dict[str, Any]], scratch: Path
+) -> dict[str, Any]:
+    """The export against the version on the records' prompts."""
+    from dataclasses import asdict
+
+    from tuneforge.exports.parity import check_export
+
+    try:
+        parity = check_export(root, exported, fmt, records, scratch)
+    except (OSError, ValueError) as exc:  # the export unreadable, its tokenizer unlike ours
+        fail(f"--check: {exported}: {exc}")
     return {**asdict(parity), "identical": parity.identical}
 
 
 def _recorded_source(model_uri: str) -> str:
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     from tuneforge import lineage
@@ -171,9 +194,11 @@ def _recorded_source(model_uri: str) -> str:
     client = MlflowClient()
     try:
         run_id = resolve_version(client, model_uri).run_id
-    except RegistryError:
-        run_id = None
-    source = client.get_run(run_id).data.tags.get(lineage.DATA_SOURCE) if run_id else None
+        source = client.get_run(run_id).data.tags.get(lineage.DATA_SOURCE) if run_id else None
+    except RegistryError as exc:  # no such model or version: said before anything is fetched
+        fail(str(exc))
+    except MlflowException:  # its run deleted: only --data can say what to compare on
+        source = None
     if not source or not Path(source.removeprefix("hf:")).exists():
         fail(f"--check needs --data: the version's own data ({source or 'unknown'}) is not here")
     return source

@@ -58,7 +58,9 @@ _SPLIT_PATTERNS = {
 _SKIPPED_SUFFIXES = (".rotary_emb.inv_freq",)
 
 
-def write_gguf(checkpoint: Path, out_file: Path, precision: Precision = "f16") -> Path:
+def write_gguf(
+    checkpoint: Path, out_file: Path, precision: Precision = "f16", name: str | None = None
+) -> Path:
     """Converts a local Hugging Face causal-LM checkpoint into one GGUF file.
 
     Matrices are stored in `precision`; norms, biases and other 1-D tensors in F32 (llama.cpp
@@ -73,6 +75,8 @@ def write_gguf(checkpoint: Path, out_file: Path, precision: Precision = "f16") -
         out_file: the GGUF file to write; its directory is created if missing.
         precision: `f16` (default), `bf16` or `q8_0` (8-bit blocks, about half the size of
             f16 and a small loss).
+        name: the model's name in the file (`general.name`, what llama.cpp and Ollama show);
+            default the checkpoint directory's name.
 
     Returns:
         `out_file`.
@@ -115,7 +119,7 @@ def write_gguf(checkpoint: Path, out_file: Path, precision: Precision = "f16") -
     writer = gguf.GGUFWriter(partial, arch, use_temp_file=True)
     try:
         writer.add_type(gguf.GGUFType.MODEL)
-        writer.add_name(checkpoint.resolve().name)
+        writer.add_name(name or checkpoint.resolve().name)
         writer.add_file_type(file_type)
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         _add_hyperparameters(writer, config, rope)

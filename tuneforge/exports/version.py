@@ -45,18 +45,37 @@ def export_version(
     manifest = read_manifest(root)
     if manifest is None:
         raise ExportError(f"{root}: registered before tuneforge's layout 1; retrain it to export")
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if fmt != "gguf" and out_dir.exists() and any(out_dir.iterdir()):
+        # A checkpoint written over another mixes their files (an adapter_config.json left
+        # beside a merged model makes transformers load the folder as an adapter).
+        raise ExportError(f"{out_dir}: not empty; export {fmt} into a new or empty folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     if fmt == "merged":
         return export_merged(root, out_dir)
     if fmt == "adapter":
         return export_adapter(root, manifest, out_dir)
-    if fmt == "gguf":
-        from tuneforge.exports.gguf import write_gguf
+    missing = gguf_missing()
+    if missing:
+        raise ExportError(missing)
+    from tuneforge.exports.gguf import write_gguf
 
-        with tempfile.TemporaryDirectory(prefix="tuneforge-export-") as tmp:
-            merged = export_merged(root, Path(tmp) / "merged")
-            return write_gguf(merged, out_dir / f"{name}-{precision}.gguf", precision)
-    raise ExportError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+    with tempfile.TemporaryDirectory(prefix="tuneforge-export-") as tmp:
+        merged = export_merged(root, Path(tmp) / "merged")
+        try:
+            return write_gguf(merged, out_dir / f"{name}-{precision}.gguf", precision, name)
+        except ValueError as exc:  # what the file cannot carry, one line naming it
+            raise ExportError(str(exc).replace(str(merged), name)) from exc
+
+
+def gguf_missing() -> str | None:
+    """Why a GGUF export cannot be written here (the `gguf` package missing), or None."""
+    import importlib.util
+
+    if importlib.util.find_spec("gguf") is None:
+        return "gguf export needs the gguf package: pip install 'tuneforge[export]'"
+    return None
 
 
 def export_merged(root: Path, out_dir: Path) -> Path:
