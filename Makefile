@@ -14,7 +14,7 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 export DO_NOT_TRACK ?= true
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: install demo test test-fast test-gguf lint format clean bench gpu-check
+.PHONY: install postgres demo test test-fast test-gguf lint format clean bench gpu-check
 
 # torch first and pinned, through pip: an unpinned torch pulls a multi-GB CUDA build, and pip
 # finds the CPU wheel where the machine keeps one. constraints.txt is the lock of every other
@@ -33,7 +33,11 @@ install: $(STAMP)
 demo: install
 	$(BIN)/tuneforge run deployments/presets/tiny-cpu.yaml
 
-test: install lint
+# The stack tests (tests/stack, tests/deployments) start PostgreSQL in a temporary folder.
+postgres:
+	tools/ensure_postgres.sh
+
+test: install lint postgres
 	$(BIN)/pytest
 
 # Unit tests call plain functions and tasks' .fn(); the integration tier (real flows against

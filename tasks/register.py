@@ -350,13 +350,13 @@ def _set_alias(
     client: Any, name: str, version: str, promote: bool, reason: str, held: list[str]
 ) -> str:
     """Gives `version` the alias the gate decided, with the decision tag; returns the alias."""
-    from tuneforge.model_registry import set_champion
+    from tuneforge.model_registry import move_alias, set_champion
 
     if promote:
         set_champion(client, name, version, reason)
         if CHALLENGER in held:  # it was challenger before the champion moved away from it
-            client.delete_registered_model_alias(name, CHALLENGER)
+            move_alias(client, name, CHALLENGER, None, f"version {version} became {CHAMPION}")
         return CHAMPION
-    client.set_registered_model_alias(name, CHALLENGER, version)
+    move_alias(client, name, CHALLENGER, version, reason)
     client.set_model_version_tag(name, version, lineage.DECISION, f"{CHALLENGER}: {reason}")
     return CHALLENGER

@@ -314,3 +314,21 @@ def restartable_mlflow_server(tmp_path_factory: pytest.TempPathFactory):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def stack():
+    """The shared stack (tuneforge/stack.py) on free ports: PostgreSQL, MLflow with basic auth
+    on it, Prefect's server on it behind an auth string; no workers (tests start their own).
+    Its folder is one the `postgres` user can reach when the tests run as root."""
+    from tuneforge.stack import Stack
+
+    root = Path(tempfile.mkdtemp(prefix="tuneforge-stack-"))
+    root.chmod(0o755)
+    stack = Stack(root)
+    try:
+        stack.up(workers=0, ports={"postgres": 0, "mlflow": 0, "prefect": 0}, project=REPO)
+        yield stack
+    finally:
+        stack.down()
+        shutil.rmtree(root, ignore_errors=True)

@@ -47,6 +47,9 @@ CRASHED = "tuneforge.crashed"  # why an unfinished run was ended by a later one
 
 # On the registered model.
 CHAMPION_HISTORY = "tuneforge.champion_history"  # versions that held champion, oldest first
+# One registered-model tag per alias move: ALIAS_MOVE + "<ns since epoch>-<random>", a JSON
+# {"alias", "from", "to", "by", "why", "at"} (tuneforge models history reads them back).
+ALIAS_MOVE = "tuneforge.alias_move."
 ROLLED_BACK = "tuneforge.rolled_back"  # on a version that lost champion to a rollback
 
 # Pipelines and sweeps: on their own runs and on each stage's or candidate's.

@@ -5,14 +5,24 @@ Every function takes an `MlflowClient`, so it works the same against `./mlflow.d
 tracking server (`MLFLOW_TRACKING_URI=http://...`).
 
 The champion's history is a registered-model tag, `tuneforge.champion_history`
-(`lineage.CHAMPION_HISTORY`): the versions that held `champion`, oldest first. Moving the alias
-is one registry call (atomic for readers of `models:/NAME@champion`); the history is written
-right after it.
+(`lineage.CHAMPION_HISTORY`): the versions that held `champion`, oldest first (what rollback
+goes back along). Moving the alias is one registry call (atomic for readers of
+`models:/NAME@champion`); the history is written right after it.
+
+MLflow overwrites an alias without a trace, so every move of one (`move_alias`: promotion by
+a retrain, `promote`, `rollback`, a new challenger) also writes a tag of its own on the
+registered model, `tuneforge.alias_move.<ns>-<random>`: when, by whom, from which version to
+which, and why. One tag per move: no read-modify-write for two writers to race on, and no
+value that grows past MLflow's tag length. `alias_history` reads them back in order.
 """
 
 from __future__ import annotations
 
+import getpass
 import json
+import os
+import secrets
+import time
 from typing import Any
 
 from mlflow.exceptions import MlflowException
@@ -45,6 +55,8 @@ def resolve_version(client: MlflowClient, uri: str) -> Any:
             return client.get_model_version(name, ref)
         return client.get_model_version_by_alias(name, ref)
     except MlflowException as exc:
+        if exc.get_http_status_code() in (401, 403):
+            raise  # the server refused who asked, not the URI: the caller names the server
         raise RegistryError(f"{uri}: {exc.message.splitlines()[0]}") from None
 
 
@@ -72,9 +84,58 @@ def version_for_run(client: MlflowClient, name: str, run_id: str) -> Any | None:
     return client.get_model_version(name, min(int(v.version) for v in found))
 
 
+def _holder(client: MlflowClient, name: str, alias: str) -> str | None:
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def whoami() -> str:
+    """Who moves an alias: the tracking server's user (MLFLOW_TRACKING_USERNAME, checked by a
+    server with auth), else the local account."""
+    return os.environ.get("MLFLOW_TRACKING_USERNAME") or getpass.getuser()
+
+
+def move_alias(
+    client: MlflowClient, name: str, alias: str, version: str | None, why: str
+) -> dict[str, Any]:
+    """Points `alias` at `version` (None: removes it) and records the move; returns the record.
+    The alias moves first: a move the server refuses (no permission) leaves no record."""
+    before = _holder(client, name, alias)
+    if version is None:
+        client.delete_registered_model_alias(name, alias)
+    else:
+        client.set_registered_model_alias(name, alias, version)
+    at = time.time_ns()
+    record = {
+        "alias": alias,
+        "from": before,
+        "to": None if version is None else str(version),
+        "by": whoami(),
+        "why": why,
+        "at": at / 1e9,
+    }
+    key = f"{lineage.ALIAS_MOVE}{at:020d}-{secrets.token_hex(3)}"
+    client.set_registered_model_tag(name, key, json.dumps(record))
+    return record
+
+
+def alias_history(client: MlflowClient, name: str) -> list[dict[str, Any]]:
+    """Every recorded alias move of `name`, oldest first."""
+    try:
+        tags = client.get_registered_model(name).tags
+    except MlflowException as exc:
+        if exc.get_http_status_code() in (401, 403):
+            raise
+        raise RegistryError(f"{name}: {exc.message.splitlines()[0]}") from None
+    moves = sorted((k, v) for k, v in tags.items() if k.startswith(lineage.ALIAS_MOVE))
+    return [json.loads(value) for _, value in moves]
+
+
 def set_champion(client: MlflowClient, name: str, version: str, reason: str) -> None:
     """Moves `champion` to `version` and records it in the history."""
-    client.set_registered_model_alias(name, lineage.CHAMPION, version)
+    move_alias(client, name, lineage.CHAMPION, version, reason)
     history = [v for v in champion_history(client, name) if v != str(version)]
     client.set_registered_model_tag(
         name, lineage.CHAMPION_HISTORY, ",".join([*history, str(version)])
@@ -88,15 +149,16 @@ def rollback(client: MlflowClient, name: str) -> tuple[str, str]:
     champion = current_champion(client, name)
     if champion is None:
         raise RegistryError(f"{name}: has no champion to roll back")
-    if history and history[-1] == champion.version:
+    current = str(champion.version)  # an int from a local (SQLite) registry
+    if history and history[-1] == current:
         history = history[:-1]
     if not history:
-        raise RegistryError(f"{name}: version {champion.version} is the first champion")
+        raise RegistryError(f"{name}: version {current} is the first champion")
     previous = history[-1]
-    client.set_registered_model_alias(name, lineage.CHAMPION, previous)
+    move_alias(client, name, lineage.CHAMPION, previous, f"rolled back from version {current}")
     client.set_registered_model_tag(name, lineage.CHAMPION_HISTORY, ",".join(history))
-    client.set_model_version_tag(name, champion.version, lineage.ROLLED_BACK, "true")
-    return champion.version, previous
+    client.set_model_version_tag(name, current, lineage.ROLLED_BACK, "true")
+    return current, previous
 
 
 def version_summary(client: MlflowClient, version: Any) -> dict[str, Any]:

@@ -12,12 +12,15 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
+from base64 import b64encode
 from pathlib import Path
 
 from tuneforge.config import ConfigError, RunConfig, embeds_credentials
 from tuneforge.lineage import BENCH
 
 HEALTH_TIMEOUT_S = 5
+# Schemes of MLflow tracking URIs: a server, a SQL database, a local folder, Databricks.
+TRACKING_SCHEMES = {"http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks"}
 
 
 def check_run(config: RunConfig) -> None:
@@ -38,6 +41,12 @@ def check_run(config: RunConfig) -> None:
             f"{key}: embeds credentials; put them in MLFLOW_TRACKING_USERNAME / "
             "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) instead"
         )
+    scheme = uri.partition("://")[0].partition("+")[0] if uri and "://" in uri else ""
+    if scheme and scheme not in TRACKING_SCHEMES:
+        raise ConfigError(
+            f"{key}: {uri}: unknown scheme {scheme!r}; use http(s):// for a tracking server, "
+            "or sqlite:/// or postgresql:// for a database"
+        )
     if uri and uri.startswith(("http://", "https://")):
         check_tracking_server(uri, key)
     elif config.train.deployment:
@@ -45,6 +54,8 @@ def check_run(config: RunConfig) -> None:
             f"train.deployment: training on another pool hands data over through MLflow, "
             f"which needs a tracking server (http://...), not {uri or './mlflow.db'}"
         )
+    if api_url := os.environ.get("PREFECT_API_URL"):
+        check_prefect_server(api_url)
     check_benchmarks(config)
     check_exports(config)
     check_writable(config.output_dir)  # last: it creates the directory
@@ -119,14 +130,65 @@ def check_writable(output_dir: str) -> None:
 
 
 def check_tracking_server(uri: str, key: str = "tracking.tracking_uri") -> None:
-    """The MLflow server at `uri` answers its health endpoint within a few seconds."""
+    """The MLflow server at `uri` answers its health endpoint within a few seconds, and takes
+    this process's credentials (MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN)."""
+    _probe(f"{uri.rstrip('/')}/health", key, uri, {})
+    user, password = (os.environ.get(f"MLFLOW_TRACKING_{k}") for k in ("USERNAME", "PASSWORD"))
+    headers = {}
+    if user and password:
+        headers["Authorization"] = "Basic " + b64encode(f"{user}:{password}".encode()).decode()
+    elif token := os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        headers["Authorization"] = f"Bearer {token}"
+    refused = _probe(
+        f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1", key, uri, headers
+    )
+    if refused:
+        given = (
+            f"as {user}"
+            if user and password
+            else "with a token"
+            if "Authorization" in headers
+            else "without credentials (set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)"
+        )
+        raise ConfigError(f"{key}: {uri} refused {given}: {refused}")
+
+
+def check_prefect_server(api_url: str) -> None:
+    """The Prefect API at `api_url` (PREFECT_API_URL) answers and takes this process's
+    PREFECT_API_AUTH_STRING (or PREFECT_API_KEY)."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_KEY
+
+    key = "PREFECT_API_URL"
+    _probe(f"{api_url.rstrip('/')}/health", key, api_url, {})
+    # Plain strings from .value() (SecretStr inside the settings object).
+    auth, api_key = PREFECT_API_AUTH_STRING.value(), PREFECT_API_KEY.value()
+    headers = {}
+    if auth:
+        headers["Authorization"] = "Basic " + b64encode(str(auth).encode()).decode()
+    elif api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    if refused := _probe(f"{api_url.rstrip('/')}/admin/version", key, api_url, headers):
+        given = (
+            "PREFECT_API_AUTH_STRING was refused"
+            if auth
+            else ("PREFECT_API_KEY was refused" if api_key else "set PREFECT_API_AUTH_STRING")
+        )
+        raise ConfigError(f"{key}: {api_url} refused the request ({refused}): {given}")
+
+
+def _probe(url: str, key: str, server: str, headers: dict[str, str]) -> str | None:
+    """GETs `url`: None when answered, "HTTP 401 Unauthorized" (or 403) when refused; a
+    server that cannot be reached or fails (5xx) is a ConfigError naming `key`."""
+    request = urllib.request.Request(url, headers=headers)
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=HEALTH_TIMEOUT_S):
-            return
+        with urllib.request.urlopen(request, timeout=HEALTH_TIMEOUT_S):
+            return None
     except urllib.error.HTTPError as exc:
-        if exc.code < 500:  # reachable; auth or routing is MLflow's to report
-            return
+        if exc.code in (401, 403):
+            return f"HTTP {exc.code} {exc.reason}"
+        if exc.code < 500:  # reachable; anything else is the server's to report later
+            return None
         reason = f"HTTP {exc.code}"
     except (urllib.error.URLError, OSError) as exc:
         reason = str(getattr(exc, "reason", exc))
-    raise ConfigError(f"{key}: cannot reach {uri} ({reason})")
+    raise ConfigError(f"{key}: cannot reach {server} ({reason})")

@@ -268,3 +268,26 @@ def run_status(tracking_uri: str, run_id: str) -> Iterator[None]:
         client.set_terminated(run_id, status="FAILED")
         raise
     client.set_terminated(run_id, status="FINISHED")
+
+
+def refusal(exc: BaseException, server: str, doing: str | None = None) -> str | None:
+    """One line for a tracking server that refused the request (HTTP 401 or 403): the server,
+    the status and who asked, never the password; None for any other error."""
+    from mlflow.exceptions import MlflowException
+
+    if not isinstance(exc, MlflowException):
+        return None
+    status = exc.get_http_status_code()
+    found = re.search(r"error code (40[13]) != 200", exc.message)
+    if found:
+        status = int(found.group(1))
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if status == 401:
+        who = f"the password of {user}" if user else "a request without credentials"
+        hint = "" if user else " (set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)"
+        return f"{server}: HTTP 401 Unauthorized: it refused {who}{hint}"
+    if status == 403:
+        endpoint = re.search(r"endpoint (\S+)", exc.message)
+        what = doing or (endpoint.group(1) if endpoint else "this request")
+        return f"{server}: HTTP 403 Forbidden: {user or 'this user'} may not {what}"
+    return None

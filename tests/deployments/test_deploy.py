@@ -1,6 +1,9 @@
-"""`deployments/prefect.yaml` against a real `prefect server`, a real process worker, and a
-real MLflow server: deploy, check the schedule, run the nightly deployment, then push the same
-data and watch the triggered run skip (nothing changed since the champion).
+"""`deployments/prefect.yaml` on the shared stack (the session's `stack` fixture): Prefect's
+server on PostgreSQL behind an auth string, MLflow on PostgreSQL with basic auth and
+artifacts through the server, real process workers. Deploy, check the schedule, run the
+nightly deployment through a worker (killed once), a sweep and a retrain on another pool,
+then push the same data and watch the triggered run skip; the champion then loads through
+`models:/NAME@champion` with credentials, and `tuneforge models` browses it.
 
 Slow (a full preset run plus server start-ups, about two minutes on two cores).
 """
@@ -21,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import NO_GATE, REPO, PrefectServerProcess, set_args
+from tests.conftest import NO_GATE, REPO, set_args
 
 pytestmark = pytest.mark.integration
 
@@ -69,7 +72,18 @@ class Worker:
 
 
 @pytest.fixture(scope="module")
-def deployed(mlflow_server, tmp_path_factory):
+def mlflow_server(stack):
+    """This module's tracking server: the stack's, with the admin's credentials in this
+    process's environment (the session's plain `mlflow_server` is not used here)."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in stack.client_env().items():
+            if key.startswith("MLFLOW_TRACKING_"):
+                patch.setenv(key, value)
+        yield stack.mlflow_uri
+
+
+@pytest.fixture(scope="module")
+def deployed(stack, mlflow_server, tmp_path_factory):
     root = tmp_path_factory.mktemp("deploy")
     home = root / "project"  # a copy of the project, as a worker machine would have it
     for part in ("flows", "tasks", "plugins", "tuneforge", "deployments", "data"):
@@ -90,15 +104,11 @@ def deployed(mlflow_server, tmp_path_factory):
         assert old in text, old
         text = text.replace(old, new)
     preset.write_text(text)
-    # A real `prefect server`, its repossessor checking leases every 5 s instead of 15 s.
-    server = PrefectServerProcess(
-        root / "server", PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS="5"
-    )
+    # The stack's Prefect server (its repossessor checks leases every 5 s instead of 15 s).
     env = {
-        **server.env,
+        **os.environ,
+        **stack.client_env(),
         "PREFECT_HOME": str(root / "prefect-home"),
-        "PREFECT_API_URL": server.api_url,
-        "MLFLOW_TRACKING_URI": mlflow_server,
         "TUNEFORGE_HOME": str(home),
         # The worker asks for work every 2 s instead of 10 s: four runs start sooner.
         "PREFECT_WORKER_QUERY_SECONDS": "2",
@@ -111,7 +121,6 @@ def deployed(mlflow_server, tmp_path_factory):
             list(pool.map(lambda args: _command("prefect", *args, env=env, cwd=home), commands))
 
     try:
-        server.start()
         template = str(home / "deployments" / "work-pools" / "gpu-kubernetes.json")
         stage = ("flows/train_stage.py:train_stage", "--name", "on-cpu", "--pool", "cpu")
         deploy_stage = ("--no-prompt", "deploy", *stage)
@@ -130,7 +139,6 @@ def deployed(mlflow_server, tmp_path_factory):
         yield env, home, root, worker
     finally:
         worker.stop()
-        server.stop()
 
 
 def _command(program: str, *args: str, env: dict[str, str], cwd: Path) -> str:
@@ -151,7 +159,7 @@ def _command(program: str, *args: str, env: dict[str, str], cwd: Path) -> str:
 def _client(env):
     from prefect.client.orchestration import SyncPrefectClient
 
-    return SyncPrefectClient(env["PREFECT_API_URL"])
+    return SyncPrefectClient(env["PREFECT_API_URL"], auth_string=env["PREFECT_API_AUTH_STRING"])
 
 
 def _wait_run(client, deployment_id, seconds: float = 420):
@@ -349,3 +357,29 @@ def test_a_sweep_and_a_retrain_train_on_another_pool_one_slot_at_a_time(
     spans = sorted((r.start_time, r.end_time) for r in trainings)
     assert all(later[0] >= earlier[1] for earlier, later in pairwise(spans))
     assert slots.active_slots == 0
+
+
+def test_the_champion_loads_and_is_browsed_with_credentials(scenarios, deployed, mlflow_server):
+    """What a teammate does next, with the stack's credentials: list, show, and the alias
+    history of the model the worker registered, then load its champion by alias."""
+    import mlflow.pyfunc
+
+    env, home, _, _ = deployed
+    listed = json.loads(_command("tuneforge", "models", "list", "--json", env=env, cwd=home))
+    demo = next(m for m in listed if m["name"] == "tuneforge-demo")
+    shown = json.loads(
+        _command("tuneforge", "models", "show", "tuneforge-demo", "--json", env=env, cwd=home)
+    )
+    assert shown["version"] == demo["champion"] and "champion" in shown["aliases"]
+    assert "model/MLmodel" in shown["artifacts"]
+    history = json.loads(
+        _command("tuneforge", "models", "history", "tuneforge-demo", "--json", env=env, cwd=home)
+    )
+    assert [(m["alias"], m["from"], m["to"], m["by"]) for m in history] == [
+        ("champion", None, demo["champion"], "admin")
+    ]
+    assert history[0]["why"] == shown["tags"]["tuneforge.decision"].removeprefix("champion: ")
+
+    model = mlflow.pyfunc.load_model("models:/tuneforge-demo@champion")
+    answers = model.predict([{"instruction": "Convert to uppercase.", "input": "salt"}])
+    assert len(answers) == 1 and isinstance(answers[0], str)

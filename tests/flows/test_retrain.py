@@ -271,6 +271,7 @@ def test_models_cli_lists_compares_rolls_back_and_promotes(runs, lora_run, mlflo
         assert done.exit_code == 0, done.output
         return json.loads(done.output.strip().splitlines()[-1])
 
+    shown_first = call("show", MODEL, first.registration.version)
     listed = {m["name"]: m for m in call("list")}
     assert listed[MODEL]["champion"] == chained.registration.version
     assert listed[MODEL]["champion_metrics"]["tuned.exact_match"] == pytest.approx(
@@ -293,6 +294,18 @@ def test_models_cli_lists_compares_rolls_back_and_promotes(runs, lora_run, mlflo
     promoted = call("promote", MODEL, weak.registration.version)
     assert promoted["champion"] == weak.registration.version
     assert call("show", MODEL)["version"] == weak.registration.version
+
+    # Every move of champion, automatic or by hand, with who and why.
+    import getpass
+
+    moves = [m for m in call("history", MODEL) if m["alias"] == "champion"]
+    v1, v3, v2 = (r.registration.version for r in (first, chained, weak))
+    assert [(m["from"], m["to"]) for m in moves] == [(None, v1), (v1, v3), (v3, v1), (v1, v2)]
+    assert {m["by"] for m in moves} == {getpass.getuser()}
+    assert moves[0]["why"] == shown_first["tags"]["tuneforge.decision"].removeprefix("champion: ")
+    assert [m["why"] for m in moves[2:]] == [f"rolled back from version {v3}", "promoted by hand"]
+    challenger = [m for m in call("history", MODEL) if m["alias"] == "challenger"]
+    assert (None, weak.registration.version) in [(m["from"], m["to"]) for m in challenger]
 
     missing = cli.invoke(app, ["models", "show", "no-such-model", "--tracking-uri", mlflow_server])
     assert missing.exit_code == 2 and "no-such-model" in missing.output

@@ -12,6 +12,7 @@
     tuneforge evaluators [NAME] [--json]
     tuneforge models list|show|compare|promote|rollback [--json]
     tuneforge slots list|release MODEL [--json]
+    tuneforge stack up|status|down [--dir .stack]
     tuneforge data push data/instructions.jsonl [--json]
     tuneforge sample-data data/instructions.jsonl
 
@@ -20,7 +21,7 @@ with --json the last line on stdout is then {"error": ...}, and otherwise the re
 
 One module per command group: jobs (run, pipeline, sweep), data (validate, evaluate, data
 push, sample-data), config_fields (config), plugins (strategies, evaluators), serving (export,
-serve), models, slots;
+serve), models, slots, stack;
 output holds what they share (--json, print_result, fail).
 """
 
@@ -45,7 +46,16 @@ for _name, _value in (
     os.environ.setdefault(_name, _value)
 
 # Imported after the defaults above: nothing these modules import may read them first.
-from tuneforge.cli import config_fields, data, jobs, models, plugins, serving, slots  # noqa: E402
+from tuneforge.cli import (  # noqa: E402
+    config_fields,
+    data,
+    jobs,
+    models,
+    plugins,
+    serving,
+    slots,
+    stack,
+)
 
 __all__ = ["app"]
 
@@ -69,5 +79,6 @@ app.command()(plugins.strategies)
 app.command()(plugins.evaluators)
 app.add_typer(models.models_app, name="models")
 app.add_typer(slots.slots_app, name="slots")
+app.add_typer(stack.stack_app, name="stack")
 app.add_typer(data.data_app, name="data")
 app.command("sample-data")(data.sample_data)

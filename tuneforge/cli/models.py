@@ -1,6 +1,6 @@
 """The `models` group: browse and manage registered models.
 
-    tuneforge models list|show|compare|promote|rollback [--tracking-uri URI] [--json]
+    tuneforge models list|show|compare|history|promote|rollback [--tracking-uri URI] [--json]
 
 Works against ./mlflow.db or any tracking server (MLFLOW_TRACKING_URI or --tracking-uri).
 """
@@ -26,20 +26,24 @@ TrackingOption = Annotated[
 ]
 
 
-def _registry_call(tracking_uri: str | None, action: Callable[[Any], Any]) -> Any:
-    """Runs `action(client)`, turning registry errors into one-line failures."""
+def _registry_call(
+    tracking_uri: str | None, action: Callable[[Any], Any], doing: str | None = None
+) -> Any:
+    """Runs `action(client)`, turning registry errors into one-line failures; a server's
+    refusal (401, 403) names the server, the status and the user (`doing`: what was refused)."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     from tuneforge.model_registry import RegistryError
-    from tuneforge.tracking import resolve_tracking_uri
+    from tuneforge.tracking import refusal, resolve_tracking_uri
 
+    uri = resolve_tracking_uri(tracking_uri)
     try:
-        return action(MlflowClient(resolve_tracking_uri(tracking_uri)))
+        return action(MlflowClient(uri))
     except RegistryError as exc:
         fail(str(exc))
     except MlflowException as exc:
-        fail(exc.message.splitlines()[0])
+        fail(refusal(exc, uri, doing) or exc.message.splitlines()[0])
 
 
 @models_app.command("list")
@@ -105,20 +109,44 @@ def models_compare(
     print_result(_registry_call(tracking_uri, lambda c: compare(c, name, v1, v2)), render)
 
 
+@models_app.command("history")
+def models_history(
+    name: str, tracking_uri: TrackingOption = None, as_json: JsonOption = False
+) -> None:
+    """Every move of NAME's aliases: when, by whom, from which version to which, and why."""
+    from datetime import UTC, datetime
+
+    from tuneforge.model_registry import alias_history
+
+    def render(moves: list[dict]) -> None:
+        table = Table("when (UTC)", "alias", "from", "to", "by", "why")
+        for m in moves:
+            when = datetime.fromtimestamp(m["at"], UTC).strftime("%Y-%m-%d %H:%M:%S")
+            versions = ["-" if v is None else f"v{v}" for v in (m["from"], m["to"])]
+            table.add_row(when, m["alias"], *versions, m["by"], escape(m["why"]))
+        out.print(table if moves else f"{name}: no alias moves recorded")
+
+    print_result(_registry_call(tracking_uri, lambda c: alias_history(c, name)), render)
+
+
 @models_app.command("promote")
 def models_promote(
-    name: str, version: str, tracking_uri: TrackingOption = None, as_json: JsonOption = False
+    name: str,
+    version: str,
+    reason: Annotated[str, typer.Option(help="Why, for the alias history")] = "promoted by hand",
+    tracking_uri: TrackingOption = None,
+    as_json: JsonOption = False,
 ) -> None:
-    """Make VERSION the champion by hand (recorded in the champion history)."""
+    """Make VERSION the champion by hand (recorded in the champion and alias history)."""
     from tuneforge.model_registry import resolve_version, set_champion
 
     def action(client: Any) -> dict:
         resolve_version(client, f"models:/{name}/{version}")  # must exist
-        set_champion(client, name, version, "promoted by hand")
+        set_champion(client, name, version, reason)
         return {"name": name, "champion": version}
 
     print_result(
-        _registry_call(tracking_uri, action),
+        _registry_call(tracking_uri, action, f"move the champion alias of {name}"),
         lambda r: out.print(f"{r['name']}: champion is now version {r['champion']}", markup=False),
     )
 
@@ -135,7 +163,7 @@ def models_rollback(
         return {"name": name, "from": before, "champion": after}
 
     print_result(
-        _registry_call(tracking_uri, action),
+        _registry_call(tracking_uri, action, f"move the champion alias of {name}"),
         lambda r: out.print(
             f"{r['name']}: champion rolled back from version {r['from']} to {r['champion']}",
             markup=False,
