@@ -167,3 +167,25 @@ def _drain_to(api_url: str) -> None:
 
     for worker in (APILogWorker, EventsWorker):
         worker.drain_all(timeout=10)
+
+
+def http_error_line(exc: Exception) -> str:
+    """One line for a failed request to the Prefect API: the server and the status (a 401
+    names the setting to fix, never its value), or why it could not be reached."""
+    import httpx
+
+    if isinstance(exc, httpx.HTTPStatusError):
+        url, status = exc.request.url, exc.response.status_code
+        server = f"{url.scheme}://{url.netloc.decode()}"
+        if status == 401:
+            from prefect.settings import PREFECT_API_AUTH_STRING
+
+            given = os.environ.get("PREFECT_API_AUTH_STRING") or PREFECT_API_AUTH_STRING.value()
+            fix = "it was refused" if given else "it is not set"
+            return f"{server}: HTTP 401 Unauthorized: check PREFECT_API_AUTH_STRING ({fix})"
+        return f"{server}: HTTP {status} {exc.response.reason_phrase} for {url.path}"
+    if isinstance(exc, httpx.RequestError):
+        return f"{exc.request.url.scheme}://{exc.request.url.netloc.decode()}: {exc}".splitlines()[
+            0
+        ]
+    return str(exc).splitlines()[0]

@@ -160,13 +160,16 @@ def check_prefect_server(api_url: str) -> None:
 
     key = "PREFECT_API_URL"
     _probe(f"{api_url.rstrip('/')}/health", key, api_url, {})
-    # Plain strings from .value() (SecretStr inside the settings object).
-    auth, api_key = PREFECT_API_AUTH_STRING.value(), PREFECT_API_KEY.value()
+    # The environment first (Prefect reads its own settings once, when imported), then the
+    # settings (a profile's). Plain strings from .value(): SecretStr only inside Settings.
+    auth = os.environ.get("PREFECT_API_AUTH_STRING") or PREFECT_API_AUTH_STRING.value()
+    api_key = os.environ.get("PREFECT_API_KEY") or PREFECT_API_KEY.value()
     headers = {}
     if auth:
         headers["Authorization"] = "Basic " + b64encode(str(auth).encode()).decode()
     elif api_key:
         headers["Authorization"] = f"Bearer {api_key}"
+    _probe(f"{api_url.rstrip('/')}/ready", key, api_url, {})  # 503 when its database is down
     if refused := _probe(f"{api_url.rstrip('/')}/admin/version", key, api_url, headers):
         given = (
             "PREFECT_API_AUTH_STRING was refused"
@@ -188,7 +191,10 @@ def _probe(url: str, key: str, server: str, headers: dict[str, str]) -> str | No
             return f"HTTP {exc.code} {exc.reason}"
         if exc.code < 500:  # reachable; anything else is the server's to report later
             return None
-        reason = f"HTTP {exc.code}"
+        raise ConfigError(
+            f"{key}: {server} answered HTTP {exc.code} {exc.reason}: the server is up but "
+            "failing (is its database down? its log says)"
+        ) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = str(getattr(exc, "reason", exc))
     raise ConfigError(f"{key}: cannot reach {server} ({reason})")

@@ -121,9 +121,10 @@ class StackState:
 
     ports: dict[str, int] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
+    workers: int = 1
     pool: str = "cpu"
-    pool_limit: int | None = None
-    project: str = ""
+    pool_limit: int | None = None  # flow runs the pool runs at once; None: any number
+    project: str = ""  # where workers start flow runs (TUNEFORGE_HOME)
 
 
 def _free_port() -> int:
@@ -237,13 +238,15 @@ class Stack:
     def up(
         self,
         *,
-        workers: int = 1,
-        pool: str = "cpu",
+        workers: int | None = None,
+        pool: str | None = None,
         pool_limit: int | None = None,
         project: Path | str | None = None,
         ports: dict[str, int] | None = None,
     ) -> dict[str, Any]:
-        """Starts every service that is not running; returns `status()`."""
+        """Starts every service that is not running; returns `status()`. What is not given
+        stays as the last `up` recorded it (first time: 1 worker on pool `cpu`, no pool
+        limit, the current directory as the project); `pool_limit=0` removes the limit."""
         self.root.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
         self.credentials(create=True)
@@ -251,8 +254,19 @@ class Stack:
             if name not in self.state.ports:
                 wanted = (ports or {}).get(name, default)
                 self.state.ports[name] = wanted or _free_port()
-        self.state.pool, self.state.pool_limit = pool, pool_limit
-        self.state.project = str(Path(project or Path.cwd()).resolve())
+        if workers is not None:
+            for index in range(workers + 1, self.state.workers + 1):
+                self._terminate(f"worker-{index}")
+            self.state.workers = workers
+        if pool and pool != self.state.pool:
+            for index in range(1, self.state.workers + 1):
+                self._terminate(f"worker-{index}")  # they start again on the new pool
+            self.state.pool = pool
+        if pool_limit is not None:
+            self.state.pool_limit = pool_limit or None
+        if project is not None or not self.state.project:
+            self.state.project = str(Path(project or Path.cwd()).resolve())
+        workers = self.state.workers
         self._write_state()
         self._postgres_up()
         self._start(
@@ -260,17 +274,7 @@ class Stack:
         )
         self._start(
             "prefect",
-            [
-                sys.executable,
-                "-m",
-                "prefect",
-                "server",
-                "start",
-                "--host",
-                HOST,
-                "--port",
-                str(self.state.ports["prefect"]),
-            ],
+            self._prefect_command(),
             self._prefect_env(),
             f"{self.prefect_api_url}/health",
         )
@@ -400,7 +404,8 @@ class Stack:
         finally:
             password_file.unlink()
         if done.returncode != 0:
-            raise StackError(f"initdb failed: {done.stderr.strip().splitlines()[-1:]}")
+            last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+            raise StackError(f"initdb failed: {last}")
 
     def _pg_connect(self, database: str = "postgres", timeout: int = 3) -> Any:
         import psycopg
@@ -462,7 +467,14 @@ class Stack:
             MLFLOW_AUTH_CONFIG_PATH=str(config),
             MLFLOW_AUTH_ADMIN_PASSWORD=creds.admin_password,
             MLFLOW_FLASK_SERVER_SECRET_KEY=creds.flask_secret,
+            # Otherwise eight job-runner processes (MLflow's huey consumers) that tuneforge
+            # never uses: about a minute of CPU on two cores at every start.
+            MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
         )
+
+    def _prefect_command(self) -> list[str]:
+        port = str(self.state.ports["prefect"])
+        return [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", port]
 
     def _prefect_env(self) -> dict[str, str]:
         return self._server_env(
@@ -485,6 +497,11 @@ class Stack:
         env.update(self.client_env())
         env.setdefault("TUNEFORGE_HOME", self.state.project)  # deployments/prefect.yaml's pull
         env.setdefault("PREFECT_HOME", str(self.root / "worker-home"))
+        if self.state.pool_limit:
+            # The flow runs the pool allows at once share this machine's cores: each one
+            # computing with all of them would slow every one several times over.
+            share = max(1, (os.cpu_count() or 1) // self.state.pool_limit)
+            env.setdefault("OMP_NUM_THREADS", str(share))
         return env
 
     def _ensure_pool(self) -> None:

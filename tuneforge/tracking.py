@@ -271,16 +271,22 @@ def run_status(tracking_uri: str, run_id: str) -> Iterator[None]:
 
 
 def refusal(exc: BaseException, server: str, doing: str | None = None) -> str | None:
-    """One line for a tracking server that refused the request (HTTP 401 or 403): the server,
-    the status and who asked, never the password; None for any other error."""
-    from mlflow.exceptions import MlflowException
+    """One line for a tracking server that refused the request (HTTP 401 or 403: the server,
+    the status and who asked, never the password) or failed (5xx); None for other errors."""
+    from mlflow.exceptions import MlflowException, RestException
 
     if not isinstance(exc, MlflowException):
         return None
-    status = exc.get_http_status_code()
-    found = re.search(r"error code (40[13]) != 200", exc.message)
+    # A plain-text answer: "... failed with error code 401 != 200. Response body: ...";
+    # a JSON one: a RestException carrying the server's error code.
+    # Retried answers (429, 5xx) end as "... (too many 503 error responses)".
+    found = re.search(r"error code (\d{3}) != 200|too many (5\d\d) error responses", exc.message)
     if found:
-        status = int(found.group(1))
+        status = int(found.group(1) or found.group(2))
+    elif isinstance(exc, RestException) or exc.error_code in _REFUSALS:
+        status = exc.get_http_status_code()
+    else:
+        return None
     user = os.environ.get("MLFLOW_TRACKING_USERNAME")
     if status == 401:
         who = f"the password of {user}" if user else "a request without credentials"
@@ -290,4 +296,13 @@ def refusal(exc: BaseException, server: str, doing: str | None = None) -> str | 
         endpoint = re.search(r"endpoint (\S+)", exc.message)
         what = doing or (endpoint.group(1) if endpoint else "this request")
         return f"{server}: HTTP 403 Forbidden: {user or 'this user'} may not {what}"
+    if status >= 500:
+        reason = exc.message.splitlines()[0][:160] if not found else ""
+        return (
+            f"{server}: HTTP {status}: the server is up but failing (is its database down? "
+            f"its log says){f': {reason}' if reason else ''}"
+        )
     return None
+
+
+_REFUSALS = {"UNAUTHENTICATED", "PERMISSION_DENIED", "CUSTOMER_UNAUTHORIZED"}

@@ -380,6 +380,7 @@ def test_the_champion_loads_and_is_browsed_with_credentials(scenarios, deployed,
     ]
     assert history[0]["why"] == shown["tags"]["tuneforge.decision"].removeprefix("champion: ")
 
+    mlflow.set_tracking_uri(mlflow_server)  # other tests may have set another in-process
     model = mlflow.pyfunc.load_model("models:/tuneforge-demo@champion")
     answers = model.predict([{"instruction": "Convert to uppercase.", "input": "salt"}])
     assert len(answers) == 1 and isinstance(answers[0], str)

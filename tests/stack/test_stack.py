@@ -9,6 +9,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import prefect.context  # noqa: F401  Prefect reads its settings once, at import: not here
 import pytest
 from typer.testing import CliRunner
 
@@ -198,3 +199,35 @@ def test_status_names_each_service_and_up_restarts_only_what_died(stack):
     assert stack.state.pids["mlflow"] == mlflow_pid  # left as it was
     assert stack.state.pids["prefect"] != prefect_pid
     assert all(s["running"] for s in stack.status()["services"].values())
+
+
+def test_a_database_down_is_one_line_and_up_brings_it_back(stack, admin, tmp_path):
+    """PostgreSQL stops under both servers: each says so in one line (the registry command, and
+    a run's preflight for either server); `stack up` starts it again and the servers recover."""
+    import time
+
+    from tests.conftest import PRESET
+    from tuneforge.stack import postgres_bin
+
+    stop = [postgres_bin("pg_ctl"), "-D", str(stack.pg_data), "-m", "immediate", "stop"]
+    subprocess.run(stack._as_postgres(stop), check=True, capture_output=True)
+    try:
+        # MLflow answers 503 and its client retries for about two minutes by default.
+        line = _one_line_error(_cli(stack, "models", "list", MLFLOW_HTTP_REQUEST_MAX_RETRIES="1"))
+        assert line.startswith(f"error: {stack.mlflow_uri}: HTTP 5"), line
+        assert "the server is up but failing (is its database down?" in line
+        run = ["run", str(PRESET), "--set", f"output_dir={tmp_path}"]
+        line = _one_line_error(_cli(stack, *run))
+        assert line.startswith(f"error: MLFLOW_TRACKING_URI: {stack.mlflow_uri} answered HTTP 5")
+        local = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        line = _one_line_error(_cli(stack, *run, MLFLOW_TRACKING_URI=local))
+        assert line.startswith(
+            f"error: PREFECT_API_URL: {stack.prefect_api_url} answered HTTP 503"
+        ), line
+        assert "database down" in line
+    finally:
+        stack.up(workers=0)
+    deadline = time.monotonic() + 30
+    while (listed := _cli(stack, "models", "list", "--json")).exit_code != 0:
+        assert time.monotonic() < deadline, listed.output  # the server's pool reconnects
+        time.sleep(1)

@@ -123,12 +123,28 @@ def _run_flow(call: Callable[[], Any], debug: bool) -> Any:
             err.print_exception()
         fail(first_line(exc))
     except Exception as exc:
+        if line := _refused(exc):  # a server refused or failed mid-run: what to fix, one line
+            if debug:
+                err.print_exception()
+            fail(line)
         # Anything else is a crash, not bad input: its traceback is printed as before, and
         # under --json the last line still says what failed (exit status 1, as a crash's).
         if not json_requested():
             raise
         err.print_exception()
         fail(first_line(exc), code=1)
+
+
+def _refused(exc: BaseException) -> str | None:
+    """The one line for a tracking server's 401/403/5xx, or the Prefect API's 401/403."""
+    import httpx
+
+    from tuneforge.prefect_server import http_error_line
+    from tuneforge.tracking import refusal, resolve_tracking_uri
+
+    if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code in (401, 403):
+        return f"Prefect API: {http_error_line(exc)}"
+    return refusal(exc, resolve_tracking_uri(None))
 
 
 def pipeline(

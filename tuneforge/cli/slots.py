@@ -27,7 +27,7 @@ def _with_prefect(action: Callable[[Any], Any]) -> Any:
     import httpx
     from prefect import get_client
 
-    from tuneforge.prefect_server import PrefectServerError, prefect_api
+    from tuneforge.prefect_server import PrefectServerError, http_error_line, prefect_api
     from tuneforge.slots import SlotBusyError
 
     try:
@@ -36,7 +36,7 @@ def _with_prefect(action: Callable[[Any], Any]) -> Any:
     except (SlotBusyError, PrefectServerError) as exc:
         fail(str(exc))
     except httpx.HTTPError as exc:
-        fail(f"Prefect API: {exc}")
+        fail(f"Prefect API: {http_error_line(exc)}")
 
 
 @slots_app.command("list")

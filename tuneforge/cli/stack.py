@@ -47,14 +47,19 @@ def _call(action: Any) -> Any:
 @stack_app.command("up")
 def stack_up(
     root: DirOption = DEFAULT_DIR,
-    workers: Annotated[int, typer.Option(min=0, help="Process workers on the pool")] = 1,
-    pool: Annotated[str, typer.Option(help="The process work pool they serve")] = "cpu",
+    workers: Annotated[
+        int | None, typer.Option(min=0, help="Process workers on the pool (first time: 1)")
+    ] = None,
+    pool: Annotated[
+        str | None, typer.Option(help="The process work pool they serve (first time: cpu)")
+    ] = None,
     pool_limit: Annotated[
-        int | None, typer.Option(min=1, help="Flow runs the pool runs at once (default: any)")
+        int | None, typer.Option(min=0, help="Flow runs the pool runs at once; 0: any number")
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Start every service that is not running (after a crash: only the dead ones)."""
+    """Start every service that is not running (after a crash: only the dead ones). Options
+    not given keep what the last `up` used."""
     from tuneforge.stack import Stack
 
     stack = Stack(root)
