@@ -48,10 +48,16 @@ def _cli(stack, *args: str, user: str | None = "admin", password: str | None = N
     values = stack.client_env(user or "admin", password)
     if user is None:
         del values["MLFLOW_TRACKING_USERNAME"], values["MLFLOW_TRACKING_PASSWORD"]
-    with pytest.MonkeyPatch.context() as patch:
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    values.update(env)
+    # MLflow's in-process tracking URI outranks the environment once an earlier test (or
+    # command) has set one: this command's is used, and exactly what was before (set or
+    # not) is put back after (MLflow's own tests do it this way).
+    with pytest.MonkeyPatch.context() as patch, _use_tracking_uri(values["MLFLOW_TRACKING_URI"]):
         for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
             patch.delenv(key, raising=False)
-        for key, value in {**values, **env}.items():
+        for key, value in values.items():
             patch.setenv(key, value)
         return CliRunner().invoke(app, list(args))
 
