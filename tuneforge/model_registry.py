@@ -65,11 +65,16 @@ def champion_history(client: MlflowClient, name: str) -> list[str]:
     return [v for v in tags.get(lineage.CHAMPION_HISTORY, "").split(",") if v]
 
 
-def current_champion(client: MlflowClient, name: str) -> Any | None:
+def alias_holder(client: MlflowClient, name: str, alias: str) -> Any | None:
+    """The version `alias` points at, or None."""
     try:
-        return client.get_model_version_by_alias(name, lineage.CHAMPION)
+        return client.get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
+
+
+def current_champion(client: MlflowClient, name: str) -> Any | None:
+    return alias_holder(client, name, lineage.CHAMPION)
 
 
 def version_for_run(client: MlflowClient, name: str, run_id: str) -> Any | None:
@@ -84,13 +89,6 @@ def version_for_run(client: MlflowClient, name: str, run_id: str) -> Any | None:
     return client.get_model_version(name, min(int(v.version) for v in found))
 
 
-def _holder(client: MlflowClient, name: str, alias: str) -> str | None:
-    try:
-        return str(client.get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        return None
-
-
 def whoami() -> str:
     """Who moves an alias: the tracking server's user (MLFLOW_TRACKING_USERNAME, checked by a
     server with auth), else the local account."""
@@ -102,7 +100,8 @@ def move_alias(
 ) -> dict[str, Any]:
     """Points `alias` at `version` (None: removes it) and records the move; returns the record.
     The alias moves first: a move the server refuses (no permission) leaves no record."""
-    before = _holder(client, name, alias)
+    held = alias_holder(client, name, alias)
+    before = None if held is None else str(held.version)
     if version is None:
         client.delete_registered_model_alias(name, alias)
     else:
