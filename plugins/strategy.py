@@ -43,17 +43,37 @@ class Capabilities:
             `build_example` is never called for it.
         packs_text: packs those blocks several to a row of `train.max_length` tokens, so a step
             trains `batch_size` full rows whatever the documents' lengths (needs `text`).
+        pairs: trains preference pairs (data.schema: preference): a `PreferenceStrategy`
+            (`tuneforge.plugins.preference`) whose loss compares the chosen answer with the
+            rejected one.
+        feedback: trains unpaired good/bad feedback (data.schema: feedback): a
+            `PreferenceStrategy` whose loss reads each answer's label.
     """
 
     chat: bool = True
     text: bool = False
     packs_text: bool = False
+    pairs: bool = False
+    feedback: bool = False
 
     def __post_init__(self) -> None:
         if self.packs_text and not self.text:
             raise ValueError("Capabilities(packs_text=True) needs text=True: only raw text packs")
-        if not (self.chat or self.text):
-            raise ValueError("Capabilities: a strategy trains chat records, raw text, or both")
+        if not (self.chat or self.text or self.pairs or self.feedback):
+            raise ValueError(
+                "Capabilities: a strategy trains chat records, raw text, preference pairs or "
+                "feedback"
+            )
+        if (self.pairs or self.feedback) and (self.chat or self.text):
+            raise ValueError(
+                "Capabilities: a preference strategy (pairs, feedback) trains nothing else: "
+                "its loss needs what the other data has not"
+            )
+
+    @property
+    def preference(self) -> bool:
+        """Whether the strategy learns from preferences (pairs or feedback)."""
+        return self.pairs or self.feedback
 
 
 @runtime_checkable

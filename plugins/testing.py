@@ -29,6 +29,8 @@ __all__ = [
     "check_benchmark_evaluator",
     "check_evaluator",
     "check_strategy",
+    "sample_feedback_records",
+    "sample_preference_records",
     "sample_records",
     "sample_text_records",
     "tiny_checkpoint",
@@ -79,6 +81,36 @@ def sample_text_records(n: int = 32, seed: int = 0) -> list[dict[str, Any]]:
     ]
 
 
+def sample_preference_records(n: int = 32, seed: int = 0) -> list[dict[str, Any]]:
+    """`n` preference pairs (data.schema: preference) from the generator of tuneforge's
+    bundled `data/preferences.jsonl`, as validation gives them: `{"row", "task", "messages",
+    "rejected"}`, the messages ending with the chosen answer, the rejected one a near miss."""
+    from tuneforge.preference_data import preference_rows
+
+    rows = preference_rows(n // 6 + 1, seed)[:n]
+    return [
+        {**_chat(i, r["task"], r["prompt"], r["chosen"]), "rejected": r["rejected"]}
+        for i, r in enumerate(rows, start=1)
+    ]
+
+
+def sample_feedback_records(n: int = 32, seed: int = 0) -> list[dict[str, Any]]:
+    """`n` feedback rows (data.schema: feedback) from the generator of `data/feedback.jsonl`,
+    as validation gives them: `{"row", "task", "messages", "label"}`, good and bad answers."""
+    from tuneforge.preference_data import feedback_rows
+
+    rows = feedback_rows(n // 9 + 1, seed)[:n]
+    return [
+        {**_chat(i, r["task"], r["prompt"], r["completion"]), "label": r["label"]}
+        for i, r in enumerate(rows, start=1)
+    ]
+
+
+def _chat(row: int, task: str, prompt: str, answer: str) -> dict[str, Any]:
+    messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+    return {"row": row, "task": task, "messages": messages}
+
+
 def check_strategy(
     strategy_cls: type,
     model_dir: str | Path,
@@ -107,12 +139,17 @@ def check_strategy(
     6. raw text (`capabilities.text`): the text records are cut into blocks as the loop cuts
        them, and with `packs_text` packed into rows of at most `max_length` tokens holding every
        block once;
-    7. for each kind of data it trains, one AdamW step (lr 1e-2) on a padded batch of its first
+    7. preference pairs or feedback (`capabilities.pairs` / `.feedback`, a
+       `PreferenceStrategy`): every answer's example is as in 5, and `loss` on a batch's
+       log-probabilities (chosen and rejected, or rated and mismatched answers, with the
+       reference's when `needs_reference`) gives one finite loss per unit that depends on a
+       trainable parameter; the step below takes their mean;
+    8. for each kind of data it trains, one AdamW step (lr 1e-2) on a padded batch of its first
        examples (`tuneforge.batching.collate`, as the training loop pads; for packed text, the
        blocks of the first rows) gives a finite loss, changes at least one trainable parameter
        and leaves every frozen parameter bit-identical (compared by `named_parameters` of the
        prepared model, so adapter-wrapped models work);
-    8. `save` writes safetensors and no pickle-based weights (`*.bin`, `*.pt`, `*.pkl`, ...),
+    9. `save` writes safetensors and no pickle-based weights (`*.bin`, `*.pt`, `*.pkl`, ...),
        and the result, a checkpoint (`config.json`) or a PEFT adapter (`adapter_config.json`),
        reloads through `tuneforge.models.load_pretrained` with the strategy's load options (as
        evaluation and registration load it) and reproduces the trained model's logits (it is far
@@ -210,6 +247,16 @@ def check_strategy(
     if abilities.text:
         text = [r for r in records if is_text(r)] or sample_text_records()
         batches.append(("raw text", _text_batch(text, tokenizer, max_length, abilities)))
+    losses: dict[str, Any] = {}  # what: the step's loss, when not the model's own
+    if abilities.preference:
+        kind = "label" if abilities.feedback else "rejected"
+        rated = [r for r in records if kind in r][: _BATCH_SIZE // 2] or (
+            sample_feedback_records(4) if abilities.feedback else sample_preference_records(4)
+        )
+        examples, loss = _preference_batch(strategy, label, rated, tokenizer, max_length, vocab)
+        what = "feedback" if abilities.feedback else "preference pairs"
+        batches.append((what, examples))
+        losses[what] = loss
 
     # One optimizer step per kind of data, exactly as the training loop takes it.
     torch.manual_seed(0)
@@ -220,7 +267,7 @@ def check_strategy(
     ]
     logits_before = _logits(model, padded[0][1])
     for what, batch in padded:
-        _check_step(model, params, trainable, batch, f"{label} on {what}")
+        _check_step(model, params, trainable, batch, f"{label} on {what}", losses.get(what))
     logits_after = _logits(model, padded[0][1])
 
     with tempfile.TemporaryDirectory(prefix="tuneforge-check-") as tmp:
@@ -283,16 +330,75 @@ def _text_batch(
     return [blocks[i] for row in rows[:_BATCH_SIZE] for i in row]
 
 
+def _preference_batch(
+    strategy: Any,
+    label: str,
+    records: list[dict[str, Any]],
+    tokenizer: Any,
+    max_length: int,
+    vocab: int,
+) -> tuple[list[Example], Any]:
+    """A preference strategy's examples for `records` (two a unit, as the training loop lays
+    them out) and the function giving the step's loss on their padded batch."""
+    import torch
+
+    from tuneforge.plugins.preference import (
+        PreferenceLogps,
+        completion_logps,
+        mismatched,
+        rejected_record,
+    )
+
+    feedback = strategy.capabilities.feedback
+    firsts = [_check_example(strategy, label, r, tokenizer, max_length, vocab) for r in records]
+    if feedback:
+        _require(len(firsts) > 1, f"{label}: feedback needs two rows or more to check")
+        seconds = [
+            mismatched(e, firsts[(i + 1) % len(firsts)], max_length) for i, e in enumerate(firsts)
+        ]
+    else:
+        seconds = [
+            _check_example(strategy, label, rejected_record(r), tokenizer, max_length, vocab)
+            for r in records
+        ]
+    examples = [e for pair in zip(firsts, seconds, strict=True) for e in pair]
+    units = len(records)
+    labels = torch.tensor([bool(r["label"]) for r in records]) if feedback else None
+    reference: list[Any] = []
+
+    def loss(model: Any, batch: dict[str, Any]) -> Any:
+        if strategy.needs_reference and not reference:  # the model as it was before the step
+            with torch.no_grad():
+                reference.append(completion_logps(model, batch, units)[0])
+        policy, tokens = completion_logps(model, batch, units)
+        logps = PreferenceLogps(policy, reference[0] if reference else None, tokens, labels)
+        losses = strategy.loss(logps)
+        _require(
+            tuple(losses.shape) == (units,),
+            f"{label}.loss returned shape {tuple(losses.shape)} for {units} units; one loss "
+            "per unit",
+        )
+        return losses.mean()
+
+    return examples, loss
+
+
 def _check_step(
-    model: Any, params: dict[str, Any], trainable: list[str], batch: dict[str, Any], where: str
+    model: Any,
+    params: dict[str, Any],
+    trainable: list[str],
+    batch: dict[str, Any],
+    where: str,
+    step_loss: Any = None,
 ) -> None:
     """One AdamW step on `batch`: a finite loss that depends on a trainable parameter, at
-    least one trainable parameter changed, every frozen one bit-identical."""
+    least one trainable parameter changed, every frozen one bit-identical. The loss is the
+    model's own (labels given), or `step_loss(model, batch)`'s."""
     import torch
 
     before = {name: p.detach().clone() for name, p in params.items()}
     model.train()
-    loss = model(**batch).loss
+    loss = step_loss(model, batch) if step_loss else model(**batch).loss
     _require(loss is not None, f"{where}: the prepared model returns no loss when given labels")
     _require(torch.isfinite(loss), f"{where}: loss on the first batch is {loss.item()}")
     _require(

@@ -37,6 +37,10 @@ def as_schema(name: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         elif name == "sharegpt":
             conversation = [{"from": ROLE_NAMES[t["role"]], "value": t["content"]} for t in turns]
             row = {"conversations": conversation, "task": task}
+        elif name == "preference":
+            row = {"prompt": prompt, "chosen": answer, "rejected": f"{answer}?", "task": task}
+        elif name == "feedback":
+            row = {"prompt": prompt, "completion": answer, "label": True, "task": task}
         else:
             row = {"text": f"{prompt}\n{answer}", "task": task}
         rows.append(row)
@@ -88,6 +92,10 @@ def test_every_schema_in_every_format_validates_to_the_same_records(records, tmp
         assert [v["text"] for v in valid] == [r["text"] for r in rows]
     else:
         assert [v["messages"] for v in valid] == [r["messages"] for r in records]
+    if schema == "preference":  # the chosen answer ends the messages; the rejected one beside
+        assert [v["rejected"] for v in valid] == [r["rejected"] for r in rows]
+    if schema == "feedback":  # CSV's "True" is read as the label true
+        assert [v["label"] for v in valid] == [True] * len(rows)
 
 
 def test_a_sharegpt_system_turn_and_several_rounds_become_chat_turns():

@@ -110,9 +110,12 @@ def _not_shaping_exclude(model: type[BaseModel]) -> dict[str, Any]:
 
 
 DatasetSchema = Literal[
-    "auto", "alpaca", "dolly", "sharegpt", "openai", "prompt_completion", "text"
+    "auto", "alpaca", "dolly", "sharegpt", "openai", "prompt_completion", "text", "preference",
+    "feedback",
 ]
-DataField = Literal["instruction", "input", "output", "messages", "text", "task"]
+DataField = Literal[
+    "instruction", "input", "output", "messages", "text", "chosen", "rejected", "label", "task"
+]
 
 
 class DataConfig(Strict):
@@ -149,8 +152,9 @@ class DataConfig(Strict):
         alias="schema",
         description=(
             "Which columns hold what (tuneforge/data_schemas.py): alpaca, dolly, sharegpt, "
-            "openai, prompt_completion or text; auto recognises them from the columns and "
-            "says which it used."
+            "openai, prompt_completion, text, preference (prompt/chosen/rejected, for dpo, "
+            "simpo) or feedback (prompt/completion/label, for kto); auto recognises them from "
+            "the columns and says which it used."
         ),
     )
     columns: dict[DataField, str] = Field(

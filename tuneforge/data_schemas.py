@@ -17,6 +17,11 @@ The schemas (fields marked ? are optional; the file's column for each field in b
     sharegpt           messages [conversations]: [{from, value}, ...] (from: system, human,
                        gpt), task?
     text               text (raw text, no prompt: causal-LM loss on every token), task?
+    preference         instruction? [prompt], chosen, rejected, task? (preference pairs: the
+                       prompt as text or turns; chosen and rejected as text, or as whole
+                       conversations sharing their prompt turns, the prompt then optional)
+    feedback           instruction [prompt], output [completion], label (true: a good
+                       answer, false: a bad one), task? (unpaired feedback)
 
 `auto` picks the one schema whose required columns the file has (preferring the one that
 leaves fewest columns unread); `data.columns` applies to whichever is picked. A column that
@@ -30,8 +35,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-SCHEMA_NAMES = ("auto", "alpaca", "dolly", "sharegpt", "openai", "prompt_completion", "text")
-FIELDS = ("instruction", "input", "output", "messages", "text", "task")
+SCHEMA_NAMES = (
+    "auto", "alpaca", "dolly", "sharegpt", "openai", "prompt_completion", "text", "preference",
+    "feedback",
+)
+FIELDS = ("instruction", "input", "output", "messages", "text", "chosen", "rejected", "label", "task")
 
 
 class SchemaError(ValueError):
@@ -102,6 +110,20 @@ SCHEMAS: dict[str, Schema] = {
             turns=("from", "value", _SHAREGPT_ROLES),
         ),
         Schema("text", {"text": "text", "task": "task"}, frozenset({"text"})),
+        # Turns (a prompt's, or whole conversations) are spelled {role, content}, as TRL's
+        # conversational preference data is.
+        Schema(
+            "preference",
+            {"instruction": "prompt", "chosen": "chosen", "rejected": "rejected", "task": "task"},
+            frozenset({"chosen", "rejected"}),
+            turns=("role", "content", _CHAT_ROLES),
+        ),
+        Schema(
+            "feedback",
+            {"instruction": "prompt", "output": "completion", "label": "label", "task": "task"},
+            frozenset({"instruction", "output", "label"}),
+            turns=("role", "content", _CHAT_ROLES),
+        ),
     )
 }
 
@@ -248,14 +270,14 @@ def _detect(
     return best[0]
 
 
-def convert_turns(value: Any, cmap: ColumnMap) -> tuple[Any, str | None]:
-    """A file's turns as `{role, content}` messages, or the reason they cannot be (one
-    phrase, in the file's own terms). Anything that is not a list of objects is returned as
-    is, for validation's own format check to report."""
+def convert_turns(value: Any, cmap: ColumnMap, field: str = "messages") -> tuple[Any, str | None]:
+    """A file's turns (in tuneforge field `field`) as `{role, content}` messages, or the
+    reason they cannot be (one phrase, in the file's own terms). Anything that is not a list
+    of objects is returned as is, for validation's own format check to report."""
     if cmap.turns is None or not isinstance(value, list):
         return value, None
     role_key, text_key, roles = cmap.turns
-    column = cmap.column("messages")
+    column = cmap.column(field)
     messages = []
     for i, turn in enumerate(value, start=1):
         if not isinstance(turn, dict):

@@ -1,6 +1,11 @@
 """The canonical record every step after validation works on: a task family and either
 chat-style messages, `{"row": 12, "task": "antonym", "messages": [{"role": "user", ...}, ...]}`,
-or raw text, `{"row": 3, "task": null, "text": "..."}` (no prompt: trained on every token)."""
+or raw text, `{"row": 3, "task": null, "text": "..."}` (no prompt: trained on every token).
+
+Preference pairs are chat records whose messages end with the chosen answer, plus the rejected
+answer: `{"row", "task", "messages": [..., {"role": "assistant", "content": CHOSEN}],
+"rejected": "..."}`; unpaired feedback adds a `label` (true: a good answer) to a chat record.
+Whatever reads chat records (generation metrics, splits) reads the chosen or rated answer."""
 
 from __future__ import annotations
 
@@ -16,17 +21,28 @@ def canonical_record(row: int, rec: dict[str, Any]) -> dict[str, Any]:
     (`instruction`/`input`/`output`, `messages`, or `text`, and `task`)."""
     if rec.get("text") is not None:
         return {"row": row, "task": rec.get("task"), "text": rec["text"]}
+    if rec.get("chosen") is not None:  # a preference pair, each side a whole conversation
+        messages = _turns(rec["chosen"])
+        rejected = rec["rejected"][-1]["content"]
+        return {"row": row, "task": rec.get("task"), "messages": messages, "rejected": rejected}
+    if rec.get("label") is not None:  # feedback: `output` holds the whole conversation
+        messages = _turns(rec["output"])
+        return {"row": row, "task": rec.get("task"), "messages": messages, "label": rec["label"]}
     if rec.get("messages") is not None:
         messages = rec["messages"]
         if isinstance(messages, str):
             messages = json.loads(messages)
-        messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+        messages = _turns(messages)
     else:
         messages = [
             {"role": "user", "content": instruction_prompt(rec["instruction"], rec.get("input"))},
             {"role": "assistant", "content": rec["output"]},
         ]
     return {"row": row, "task": rec.get("task"), "messages": messages}
+
+
+def _turns(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
 def is_text(record: dict[str, Any]) -> bool:

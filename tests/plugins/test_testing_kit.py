@@ -152,13 +152,19 @@ def test_every_builtin_strategy_passes(tiny_model_dir, records, name, settings):
 def test_capabilities_say_what_data_a_strategy_trains():
     from tuneforge.plugins.discovery import strategy_info
 
-    declared = {name: strategy_info(name).cls.capabilities for name in ("full", "pretrain")}
+    names = ("full", "pretrain", "dpo", "simpo", "kto")
+    declared = {name: strategy_info(name).cls.capabilities for name in names}
     assert declared["full"] == Capabilities(chat=True, text=True)
     assert declared["pretrain"] == Capabilities(chat=False, text=True, packs_text=True)
+    assert declared["dpo"] == declared["simpo"] == Capabilities(chat=False, pairs=True)
+    assert declared["kto"] == Capabilities(chat=False, feedback=True)
+    assert declared["dpo"].preference and not declared["full"].preference
     with pytest.raises(ValueError, match="packs_text=True\\) needs text=True"):
         Capabilities(packs_text=True)
-    with pytest.raises(ValueError, match="chat records, raw text, or both"):
+    with pytest.raises(ValueError, match="chat records, raw text, preference pairs or feedback"):
         Capabilities(chat=False)
+    with pytest.raises(ValueError, match="a preference strategy .* trains nothing else"):
+        Capabilities(pairs=True)  # chat too, by default
 
 
 def test_a_strategy_written_before_capabilities_gets_the_documented_defaults():

@@ -3,7 +3,8 @@
 tuneforge validate data/instructions.jsonl [--format jsonl] [--quarantine PATH] [--json]
 tuneforge evaluate models:/tuneforge-demo@champion data/instructions.jsonl [--json]
 tuneforge data push data/instructions.jsonl [--json]
-tuneforge sample-data data/instructions.jsonl [--flan-mini | --arithmetic | --guards]
+tuneforge sample-data data/instructions.jsonl [--flan-mini | --arithmetic | --guards
+                                               | --preferences | --feedback]
 """
 
 from __future__ import annotations
@@ -308,7 +309,10 @@ def data_push(
 
 def sample_data(
     path: Annotated[Path, typer.Argument(help="Output JSONL")] = Path("data/instructions.jsonl"),
-    rows_per_family: int = 300,
+    rows_per_family: Annotated[
+        int | None,
+        typer.Option(help="Rows per task family (default 300; 100 with --preferences/--feedback)"),
+    ] = None,
     seed: int = 0,
     flan_mini: Annotated[
         bool,
@@ -320,9 +324,25 @@ def sample_data(
     guards: Annotated[
         bool, typer.Option("--guards", help="Write the guard suite's data under the folder PATH")
     ] = False,
+    preferences: Annotated[
+        bool,
+        typer.Option("--preferences", help="Write preference pairs (prompt, chosen, rejected)"),
+    ] = False,
+    feedback: Annotated[
+        bool,
+        typer.Option("--feedback", help="Write unpaired feedback (prompt, completion, label)"),
+    ] = False,
 ) -> None:
     """Regenerate the bundled instruction dataset (or, with --flan-mini, data/flan-mini; with
-    --arithmetic, data/arithmetic.jsonl; with --guards, deployments/benchmarks/data)."""
+    --arithmetic, data/arithmetic.jsonl; with --guards, deployments/benchmarks/data; with
+    --preferences, data/preferences.jsonl; with --feedback, data/feedback.jsonl)."""
+    if preferences or feedback:
+        from tuneforge.preference_data import write_preferences
+
+        per_family = 100 if rows_per_family is None else rows_per_family
+        n = write_preferences(path, per_family, seed, feedback=feedback)
+        out.print(f"wrote {n} rows to {path}")
+        return
     if flan_mini or guards:
         from tuneforge.flan_mini import write_flan_mini
         from tuneforge.guard_suite import write_guard_suite
@@ -339,5 +359,5 @@ def sample_data(
         return
     from tuneforge.sample_data import write_sample
 
-    n = write_sample(path, rows_per_family, seed)
+    n = write_sample(path, 300 if rows_per_family is None else rows_per_family, seed)
     out.print(f"wrote {n} rows to {path}")

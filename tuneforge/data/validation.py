@@ -8,11 +8,16 @@ row is checked in the shape that schema gives it:
 - chat rows: `messages`, a list of turns with a user turn and ending in the assistant's turn
   (openai `{role, content}`, sharegpt `{from, value}`; a JSON string in CSV cells is decoded);
 - text rows: `text`, raw text trained on every token (any length: training splits it into
-  blocks).
+  blocks);
+- preference rows: an optional `prompt` (text or turns), `chosen` and `rejected` (answers as
+  text, or whole conversations whose turns before the answer agree); each side is checked as
+  a conversation, and the pair must have one prompt and two different answers;
+- feedback rows: `prompt`, `completion` and `label` (true: a good answer, false: a bad one).
 An optional `task` names the task family (used for per-family evaluation and held-out tasks).
 
 Every row ends up in exactly one place: valid rows become canonical records
-(`{"row", "task", "messages"}`, or `{"row", "task", "text"}`); rejected rows go to a quarantine
+(`{"row", "task", "messages"}`, or `{"row", "task", "text"}`; a preference pair's messages end
+with its chosen answer and `rejected` holds the other, a feedback row adds its `label`); rejected rows go to a quarantine
 JSONL entry `{"row", "reason", "record"}` holding the original row, so nothing is silently
 dropped and `valid + rejected == total` always holds. Duplicates keep their first occurrence.
 A column that nothing reads makes the whole file unusable (`SchemaError`), unless it is mapped
@@ -153,6 +158,8 @@ def _chat_check(rule: Any) -> Any:
 
 
 def _kind(cmap: ColumnMap) -> str:
+    if cmap.schema in ("preference", "feedback"):
+        return cmap.schema
     fields = SCHEMAS[cmap.schema].columns
     return "chat" if "messages" in fields else "text" if "text" in fields else "pair"
 
@@ -215,7 +222,23 @@ def build_schema(max_chars: int, cmap: ColumnMap) -> pa.DataFrameSchema:
 
     columns = {"task": pa.Column(object, nullable=True, checks=[is_text, blank, too_long, family])}
     kind = _kind(cmap)
-    if kind == "pair":
+    if kind == "preference":
+        # Each side is read as a whole conversation: the prompt's turns, then its answer.
+        columns["chosen"] = pa.Column(object, nullable=True, checks=chat_checks)
+        columns["rejected"] = pa.Column(object, nullable=True, checks=chat_checks)
+        frame_checks = [missing("chosen"), missing("rejected"), *_pair_checks(cmap)]
+    elif kind == "feedback":
+        # `output` holds the conversation: the prompt's turns, then the completion.
+        columns["output"] = pa.Column(object, nullable=True, checks=chat_checks)
+        columns["label"] = pa.Column(
+            object,
+            nullable=True,
+            checks=pa.Check(
+                lambda v: isinstance(v, bool), element_wise=True, error="must be true or false"
+            ),
+        )
+        frame_checks = [missing("output"), missing("label")]
+    elif kind == "pair":
         text_checks = {"instruction": [blank, too_long], "input": [too_long]}
         text_checks["output"] = [blank, too_long]
         for name, checks in text_checks.items():
@@ -231,18 +254,100 @@ def build_schema(max_chars: int, cmap: ColumnMap) -> pa.DataFrameSchema:
     return pa.DataFrameSchema(columns, checks=frame_checks, coerce=False)
 
 
+def _pair_checks(cmap: ColumnMap) -> list[pa.Check]:
+    """A preference pair's own rules, across its two sides (malformed sides are reported by
+    the sides' own checks, not again here)."""
+    chosen, rejected = cmap.column("chosen"), cmap.column("rejected")
+
+    def both(rule: Callable[[list, list], bool]) -> Callable[[pd.DataFrame], pd.Series]:
+        def check(df: pd.DataFrame) -> pd.Series:
+            return pd.Series(
+                [
+                    _turns(c) is None or _turns(r) is None or rule(c, r)
+                    for c, r in zip(df["chosen"], df["rejected"], strict=True)
+                ],
+                index=df.index,
+            )
+
+        return check
+
+    return [
+        pa.Check(
+            both(lambda c, r: c[:-1] == r[:-1]),
+            error=f"{chosen} and {rejected} have different prompts (their turns before the "
+            "answer differ)",
+        ),
+        pa.Check(both(lambda c, r: c != r), error=f"{chosen} equals {rejected}"),
+    ]
+
+
 Reader = Callable[[dict[str, Any]], tuple[dict[str, Any], str | None]]
+_FIELDS = {
+    "pair": PAIR_FIELDS,
+    "chat": ("messages",),
+    "text": ("text",),
+    "preference": ("instruction", "chosen", "rejected"),
+    "feedback": ("instruction", "output", "label"),
+}
+
+
+def _prompt_turns(value: Any, cmap: ColumnMap) -> tuple[list[dict[str, str]], str | None]:
+    """A preference or feedback row's prompt as turns (none when absent), or the reason."""
+    column = cmap.column("instruction")
+    if value is None:
+        return [], None
+    if isinstance(value, str):
+        if not value.strip():
+            return [], f"{column}: is blank"
+        return [{"role": "user", "content": value}], None
+    turns, reason = convert_turns(value, cmap, "instruction")
+    if reason or _turns(turns) is None:
+        return [], reason or f"{column}: must be text or a list of {{role, content}} turns"
+    return turns, None
+
+
+def _answer_turns(
+    prompt: list[dict[str, str]], value: Any, cmap: ColumnMap, field: str
+) -> tuple[Any, str | None]:
+    """One answer (chosen, rejected, a completion) as a whole conversation: the prompt's turns,
+    then the answer, given as text (the assistant's turn) or as turns (the conversation's
+    rest, or all of it when there is no prompt)."""
+    if value is None:
+        return None, None  # reported as missing
+    if isinstance(value, str):
+        if not value.strip():
+            return value, f"{cmap.column(field)}: is empty"
+        return [*prompt, {"role": "assistant", "content": value}], None
+    if isinstance(value, list) and not value:
+        return value, f"{cmap.column(field)}: is empty"
+    turns, reason = convert_turns(value, cmap, field)
+    return ([*prompt, *turns] if _turns(turns) is not None else turns), reason
+
+
+def _label(value: Any) -> Any:
+    """A feedback label as a bool: JSON's true/false, or the words in a CSV cell."""
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    return value
 
 
 def _reader(cmap: ColumnMap) -> Reader:
     """A function giving a row's values under tuneforge's field names, and a reason if its
     turns cannot be read. (Built once per file: it runs for every row.)"""
     kind = _kind(cmap)
-    names = {"pair": PAIR_FIELDS, "chat": ("messages",), "text": ("text",)}[kind]
-    pairs = tuple((name, cmap.column(name)) for name in (*names, "task"))
+    pairs = tuple((name, cmap.column(name)) for name in (*_FIELDS[kind], "task"))
+    answers = {"preference": ("chosen", "rejected"), "feedback": ("output",)}.get(kind, ())
 
     def read(record: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
         fields = {name: record.get(column) for name, column in pairs}
+        if answers:
+            prompt, reason = _prompt_turns(fields.pop("instruction"), cmap)
+            for name in answers:
+                fields[name], why = _answer_turns(prompt, fields[name], cmap, name)
+                reason = reason or why
+            if kind == "feedback":
+                fields["label"] = _label(fields["label"])
+            return fields, reason
         if kind != "chat":
             return fields, None
         messages = fields["messages"]
@@ -288,6 +393,11 @@ def _duplicate_key(record: dict[str, Any]) -> bytes:
         content = "".join(
             f"{m['role']}:{len(m['content'])}:{m['content']}" for m in record["messages"]
         )
+        # Pairs with the same chosen answer and different rejected ones are different rows.
+        if "rejected" in record:
+            content += f"rejected:{len(record['rejected'])}:{record['rejected']}"
+        if "label" in record:
+            content += f"label:{record['label']}"
     data = content.encode("utf-8", "surrogatepass")
     return hashlib.blake2b(data, digest_size=16).digest()
 

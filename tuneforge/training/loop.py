@@ -22,8 +22,9 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from tuneforge import lineage
-from tuneforge.batching import IGNORE_INDEX, MaskAudit, audit_examples, collate, pack
+from tuneforge.batching import IGNORE_INDEX, Example, MaskAudit, audit_examples, collate, pack
 from tuneforge.config import TrainConfig
+from tuneforge.jsonl import write_jsonl
 from tuneforge.models import load_pretrained, pick_device
 from tuneforge.plugins.discovery import strategy_info
 from tuneforge.plugins.tokenization import check_chat_template, tokenize_text_blocks
@@ -33,6 +34,7 @@ from tuneforge.training import checkpoint, padding_free, parallel
 from tuneforge.training.best_step import BestStep
 from tuneforge.training.chunked_head import chunk_unsupported
 from tuneforge.training.losses import token_mean_loss
+from tuneforge.training.preference import PreferenceObjective
 
 MetricsCallback = Callable[[int, dict[str, float]], None]
 
@@ -60,6 +62,17 @@ class TrainResult:
     # included) and, on a GPU, what torch allocated at most. MiB.
     peak_rss_mb: float = 0.0
     peak_cuda_mb: float = 0.0
+    # Preference strategies: seconds spent computing the reference's log-probabilities before
+    # the first step (full weights; not in `seconds`), and rows left out as too long.
+    reference_seconds: float = 0.0
+    too_long: int = 0
+
+    def _preference_metrics(self) -> dict[str, float]:
+        figures = {
+            "train.reference_seconds": self.reference_seconds,
+            "train.too_long": self.too_long,
+        }
+        return {k: v for k, v in figures.items() if v}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainResult:
@@ -83,6 +96,7 @@ class TrainResult:
             "train.trainable_fraction": self.trainable_parameters / self.total_parameters,
             "train.resumed_from_step": self.resumed_from_step,
             "train.peak_rss_mb": self.peak_rss_mb,
+            **self._preference_metrics(),
             **({"train.peak_cuda_mb": self.peak_cuda_mb} if self.peak_cuda_mb else {}),
             **{f"audit.{k}": v for k, v in asdict(self.audit).items()},
         }
@@ -233,10 +247,13 @@ class TrainingRun:
         with self._blame("building it"):
             self.strategy = self.info.cls(cfg.strategy_settings())
         self._setup_model()
+        self.objective: PreferenceObjective | None = None
         self._setup_examples(records)
         self._setup_batches()
+        self._setup_reference()
         self._setup_optimizer()
-        held_back = spread(eval_records, cfg.eval_examples) if self.lead else []
+        answers = [r for r in eval_records if r.get("label", True)]  # feedback: good ones
+        held_back = spread(answers, cfg.eval_examples) if self.lead else []
         self.best = BestStep(held_back, self.tokenizer, cfg.eval_every, cfg.max_length)
 
     def _setup_model(self) -> None:
@@ -270,9 +287,13 @@ class TrainingRun:
 
     def _setup_examples(self, records: list[dict[str, Any]]) -> None:
         cfg, tokenizer = self.cfg, self.tokenizer
-        self.rows: list[list[int]] | None = None  # packed rows of example indices
+        self.rows: list[list[int]] | None = None  # packed rows (or units) of example indices
         if any(is_text(r) for r in records):  # a file has one schema: then every record
             self._setup_text_examples(records)
+            return
+        kind = preference_kind(records)
+        if kind or self.strategy.capabilities.preference:
+            self._setup_preference_examples(records, kind)
             return
         if not self.strategy.capabilities.chat:
             raise ValueError(
@@ -297,6 +318,39 @@ class TrainingRun:
                 f"train.max_length={cfg.max_length} tokens; raise train.max_length or quarantine "
                 "long rows with a lower data.max_chars"
             )
+
+    def _setup_preference_examples(self, records: list[dict[str, Any]], kind: str | None) -> None:
+        """Preference pairs or feedback, for a strategy that trains them: two examples a unit
+        (`preference.py`), a batch `batch_size` units."""
+        trains = self.strategy.capabilities
+        if kind is None or not getattr(trains, kind):
+            data = {
+                "pairs": "preference pairs (data.schema preference)",
+                "feedback": "good/bad feedback (data.schema feedback)",
+                None: "prompt/response records",
+            }[kind]
+            wants = "pairs" if trains.pairs else "feedback" if trains.feedback else None
+            use = {"pairs": "dpo or simpo", "feedback": "kto", None: "full, instruction or lora"}
+            raise ValueError(
+                f"{self.info.label} trains on {data[wants]}, and these rows are {data[kind]}; "
+                f"use {use[kind]} for those"
+            )
+        check_chat_template(self.tokenizer)
+        with self._blame("build_example"):
+            objective = PreferenceObjective(
+                self.strategy, records, self.tokenizer, self.cfg.max_length
+            )
+        self.objective, self.examples, self.rows = objective, objective.examples, objective.units
+        self.audit = objective.audit
+
+    def _setup_reference(self) -> None:
+        """Full-weight preference training: the reference's log-probabilities, from the base,
+        before a checkpoint is resumed or a step taken."""
+        if self.objective is None:
+            return
+        swapped = padding_free.attention(self.core) if self.flat else nullcontext()
+        with swapped:
+            self.objective.precompute_reference(self.core, self._collate, self.device)
 
     def _setup_text_examples(self, records: list[dict[str, Any]]) -> None:
         """Raw text: causal-LM loss on every token, each document split into
@@ -410,24 +464,51 @@ class TrainingRun:
         rows = batch_order(len(self.rows), cfg.batch_size, cfg.steps, cfg.seed)
         return [[i for r in batch for i in self.rows[r]] for batch in rows]
 
+    def _collate(self, examples: list[Example]) -> dict[str, Any]:
+        """A batch as the model trains on it: one padding-free row, else padded."""
+        pad = self.tokenizer.pad_token_id
+        if self.flat:
+            return padding_free.collate_flat(examples, self.row_multiple, pad)
+        return collate(examples, pad)
+
     def _step(self, indices: list[int]) -> tuple[float, Any]:
         """One optimizer step on this process's shard of the global batch `indices`."""
-        cfg, tokenizer = self.cfg, self.tokenizer
-        chosen = [self.examples[i] for i in indices[self.rank :: self.world]]
-        batch = (
-            padding_free.collate_flat(chosen, self.row_multiple, tokenizer.pad_token_id)
-            if self.flat
-            else collate(chosen, tokenizer.pad_token_id)
-        )
-        batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        cfg = self.cfg
         with torch.autocast(self.device.type, torch.bfloat16, enabled=cfg.precision == "bf16"):
-            loss, loss_value = token_mean_loss(self.model, batch, self.world, self.slim, self.chunk)
+            if self.objective is not None:
+                loss, loss_value = self._preference_loss(indices)
+            else:
+                chosen = [self.examples[i] for i in indices[self.rank :: self.world]]
+                batch = self._collate(chosen)
+                batch = {
+                    k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()
+                }
+                loss, loss_value = token_mean_loss(
+                    self.model, batch, self.world, self.slim, self.chunk
+                )
         loss.backward()  # outside autocast, as PyTorch recommends
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss_value, grad_norm
+
+    def _preference_loss(self, indices: list[int]) -> tuple[torch.Tensor, float]:
+        """The step's preference loss; `indices` are its units' examples, two by two."""
+        assert self.objective is not None
+        units = [indices[k] // 2 for k in range(0, len(indices), 2)]
+        with self._blame("loss"):
+            loss, value, stats = self.objective.step_loss(
+                self.model,
+                self.core,
+                units[self.rank :: self.world],
+                len(units),
+                self._collate,
+                self.device,
+                self.world,
+            )
+        self.step_stats = stats.values
+        return loss, value
 
     def _log(self, step: int, loss_value: float, grad_norm: Any) -> None:
         now = time.perf_counter()
@@ -442,6 +523,7 @@ class TrainingRun:
                     "train.learning_rate": self.scheduler.get_last_lr()[0],
                     "train.grad_norm": float(grad_norm),
                     "train.tokens_per_second": tps,
+                    **getattr(self, "step_stats", {}),
                 },
             )
 
@@ -517,12 +599,22 @@ class TrainingRun:
             resumed_from_step=self.resumed_from,
             batches="padding-free" if self.flat else f"padded: {self.why_padded}",
             **peak_memory(self.device),
+            **self._preference_figures(),
         )
         if self.lead:
+            if self.objective is not None and self.objective.too_long:
+                write_jsonl(self.objective.too_long, too_long_path(out_dir))
             checkpoint.write_json_atomically(result_path(out_dir), asdict(result))
             if self.root:
                 checkpoint.clear_checkpoints(self.root)
         return result
+
+    def _preference_figures(self) -> dict[str, Any]:
+        objective = self.objective
+        if objective is None:
+            return {}
+        too_long = len(objective.too_long)
+        return {"reference_seconds": objective.reference_seconds, "too_long": too_long}
 
     def _best_scores(self) -> dict[str, float]:
         """The kept step's periodic-evaluation scores (empty without periodic evaluation)."""
@@ -553,6 +645,20 @@ def result_path(out_dir: str | Path) -> Path:
     """Where a finished training run's `TrainResult` is kept, beside its saved model."""
     out_dir = Path(out_dir)
     return out_dir.with_name(f"{out_dir.name}.result.json")
+
+
+def too_long_path(out_dir: str | Path) -> Path:
+    """Where a preference run's rows left out as too long are listed (quarantine entries)."""
+    out_dir = Path(out_dir)
+    return out_dir.with_name(f"{out_dir.name}.too_long.jsonl")
+
+
+def preference_kind(records: list[dict[str, Any]]) -> str | None:
+    """ "pairs" or "feedback" when the records are preference data (a file has one schema:
+    the first record tells), else None."""
+    if not records:
+        return None
+    return "pairs" if "rejected" in records[0] else "feedback" if "label" in records[0] else None
 
 
 def finished_result(out_dir: str | Path) -> TrainResult | None:
