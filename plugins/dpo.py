@@ -37,20 +37,9 @@ class DpoSettings(PreferenceSettings):
             "preferences overfit less); hinge: SLiC's, zero past a margin of 1/beta."
         ),
     )
-    label_smoothing: float = Field(
-        0.0,
-        ge=0,
-        lt=0.5,
-        description=(
-            "sigmoid only: the share of pairs assumed flipped (conservative DPO); 0 trusts "
-            "every label."
-        ),
-    )
 
 
-def dpo_losses(
-    logps: PreferenceLogps, beta: float, loss_type: str, label_smoothing: float = 0.0
-) -> torch.Tensor:
+def dpo_losses(logps: PreferenceLogps, beta: float, loss_type: str) -> torch.Tensor:
     """Each pair's DPO-family loss (see the module docstring for the formulas)."""
     ratios = logps.logratios
     if loss_type == "ipo":
@@ -60,11 +49,7 @@ def dpo_losses(
     margin = ratios[:, 0] - ratios[:, 1]
     if loss_type == "hinge":
         return torch.relu(1 - beta * margin)
-    logsigmoid = torch.nn.functional.logsigmoid
-    return (
-        -logsigmoid(beta * margin) * (1 - label_smoothing)
-        - logsigmoid(-beta * margin) * label_smoothing
-    )
+    return -torch.nn.functional.logsigmoid(beta * margin)
 
 
 class DpoStrategy(PreferenceStrategy):
@@ -79,5 +64,4 @@ class DpoStrategy(PreferenceStrategy):
         self.settings = settings
 
     def loss(self, logps: PreferenceLogps) -> torch.Tensor:
-        s = self.settings
-        return dpo_losses(logps, s.beta, s.loss_type, s.label_smoothing)
+        return dpo_losses(logps, self.settings.beta, self.settings.loss_type)

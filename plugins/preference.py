@@ -185,7 +185,9 @@ def completion_logps(model: Any, batch: dict[str, Any], units: int) -> tuple[Any
         logits = model(**inputs).logits[keep]
     logits = logits.reshape(-1, logits.size(-1))
     targets = labels[:, 1:][scored]
-    token_logps = -torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
+    if logits.dtype in (torch.float16, torch.bfloat16):  # the softmax in at least float32
+        logits = logits.float()
+    token_logps = -torch.nn.functional.cross_entropy(logits, targets, reduction="none")
     owner = sequence[:, :-1][scored]  # position i's token i + 1 is in position i's sequence
     n = 2 * units
     sums = token_logps.new_zeros(n).index_add(0, owner, token_logps)

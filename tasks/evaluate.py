@@ -35,6 +35,7 @@ def evaluate_model(
         trust_remote_code=ctx.trust_remote_code,
         holdout_tasks=config.data.holdout_tasks,
         dtype=config.model.dtype,
+        reference_rows=None if label == lineage.BASE else _base_rows(eval_path),
     )
     _record(scores, label, Path(eval_path).parent, ctx)
     return scores.metrics
@@ -81,12 +82,20 @@ def evaluate_champion(
             config.evaluation,
             config.train.max_length,
             holdout_tasks=config.data.holdout_tasks,
+            reference_rows=_base_rows(eval_path),
         )
     except (ModelSourceError, ValueError) as exc:
         get_run_logger().warning("cannot score champion %s here (%s)", uri, exc)
         return {"version": champion.version, "metrics": None}
     _record(scores, lineage.CHAMPION_SCORES, out, ctx)
     return {"version": champion.version, "metrics": scores.metrics}
+
+
+def _base_rows(eval_path: str) -> list[dict[str, Any]] | None:
+    """The base's per-row scores on this split, when scored already: preference pairs'
+    implicit rewards are log-ratios against the base."""
+    path = Path(eval_path).parent / f"{lineage.BASE}_scores.jsonl"
+    return read_jsonl(path) if path.exists() else None
 
 
 # What evaluation writes beside the eval split, per model: `<label>_scores.jsonl` (a row per

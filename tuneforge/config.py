@@ -110,7 +110,14 @@ def _not_shaping_exclude(model: type[BaseModel]) -> dict[str, Any]:
 
 
 DatasetSchema = Literal[
-    "auto", "alpaca", "dolly", "sharegpt", "openai", "prompt_completion", "text", "preference",
+    "auto",
+    "alpaca",
+    "dolly",
+    "sharegpt",
+    "openai",
+    "prompt_completion",
+    "text",
+    "preference",
     "feedback",
 ]
 DataField = Literal[
@@ -741,6 +748,10 @@ class EvalConfig(Strict):
 
 
 LOSS_METRICS = ("eval_loss", "perplexity")  # lower is better; every other is an evaluator's
+# Scored on held-out preference pairs (tuneforge.evaluation.preference_scores), higher is
+# better: the model's own log-probability ranking of chosen over rejected, and the implicit
+# reward's (log-ratio against this run's base) accuracy and mean margin in nats.
+PREFERENCE_METRICS = ("preference_accuracy", "reward_accuracy", "reward_margin")
 
 
 def higher_is_better(metric: str) -> bool:
@@ -749,6 +760,8 @@ def higher_is_better(metric: str) -> bool:
     family = metric.split(".", 1)[0]
     if family in LOSS_METRICS:
         return False
+    if family in PREFERENCE_METRICS:
+        return True
     from tuneforge.plugins.discovery import evaluator_info
 
     return bool(evaluator_info(family).cls.higher_is_better)
@@ -880,7 +893,8 @@ class RegistryConfig(Strict):
         from tuneforge.plugins.discovery import discover_evaluators
 
         found = discover_evaluators().plugins
-        known = [*LOSS_METRICS, *sorted(n for n, info in found.items() if not info.scores_model)]
+        plugins = sorted(n for n, info in found.items() if not info.scores_model)
+        known = [*LOSS_METRICS, *PREFERENCE_METRICS, *plugins]
         if metric.split(".", 1)[0] not in known:
             raise ValueError(f"unknown metric {metric!r}; use one of {', '.join(known)}")
         return metric
@@ -1029,6 +1043,8 @@ class RunConfig(Strict):
     @model_validator(mode="after")
     def _registry_metric_is_scored(self) -> RunConfig:
         family = self.registry.metric.split(".", 1)[0]
+        if family in PREFERENCE_METRICS:
+            return self  # scored on pairs: _preference_data_for_preference_strategies checks
         if family not in LOSS_METRICS and family not in self.evaluation.evaluator_names():
             raise ValueError(
                 f"registry.metric {self.registry.metric!r}: {family} is not scored; add it to "
@@ -1049,7 +1065,7 @@ class RunConfig(Strict):
     def _guards_watch_scored_metrics(self) -> RunConfig:
         # Whether a bench.* guard names a metric its tasks produce is checked by preflight,
         # which loads the task files; here, that there are benchmarks at all.
-        scored = [*LOSS_METRICS, *self.evaluation.evaluator_names()]
+        scored = [*LOSS_METRICS, *PREFERENCE_METRICS, *self.evaluation.evaluator_names()]
         for metric in self.registry.guards:
             family = metric.split(".", 1)[0]
             if family == BENCH and not self.evaluation.benchmarks:
@@ -1065,6 +1081,43 @@ class RunConfig(Strict):
         return self
 
     @model_validator(mode="after")
+    def _preference_data_for_preference_strategies(self) -> RunConfig:
+        # Pairs train dpo/simpo, feedback kto, and nothing else trains either: an instruction
+        # strategy would imitate rejected answers as readily as chosen ones. (A file `auto`
+        # recognises is caught at training, with the same words.) Preference metrics exist
+        # on pairs only.
+        from tuneforge.plugins.discovery import strategy_info
+
+        trains = strategy_info(self.train.strategy).cls.capabilities
+        schema, strategy = self.data.schema_, self.train.strategy
+        wanted = "preference" if trains.pairs else "feedback" if trains.feedback else None
+        if schema in ("preference", "feedback") and schema != wanted:
+            use = "dpo or simpo" if schema == "preference" else "kto"
+            raise ValueError(
+                f"data.schema {schema} trains a preference strategy ({use}), and "
+                f"train.strategy {strategy!r} is not one"
+            )
+        if wanted and schema not in ("auto", wanted):
+            raise ValueError(
+                f"train.strategy {strategy!r} trains on data.schema {wanted}, and data.schema "
+                f"is {schema}"
+            )
+        if wanted and self.data.replay:
+            raise ValueError(
+                f"data.replay mixes the parent's instruction rows into training, and "
+                f"train.strategy {strategy!r} trains on {wanted} rows only; leave data.replay "
+                "unset (registry.guards catch what the model forgets)"
+            )
+        metrics = {self.registry.metric, *self.registry.guards}
+        named = sorted(m for m in metrics if m.split(".", 1)[0] in PREFERENCE_METRICS)
+        if named and not trains.pairs:
+            raise ValueError(
+                f"{named[0]} is scored on preference pairs, and train.strategy {strategy!r} "
+                "does not train on them; use dpo or simpo, or another registry.metric"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _raw_text_needs_a_loss_metric_and_a_text_strategy(self) -> RunConfig:
         # Raw text has no answers to generate, so only the loss metrics exist; and only
         # strategies that say so train on it. (A file `auto` recognises as text is caught at
@@ -1073,7 +1126,7 @@ class RunConfig(Strict):
         from tuneforge.plugins.discovery import strategy_info
 
         trains = strategy_info(self.train.strategy).cls.capabilities
-        text_only = not trains.chat
+        text_only = trains.text and not trains.chat
         if self.data.schema_ != "text" and not text_only:
             return self
         if self.registry.metric.split(".", 1)[0] not in LOSS_METRICS:

@@ -91,16 +91,8 @@ def score(
     evaluators = build_evaluators() if evaluators is None else evaluators
     expected = [split_turns(r)[1] for r in records]
     values = {name: _values(name, e, expected, answers, records) for name, e in evaluators}
-    found: dict[str, list[int]] = defaultdict(list)
     rows = []
     for i, (rec, answer) in enumerate(zip(records, answers, strict=True)):
-        family = rec.get("task") or "untagged"
-        keys = ["", f".{metric_safe(family)}"]
-        if holdout_tasks:
-            keys.append(".held_out" if family in holdout_tasks else ".held_in")
-        keys += [f".{name}" for name, members in (groups or {}).items() if family in members]
-        for key in keys:
-            found[key].append(i)
         row = {
             "row": rec["row"],
             "task": rec.get("task"),
@@ -113,6 +105,27 @@ def score(
                 bool(scored[i]) if name == "exact_match" else scored[i]
             )
         rows.append(row)
+    return aggregate(records, values, holdout_tasks, groups), rows
+
+
+def aggregate(
+    records: list[dict],
+    values: dict[str, list[float]],
+    holdout_tasks: list[str] | tuple[str, ...] = (),
+    groups: dict[str, list[str]] | None = None,
+) -> dict[str, float]:
+    """Each per-record score's mean (`values`: metric name -> a value per record) overall,
+    per task family (`name.<family>`, unless there is one family), for the held-in and
+    held-out families (with `holdout_tasks`) and per named group of families."""
+    found: dict[str, list[int]] = defaultdict(list)
+    for i, rec in enumerate(records):
+        family = rec.get("task") or "untagged"
+        keys = ["", f".{metric_safe(family)}"]
+        if holdout_tasks:
+            keys.append(".held_out" if family in holdout_tasks else ".held_in")
+        keys += [f".{name}" for name, members in (groups or {}).items() if family in members]
+        for key in keys:
+            found[key].append(i)
     metrics: dict[str, float] = {}
     named = {".held_in", ".held_out", *(f".{name}" for name in groups or {})}
     families = {k for k in found if k and k not in named}
@@ -121,7 +134,7 @@ def score(
             continue  # one family: its figures are the overall ones
         for name, scored in values.items():
             metrics[f"{name}{key}"] = sum(scored[i] for i in members) / len(members)
-    return metrics, rows
+    return metrics
 
 
 def evaluate_records(
@@ -132,12 +145,17 @@ def evaluate_records(
     trust_remote_code: bool = False,
     holdout_tasks: list[str] | tuple[str, ...] = (),
     dtype: str = "float32",
+    reference_rows: list[dict] | None = None,
 ) -> Evaluation:
     """Scores the model in `model_dir` (loaded in `dtype`) on (at most `cfg.max_examples` of)
-    `records`, then on `cfg.benchmarks`."""
+    `records`, then on `cfg.benchmarks`.
+
+    Preference pairs are also scored as pairs (`preference_scores`), against the per-row
+    log-probabilities in `reference_rows` (the run's base's rows) when given. Feedback rows
+    are scored on their good answers only: a bad answer is no answer to match."""
     model, tokenizer = load_pretrained(model_dir, trust_remote_code, dtype)
     model.to(pick_device()).eval()
-    records = spread(records, cfg.max_examples)
+    records = spread([r for r in records if r.get("label", True)], cfg.max_examples)
     per_record = record_losses(model, tokenizer, records, max_length, cfg.batch_size)
     total, count = sum(s for s, _ in per_record), sum(n for _, n in per_record)
     if not count:
@@ -161,6 +179,21 @@ def evaluate_records(
         if cfg.groups:
             row["groups"] = [name for name, members in cfg.groups.items() if family in members]
         rows.append(row)
+    pairs = [i for i, r in enumerate(records) if "rejected" in r]
+    if pairs:
+        chosen = [-per_record[i][0] for i in pairs]
+        paired = [records[i] for i in pairs]
+        metrics |= preference_scores(
+            model,
+            tokenizer,
+            paired,
+            chosen,
+            [rows[i] for i in pairs],
+            max_length,
+            cfg,
+            holdout_tasks,
+            reference_rows,
+        )
     metrics |= {
         "eval_loss": loss,
         "perplexity": math.exp(min(loss, 50.0)),
@@ -168,6 +201,53 @@ def evaluate_records(
     }
     bench, bench_rows = run_benchmarks(model, tokenizer, cfg)
     return Evaluation(metrics | bench, rows, bench_rows)
+
+
+def preference_scores(
+    model: Any,
+    tokenizer: Any,
+    pairs: list[dict],
+    chosen: list[float],
+    rows: list[dict],
+    max_length: int,
+    cfg: EvalConfig,
+    holdout_tasks: list[str] | tuple[str, ...] = (),
+    reference_rows: list[dict] | None = None,
+) -> dict[str, float]:
+    """Scores preference pairs and writes each pair's figures into its row (`rows`):
+
+    - `logp_chosen` / `logp_rejected`: the answers' summed log-probabilities (`chosen` holds
+      the chosen ones, already computed);
+    - `preference_accuracy`: 1 when the model gives the chosen answer the higher one. A
+      model's own preference: comparable between base, tuned model and champion;
+    - with `reference_rows` (the base's rows, by `row`): `reward_accuracy`, 1 when the implicit
+      reward (log-ratio against the base) of the chosen answer is the higher, and
+      `reward_margin`, chosen's log-ratio minus rejected's, in nats (DPO's reward / beta).
+      Against itself the base has neither (every log-ratio is 0).
+
+    Returns their means as metrics, overall and per family as the evaluators' are."""
+    from tuneforge.plugins.preference import rejected_record
+
+    rejected = [
+        -summed
+        for summed, _ in record_losses(
+            model, tokenizer, [rejected_record(r) for r in pairs], max_length, cfg.batch_size
+        )
+    ]
+    reference = {r["row"]: r for r in reference_rows or [] if "logp_chosen" in r}
+    values: dict[str, list[float]] = defaultdict(list)
+    for row, lc, lr in zip(rows, chosen, rejected, strict=True):
+        row |= {"logp_chosen": lc, "logp_rejected": lr, "preference_accuracy": float(lc > lr)}
+        values["preference_accuracy"].append(row["preference_accuracy"])
+        base = reference.get(row["row"])
+        if reference and base is not None:
+            margin = (lc - base["logp_chosen"]) - (lr - base["logp_rejected"])
+            row |= {"reward_accuracy": float(margin > 0), "reward_margin": margin}
+            values["reward_accuracy"].append(row["reward_accuracy"])
+            values["reward_margin"].append(margin)
+    if any(len(v) != len(pairs) for v in values.values()):
+        raise ValueError("the reference rows do not cover this model's eval pairs")
+    return aggregate(pairs, dict(values), holdout_tasks, cfg.groups)
 
 
 @dataclass(frozen=True)

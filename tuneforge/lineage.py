@@ -99,6 +99,20 @@ SLOT_TAG = "tuneforge.slot:"  # + the slot's limit name: this flow run took that
 LEASE_TAG = "tuneforge.lease:"  # + the lease id it holds the slot under, while it does
 DATA_PUSHED = "tuneforge.data.pushed"
 DATASET_RESOURCE = "tuneforge.dataset."  # + the data file's absolute path
+# The pushed file's schema (alpaca, preference, feedback, ...), a label on the event's
+# resource: deployments/prefect.yaml routes preference data to a preference strategy by it.
+DATASET_SCHEMA = "tuneforge.schema"
+
+
+def dataset_resource(path: str, name: str, schema: str) -> dict[str, str]:
+    """The resource of a `tuneforge.data.pushed` event: the file (absolute path) and its
+    schema, which the deployments' triggers match on."""
+    return {
+        "prefect.resource.id": f"{DATASET_RESOURCE}{path}",
+        "prefect.resource.name": name,
+        DATASET_SCHEMA: schema,
+    }
+
 
 # Entry-point groups: where built-in and third-party plugins register.
 STRATEGIES = "tuneforge.strategies"

@@ -234,9 +234,12 @@ def stages_table(stages: list[StageOutcome]) -> str:
             if scores
             else {"perplexity": "perplexity"}
         )
+        if "preference_accuracy" in s.tuned:  # preference pairs: the model's own ranking too
+            shown["preference_accuracy"] = ""
         for key, short in shown.items():
-            base = scores[lineage.BASE].get(short) if scores else s.base.get(key)
-            tuned = scores[lineage.TUNED].get(short) if scores else s.tuned.get(key)
+            from_scores = scores and short
+            base = scores[lineage.BASE].get(short) if from_scores else s.base.get(key)
+            tuned = scores[lineage.TUNED].get(short) if from_scores else s.tuned.get(key)
             lines.append(
                 f"| {s.stage} | {s.model} v{s.version} | {s.alias} | {'yes' if s.skipped else 'no'}"
                 f" | {key.replace('.all', '')} | {format_score(base)} | {format_score(tuned)} |"

@@ -165,6 +165,7 @@ def test_data_push_json_reports_the_resource_and_its_rows(prefect_harness, tmp_p
     assert result.exit_code == 0, result.output
     assert _last_json(result.stdout) == {
         "resource_id": f"{lineage.DATASET_RESOURCE}{data.resolve()}",
+        "schema": "alpaca",  # a label on the event's resource: triggers route by it
         "rows": 2,
         "valid": 1,
         "rejected": 1,

@@ -25,6 +25,8 @@ from tuneforge.data_schemas import SCHEMAS, SchemaError
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 BAD_ROWS = FIXTURES / "bad_rows.jsonl"  # alpaca rows
 BAD_CHAT_ROWS = FIXTURES / "bad_chat_rows.jsonl"  # openai rows
+BAD_PREFERENCE_ROWS = FIXTURES / "bad_preference_rows.jsonl"  # prompt/chosen/rejected
+BAD_FEEDBACK_ROWS = FIXTURES / "bad_feedback_rows.jsonl"  # prompt/completion/label
 MAX_CHARS = 64  # row 8 of bad_rows.jsonl is just over this
 USER_ASSISTANT = [
     {"role": "user", "content": "Capital of France?"},
@@ -53,8 +55,30 @@ EXPECTED = {
         8: "duplicate of row 1",
         9: "messages: turn 1 has key 'name', which tuneforge does not read",
     },
+    BAD_PREFERENCE_ROWS: {
+        2: "chosen equals rejected",
+        3: "chosen: is empty",
+        4: "chosen and rejected have different prompts",
+        5: "chosen: must end with the assistant's turn",
+        6: f"chosen: has a turn longer than {MAX_CHARS} characters",
+        7: "duplicate of row 1",
+        10: "rejected is missing",
+        11: "chosen: turn 1 has role 'bot'; expected one of assistant, system, user",
+    },
+    BAD_FEEDBACK_ROWS: {
+        3: "label: must be true or false",
+        4: "completion: is empty",
+        5: "label is missing",
+        6: "duplicate of row 1",
+        7: "prompt: is blank",
+    },
 }
-VALID_ROWS = {BAD_ROWS: [1, 2, 13], BAD_CHAT_ROWS: [1, 7]}
+VALID_ROWS = {
+    BAD_ROWS: [1, 2, 13],
+    BAD_CHAT_ROWS: [1, 7],
+    BAD_PREFERENCE_ROWS: [1, 8, 9],
+    BAD_FEEDBACK_ROWS: [1, 2],
+}
 CASES = [(path, row, phrase) for path in EXPECTED for row, phrase in EXPECTED[path].items()]
 
 
@@ -113,6 +137,25 @@ def test_bad_row_is_quarantined_with_reason_and_original_record(results, path, r
         assert entry["record"] == line  # unparsed rows keep their text
     else:
         assert entry["record"] == json.loads(line)
+
+
+def test_valid_preference_and_feedback_rows_are_chat_records_with_the_other_answer(results):
+    _, pairs, _ = results[BAD_PREFERENCE_ROWS]
+    _, feedback, _ = results[BAD_FEEDBACK_ROWS]
+
+    france = [{"role": "user", "content": "Capital of France?"}]
+    assert pairs[0] == {
+        "row": 1,
+        "task": "geo",
+        "messages": [*france, {"role": "assistant", "content": "Paris."}],
+        "rejected": "paris",
+    }
+    assert pairs[1]["rejected"] == "Lyon"  # the same chosen answer with another rejected one
+    assert pairs[2]["messages"][-1] == {"role": "assistant", "content": "Lima"}
+    assert [(f["messages"][-1]["content"], f["label"]) for f in feedback] == [
+        ("Paris.", True),
+        ("paris", False),
+    ]
 
 
 def test_valid_records_are_canonical_chat_records(results):

@@ -201,6 +201,11 @@ def test_deploys_with_schedules_and_pools(deployed):
         monthly = client.read_deployment_by_name("sweep-file/tiny-strategies-monthly")
         assert monthly.parameters == {"path": "deployments/sweeps/tiny-strategies.yaml"}
         assert monthly.schedules[0].schedule.cron == "0 3 1 * *"
+        # The feedback loop's deployments (routing by schema: test_feedback_routing.py).
+        preferences = client.read_deployment_by_name("retrain-preset/on-new-preferences")
+        assert preferences.parameters == {"preset": "deployments/presets/tiny-cpu-dpo.yaml"}
+        ratings = client.read_deployment_by_name("retrain-preset/on-new-feedback")
+        assert ratings.parameters == {"preset": "deployments/presets/tiny-cpu-kto.yaml"}
         pool = client.read_work_pool("gpu")
         limits = pool.base_job_template["job_configuration"]["job_manifest"]["spec"]["template"]
         assert "nvidia.com/gpu" in limits["spec"]["containers"][0]["resources"]["limits"]

@@ -280,27 +280,26 @@ def data_push(
 
     from tuneforge import lineage
     from tuneforge.data.reading import DataLoadError, read_rows
-    from tuneforge.data.validation import validate_rows
+    from tuneforge.data.validation import resolve_rows, validate_rows
     from tuneforge.data_schemas import SchemaError
 
     if not PREFECT_API_URL.value():
         fail("PREFECT_API_URL is not set: point it at the Prefect server the deployments are on")
     try:
         rows = read_rows(str(path), format_)
-        valid, rejected = validate_rows(rows, max_chars=100_000, source=str(path))
+        cmap = resolve_rows(rows, str(path))
+        valid, rejected = validate_rows(rows, max_chars=100_000, cmap=cmap, source=str(path))
     except (DataLoadError, SchemaError) as exc:
         fail(str(exc))
-    resource_id = f"{lineage.DATASET_RESOURCE}{path.resolve()}"
+    schema = cmap.schema if cmap else "none"
+    resource = lineage.dataset_resource(str(path.resolve()), path.name, schema)
+    resource_id = resource["prefect.resource.id"]
     counts = {"rows": len(rows), "valid": len(valid), "rejected": len(rejected)}
-    event = emit_event(
-        event=lineage.DATA_PUSHED,
-        resource={"prefect.resource.id": resource_id, "prefect.resource.name": path.name},
-        payload=counts,
-    )
+    event = emit_event(event=lineage.DATA_PUSHED, resource=resource, payload=counts)
     if event is None:
         fail("the event was not sent (Prefect events are disabled in this environment)")
     print_result(
-        {"resource_id": resource_id, **counts},
+        {"resource_id": resource_id, "schema": schema, **counts},
         lambda r: out.print(
             f"pushed {r['resource_id']} ({r['valid']} valid of {r['rows']} rows)", markup=False
         ),

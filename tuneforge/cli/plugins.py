@@ -54,6 +54,10 @@ def _list_plugins(command: str, found: Any, info_of: Any, name: str | None) -> N
             "version": info.version,
             "settings": describe_fields(info.cls.Settings),
         }
+        if info.kind == "strategy":  # what data it trains on (its capabilities)
+            trains = info.cls.capabilities
+            kinds = ("chat", "text", "pairs", "feedback")
+            item["trains"] = [kind for kind in kinds if getattr(trains, kind)]
         if info.kind == "evaluator":  # what it scores: each answer, or the model (benchmarks)
             item["scores"] = "model" if info.scores_model else "answers"
             if not info.scores_model:
@@ -66,6 +70,8 @@ def _list_plugins(command: str, found: Any, info_of: Any, name: str | None) -> N
                 f"[bold]{escape(item['name'])}[/bold] ({item['package']} {item['version']}): "
                 f"{escape(item['description'])}"
             )
+            if "trains" in item:
+                out.print(f"    trains: {', '.join(item['trains'])}", markup=False)
             for key, field in item["settings"].items():
                 default = "(required)" if field["required"] else f"= {field['default']!r}"
                 line = f"    {key}: {field['type']} {default}"

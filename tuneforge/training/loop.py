@@ -328,7 +328,7 @@ class TrainingRun:
                 "pairs": "preference pairs (data.schema preference)",
                 "feedback": "good/bad feedback (data.schema feedback)",
                 None: "prompt/response records",
-            }[kind]
+            }
             wants = "pairs" if trains.pairs else "feedback" if trains.feedback else None
             use = {"pairs": "dpo or simpo", "feedback": "kto", None: "full, instruction or lora"}
             raise ValueError(

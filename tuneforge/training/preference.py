@@ -160,10 +160,11 @@ class PreferenceObjective:
         label = self.labels[units].to(device) if self.labels is not None else None
         logps = PreferenceLogps(policy, reference, tokens, label)
         losses = self.strategy.loss(logps)
-        if losses.shape != (len(units),) or not losses.requires_grad:
+        detached = torch.is_grad_enabled() and not losses.requires_grad
+        if losses.shape != (len(units),) or detached:
             raise ValueError(
                 f"loss returned shape {tuple(losses.shape)} for {len(units)} units"
-                + ("" if losses.requires_grad else ", not depending on the trained weights")
+                + (", not depending on the trained weights" if detached else "")
             )
         local = losses.sum()
         sums = torch.stack([local.detach().float(), *self._stats(logps)])
