@@ -163,7 +163,7 @@ def test_capabilities_say_what_data_a_strategy_trains():
         Capabilities(packs_text=True)
     with pytest.raises(ValueError, match="chat records, raw text, preference pairs or feedback"):
         Capabilities(chat=False)
-    with pytest.raises(ValueError, match="a preference strategy .* trains nothing else"):
+    with pytest.raises(ValueError, match=r"a preference strategy .* trains nothing else"):
         Capabilities(pairs=True)  # chat too, by default
 
 
