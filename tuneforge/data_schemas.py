@@ -36,10 +36,27 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SCHEMA_NAMES = (
-    "auto", "alpaca", "dolly", "sharegpt", "openai", "prompt_completion", "text", "preference",
+    "auto",
+    "alpaca",
+    "dolly",
+    "sharegpt",
+    "openai",
+    "prompt_completion",
+    "text",
+    "preference",
     "feedback",
 )
-FIELDS = ("instruction", "input", "output", "messages", "text", "chosen", "rejected", "label", "task")
+FIELDS = (
+    "instruction",
+    "input",
+    "output",
+    "messages",
+    "text",
+    "chosen",
+    "rejected",
+    "label",
+    "task",
+)
 
 
 class SchemaError(ValueError):

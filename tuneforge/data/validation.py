@@ -17,11 +17,11 @@ An optional `task` names the task family (used for per-family evaluation and hel
 
 Every row ends up in exactly one place: valid rows become canonical records
 (`{"row", "task", "messages"}`, or `{"row", "task", "text"}`; a preference pair's messages end
-with its chosen answer and `rejected` holds the other, a feedback row adds its `label`); rejected rows go to a quarantine
-JSONL entry `{"row", "reason", "record"}` holding the original row, so nothing is silently
-dropped and `valid + rejected == total` always holds. Duplicates keep their first occurrence.
-A column that nothing reads makes the whole file unusable (`SchemaError`), unless it is mapped
-or listed in `data.ignore_columns`.
+with its chosen answer and `rejected` holds the other, a feedback row adds its `label`);
+rejected rows go to a quarantine JSONL entry `{"row", "reason", "record"}` holding the original
+row, so nothing is silently dropped and `valid + rejected == total` always holds. Duplicates
+keep their first occurrence. A column that nothing reads makes the whole file unusable
+(`SchemaError`), unless it is mapped or listed in `data.ignore_columns`.
 
 Rows are checked in chunks of `CHUNK` and written as they are judged, so memory does not grow
 with the file beyond one digest per valid row (for duplicates).
