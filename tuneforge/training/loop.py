@@ -336,6 +336,13 @@ class TrainingRun:
                 f"use {use[kind]} for those"
             )
         check_chat_template(self.tokenizer)
+        # No dropout (TRL's default too): with it the trained model would differ from the
+        # reference by noise alone, and the log-ratios the loss reads would be noise at step 1.
+        for module in self.core.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+            if isinstance(getattr(module, "attention_dropout", None), float):
+                module.attention_dropout = 0.0  # transformers' attention takes a rate
         with self._blame("build_example"):
             objective = PreferenceObjective(
                 self.strategy, records, self.tokenizer, self.cfg.max_length
@@ -389,6 +396,10 @@ class TrainingRun:
         chunkable = self.world == 1 and chunk_unsupported(self.core) is None
         self.chunk = cfg.loss_chunk_tokens if chunkable else 0
         self.trained_per_example = [sum(y != IGNORE_INDEX for y in e.labels[1:]) for e in examples]
+        if self.objective is not None and self.objective.feedback:
+            # A feedback unit's second answer (another row's, for KTO's KL estimate) is scored,
+            # not trained: no gradient reaches the model through it.
+            self.trained_per_example[1::2] = [0] * (len(examples) // 2)
 
     def _setup_optimizer(self) -> None:
         cfg = self.cfg
