@@ -27,6 +27,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticUndefined
 
+from tuneforge.data_schemas import FIELDS, SCHEMA_NAMES
 from tuneforge.lineage import BENCH
 from tuneforge.models import TinyModelConfig
 
@@ -109,20 +110,9 @@ def _not_shaping_exclude(model: type[BaseModel]) -> dict[str, Any]:
     return exclude
 
 
-DatasetSchema = Literal[
-    "auto",
-    "alpaca",
-    "dolly",
-    "sharegpt",
-    "openai",
-    "prompt_completion",
-    "text",
-    "preference",
-    "feedback",
-]
-DataField = Literal[
-    "instruction", "input", "output", "messages", "text", "chosen", "rejected", "label", "task"
-]
+# The names data_schemas.py defines, as the types config fields check against.
+DatasetSchema = Literal[SCHEMA_NAMES]  # type: ignore[valid-type]
+DataField = Literal[FIELDS]  # type: ignore[valid-type]
 
 
 class DataConfig(Strict):

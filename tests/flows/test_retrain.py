@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BUNDLED_DATA, PRESET
+from tests.conftest import BUNDLED_DATA, PRESET, REPO
 
 pytestmark = pytest.mark.integration
 
@@ -87,6 +87,57 @@ def lora_run(runs, mlflow_server, tmp_path_factory):
             f"registry.model_name={MODEL}-lora",
         )
     )
+
+
+@pytest.fixture(scope="module")
+def dpo_run(runs, mlflow_server, tmp_path_factory):
+    """DPO from the champion on preference pairs (the tiny-cpu-dpo preset's recipe)."""
+    from tuneforge.flows.retrain import retrain
+
+    return retrain(
+        _config(
+            mlflow_server,
+            tmp_path_factory.mktemp("dpo-runs"),
+            f"data.path={REPO / 'data' / 'preferences.jsonl'}",
+            f"model.source=models:/{MODEL}@champion",
+            "train.strategy=dpo",
+            "train.steps=20",  # what is checked is the version and its scores
+            "train.learning_rate=0.00005",
+            "train.batch_size=8",
+            "evaluation.max_examples=48",
+            "registry.metric=preference_accuracy",
+            "registry.max_p_value=null",
+            f"registry.model_name={MODEL}-dpo",
+        )
+    )
+
+
+def test_dpo_from_the_champion_registers_a_version_scored_on_preference_pairs(
+    dpo_run, mlflow_server
+):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_server)
+    metrics = client.get_run(dpo_run.run_id).data.metrics
+    # Both scored on the same held-out pairs: the model's own ranking of chosen over rejected.
+    for label in ("base", "tuned"):
+        assert 0.0 <= metrics[f"{label}.preference_accuracy"] <= 1.0
+        assert f"{label}.exact_match" in metrics  # generation metrics as for every version
+    # The implicit reward is measured against the base: the tuned model has one, the base not.
+    assert "tuned.reward_accuracy" in metrics and "base.reward_accuracy" not in metrics
+    assert "train.reward_margin" in metrics and metrics["audit.masked_tokens"] > 0
+    version = client.get_model_version(f"{MODEL}-dpo", dpo_run.registration.version)
+    assert version.tags["tuneforge.base_model"] == f"models:/{MODEL}@champion"
+    assert dpo_run.registration.decision.startswith(f"{MODEL}-dpo version")
+    assert "preference_accuracy" in dpo_run.registration.decision
+    rows = [
+        json.loads(line)
+        for line in Path(dpo_run.split.eval_path)
+        .with_name("tuned_scores.jsonl")
+        .read_text()
+        .splitlines()
+    ]
+    assert all({"logp_chosen", "logp_rejected", "reward_margin"} <= set(r) for r in rows)
 
 
 def test_first_run_registers_champion_with_metrics(runs, mlflow_server):
