@@ -82,12 +82,13 @@ def sample_text_records(n: int = 32, seed: int = 0) -> list[dict[str, Any]]:
 
 
 def sample_preference_records(n: int = 32, seed: int = 0) -> list[dict[str, Any]]:
-    """`n` preference pairs (data.schema: preference) from the generator of tuneforge's
-    bundled `data/preferences.jsonl`, as validation gives them: `{"row", "task", "messages",
-    "rejected"}`, the messages ending with the chosen answer, the rejected one a near miss."""
+    """The first `n` preference pairs (data.schema: preference) of tuneforge's bundled
+    `data/preferences.jsonl` (at most 600; from its generator, `seed` other than 0 gives
+    others), as validation gives them: `{"row", "task", "messages", "rejected"}`, the messages
+    ending with the chosen answer, the rejected one a near miss."""
     from tuneforge.preference_data import preference_rows
 
-    rows = preference_rows(n // 6 + 1, seed)[:n]
+    rows = preference_rows(seed=seed)[:n]
     return [
         {**_chat(i, r["task"], r["prompt"], r["chosen"]), "rejected": r["rejected"]}
         for i, r in enumerate(rows, start=1)
@@ -95,11 +96,12 @@ def sample_preference_records(n: int = 32, seed: int = 0) -> list[dict[str, Any]
 
 
 def sample_feedback_records(n: int = 32, seed: int = 0) -> list[dict[str, Any]]:
-    """`n` feedback rows (data.schema: feedback) from the generator of `data/feedback.jsonl`,
-    as validation gives them: `{"row", "task", "messages", "label"}`, good and bad answers."""
+    """The first `n` feedback rows (data.schema: feedback) of `data/feedback.jsonl` (at most
+    900), as validation gives them: `{"row", "task", "messages", "label"}`, good and bad
+    answers."""
     from tuneforge.preference_data import feedback_rows
 
-    rows = feedback_rows(n // 9 + 1, seed)[:n]
+    rows = feedback_rows(seed=seed)[:n]
     return [
         {**_chat(i, r["task"], r["prompt"], r["completion"]), "label": r["label"]}
         for i, r in enumerate(rows, start=1)

@@ -77,11 +77,27 @@ def test_the_public_names_are_there():
         "check_benchmark_evaluator",
         "check_evaluator",
         "check_strategy",
+        "sample_feedback_records",
+        "sample_preference_records",
         "sample_records",
         "sample_text_records",
         "tiny_checkpoint",
     }
     assert api.IGNORE_INDEX == -100
+
+
+@pytest.mark.parametrize(
+    ("name", "path"), [("preference", "preferences.jsonl"), ("feedback", "feedback.jsonl")]
+)
+def test_sample_preference_and_feedback_records_are_the_bundled_files_validated(name, path):
+    from tuneforge.data.reading import read_rows
+    from tuneforge.data.validation import validate_rows
+    from tuneforge.plugins import testing
+
+    sample = getattr(testing, f"sample_{name}_records")(24)
+    valid, rejected = validate_rows(read_rows(str(REPO / "data" / path))[:24], 2000)
+
+    assert rejected == [] and sample == valid
 
 
 def test_sample_records_are_the_bundled_data_validated(bundled_records):
