@@ -20,12 +20,14 @@ teach the task. deployments/pipelines/sft-dpo.yaml does both in turn.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
-import torch
 from pydantic import BaseModel, Field
 
 from tuneforge.plugins import PreferenceLogps, PreferenceSettings, PreferenceStrategy
+
+if TYPE_CHECKING:  # torch loads when a loss runs, not when strategies are listed
+    import torch
 
 
 class DpoSettings(PreferenceSettings):
@@ -41,6 +43,8 @@ class DpoSettings(PreferenceSettings):
 
 def dpo_losses(logps: PreferenceLogps, beta: float, loss_type: str) -> torch.Tensor:
     """Each pair's DPO-family loss (see the module docstring for the formulas)."""
+    import torch
+
     ratios = logps.logratios
     if loss_type == "ipo":
         per_token = ratios / logps.tokens.clamp(min=1)

@@ -20,9 +20,8 @@ Weight the rarer label up so that w_good x n_good is within about 1 to 4/3 of w_
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
 from pydantic import BaseModel, Field
 
 from tuneforge.plugins import (
@@ -31,6 +30,9 @@ from tuneforge.plugins import (
     PreferenceSettings,
     PreferenceStrategy,
 )
+
+if TYPE_CHECKING:  # torch loads when a loss runs, not when strategies are listed
+    import torch
 
 
 class KtoSettings(PreferenceSettings):
@@ -46,6 +48,8 @@ def kto_losses(
     logps: PreferenceLogps, beta: float, desirable_weight: float, undesirable_weight: float
 ) -> torch.Tensor:
     """Each feedback row's KTO loss; column 1 of `logps` holds the mismatched answers."""
+    import torch
+
     assert logps.label is not None, "KTO needs labelled feedback"
     ratios = logps.logratios
     kl = ratios[:, 1].mean().clamp(min=0).detach()

@@ -14,12 +14,14 @@ trainer's `loss_type="simpo"` with `cpo_alpha=0` (its SimPO).
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
 from pydantic import BaseModel, Field
 
 from tuneforge.plugins import PreferenceLogps, PreferenceSettings, PreferenceStrategy
+
+if TYPE_CHECKING:  # torch loads when a loss runs, not when strategies are listed
+    import torch
 
 
 class SimpoSettings(PreferenceSettings):
@@ -44,6 +46,8 @@ class SimpoSettings(PreferenceSettings):
 
 def simpo_losses(logps: PreferenceLogps, beta: float, gamma: float) -> torch.Tensor:
     """Each pair's SimPO loss."""
+    import torch
+
     mean = logps.policy / logps.tokens.clamp(min=1)
     margin = mean[:, 0] - mean[:, 1]
     return -torch.nn.functional.logsigmoid(beta * margin - gamma)

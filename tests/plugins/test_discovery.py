@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from importlib.metadata import EntryPoint
 
 import pytest
@@ -117,3 +119,14 @@ def test_settings_are_parsed_in_one_place():
     assert type(settings).__name__ == "LoraSettings" and settings.rank == 4
     with pytest.raises(ValidationError, match="rnak"):
         discovery.parse_settings("lora", {"rnak": 4})
+
+
+def test_listing_the_strategies_loads_no_torch():
+    """Every command and config check lists the strategies: loading torch there (2 s a
+    process) would slow them all. The built-in strategies import it when they train."""
+    code = (
+        "import sys; from tuneforge.plugins.discovery import discover_strategies; "
+        "discover_strategies(); print('torch' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

@@ -111,7 +111,8 @@ def test_a_failing_evaluator_is_one_line_naming_it(monkeypatch):
         ),
         (
             ["registry.metric=bleu"],
-            "unknown metric 'bleu'; use one of eval_loss, perplexity, exact_match",
+            "unknown metric 'bleu'; use one of eval_loss, perplexity, preference_accuracy, "
+            "reward_accuracy, reward_margin, exact_match",
         ),
         (
             ["evaluation.metrics=[]", "registry.metric=rouge_l"],
