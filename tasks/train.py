@@ -16,7 +16,14 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from tuneforge.config import RunConfig, TrainConfig
-from tuneforge.lineage import BATCHES, CHECKPOINT_STEP, SWEEP, SWEEP_CANDIDATE, TRAIN_LOSS
+from tuneforge.lineage import (
+    BATCHES,
+    CHECKPOINT_STEP,
+    SWEEP,
+    SWEEP_CANDIDATE,
+    TOKEN_CACHE,
+    TRAIN_LOSS,
+)
 from tuneforge.paths import inside, safe_component
 from tuneforge.run_context import RunContext
 from tuneforge.slots import training_slot
@@ -50,6 +57,7 @@ def train_here_or_on_pool(
         eval_path=eval_path,
         train=config.train,
         checkpoint_dir=checkpoint_dir(config),
+        token_cache_dir=str(inside(config.output_dir, "token-cache")),
         ctx=ctx,
         isolated=isolated,
     )
@@ -93,6 +101,7 @@ def train_with_strategy(
     checkpoint_dir: str,
     ctx: RunContext,
     isolated: bool = False,
+    token_cache_dir: str | None = None,
 ) -> TrainResult:
     """Trains with the configured strategy into `tuned/` in the run directory; logs metrics per
     step to the MLflow run, and tags it with the step whose weights were kept.
@@ -141,7 +150,10 @@ def train_with_strategy(
             trust_remote_code=ctx.trust_remote_code,
             dtype=ctx.model_dtype,
             checkpoint_dir=checkpoint_dir,
+            token_cache_dir=token_cache_dir,
         )
+    if result.token_cache == "reused":  # the same records, tokenizer and settings as before
+        logger.info("tokenized examples reused from the token cache in %s", token_cache_dir)
     if result.resumed_from_step:
         logger.info("resumed from the checkpoint of step %d", result.resumed_from_step)
     if train.padding_free and result.batches != "padding-free":
@@ -150,4 +162,5 @@ def train_with_strategy(
     metrics.flush()
     metrics.client.set_tag(ctx.run_id, CHECKPOINT_STEP, str(result.best_step))
     metrics.client.set_tag(ctx.run_id, BATCHES, result.batches)
+    metrics.client.set_tag(ctx.run_id, TOKEN_CACHE, result.token_cache)
     return result

@@ -39,6 +39,7 @@ DECISION = "tuneforge.decision"  # "champion: <why>" / "challenger: <why>", on r
 REGISTERED_VERSION = "tuneforge.registered_version"  # NAME/VERSION, on the run
 CHECKPOINT_STEP = "tuneforge.checkpoint_step"  # the step whose weights were registered
 BATCHES = "tuneforge.batches"  # padding-free, or padded and why
+TOKEN_CACHE = "tuneforge.token_cache"  # reused, built or off (tuneforge/training/token_cache.py)
 SKIPPED = "tuneforge.skipped"  # why a run stopped early (data and config unchanged)
 GUARDS = "tuneforge.guards"  # registry.guards checked: JSON, one entry per guard
 EXPORTS = "tuneforge.exports"  # registry.export: JSON, format -> artifact path and bytes

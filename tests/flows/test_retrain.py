@@ -191,6 +191,12 @@ def test_worse_run_becomes_challenger_and_champion_stays(runs, mlflow_server):
     metrics = client.get_run(weak.run_id).data.metrics
     assert metrics["champion.exact_match"] == pytest.approx(first.tuned["exact_match"])
     assert metrics["champion.eval_loss"] == pytest.approx(first.tuned["eval_loss"], rel=1e-5)
+    # The same split, tokenizer and strategy settings (only the steps differ): the weak run
+    # trained on the examples the first one tokenized, and says so.
+    tags = {run.run_id: client.get_run(run.run_id).data.tags for run in (first, weak)}
+    assert tags[first.run_id]["tuneforge.token_cache"] == "built"
+    assert tags[weak.run_id]["tuneforge.token_cache"] == "reused"
+    assert weak.training.token_cache == "reused"
 
 
 def test_registry_model_as_base_continues_from_champion(runs):

@@ -60,7 +60,7 @@ class ResumeKey:
     def of(cls, records: list[dict[str, Any]], base_dir: str | Path, cfg: TrainConfig) -> ResumeKey:
         settings = cfg.shaping_settings()
         return cls(
-            data=_sha(json.dumps(records, sort_keys=True).encode()),
+            data=records_digest(records),
             base=fingerprint_model_dir(Path(base_dir)),
             train=_sha(json.dumps(settings, sort_keys=True).encode()),
         )
@@ -82,6 +82,12 @@ class LoopState:
     best_score: float = -1.0
     best_loss: float = float("inf")
     seconds: float = 0.0  # training time so far, over every attempt
+
+
+def records_digest(records: list[dict[str, Any]]) -> str:
+    """A hash of training records' content: what a checkpoint and the token cache were
+    made from."""
+    return _sha(json.dumps(records, sort_keys=True).encode())
 
 
 def fingerprint_model_dir(model_dir: Path) -> str:

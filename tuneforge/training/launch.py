@@ -30,6 +30,7 @@ def train_from_files(
     trust_remote_code: bool = False,
     dtype: str = "float32",
     checkpoint_dir: str | Path | None = None,
+    token_cache_dir: str | Path | None = None,
 ) -> TrainResult:
     """Trains on the split's files in this process, or in processes of its own when
     `cfg.world_size` > 1 or `isolated` (torch's threads and RNG are per process: a sweep
@@ -39,6 +40,7 @@ def train_from_files(
         "trust_remote_code": trust_remote_code,
         "dtype": dtype,
         "checkpoint_dir": checkpoint_dir,
+        "token_cache_dir": token_cache_dir,
     }
     if cfg.world_size > 1 or isolated:
         return train_in_processes(base_dir, train_path, cfg, out_dir, eval_path=eval_path, **common)
@@ -58,6 +60,7 @@ def train_in_processes(
     dtype: str = "float32",
     eval_path: str | None = None,
     checkpoint_dir: str | Path | None = None,
+    token_cache_dir: str | Path | None = None,
 ) -> TrainResult:
     """Runs `train_model` in processes of its own and returns rank 0's result; its step
     metrics reach `on_metrics` once the processes have finished.
@@ -76,6 +79,7 @@ def train_in_processes(
             "trust_remote_code": trust_remote_code,
             "dtype": dtype,
             "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir else None,
+            "token_cache_dir": str(token_cache_dir) if token_cache_dir else None,
             "metrics_path": f"{tmp}/metrics.jsonl",
             "result_path": f"{tmp}/result.json",
             "error_path": f"{tmp}/error.json",

@@ -30,7 +30,7 @@ from tuneforge.plugins.discovery import strategy_info
 from tuneforge.plugins.tokenization import check_chat_template, tokenize_text_blocks
 from tuneforge.prompts import end_of_turn_id
 from tuneforge.records import assistant_turn_records, is_text, spread
-from tuneforge.training import checkpoint, padding_free, parallel
+from tuneforge.training import checkpoint, padding_free, parallel, token_cache
 from tuneforge.training.best_step import BestStep
 from tuneforge.training.chunked_head import chunk_unsupported
 from tuneforge.training.losses import token_mean_loss
@@ -66,6 +66,8 @@ class TrainResult:
     # the first step (full weights; not in `seconds`), and rows left out as too long.
     reference_seconds: float = 0.0
     too_long: int = 0
+    # The tokenized examples: "reused" from the token cache, "built" into it, or "off".
+    token_cache: str = "off"
 
     def _preference_metrics(self) -> dict[str, float]:
         figures = {
@@ -188,6 +190,7 @@ def train_model(
     dtype: str = "float32",
     eval_records: list[dict[str, Any]] | None = None,
     checkpoint_dir: str | Path | None = None,
+    token_cache_dir: str | Path | None = None,
 ) -> TrainResult:
     """Trains from `base_dir` (loaded in `dtype`, `model.dtype`) on validated `records` and
     saves the result to `out_dir`.
@@ -199,11 +202,16 @@ def train_model(
     many steps, and a matching one found at start is resumed (see `checkpoint.py`); they
     are deleted once the result is saved.
 
+    With `token_cache_dir`, prompt/response examples are tokenized once into memory-mapped
+    Arrow there and reused by a later run on the same records, tokenizer and settings
+    (`token_cache.py`; `TrainResult.token_cache` says which).
+
     Under torch.distributed (see `worker.py`) every rank runs this with the
     same arguments: each takes its shard of every global batch, the model is wrapped in DDP or
     FSDP (`cfg.parallel`), and rank 0 alone logs, evaluates and saves.
     """
     run = TrainingRun(cfg, base_dir, trust_remote_code, on_metrics, dtype)
+    run.token_cache = Path(token_cache_dir) if token_cache_dir else None
     run.setup(records, eval_records or [])
     run.resume(checkpoint_dir, records)
     run.train()
@@ -236,6 +244,8 @@ class TrainingRun:
         self.lead = self.rank == 0  # the one process that logs, evaluates and saves
         self.on_metrics = on_metrics if self.lead else None
         self.info = strategy_info(cfg.strategy)
+        self.token_cache: Path | None = None  # where tokenized examples are kept (train_model)
+        self.cache_state = "off"
 
     # Setup ------------------------------------------------------------------------------
 
@@ -303,13 +313,16 @@ class TrainingRun:
         check_chat_template(tokenizer)
         if cfg.assistant_turns == "all":
             records = [turn for r in records for turn in assistant_turn_records(r)]
-        with self._blame("build_example"):
-            build = self.strategy.build_example
-            self.examples = [build(r, tokenizer, cfg.max_length) for r in records]
-        with self._blame("the loss-mask audit"):
-            rows = [r["row"] for r in records]
-            end = end_of_turn_id(tokenizer)
-            self.audit = audit_examples(self.examples, rows, end, cfg.max_length)
+        end = end_of_turn_id(tokenizer)
+        if self.token_cache is not None:
+            self._cached_examples(records, end)
+        else:
+            with self._blame("build_example"):
+                build = self.strategy.build_example
+                self.examples = [build(r, tokenizer, cfg.max_length) for r in records]
+            with self._blame("the loss-mask audit"):
+                rows = [r["row"] for r in records]
+                self.audit = audit_examples(self.examples, rows, end, cfg.max_length)
         if self.audit.truncated:
             # A truncated example loses its end-of-sequence token (and, for response-only
             # strategies, possibly its answer): the model would learn to ramble or to stop mid-way.
@@ -318,6 +331,32 @@ class TrainingRun:
                 f"train.max_length={cfg.max_length} tokens; raise train.max_length or quarantine "
                 "long rows with a lower data.max_chars"
             )
+
+    def _cached_examples(self, records: list[dict[str, Any]], end: int) -> None:
+        """The examples from the token cache, built into it first when it has none for these
+        records, this tokenizer and these settings."""
+        assert self.token_cache is not None
+        cfg, tokenizer = self.cfg, self.tokenizer
+        shaping = {
+            "strategy": cfg.strategy,
+            "settings": cfg.strategy_settings().model_dump(mode="json"),
+            "max_length": cfg.max_length,
+            "assistant_turns": cfg.assistant_turns,
+        }
+        key = token_cache.cache_key(checkpoint.records_digest(records), tokenizer, shaping)
+        build = self.strategy.build_example
+
+        def examples() -> Iterator[tuple[int, Example]]:
+            for r in records:
+                yield r["row"], build(r, tokenizer, cfg.max_length)
+
+        def audit(batch: list[Example], rows: list[int]) -> MaskAudit:
+            return audit_examples(batch, rows, end, cfg.max_length)
+
+        with self._blame("build_example"):
+            cached = token_cache.load_or_build(self.token_cache, key, examples, audit)
+        self.examples, self.audit = cached.examples, cached.audit
+        self.cache_state = "reused" if cached.hit else "built"
 
     def _setup_preference_examples(self, records: list[dict[str, Any]], kind: str | None) -> None:
         """Preference pairs or feedback, for a strategy that trains them: two examples a unit
@@ -383,7 +422,13 @@ class TrainingRun:
 
     def _setup_batches(self) -> None:
         cfg, examples = self.cfg, self.examples
-        self.lengths = [len(e.input_ids) for e in examples] if cfg.group_by_length else None
+        if isinstance(examples, token_cache.ArrowExamples):  # counted once, when written
+            self.example_lengths = examples.lengths.tolist()
+            trained = examples.trained.tolist()
+        else:
+            self.example_lengths = [len(e.input_ids) for e in examples]
+            trained = [sum(y != IGNORE_INDEX for y in e.labels[1:]) for e in examples]
+        self.lengths = self.example_lengths if cfg.group_by_length else None
         self.why_padded = (
             padding_free.unsupported_reason(self.core, cfg.max_length)
             if cfg.padding_free
@@ -395,7 +440,7 @@ class TrainingRun:
         # The decoder is called past the DDP/FSDP wrapper there: one process only.
         chunkable = self.world == 1 and chunk_unsupported(self.core) is None
         self.chunk = cfg.loss_chunk_tokens if chunkable else 0
-        self.trained_per_example = [sum(y != IGNORE_INDEX for y in e.labels[1:]) for e in examples]
+        self.trained_per_example = trained
         if self.objective is not None and self.objective.feedback:
             # A feedback unit's second answer (another row's, for KTO's KL estimate) is scored,
             # not trained: no gradient reaches the model through it.
@@ -451,7 +496,7 @@ class TrainingRun:
                 if step <= self.resumed_from:  # the checkpoint's RNG and optimizer include it
                     continue
                 loss_value, grad_norm = self._step(indices)
-                tokens = sum(len(self.examples[i].input_ids) for i in indices)  # global batch
+                tokens = sum(self.example_lengths[i] for i in indices)  # global batch
                 self.window_tokens += tokens
                 state.step, state.loss = step, loss_value
                 state.real_tokens += tokens
@@ -611,6 +656,7 @@ class TrainingRun:
             batches="padding-free" if self.flat else f"padded: {self.why_padded}",
             **peak_memory(self.device),
             **self._preference_figures(),
+            token_cache=self.cache_state,
         )
         if self.lead:
             if self.objective is not None and self.objective.too_long:

@@ -103,6 +103,7 @@ def _train(
             dtype=spec.get("dtype", "float32"),
             eval_records=read_jsonl(spec["eval_path"]) if spec.get("eval_path") else None,
             checkpoint_dir=spec.get("checkpoint_dir"),
+            token_cache_dir=spec.get("token_cache_dir"),
         )
     except ValueError as exc:
         if errors_to is not None:
