@@ -80,11 +80,11 @@ def run_once(work: Path, data: Path, steps: int, force: bool) -> dict[str, objec
     }
     started_wall = time.time()
     started = time.perf_counter()
-    proc = subprocess.Popen(
-        command, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-    )
-    out = proc.stdout.read().decode()
-    _, status, usage = os.wait4(proc.pid, 0)
+    log = work / f"run-{int(force)}.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen(command, cwd=work, env=env, stdout=subprocess.PIPE, stderr=err)
+        out = proc.stdout.read().decode()
+        _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - started
     if os.waitstatus_to_exitcode(status):
         raise RuntimeError(f"tuneforge run failed: {out[-2000:]}")
@@ -100,7 +100,29 @@ def run_once(work: Path, data: Path, steps: int, force: bool) -> dict[str, objec
         "token_cache": tags.get("tuneforge.token_cache"),
         "peak_rss_mb": round(usage.ru_maxrss / 1024),
         "version": result.get("version"),
+        "task_seconds": task_seconds(log.read_text()),
     }
+
+
+def task_seconds(log: str) -> dict[str, float]:
+    """Seconds each flow task took, from the command's log: the time between one task's
+    "Finished" line and the one before it (the retrain flow runs its tasks one after another;
+    the first task's figure includes the command's start-up)."""
+    import re
+    from datetime import datetime
+
+    finished = re.compile(r"^(\d\d:\d\d:\d\d\.\d+) \| INFO +\| Task run '([\w.]+)-\w+' - Finished")
+    seconds: dict[str, float] = {}
+    last = None
+    for line in log.splitlines():
+        match = finished.match(line)
+        if not match:
+            continue
+        at = datetime.strptime(match[1], "%H:%M:%S.%f")
+        if last is not None:
+            seconds[match[2]] = round((at - last).total_seconds(), 1)
+        last = at
+    return seconds
 
 
 def main() -> None:
