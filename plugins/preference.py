@@ -38,6 +38,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from tuneforge.batching import IGNORE_INDEX, Example
 from tuneforge.plugins.adapters import LoraSettings, add_lora, qlora_load_options, save_adapter
 from tuneforge.plugins.strategy import Capabilities, TuningStrategy
+from tuneforge.plugins.tokenization import tokenize_prompt_response
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "Capabilities",
@@ -48,10 +52,6 @@ __all__ = [
     "mismatched",
     "rejected_record",
 ]
-from tuneforge.plugins.tokenization import tokenize_prompt_response
-
-if TYPE_CHECKING:
-    import torch
 
 
 class PreferenceSettings(BaseModel):

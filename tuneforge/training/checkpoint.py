@@ -57,10 +57,11 @@ class ResumeKey:
     train: str  # hash of the training settings that shape the weights (strategy included)
 
     @classmethod
-    def of(cls, records: list[dict[str, Any]], base_dir: str | Path, cfg: TrainConfig) -> ResumeKey:
+    def of(cls, data: str, base_dir: str | Path, cfg: TrainConfig) -> ResumeKey:
+        """The key of a run on records whose `records_digest` is `data`."""
         settings = cfg.shaping_settings()
         return cls(
-            data=records_digest(records),
+            data=data,
             base=fingerprint_model_dir(Path(base_dir)),
             train=_sha(json.dumps(settings, sort_keys=True).encode()),
         )

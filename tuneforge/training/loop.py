@@ -246,6 +246,8 @@ class TrainingRun:
         self.info = strategy_info(cfg.strategy)
         self.token_cache: Path | None = None  # where tokenized examples are kept (train_model)
         self.cache_state = "off"
+        self.step_stats: dict[str, float] = {}  # a preference step's logged figures
+        self.data_digest: str | None = None  # the training records' hash, once computed
 
     # Setup ------------------------------------------------------------------------------
 
@@ -311,18 +313,25 @@ class TrainingRun:
                 "prompt/response records; use full or instruction for those"
             )
         check_chat_template(tokenizer)
+        if self.token_cache is not None:
+            self._digest(records)  # of the records as given, before they are split in turns
         if cfg.assistant_turns == "all":
             records = [turn for r in records for turn in assistant_turn_records(r)]
         end = end_of_turn_id(tokenizer)
+
+        def build(record: dict[str, Any]) -> Example:
+            return self.strategy.build_example(record, tokenizer, cfg.max_length)
+
+        def audit(examples: list[Example], rows: list[int]) -> MaskAudit:
+            return audit_examples(examples, rows, end, cfg.max_length)
+
         if self.token_cache is not None:
-            self._cached_examples(records, end)
+            self._cached_examples(records, build, audit)
         else:
             with self._blame("build_example"):
-                build = self.strategy.build_example
-                self.examples = [build(r, tokenizer, cfg.max_length) for r in records]
+                self.examples = [build(r) for r in records]
             with self._blame("the loss-mask audit"):
-                rows = [r["row"] for r in records]
-                self.audit = audit_examples(self.examples, rows, end, cfg.max_length)
+                self.audit = audit(self.examples, [r["row"] for r in records])
         if self.audit.truncated:
             # A truncated example loses its end-of-sequence token (and, for response-only
             # strategies, possibly its answer): the model would learn to ramble or to stop mid-way.
@@ -332,31 +341,40 @@ class TrainingRun:
                 "long rows with a lower data.max_chars"
             )
 
-    def _cached_examples(self, records: list[dict[str, Any]], end: int) -> None:
-        """The examples from the token cache, built into it first when it has none for these
-        records, this tokenizer and these settings."""
+    def _cached_examples(
+        self,
+        records: list[dict[str, Any]],
+        build: Callable[[dict[str, Any]], Example],
+        audit: Callable[[list[Example], list[int]], MaskAudit],
+    ) -> None:
+        """The examples from the token cache, built into it first (`build`, checked by `audit`)
+        when it has none for these records, this tokenizer and these settings."""
         assert self.token_cache is not None
-        cfg, tokenizer = self.cfg, self.tokenizer
+        cfg = self.cfg
         shaping = {
             "strategy": cfg.strategy,
             "settings": cfg.strategy_settings().model_dump(mode="json"),
             "max_length": cfg.max_length,
             "assistant_turns": cfg.assistant_turns,
         }
-        key = token_cache.cache_key(checkpoint.records_digest(records), tokenizer, shaping)
-        build = self.strategy.build_example
+        # The records before train.assistant_turns splits them (the setting is in `shaping`).
+        key = token_cache.cache_key(self._digest(records), self.tokenizer, shaping)
 
         def examples() -> Iterator[tuple[int, Example]]:
             for r in records:
-                yield r["row"], build(r, tokenizer, cfg.max_length)
-
-        def audit(batch: list[Example], rows: list[int]) -> MaskAudit:
-            return audit_examples(batch, rows, end, cfg.max_length)
+                yield r["row"], build(r)
 
         with self._blame("build_example"):
             cached = token_cache.load_or_build(self.token_cache, key, examples, audit)
         self.examples, self.audit = cached.examples, cached.audit
         self.cache_state = "reused" if cached.hit else "built"
+
+    def _digest(self, records: list[dict[str, Any]]) -> str:
+        """The training records' hash (the token cache's and the checkpoints' key), computed
+        once: at a million rows it takes seconds."""
+        if self.data_digest is None:
+            self.data_digest = checkpoint.records_digest(records)
+        return self.data_digest
 
     def _setup_preference_examples(self, records: list[dict[str, Any]], kind: str | None) -> None:
         """Preference pairs or feedback, for a strategy that trains them: two examples a unit
@@ -466,7 +484,11 @@ class TrainingRun:
         """Continues from a matching checkpoint in `checkpoint_dir`, if there is one."""
         cfg = self.cfg
         self.root = Path(checkpoint_dir) if checkpoint_dir and cfg.checkpoint_every else None
-        self.key = checkpoint.ResumeKey.of(records, self.base_dir, cfg) if self.root else None
+        self.key = (
+            checkpoint.ResumeKey.of(self._digest(records), self.base_dir, cfg)
+            if self.root
+            else None
+        )
         self.state = checkpoint.LoopState()
         if self.root and self.key:
             found = _find_resumable(self.root, self.key, cfg.resume, self.lead, self.distributed)
@@ -563,7 +585,7 @@ class TrainingRun:
                 self.device,
                 self.world,
             )
-        self.step_stats = stats.values
+        self.step_stats = stats
         return loss, value
 
     def _log(self, step: int, loss_value: float, grad_norm: Any) -> None:
@@ -579,7 +601,7 @@ class TrainingRun:
                     "train.learning_rate": self.scheduler.get_last_lr()[0],
                     "train.grad_norm": float(grad_norm),
                     "train.tokens_per_second": tps,
-                    **getattr(self, "step_stats", {}),
+                    **self.step_stats,
                 },
             )
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -40,14 +39,6 @@ from tuneforge.prompts import end_of_turn_id
 
 Collate = Callable[[list[Example]], dict[str, Any]]
 REFERENCE_BATCH = 16  # units per forward pass while precomputing the reference
-
-
-@dataclass(frozen=True)
-class StepStats:
-    """What a step logs beside its loss: the implicit reward's accuracy and mean margin over
-    the global batch (pairs with a reference model), else the policy's own preference."""
-
-    values: dict[str, float]
 
 
 class PreferenceObjective:
@@ -108,10 +99,6 @@ class PreferenceObjective:
         other = {order[k]: order[(k + 1) % len(order)] for k in range(len(order))}
         return [mismatched(e, firsts[other[i]], self.max_length) for i, e in enumerate(firsts)]
 
-    @property
-    def precomputes_reference(self) -> bool:
-        return self.strategy.needs_reference and self.reference is None
-
     def precompute_reference(self, model: Any, collate: Collate, device: torch.device) -> None:
         """Every unit's reference log-probabilities, from `model` as it is now (the base),
         when the strategy needs a reference and the model has no adapters to switch off."""
@@ -142,9 +129,11 @@ class PreferenceObjective:
         collate: Collate,
         device: torch.device,
         world: int,
-    ) -> tuple[torch.Tensor, float, StepStats]:
+    ) -> tuple[torch.Tensor, float, dict[str, float]]:
         """The loss to backpropagate for this process's `units` (of `global_units` in the
-        global batch), its global mean for logging, and the step's reward statistics.
+        global batch), its global mean for logging, and what the step logs beside it: for
+        pairs, the policy's own preference accuracy and, with a reference, the implicit
+        reward's accuracy and mean margin, over the global batch.
 
         Under DDP each rank's loss is its units' sum over the global count, times the world
         size: DDP's gradient averaging then gives the gradient of the global mean."""
@@ -167,31 +156,27 @@ class PreferenceObjective:
                 + (", not depending on the trained weights" if detached else "")
             )
         local = losses.sum()
-        sums = torch.stack([local.detach().float(), *self._stats(logps)])
+        stats = self._stats(logps)
+        sums = torch.stack([local.detach().float(), *stats.values()])
         if world > 1:
             torch.distributed.all_reduce(sums)
-        total, *stats = (sums / global_units).tolist()
-        names = self._stat_names(reference is not None)
-        return local / global_units * world, total, StepStats(dict(zip(names, stats, strict=True)))
+        total, *means = (sums / global_units).tolist()
+        return local / global_units * world, total, dict(zip(stats, means, strict=True))
 
-    def _stats(self, logps: PreferenceLogps) -> list[torch.Tensor]:
-        """Summed per-unit statistics (the caller divides by the global unit count)."""
+    def _stats(self, logps: PreferenceLogps) -> dict[str, torch.Tensor]:
+        """Per-unit statistics summed over this process's units, by metric name (the caller
+        divides by the global unit count)."""
         if self.feedback:
-            return []
+            return {}
         with torch.no_grad():
             policy = logps.policy.detach()
-            stats = [(policy[:, 0] > policy[:, 1]).float().sum()]
+            stats = {"train.preference_accuracy": (policy[:, 0] > policy[:, 1]).float().sum()}
             if logps.reference is not None:
                 ratios = policy - logps.reference
                 margin = ratios[:, 0] - ratios[:, 1]
-                stats += [(margin > 0).float().sum(), margin.sum()]
+                stats["train.reward_accuracy"] = (margin > 0).float().sum()
+                stats["train.reward_margin"] = margin.sum()
         return stats
-
-    def _stat_names(self, with_reference: bool) -> list[str]:
-        if self.feedback:
-            return []
-        names = ["train.preference_accuracy"]
-        return names + (["train.reward_accuracy", "train.reward_margin"] if with_reference else [])
 
 
 def _on(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
