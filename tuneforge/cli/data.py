@@ -52,8 +52,8 @@ def validate(
 ) -> None:
     """Validate a dataset. Exit 0: all rows valid; 1: some quarantined; 2: unusable (no schema
     fits, a column nothing reads, every row rejected, or the file cannot be read)."""
-    from tuneforge.data.reading import DataLoadError, iter_rows
-    from tuneforge.data.validation import validate_source
+    from tuneforge.data.reading import DataLoadError
+    from tuneforge.data.validation import validate_path
     from tuneforge.data_schemas import SCHEMA_NAMES, SchemaError
     from tuneforge.jsonl import iter_jsonl
 
@@ -64,12 +64,13 @@ def validate(
     # Streamed: read once (twice only if its first rows cannot tell the schema), never whole.
     with tempfile.TemporaryDirectory(prefix="tuneforge-validate-") as tmp:
         try:
-            report = validate_source(
-                lambda: iter_rows(data, format_, hf_split),
+            report = validate_path(
+                data,
                 max_chars,
                 Path(tmp, "valid.jsonl"),
                 partial,
-                data,
+                format_,
+                hf_split,
                 schema,
                 _column_map(column),
                 ignore or [],

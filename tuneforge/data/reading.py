@@ -188,6 +188,22 @@ def parse_json(text: str, max_depth: int = MAX_DEPTH) -> Any:
     return value
 
 
+def jsonl_row(lineno: int, line: str) -> RawRow | None:
+    """One JSONL line (its line ending included or not) as a row, or None when it is blank."""
+    # A BOM mid-file comes from concatenating files that each had one; never data.
+    line = line.removesuffix("\n").removesuffix("\r").removeprefix("\ufeff")
+    if not line.strip():
+        return None
+    try:
+        value = parse_json(line)
+    except ValueError as exc:
+        return RawRow(lineno, None, raw=line, parse_error=str(exc))
+    if not isinstance(value, dict):
+        error = f"not a JSON object (got {type(value).__name__})"
+        return RawRow(lineno, None, raw=line, parse_error=error)
+    return RawRow(lineno, value)
+
+
 def _iter_jsonl(path: Path) -> Iterator[RawRow]:
     parsed = blank = True  # no line yet: parsed=no line parsed; blank=nothing but blanks
     first_error: RawRow | None = None
@@ -195,21 +211,10 @@ def _iter_jsonl(path: Path) -> Iterator[RawRow]:
     # strings, and are not line breaks here.
     with _open_text(path, newline="\n") as text:
         for lineno, line in enumerate(text, start=1):
-            # A BOM mid-file comes from concatenating files that each had one; never data.
-            line = line.removesuffix("\n").removesuffix("\r").removeprefix("\ufeff")
-            if not line.strip():
+            row = jsonl_row(lineno, line)
+            if row is None:
                 continue  # blank lines hold no data; numbering still follows the file
             blank = False
-            try:
-                value = parse_json(line)
-            except ValueError as exc:
-                row = RawRow(lineno, None, raw=line, parse_error=str(exc))
-            else:
-                if isinstance(value, dict):
-                    row = RawRow(lineno, value)
-                else:
-                    error = f"not a JSON object (got {type(value).__name__})"
-                    row = RawRow(lineno, None, raw=line, parse_error=error)
             if row.record is None:
                 first_error = first_error or row
             else:
@@ -313,6 +318,11 @@ def _csv_row(row: int, header: list[str], cells: list[str]) -> RawRow:
     return RawRow(row, {k: (v if v != "" else None) for k, v in zip(header, cells, strict=True)})
 
 
+def parquet_row(row: int, rec: dict[str, Any]) -> RawRow:
+    """One Parquet row (pyarrow's `to_pylist` of it) as a row of plain values."""
+    return RawRow(row, {str(k): _plain(v) for k, v in rec.items()})
+
+
 def _iter_parquet(path: Path) -> Iterator[RawRow]:
     """Read in Arrow record batches: memory holds one batch, not the file."""
     import pyarrow.parquet as pq
@@ -330,7 +340,7 @@ def _iter_parquet(path: Path) -> Iterator[RawRow]:
         for batch in parquet.iter_batches(batch_size=4096):
             for rec in batch.to_pylist():
                 row += 1
-                yield RawRow(row, {str(k): _plain(v) for k, v in rec.items()})
+                yield parquet_row(row, rec)
     except DataLoadError:
         raise
     except Exception as exc:  # a corrupt page midway

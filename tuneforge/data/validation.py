@@ -38,10 +38,14 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pandera.pandas as pa
+import pyarrow
 
-from tuneforge.data.reading import Columns, RawRow, parse_json
+from tuneforge.data import columnar
+from tuneforge.data.columnar import Chunk
+from tuneforge.data.reading import Columns, RawRow, detect_format, iter_rows, parse_json
 from tuneforge.data_schemas import SCHEMAS, ColumnMap, SchemaError, convert_turns, resolve_columns
 from tuneforge.jsonl import JsonlWriter
 from tuneforge.records import canonical_record
@@ -61,6 +65,7 @@ __all__ = [
     "column_stats",
     "resolve_rows",
     "validate_file",
+    "validate_path",
     "validate_rows",
     "validate_source",
 ]
@@ -384,48 +389,153 @@ def _failure_reasons(
     return reasons
 
 
-def _duplicate_key(record: dict[str, Any]) -> bytes:
-    # A digest, not the content: memory per valid row stays 16 bytes however long the rows.
-    # Each field is prefixed by its length: no two different records spell the same string.
-    if "text" in record:
-        content = f"text:{len(record['text'])}:{record['text']}"
-    else:  # canonical turns hold exactly role and content
-        content = "".join(
-            f"{m['role']}:{len(m['content'])}:{m['content']}" for m in record["messages"]
+class SeenKeys:
+    """The first row of each record content kept so far, by a 128-bit digest of it: 24 bytes
+    a row in three sorted arrays (a dict of digests takes ~150 bytes a row, 1.5 GB at 10M)."""
+
+    def __init__(self) -> None:
+        self.hi = np.empty(0, np.uint64)
+        self.lo = np.empty(0, np.uint64)
+        self.row = np.empty(0, np.int64)
+
+    def first_rows(self, rows: np.ndarray, digests: np.ndarray) -> np.ndarray:
+        """For each candidate (row number, digest), the earlier row it repeats, or 0 when it
+        is the first of its content (and is remembered)."""
+        if not len(rows):
+            return np.zeros(0, np.int64)
+        order = np.lexsort((rows, digests[:, 1], digests[:, 0]))
+        hi, lo, row = digests[order, 0], digests[order, 1], rows[order]
+        new = np.ones(len(rows), bool)
+        new[1:] = (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])
+        leaders = np.flatnonzero(new)  # the lowest row of each content in this batch
+        earlier = self._lookup(hi[leaders], lo[leaders])
+        first = np.where(earlier > 0, earlier, row[leaders])[np.cumsum(new) - 1]
+        fresh = leaders[earlier == 0]
+        first[fresh] = 0
+        result = np.empty(len(rows), np.int64)
+        result[order] = first
+        at = np.searchsorted(self.hi, hi[fresh])
+        self.hi = np.insert(self.hi, at, hi[fresh])
+        self.lo = np.insert(self.lo, at, lo[fresh])
+        self.row = np.insert(self.row, at, row[fresh])
+        return result
+
+    def _lookup(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+        found = np.zeros(len(hi), np.int64)
+        at = np.searchsorted(self.hi, hi)
+        for i in np.flatnonzero(at < len(self.hi)):
+            j = at[i]
+            while j < len(self.hi) and self.hi[j] == hi[i]:  # the same high half: rarely two
+                if self.lo[j] == lo[i]:
+                    found[i] = self.row[j]
+                    break
+                j += 1
+        return found
+
+
+def _content(record: dict[str, Any]) -> str:
+    """What makes two records the same row: everything but the row number and the task
+    (`columnar.accept` writes the same JSON for the rows it accepts)."""
+    rest = {k: v for k, v in record.items() if k not in ("row", "task")}
+    return json.dumps(rest, ensure_ascii=False, default=str)
+
+
+def _line(record: dict[str, Any]) -> str:
+    return json.dumps(record, ensure_ascii=False, default=str) + "\n"  # as JsonlWriter writes
+
+
+@dataclass
+class _Rules:
+    """One file's rules, built once: its ColumnMap, the row-by-row reader and pandera schema,
+    and the contents kept so far (duplicates are found across the whole file)."""
+
+    cmap: ColumnMap
+    max_chars: int
+    seen: SeenKeys = field(default_factory=SeenKeys)
+
+    def __post_init__(self) -> None:
+        self.schema = build_schema(self.max_chars, self.cmap)
+        self.read = _reader(self.cmap)
+        self.kind = _kind(self.cmap)
+
+    def task_ok(self, value: str) -> bool:
+        return bool(value.strip()) and len(value) <= self.max_chars and _is_family_name(value)
+
+
+@dataclass
+class _Verdicts:
+    """One chunk's verdicts: the valid records as JSON lines and the quarantine entries,
+    each in row order."""
+
+    lines: pyarrow.Array  # string, one line (ending in a newline) per valid row
+    quarantine: list[dict[str, Any]]
+
+
+def _judge(chunk: Chunk, rules: _Rules | None) -> _Verdicts:
+    """Every row of the chunk judged: the rows `columnar.accept` certainly passes at column
+    speed, the rest by the exact rules; then duplicates, in row order, across both."""
+    empty = pyarrow.array([], pyarrow.string())
+    if rules is None:  # no row parsed anywhere: every row is a parse error
+        entries = [{"row": r.row, "reason": r.parse_error, "record": r.raw} for r in chunk.others]
+        return _Verdicts(empty, entries)
+    accepted = columnar.accept(
+        chunk.table,
+        chunk.rows,
+        rules.cmap,
+        rules.kind,
+        rules.max_chars,
+        rules.task_ok,
+    )
+    set_aside = [chunk.raw_row(int(i)) for i in np.flatnonzero(~accepted.mask)]
+    exact = sorted(chunk.others + set_aside, key=lambda r: r.row)
+    quarantine, records = [], []
+    for r, record, entry in _judge_rows(exact, rules):
+        if entry is not None:
+            quarantine.append(entry)
+        else:
+            records.append((r, record))
+    fast_rows = np.flatnonzero(accepted.mask)
+    rows = np.concatenate([chunk.rows[fast_rows], [r.row for r, _ in records]]).astype(np.int64)
+    contents = accepted.contents.cast(pyarrow.binary()).to_pylist()
+    contents += [_content(rec).encode("utf-8") for _, rec in records]
+    repeats = rules.seen.first_rows(rows, columnar.content_digests(contents))
+    for i in np.flatnonzero(repeats):
+        raw = (
+            chunk.raw_row(int(fast_rows[i]))
+            if i < len(fast_rows)
+            else records[i - len(fast_rows)][0]
         )
-        # Pairs with the same chosen answer and different rejected ones are different rows.
-        if "rejected" in record:
-            content += f"rejected:{len(record['rejected'])}:{record['rejected']}"
-        if "label" in record:
-            content += f"label:{record['label']}"
-    data = content.encode("utf-8", "surrogatepass")
-    return hashlib.blake2b(data, digest_size=16).digest()
+        quarantine.append(
+            {"row": raw.row, "reason": f"duplicate of row {repeats[i]}", "record": raw.record}
+        )
+    lines = pyarrow.concat_arrays(
+        [accepted.lines, pyarrow.array([_line(rec) for _, rec in records], pyarrow.string())]
+    )
+    order = np.argsort(rows, kind="stable")
+    lines = lines.take(pyarrow.array(order[repeats[order] == 0]))
+    quarantine.sort(key=lambda e: e["row"])
+    return _Verdicts(lines, quarantine)
 
 
-Verdict = tuple[dict[str, Any] | None, dict[str, Any] | None]  # (valid record, quarantine entry)
-
-
-def _judge_chunk(
-    chunk: list[RawRow],
-    cmap: ColumnMap | None,
-    read: Reader | None,
-    schema: pa.DataFrameSchema | None,
-    seen: dict[bytes, int],
-) -> list[Verdict]:
-    """Each row's verdict, in row order."""
+def _judge_rows(
+    chunk: list[RawRow], rules: _Rules
+) -> list[tuple[RawRow, dict[str, Any] | None, dict[str, Any] | None]]:
+    """Each row by the exact rules (pandera over the chunk): `(row, canonical record, None)`
+    or `(row, None, quarantine entry)`, duplicates not yet looked for."""
+    cmap = rules.cmap
+    judged: list[tuple[RawRow, dict[str, Any] | None, dict[str, Any] | None]] = []
     checked: list[tuple[int, RawRow, dict[str, Any]]] = []
-    verdicts: list[Verdict] = [(None, None)] * len(chunk)
-    for i, r in enumerate(chunk):
+    for r in chunk:
         if r.record is None:
-            verdicts[i] = (None, {"row": r.row, "reason": r.parse_error, "record": r.raw})
+            judged.append((r, None, {"row": r.row, "reason": r.parse_error, "record": r.raw}))
             continue
-        assert read is not None and cmap is not None  # a parsed row: the file has columns
-        fields, reason = read(r.record)
+        fields, reason = rules.read(r.record)
         reason = reason or _not_unicode(fields, cmap)
         if reason:
-            verdicts[i] = (None, {"row": r.row, "reason": reason, "record": r.record})
+            judged.append((r, None, {"row": r.row, "reason": reason, "record": r.record}))
         else:
-            checked.append((i, r, fields))
+            judged.append((r, None, None))
+            checked.append((len(judged) - 1, r, fields))
     reasons: dict[int, list[str]] = {}
     if checked:
         frame = pd.DataFrame(
@@ -434,31 +544,34 @@ def _judge_chunk(
                 for name in checked[0][2]
             }
         )
-        reasons = _failure_reasons(schema, frame, cmap)
+        reasons = _failure_reasons(rules.schema, frame, cmap)
     for position, (i, r, fields) in enumerate(checked):
         if position in reasons:
             entry = {"row": r.row, "reason": "; ".join(reasons[position]), "record": r.record}
-            verdicts[i] = (None, entry)
-            continue
-        record = canonical_record(r.row, fields)
-        key = _duplicate_key(record)
-        if key in seen:
-            entry = {"row": r.row, "reason": f"duplicate of row {seen[key]}", "record": r.record}
-            verdicts[i] = (None, entry)
-            continue
-        seen[key] = r.row
-        verdicts[i] = (record, None)
-    return verdicts
+            judged[i] = (r, None, entry)
+        else:
+            judged[i] = (r, canonical_record(r.row, fields), None)
+    return judged
 
 
-def judge_rows(rows: Iterable[RawRow], max_chars: int, cmap: ColumnMap | None) -> Iterator[Verdict]:
-    """Every row's verdict, in row order: `(record, None)` or `(None, quarantine entry)`."""
-    schema = build_schema(max_chars, cmap) if cmap is not None else None
-    read = _reader(cmap) if cmap is not None else None
-    seen: dict[bytes, int] = {}
+def _row_chunks(rows: Iterable[RawRow]) -> Iterator[Chunk]:
+    """Rows from a row reader as chunks of `CHUNK` (nothing for Arrow to parse)."""
     rows = iter(rows)
     while chunk := list(islice(rows, CHUNK)):
-        yield from _judge_chunk(chunk, cmap, read, schema, seen)
+        yield Chunk(pyarrow.table({}), np.empty(0, np.int64), chunk, _no_row)
+
+
+def _no_row(i: int) -> RawRow:
+    raise IndexError(i)  # a row-reader chunk has no Arrow rows
+
+
+def _tally(columns: Columns, chunk: Chunk) -> None:
+    for r in chunk.others:
+        columns.add(r)
+    columns.rows += chunk.table.num_rows
+    columns.parsed += chunk.table.num_rows
+    for name, count in chunk.counts.items():
+        columns.found[name] = columns.found.get(name, 0) + count
 
 
 def validate_rows(
@@ -472,13 +585,13 @@ def validate_rows(
     raises `SchemaError` when it cannot be."""
     if cmap is None:
         cmap = resolve_rows(rows, source)
+    rules = _Rules(cmap, max_chars) if cmap is not None else None
     valid: list[dict[str, Any]] = []
     quarantine: list[dict[str, Any]] = []
-    for record, entry in judge_rows(rows, max_chars, cmap):
-        if record is not None:
-            valid.append(record)
-        else:
-            quarantine.append(entry)
+    for chunk in _row_chunks(rows):
+        verdicts = _judge(chunk, rules)
+        valid += [json.loads(line) for line in verdicts.lines.to_pylist()]
+        quarantine += verdicts.quarantine
     return valid, quarantine
 
 
@@ -488,6 +601,61 @@ def _sha256(path: Path) -> str:
         while block := f.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
+
+
+class _Outputs:
+    """The valid and quarantine files, written chunk by chunk; the counts so far."""
+
+    def __init__(self, valid_path: Path, quarantine_path: Path) -> None:
+        self.valid_path, self.quarantine_path = valid_path, quarantine_path
+        valid_path.parent.mkdir(parents=True, exist_ok=True)
+        self._good = valid_path.open("wb")
+        self._bad = JsonlWriter(quarantine_path)
+        self.total = self.valid = 0
+
+    def write(self, verdicts: _Verdicts) -> None:
+        lines = verdicts.lines
+        if len(lines):
+            offsets = np.frombuffer(lines.buffers()[1], np.int32, len(lines) + 1, lines.offset)
+            data = memoryview(lines.buffers()[2])[offsets[0] : offsets[-1]]
+            self._good.write(data)
+        for entry in verdicts.quarantine:
+            self._bad.write(entry)
+        self.valid += len(lines)
+        self.total += len(lines) + len(verdicts.quarantine)
+
+    def close(self) -> None:
+        self._good.close()
+        self._bad.__exit__(None, None, None)
+
+    def report(self, cmap: ColumnMap | None) -> ValidationReport:
+        return ValidationReport(
+            total=self.total,
+            valid=self.valid,
+            rejected=self.total - self.valid,
+            valid_path=str(self.valid_path),
+            quarantine_path=str(self.quarantine_path),
+            fingerprint=_sha256(self.valid_path)[:16],
+            schema=cmap.schema if cmap else "none",
+            columns=cmap.columns if cmap else {},
+        )
+
+
+def _validate_chunks(
+    chunks: Callable[[], Iterable[Chunk]],
+    max_chars: int,
+    valid_path: Path,
+    quarantine_path: Path,
+    cmap: ColumnMap | None,
+) -> ValidationReport:
+    rules = _Rules(cmap, max_chars) if cmap is not None else None
+    outputs = _Outputs(valid_path, quarantine_path)
+    try:
+        for chunk in chunks():
+            outputs.write(_judge(chunk, rules))
+    finally:
+        outputs.close()
+    return outputs.report(cmap)
 
 
 def validate_file(
@@ -504,24 +672,8 @@ def validate_file(
     fresh = rows if callable(rows) else lambda: rows
     if cmap is None:
         cmap = resolve_rows(fresh(), source)
-    total = valid = 0
-    with JsonlWriter(valid_path) as good, JsonlWriter(quarantine_path) as bad:
-        for record, entry in judge_rows(fresh(), max_chars, cmap):
-            total += 1
-            if record is not None:
-                valid += 1
-                good.write(record)
-            else:
-                bad.write(entry)
-    return ValidationReport(
-        total=total,
-        valid=valid,
-        rejected=total - valid,
-        valid_path=str(valid_path),
-        quarantine_path=str(quarantine_path),
-        fingerprint=_sha256(valid_path)[:16],
-        schema=cmap.schema if cmap else "none",
-        columns=cmap.columns if cmap else {},
+    return _validate_chunks(
+        lambda: _row_chunks(fresh()), max_chars, valid_path, quarantine_path, cmap
     )
 
 
@@ -542,23 +694,68 @@ def validate_source(
     columns: dict[str, str] | None = None,
     ignore: Iterable[str] = (),
 ) -> ValidationReport:
-    """`validate_file` of rows straight from their source, reading it once in the usual case:
-    each chunk is judged under the schema decided from the columns of every row read so far,
-    which only grows by optional columns seen for the first time. Should a later chunk change
-    that decision (or leave none), the source is read again under the decision all its
-    columns give, or its `SchemaError` raised: the verdicts are always those of that one."""
+    """`validate_file` of rows straight from their source, reading it once in the usual case
+    (see `_settled_pass`)."""
+    chunks = lambda: _row_chunks(rows())  # noqa: E731
+    return _settled_pass(
+        chunks, max_chars, valid_path, quarantine_path, source, schema, columns, ignore
+    )
+
+
+def validate_path(
+    source: str,
+    max_chars: int,
+    valid_path: Path,
+    quarantine_path: Path,
+    fmt: str = "auto",
+    hf_split: str = "train",
+    schema: str = "auto",
+    columns: dict[str, str] | None = None,
+    ignore: Iterable[str] = (),
+    columnar_reading: bool = True,
+) -> ValidationReport:
+    """`validate_source` of a data source by name. JSONL and Parquet files are read straight
+    into Arrow and their plain rows accepted at column speed (`tuneforge.data.columnar`);
+    the verdicts are the row reader's, only sooner. `columnar_reading=False` reads row by row
+    (the tests compare the two)."""
+    fmt = detect_format(source, fmt)
+    args = (max_chars, valid_path, quarantine_path, source, schema, columns, ignore)
+    if columnar_reading and fmt in ("jsonl", "parquet"):
+        try:
+            return _settled_pass(
+                lambda: columnar.read_chunks(Path(source), fmt), *args, exact_errors=True
+            )
+        except columnar.NotColumnar:
+            pass  # the whole file's trouble: the row reader reads it and says what it is
+    return validate_source(lambda: iter_rows(source, fmt, hf_split), *args)
+
+
+def _settled_pass(
+    chunks: Callable[[], Iterable[Chunk]],
+    max_chars: int,
+    valid_path: Path,
+    quarantine_path: Path,
+    source: str,
+    schema: str = "auto",
+    columns: dict[str, str] | None = None,
+    ignore: Iterable[str] = (),
+    exact_errors: bool = False,
+) -> ValidationReport:
+    """Each chunk is judged under the schema decided from the columns of every row read so
+    far, which only grows by optional columns seen for the first time. Should a later chunk
+    change that decision (or leave none), the source is read again under the decision all its
+    columns give, or its `SchemaError` raised: the verdicts are always those of that one.
+    `exact_errors`: the counts of a columnar tally are approximate (a key holding null is not
+    counted), so a `SchemaError`, whose message shows counts, is `NotColumnar` instead."""
     ignore = tuple(ignore)
     tally = Columns()
     cmap: ColumnMap | None = None
-    schema_check = read = None
-    seen: dict[bytes, int] = {}
-    total = valid = 0
+    rules: _Rules | None = None
     settled = True
-    it = iter(rows())
-    with JsonlWriter(valid_path) as good, JsonlWriter(quarantine_path) as bad:
-        while chunk := list(islice(it, CHUNK)):
-            for r in chunk:
-                tally.add(r)
+    outputs = _Outputs(valid_path, quarantine_path)
+    try:
+        for chunk in chunks():
+            _tally(tally, chunk)
             if settled:
                 try:
                     now = resolve_rows(tally, source, schema, columns, ignore)
@@ -569,29 +766,22 @@ def validate_source(
                     settled = False
             if not settled:
                 continue
-            if now is not None and now != cmap:
+            if now is not None and now != cmap:  # the rows kept so far stay kept
                 cmap = now
-                schema_check, read = build_schema(max_chars, cmap), _reader(cmap)
-            for record, entry in _judge_chunk(chunk, cmap, read, schema_check, seen):
-                total += 1
-                if record is not None:
-                    valid += 1
-                    good.write(record)
-                else:
-                    bad.write(entry)
-    if not settled:  # rare: the first rows did not tell; the whole file does (or raises)
+                rules = _Rules(cmap, max_chars, rules.seen if rules else SeenKeys())
+            outputs.write(_judge(chunk, rules))
+    finally:
+        outputs.close()
+    if settled:
+        return outputs.report(cmap)
+    # Rare: the first rows did not tell; the whole file does (or raises).
+    try:
         final = resolve_rows(tally, source, schema, columns, ignore)
-        return validate_file(rows, max_chars, valid_path, quarantine_path, final, source)
-    return ValidationReport(
-        total=total,
-        valid=valid,
-        rejected=total - valid,
-        valid_path=str(valid_path),
-        quarantine_path=str(quarantine_path),
-        fingerprint=_sha256(valid_path)[:16],
-        schema=cmap.schema if cmap else "none",
-        columns=cmap.columns if cmap else {},
-    )
+    except SchemaError:
+        if exact_errors:
+            raise columnar.NotColumnar(source) from None
+        raise
+    return _validate_chunks(chunks, max_chars, valid_path, quarantine_path, final)
 
 
 def check_rejected_fraction(report: ValidationReport, limit: float, source: str) -> None:
