@@ -1,12 +1,13 @@
 """Data validation: throughput and peak memory of `tuneforge validate` on a generated JSONL file.
 
-    .venv/bin/python -m benchmarks.validation [ROWS] [--size-mb MB] [--profile]
+    .venv/bin/python -m benchmarks.validation [ROWS] [--size-mb MB] [--row-path] [--profile]
 
 Writes a JSONL file of ROWS rows like the bundled data (default 1,000,000), or of about MB
 megabytes with `--size-mb` (each row padded to fit), then runs the real command on it in a
 fresh process: `python -m tuneforge.cli validate FILE --json`. Prints one JSON line: rows,
-file size; what the `validate_dataset` task does on the loaded rows, timed in this process
-(`seconds`, `rows_per_second`, `read_seconds`: one pass over the loaded rows); and the whole
+file size; what the `validate_dataset` task does on the file, timed in this process
+(`seconds`, `rows_per_second`; with `--row-path` also `row_path_*`, the same file read and
+judged row by row, as before the columnar reader); and the whole
 command (`command_seconds`, `command_rows_per_second`, `peak_rss_mb`: the kernel's count for
 that process, from wait4). `--profile` instead profiles `validate_file` in this process (cProfile
 slows it down: not the throughput to report).
@@ -78,38 +79,30 @@ def run_command(path: Path, quarantine: Path) -> dict[str, object]:
     }
 
 
-def validate_task(path: Path, tmp: Path) -> dict[str, object]:
-    """What the `validate_dataset` task does, in this process, on the rows `load_dataset`
-    wrote: read them (streamed), validate, write valid and quarantine files. Seconds."""
-    from tuneforge.data.reading import iter_raw_rows, iter_rows, write_raw_rows
-    from tuneforge.data.validation import resolve_rows, validate_file
+def validate_task(path: Path, tmp: Path, columnar_reading: bool) -> dict[str, object]:
+    """What the `validate_dataset` task does, in this process: read the file, validate, write
+    valid and quarantine files (columnar, or row by row). Seconds."""
+    from tuneforge.data.validation import validate_path
 
-    loaded = tmp / "loaded.jsonl"
-    columns = write_raw_rows(iter_rows(str(path)), loaded)
     started = time.perf_counter()
-    for _ in iter_raw_rows(loaded):
-        pass
-    read_s = time.perf_counter() - started
-    started = time.perf_counter()
-    cmap = resolve_rows(columns, str(path))
-    rows = lambda: iter_raw_rows(loaded)  # noqa: E731
-    validate_file(rows, 2000, tmp / "valid.jsonl", tmp / "task-quarantine.jsonl", cmap)
+    report = validate_path(
+        str(path),
+        2000,
+        tmp / "valid.jsonl",
+        tmp / "task-quarantine.jsonl",
+        columnar_reading=columnar_reading,
+    )
     seconds = time.perf_counter() - started
-    return {
-        "seconds": round(seconds, 1),
-        "read_seconds": round(read_s, 1),
-        "rows_per_second": round(columns.rows / seconds),
-    }
+    return {"seconds": round(seconds, 1), "rows_per_second": round(report.total / seconds)}
 
 
 def profile(path: Path) -> str:
-    from tuneforge.data.reading import iter_rows
-    from tuneforge.data.validation import validate_file
+    from tuneforge.data.validation import validate_path
 
     profiler = cProfile.Profile()
     with tempfile.TemporaryDirectory() as tmp:
         profiler.enable()
-        validate_file(lambda: iter_rows(str(path)), 2000, Path(tmp, "v"), Path(tmp, "q"))
+        validate_path(str(path), 2000, Path(tmp, "v"), Path(tmp, "q"))
         profiler.disable()
     text = io.StringIO()
     pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(25)
@@ -150,7 +143,10 @@ def main(argv: list[str]) -> None:
             return
         result = {"rows": rows, "file_mb": round(path.stat().st_size / 2**20)}
         if not os.environ.get("TUNEFORGE_SOURCE"):
-            result |= validate_task(path, Path(tmp))
+            result |= validate_task(path, Path(tmp), columnar_reading=True)
+            if "--row-path" in argv:  # the row-by-row path on the same file, for comparison
+                rows_only = validate_task(path, Path(tmp), columnar_reading=False)
+                result |= {f"row_path_{k}": v for k, v in rows_only.items()}
         command = run_command(path, Path(tmp, "quarantine.jsonl"))
         result |= {f"command_{k}" if k in ("seconds", "exit") else k: v for k, v in command.items()}
         result["command_rows_per_second"] = round(rows / command["seconds"])

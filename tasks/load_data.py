@@ -1,5 +1,6 @@
-"""The `load_dataset` task: a run's data source read into numbered raw rows in its run directory
-(the readers are `tuneforge.data.reading`)."""
+"""The `load_dataset` task: a run's data source copied into its run directory
+(`tuneforge.data.reading.snapshot`), so that what the run validates and trains on stays what
+it was when the run began."""
 
 from __future__ import annotations
 
@@ -8,14 +9,13 @@ from pathlib import Path
 from prefect import task
 
 from tuneforge.config import DataConfig
-from tuneforge.data.reading import iter_rows, write_raw_rows
+from tuneforge.data.reading import snapshot
 from tuneforge.run_context import RunContext
 
 
 @task(name="load_dataset")
 def load_dataset(*, data: DataConfig, ctx: RunContext) -> str:
-    """Reads `data.path` and stores its numbered rows as `data/loaded.jsonl` in the run
-    directory; returns that path."""
-    path = Path(ctx.path("data", "loaded.jsonl"))
-    write_raw_rows(iter_rows(data.path, data.format, data.hf_split), path)
-    return str(path)
+    """Copies `data.path` into the run directory as `data/source.<format>` (a `datasets`
+    split as Parquet); returns that path. Rows are read, and judged, by `validate_dataset`."""
+    directory = Path(ctx.path("data"))
+    return str(snapshot(data.path, data.format, data.hf_split, directory, data.hf_streaming))

@@ -14,7 +14,7 @@ from prefect import task
 
 from tuneforge import lineage
 from tuneforge.config import DataConfig
-from tuneforge.data.splitting import split_records
+from tuneforge.data.splitting import split_file
 from tuneforge.jsonl import read_jsonl, write_jsonl
 from tuneforge.run_context import RunContext
 from tuneforge.tracking import MetricLogger
@@ -32,19 +32,19 @@ class SplitPaths:
 def split_dataset(*, valid_path: str, data: DataConfig) -> SplitPaths:
     """Writes `train.jsonl` and `eval.jsonl` beside the valid records (`data.eval_fraction`,
     `data.seed`, whole `data.holdout_tasks` families to eval)."""
-    records = read_jsonl(valid_path)
-    train, evaluation = split_records(records, data.eval_fraction, data.seed, data.holdout_tasks)
-    if not train or not evaluation:
-        raise ValueError(
-            f"{valid_path}: split of {len(records)} valid rows left train={len(train)}, "
-            f"eval={len(evaluation)}; adjust data.eval_fraction or data.holdout_tasks"
-        )
     out = Path(valid_path).parent
-    write_jsonl(train, out / "train.jsonl")
-    write_jsonl(evaluation, out / "eval.jsonl")
-    return SplitPaths(
-        str(out / "train.jsonl"), str(out / "eval.jsonl"), len(train), len(evaluation)
+    train, evaluation = out / "train.jsonl", out / "eval.jsonl"
+    n_train, n_eval = split_file(
+        Path(valid_path), train, evaluation, data.eval_fraction, data.seed, data.holdout_tasks
     )
+    if not n_train or not n_eval:
+        train.unlink()
+        evaluation.unlink()
+        raise ValueError(
+            f"{valid_path}: split of {n_train + n_eval} valid rows left train={n_train}, "
+            f"eval={n_eval}; adjust data.eval_fraction or data.holdout_tasks"
+        )
+    return SplitPaths(str(train), str(evaluation), n_train, n_eval)
 
 
 @task(name="replay_parent_data")

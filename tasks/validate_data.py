@@ -1,5 +1,6 @@
-"""The `validate_dataset` task: a run's loaded rows validated (`tuneforge.data.validation`),
-bad ones quarantined, the counts, schema and data fingerprint logged to the MLflow run."""
+"""The `validate_dataset` task: a run's copy of its data validated
+(`tuneforge.data.validation`), bad rows quarantined, the counts, schema and data fingerprint
+logged to the MLflow run."""
 
 from __future__ import annotations
 
@@ -9,31 +10,28 @@ from prefect import task
 
 from tuneforge import lineage
 from tuneforge.config import DataConfig
-from tuneforge.data.reading import iter_raw_rows, read_columns
-from tuneforge.data.validation import (
-    ValidationReport,
-    check_rejected_fraction,
-    resolve_rows,
-    validate_file,
-)
+from tuneforge.data.validation import ValidationReport, check_rejected_fraction, validate_path
 from tuneforge.run_context import RunContext
 
 
 @task(name="validate_dataset")
 def validate_dataset(*, loaded_path: str, data: DataConfig, ctx: RunContext) -> ValidationReport:
-    """Matches the loaded rows to `data.schema` / `data.columns`, validates them, writes
-    `valid.jsonl` and `quarantine.jsonl` beside them, logs the counts, the schema (and the
-    quarantine file) to MLflow, and fails when the rejected share is above
-    `data.max_rejected_fraction`."""
+    """Matches the run's copy of the data (`load_dataset`) to `data.schema` / `data.columns`,
+    validates it, writes `valid.jsonl` and `quarantine.jsonl` beside it, logs the counts, the
+    schema (and the quarantine file) to MLflow, and fails when the rejected share is above
+    `data.max_rejected_fraction`. Errors name `data.path`, not the copy."""
     from tuneforge.tracking import MetricLogger
 
-    loaded = Path(loaded_path)
-    rows = lambda: iter_raw_rows(loaded)  # noqa: E731 - streamed, never held whole
-    found = read_columns(loaded)
-    cmap = resolve_rows(found, data.path, data.schema_, data.columns, data.ignore_columns)
-    out = loaded.parent
-    report = validate_file(
-        rows, data.max_chars, out / "valid.jsonl", out / "quarantine.jsonl", cmap, data.path
+    out = Path(loaded_path).parent
+    report = validate_path(
+        loaded_path,
+        data.max_chars,
+        out / "valid.jsonl",
+        out / "quarantine.jsonl",
+        schema=data.schema_,
+        columns=data.columns,
+        ignore=data.ignore_columns,
+        name=data.path,
     )
     metrics = MetricLogger(ctx.tracking_uri, ctx.run_id)
     counts = {"total": report.total, "valid": report.valid, "rejected": report.rejected}

@@ -144,6 +144,14 @@ class DataConfig(Strict):
         min_length=1,
         description="The split of a Hugging Face dataset to read (format hf); files have none.",
     )
+    hf_streaming: bool = not_shaping(
+        False,
+        description=(
+            "Read a Hugging Face dataset as a stream (format hf): rows are copied into the run "
+            "a batch at a time, never downloaded or held whole first. For datasets larger than "
+            "the disk's cache or memory; a saved dataset directory is memory-mapped either way."
+        ),
+    )
     schema_: DatasetSchema = Field(
         "auto",
         alias="schema",

@@ -17,6 +17,16 @@ def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
                 yield json.loads(line)
 
 
+def read_jsonl_sample(path: str | Path, at_most: int) -> list[dict[str, Any]]:
+    """At most `at_most` objects spread evenly over the file (every k-th line from the first):
+    all of them when it has no more lines than that."""
+    with Path(path).open("rb") as f:
+        lines = sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
+    step = max(1, -(-lines // at_most))
+    with Path(path).open(encoding="utf-8") as f:
+        return [json.loads(line) for i, line in enumerate(f) if i % step == 0 and line.strip()]
+
+
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """Every object in the file, blank lines skipped."""
     return list(iter_jsonl(path))

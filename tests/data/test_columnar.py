@@ -55,8 +55,18 @@ def _same_both_ways(path: Path, tmp: Path, **options) -> tuple:
     return fast
 
 
+def _json(row: object) -> str:
+    """Non-ASCII as itself, unless the row holds a lone surrogate: then escaped (as `\\ud800`)."""
+    line = json.dumps(row, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(row)
+    return line
+
+
 def _jsonl(tmp_path: Path, *rows: object) -> Path:
-    lines = [r if isinstance(r, str) else json.dumps(r, ensure_ascii=False) for r in rows]
+    lines = [r if isinstance(r, str) else _json(r) for r in rows]
     path = tmp_path / "data.jsonl"
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return path

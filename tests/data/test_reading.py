@@ -4,6 +4,7 @@ row numbering, and unusable sources."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,10 +14,8 @@ from tuneforge.data.reading import (
     DataLoadError,
     RawRow,
     detect_format,
-    iter_raw_rows,
     parse_json,
     read_rows,
-    write_raw_rows,
 )
 from tuneforge.run_context import RunContext
 from tuneforge.tasks.load_data import load_dataset
@@ -166,7 +165,7 @@ def test_parquet_list_of_dicts_messages_become_plain_python(tmp_path):
         "messages": None,
         "task": "greet",
     }
-    json.dumps([r.record for r in rows])  # the rows must be JSON-able for write_raw_rows
+    json.dumps([r.record for r in rows])  # the rows are JSON-able
 
 
 def test_parquet_unreadable_or_empty_raises(tmp_path):
@@ -278,14 +277,32 @@ def test_file_with_only_bom_or_unicode_whitespace_is_empty(tmp_path, content):
 # The Prefect task: rows survive the hand-off file
 
 
-def test_load_dataset_task_round_trips_rows_including_parse_errors(tmp_path):
-    source = FIXTURES / "bad_rows.jsonl"
-
+def test_load_dataset_task_copies_the_source_into_the_run(tmp_path):
+    source = tmp_path / "rows.jsonl"
+    shutil.copy(FIXTURES / "bad_rows.jsonl", source)
     ctx = RunContext(run_id="0" * 32, tracking_uri="unused", run_dir=str(tmp_path / "run"))
-    loaded = load_dataset.fn(data=DataConfig(path=str(source)), ctx=ctx)
 
-    assert loaded == str(tmp_path / "run" / "data" / "loaded.jsonl")
-    assert list(iter_raw_rows(Path(loaded))) == read_rows(str(source))
+    loaded = load_dataset.fn(data=DataConfig(path=str(source)), ctx=ctx)
+    source.write_text("changed after the run began\n")
+
+    assert loaded == str(tmp_path / "run" / "data" / "source.jsonl")
+    assert Path(loaded).read_bytes() == (FIXTURES / "bad_rows.jsonl").read_bytes()
+
+
+def test_a_datasets_split_is_copied_as_parquet_with_the_same_rows(hf_dir, tmp_path):
+    ctx = RunContext(run_id="0" * 32, tracking_uri="unused", run_dir=str(tmp_path / "run"))
+
+    loaded = load_dataset.fn(data=DataConfig(path=str(hf_dir)), ctx=ctx)
+
+    assert loaded.endswith("source.parquet")
+    assert read_rows(loaded) == read_rows(str(hf_dir))
+
+
+def test_a_missing_source_fails_the_load_in_one_line(tmp_path):
+    ctx = RunContext(run_id="0" * 32, tracking_uri="unused", run_dir=str(tmp_path / "run"))
+
+    with pytest.raises(DataLoadError, match=r"nowhere\.jsonl: file not found$"):
+        load_dataset.fn(data=DataConfig(path=str(tmp_path / "nowhere.jsonl")), ctx=ctx)
 
 
 def test_csv_empty_cells_are_missing_values(tmp_path):
@@ -375,9 +392,3 @@ def test_csv_repeated_header_is_unusable_and_short_rows_are_quarantined(tmp_path
     assert json.loads(rows[1].raw) == {"instruction": "q2", "output": "a2"}
     path.write_text("instruction,output,output\nq,a,b\n", encoding="utf-8")
     assert "repeats column 'output'" in _load_error(path)
-
-
-def test_lone_surrogate_survives_the_hand_off_file(tmp_path):
-    rows = [RawRow(1, {"instruction": "a\ud800", "output": "b"}), RawRow(2, None, "x\udfff", "e")]
-    write_raw_rows(rows, tmp_path / "loaded.jsonl")
-    assert list(iter_raw_rows(tmp_path / "loaded.jsonl")) == rows

@@ -131,3 +131,26 @@ def test_unknown_holdout_task_is_named():
     records = [{"row": 1, "task": "add", "messages": [{"role": "user", "content": "q"}]}]
     with pytest.raises(ValueError, match=r"data\.holdout_tasks: \['nope'\] not among"):
         split_records(records, 0.2, 0, ["nope"])
+
+
+def test_the_streamed_split_writes_what_split_records_gives(tmp_path):
+    from tuneforge.data.splitting import split_file
+
+    records = _records(500)
+    write_jsonl(records, tmp_path / "valid.jsonl")
+
+    counts = split_file(
+        tmp_path / "valid.jsonl", tmp_path / "t.jsonl", tmp_path / "e.jsonl", 0.2, 4, ["sort"]
+    )
+
+    train, evaluation = split_records(records, 0.2, 4, ["sort"])
+    write_jsonl(train, tmp_path / "t2.jsonl")
+    write_jsonl(evaluation, tmp_path / "e2.jsonl")
+    assert counts == (len(train), len(evaluation))
+    assert (tmp_path / "t.jsonl").read_bytes() == (tmp_path / "t2.jsonl").read_bytes()
+    assert (tmp_path / "e.jsonl").read_bytes() == (tmp_path / "e2.jsonl").read_bytes()
+    with pytest.raises(ValueError, match=r"\['nope'\] not among the task families"):
+        split_file(
+            tmp_path / "valid.jsonl", tmp_path / "t.jsonl", tmp_path / "e.jsonl", 0.2, 4, ["nope"]
+        )
+    assert not (tmp_path / "t.jsonl").exists()  # no half-made split left behind

@@ -14,9 +14,9 @@ import codecs
 import io
 import json
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
@@ -352,23 +352,83 @@ def _iter_parquet(path: Path) -> Iterator[RawRow]:
 def _iter_hf(source: str, split: str) -> Iterator[RawRow]:
     """A Hugging Face `datasets` name (hub id, or a local dataset directory). Datasets are
     memory-mapped Arrow files: rows are read one at a time."""
+    dataset = _hf_dataset(source, split)
+    if len(dataset) == 0:
+        raise DataLoadError(f"{source}: dataset split {split!r} has no rows")
+    for i, rec in enumerate(dataset, start=1):
+        yield RawRow(i, _plain(dict(rec)))
+
+
+def _hf_dataset(source: str, split: str, streaming: bool = False) -> Any:
+    """A Hugging Face `datasets` name (hub id, or a local dataset directory) as a Dataset (or an
+    IterableDataset, `streaming`). Raises DataLoadError naming it."""
     import datasets
 
     name = source.removeprefix("hf:")
     try:
         if (Path(name) / "dataset_dict.json").is_file():  # DatasetDict.save_to_disk output
-            dataset = datasets.load_from_disk(name)[split]
-        elif (Path(name) / "state.json").is_file():  # Dataset.save_to_disk output
-            dataset = datasets.load_from_disk(name)
-        else:
-            dataset = datasets.load_dataset(name, split=split)
+            return datasets.load_from_disk(name)[split]
+        if (Path(name) / "state.json").is_file():  # Dataset.save_to_disk output
+            return datasets.load_from_disk(name)
+        return datasets.load_dataset(name, split=split, streaming=streaming)
     except Exception as exc:  # hub, network and format errors all mean "unusable"
         message = first_line(exc)
         raise DataLoadError(f"{source}: cannot load dataset split {split!r}: {message}") from None
-    if len(dataset) == 0:
+
+
+HF_BATCH = 10_000  # rows of a datasets split per Parquet write: memory holds one batch
+
+
+def snapshot(
+    source: str, fmt: str, hf_split: str, directory: Path, hf_streaming: bool = False
+) -> Path:
+    """The source as it is now, copied into `directory` as `source.<format>`, for a run to
+    read while the original may change: a file byte for byte; a `datasets` split as Parquet,
+    written a batch at a time (a streamed split is never held whole). Raises DataLoadError
+    naming the source; what is wrong inside a file is found when it is read."""
+    import shutil
+
+    fmt = detect_format(source, fmt)
+    directory.mkdir(parents=True, exist_ok=True)
+    if fmt == "hf":
+        return _hf_snapshot(source, hf_split, directory / "source.parquet", hf_streaming)
+    path = Path(source)
+    if fmt not in FORMATS:
+        raise DataLoadError(f"{source}: unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if path.is_dir():
+        raise DataLoadError(f"{path}: is a directory; use format hf for a dataset directory")
+    target = directory / f"source.{fmt}"
+    try:
+        shutil.copyfile(path, target)
+    except FileNotFoundError:
+        raise DataLoadError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise DataLoadError(f"{path}: cannot read ({exc.strerror})") from None
+    return target
+
+
+def _hf_snapshot(source: str, split: str, target: Path, streaming: bool) -> Path:
+    import pyarrow.parquet as pq
+
+    dataset = _hf_dataset(source, split, streaming)
+    partial = target.with_name(target.name + ".partial")
+    writer = None
+    try:
+        for table in dataset.with_format("arrow").iter(batch_size=HF_BATCH):
+            if writer is None:
+                writer = pq.ParquetWriter(partial, table.schema)
+            writer.write_table(table.cast(writer.schema))
+    except DataLoadError:
+        raise
+    except Exception as exc:  # a stream that breaks midway, rows whose types change
+        raise DataLoadError(f"{source}: cannot read split {split!r}: {first_line(exc)}") from None
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:
         raise DataLoadError(f"{source}: dataset split {split!r} has no rows")
-    for i, rec in enumerate(dataset, start=1):
-        yield RawRow(i, _plain(dict(rec)))
+    partial.replace(target)
+    return target
 
 
 def iter_rows(source: str, fmt: str = "auto", hf_split: str = "train") -> Iterator[RawRow]:
@@ -408,42 +468,3 @@ class Columns:
             self.parsed += 1
             for key in row.record:
                 self.found[key] = self.found.get(key, 0) + 1
-
-
-def columns_path(loaded: Path) -> Path:
-    return loaded.with_name(loaded.stem + ".columns.json")
-
-
-def write_raw_rows(rows: Iterable[RawRow], path: Path) -> Columns:
-    """Persists loaded rows as JSONL as they come, so the next task gets a path, not a live
-    object, with their `Columns` beside them (`loaded.columns.json`); returns those.
-    Written to a temporary name and renamed: an unusable file that fails midway leaves no
-    half copy."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    columns = Columns()
-    # backslashreplace: a lone surrogate (JSON allows "\ud800") cannot be encoded as UTF-8,
-    # but written as `\ud800` inside a JSON string it is the same escape, read back as is.
-    with partial.open("w", encoding="utf-8", errors="backslashreplace") as f:
-        for r in rows:
-            f.write(json.dumps(r.__dict__, ensure_ascii=False, default=str) + "\n")
-            columns.add(r)
-    columns_path(path).write_text(json.dumps(asdict(columns)), encoding="utf-8")
-    partial.replace(path)
-    return columns
-
-
-def read_columns(loaded: Path) -> Columns:
-    """The `Columns` written beside loaded rows (counted again if the file is missing)."""
-    if columns_path(loaded).exists():
-        return Columns(**json.loads(columns_path(loaded).read_text(encoding="utf-8")))
-    columns = Columns()
-    for row in iter_raw_rows(loaded):
-        columns.add(row)
-    return columns
-
-
-def iter_raw_rows(path: Path) -> Iterator[RawRow]:
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            yield RawRow(**json.loads(line))

@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.config import DataConfig
-from tuneforge.data.reading import iter_raw_rows, iter_rows, read_columns, write_raw_rows
 from tuneforge.data.splitting import split_records
-from tuneforge.data.validation import resolve_rows, validate_file
+from tuneforge.data.validation import validate_path
 from tuneforge.jsonl import read_jsonl
 
 
@@ -29,22 +28,20 @@ def parent_training_rows(
     rebuilt from its data config: a ValueError when its data cannot be read or has changed
     since (its valid rows no longer hash to `fingerprint`)."""
     scratch.mkdir(parents=True, exist_ok=True)
-    loaded = scratch / "loaded.jsonl"
     try:
-        write_raw_rows(iter_rows(data.path, data.format, data.hf_split), loaded)
+        report = validate_path(
+            data.path,
+            data.max_chars,
+            scratch / "valid.jsonl",
+            scratch / "quarantine.jsonl",
+            data.format,
+            data.hf_split,
+            data.schema_,
+            data.columns,
+            data.ignore_columns,
+        )
     except (OSError, ValueError) as exc:
         raise ValueError(f"data.replay: cannot read {version}'s data {data.path}: {exc}") from None
-    cmap = resolve_rows(
-        read_columns(loaded), data.path, data.schema_, data.columns, data.ignore_columns
-    )
-    report = validate_file(
-        lambda: iter_raw_rows(loaded),
-        data.max_chars,
-        scratch / "valid.jsonl",
-        scratch / "quarantine.jsonl",
-        cmap,
-        data.path,
-    )
     if report.fingerprint != fingerprint:
         raise ValueError(
             f"data.replay: {data.path} has changed since {version} was trained on it (its "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 from tuneforge.records import is_text
@@ -39,3 +40,38 @@ def split_records(
         else:
             train.append(rec)
     return train, evaluation
+
+
+def split_file(
+    valid_path: Path,
+    train_path: Path,
+    eval_path: Path,
+    eval_fraction: float,
+    seed: int,
+    holdout_tasks: list[str],
+) -> tuple[int, int]:
+    """`split_records` of a JSONL file of records, streamed: each line is copied as it is to
+    the train or eval file (memory holds one record). Returns the two counts."""
+    held_out, seen = set(holdout_tasks), set()
+    counts = [0, 0]
+    with (
+        valid_path.open("rb") as lines,
+        train_path.open("wb") as train,
+        eval_path.open("wb") as evaluation,
+    ):
+        for line in lines:
+            rec = json.loads(line)
+            seen.add(rec.get("task"))
+            to_eval = rec.get("task") in held_out or _bucket(rec, seed) < eval_fraction
+            (evaluation if to_eval else train).write(line)
+            counts[to_eval] += 1
+    unknown = held_out - seen
+    if unknown:
+        train_path.unlink()
+        eval_path.unlink()
+        tasks = sorted(str(t) for t in seen)
+        raise ValueError(
+            f"data.holdout_tasks: {sorted(unknown)} not among the task families in the data "
+            f"({', '.join(tasks)})"
+        )
+    return counts[0], counts[1]

@@ -45,7 +45,14 @@ import pyarrow
 
 from tuneforge.data import columnar
 from tuneforge.data.columnar import Chunk
-from tuneforge.data.reading import Columns, RawRow, detect_format, iter_rows, parse_json
+from tuneforge.data.reading import (
+    Columns,
+    DataLoadError,
+    RawRow,
+    detect_format,
+    iter_rows,
+    parse_json,
+)
 from tuneforge.data_schemas import SCHEMAS, ColumnMap, SchemaError, convert_turns, resolve_columns
 from tuneforge.jsonl import JsonlWriter
 from tuneforge.records import canonical_record
@@ -713,21 +720,29 @@ def validate_path(
     columns: dict[str, str] | None = None,
     ignore: Iterable[str] = (),
     columnar_reading: bool = True,
+    name: str | None = None,
 ) -> ValidationReport:
     """`validate_source` of a data source by name. JSONL and Parquet files are read straight
     into Arrow and their plain rows accepted at column speed (`tuneforge.data.columnar`);
     the verdicts are the row reader's, only sooner. `columnar_reading=False` reads row by row
-    (the tests compare the two)."""
+    (the tests compare the two). Errors name the source as `name` (a run's copy of a file
+    is named as the file it copied)."""
     fmt = detect_format(source, fmt)
-    args = (max_chars, valid_path, quarantine_path, source, schema, columns, ignore)
-    if columnar_reading and fmt in ("jsonl", "parquet"):
-        try:
-            return _settled_pass(
-                lambda: columnar.read_chunks(Path(source), fmt), *args, exact_errors=True
-            )
-        except columnar.NotColumnar:
-            pass  # the whole file's trouble: the row reader reads it and says what it is
-    return validate_source(lambda: iter_rows(source, fmt, hf_split), *args)
+    shown = name or source
+    args = (max_chars, valid_path, quarantine_path, shown, schema, columns, ignore)
+    try:
+        if columnar_reading and fmt in ("jsonl", "parquet"):
+            try:
+                return _settled_pass(
+                    lambda: columnar.read_chunks(Path(source), fmt), *args, exact_errors=True
+                )
+            except columnar.NotColumnar:
+                pass  # the whole file's trouble: the row reader reads it and says what it is
+        return validate_source(lambda: iter_rows(source, fmt, hf_split), *args)
+    except DataLoadError as exc:
+        if shown == source:
+            raise
+        raise DataLoadError(str(exc).replace(source, shown)) from None
 
 
 def _settled_pass(
