@@ -298,6 +298,30 @@ def test_a_datasets_split_is_copied_as_parquet_with_the_same_rows(hf_dir, tmp_pa
     assert read_rows(loaded) == read_rows(str(hf_dir))
 
 
+def test_a_streamed_datasets_split_is_copied_a_batch_at_a_time_and_validates(tmp_path, monkeypatch):
+    from tuneforge.data import reading
+    from tuneforge.data.validation import validate_path
+
+    datasets_config = pytest.importorskip("datasets.config")
+    monkeypatch.setattr(datasets_config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+    monkeypatch.setattr(reading, "HF_BATCH", 3)  # several batches, several Parquet writes
+    directory = tmp_path / "stream" / "data"
+    directory.mkdir(parents=True)
+    rows = [{"instruction": f"q{i}", "output": f"a{i}", "task": "t"} for i in range(10)]
+    rows[4]["output"] = " "  # a bad row, quarantined from the copy like from any file
+    _write_lines(directory / "train-00000.jsonl", [json.dumps(r) for r in rows[:6]])
+    _write_lines(directory / "train-00001.jsonl", [json.dumps(r) for r in rows[6:]])
+    ctx = RunContext(run_id="0" * 32, tracking_uri="unused", run_dir=str(tmp_path / "run"))
+    data = DataConfig(path=str(tmp_path / "stream"), hf_streaming=True)
+
+    loaded = load_dataset.fn(data=data, ctx=ctx)
+    report = validate_path(loaded, 100, tmp_path / "v.jsonl", tmp_path / "q.jsonl")
+
+    assert [r.record for r in read_rows(loaded)] == rows
+    assert (report.total, report.valid) == (10, 9)
+    assert not list(tmp_path.glob("hf-cache/**/*.arrow"))  # streamed: nothing cached whole
+
+
 def test_a_missing_source_fails_the_load_in_one_line(tmp_path):
     ctx = RunContext(run_id="0" * 32, tracking_uri="unused", run_dir=str(tmp_path / "run"))
 
