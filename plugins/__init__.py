@@ -26,6 +26,7 @@ from tuneforge.plugins.strategy import Capabilities, TuningStrategy
 from tuneforge.plugins.tokenization import (
     check_chat_template,
     tokenize_prompt_response,
+    tokenize_prompt_responses,
     tokenize_text_blocks,
 )
 
@@ -46,5 +47,6 @@ __all__ = [
     "qlora_load_options",
     "save_adapter",
     "tokenize_prompt_response",
+    "tokenize_prompt_responses",
     "tokenize_text_blocks",
 ]

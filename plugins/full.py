@@ -12,7 +12,13 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from tuneforge.plugins import Capabilities, Example, TuningStrategy, tokenize_prompt_response
+from tuneforge.plugins import (
+    Capabilities,
+    Example,
+    TuningStrategy,
+    tokenize_prompt_response,
+    tokenize_prompt_responses,
+)
 
 
 class FullSettings(BaseModel):
@@ -44,6 +50,11 @@ class FullStrategy(TuningStrategy):
 
     def build_example(self, record: dict[str, Any], tokenizer: Any, max_length: int) -> Example:
         return tokenize_prompt_response(record, tokenizer, max_length, train_prompt=True)
+
+    def build_examples(
+        self, records: list[dict[str, Any]], tokenizer: Any, max_length: int
+    ) -> list[Example]:
+        return tokenize_prompt_responses(records, tokenizer, max_length, train_prompt=True)
 
     def save(self, model: Any, tokenizer: Any, out_dir: Path) -> None:
         model.save_pretrained(out_dir)

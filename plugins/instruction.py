@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from tuneforge.plugins import Example, TuningStrategy, tokenize_prompt_response
+from tuneforge.plugins import Example, TuningStrategy, tokenize_prompt_responses
 
 DEFAULT_TEMPLATES = (
     "{prompt}",
@@ -110,15 +110,23 @@ class InstructionStrategy(TuningStrategy):
         return self.settings.templates[index % len(self.settings.templates)]
 
     def build_example(self, record: dict[str, Any], tokenizer: Any, max_length: int) -> Example:
+        return self.build_examples([record], tokenizer, max_length)[0]
+
+    def build_examples(
+        self, records: list[dict[str, Any]], tokenizer: Any, max_length: int
+    ) -> list[Example]:
+        templated = [self._phrased(r) for r in records]
+        return tokenize_prompt_responses(templated, tokenizer, max_length, train_prompt=False)
+
+    def _phrased(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The record with its last user turn put in the row's template."""
         template = self.template_for(record)
         messages = [dict(m) for m in record["messages"]]
         last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
         messages[last_user]["content"] = template.replace(
             "{prompt}", messages[last_user]["content"]
         )
-        return tokenize_prompt_response(
-            {**record, "messages": messages}, tokenizer, max_length, train_prompt=False
-        )
+        return {**record, "messages": messages}
 
     def save(self, model: Any, tokenizer: Any, out_dir: Path) -> None:
         model.save_pretrained(out_dir)

@@ -26,6 +26,7 @@ from tuneforge.plugins import (
     qlora_load_options,
     save_adapter,
     tokenize_prompt_response,
+    tokenize_prompt_responses,
 )
 
 
@@ -51,6 +52,11 @@ class LoraStrategy(TuningStrategy):
 
     def build_example(self, record: dict[str, Any], tokenizer: Any, max_length: int) -> Example:
         return tokenize_prompt_response(record, tokenizer, max_length, train_prompt=False)
+
+    def build_examples(
+        self, records: list[dict[str, Any]], tokenizer: Any, max_length: int
+    ) -> list[Example]:
+        return tokenize_prompt_responses(records, tokenizer, max_length, train_prompt=False)
 
     def save(self, model: Any, tokenizer: Any, out_dir: Path) -> None:
         save_adapter(model, tokenizer, out_dir, self.settings)

@@ -8,7 +8,8 @@ A strategy is a class registered under the `tuneforge.strategies` entry-point gr
 The training engine (`tuneforge.training`) owns the optimizer, batching, logging and
 checkpoints; a strategy only says what is specific to it. The whole contract is the
 `TuningStrategy` Protocol below: three required class attributes and three required methods,
-plus two optional members with documented defaults (`capabilities`, `load_options`). Subclass
+plus three optional members with documented defaults (`capabilities`, `load_options`,
+`build_examples`). Subclass
 it to inherit those defaults and let a type checker check the rest:
 
     class BitFitStrategy(TuningStrategy):
@@ -103,12 +104,20 @@ class TuningStrategy(Protocol):
         """Tokenizes one validated record (`{"row", "task", "messages"}`) into an `Example`."""
         ...
 
+    def build_examples(
+        self, records: list[dict[str, Any]], tokenizer: Any, max_length: int
+    ) -> list[Example]:
+        """Optional: `build_example` of each record, the same examples, built together where
+        that is faster (one tokenizer call for a batch: `tokenize_prompt_responses`). The loop
+        calls it on batches of records. Default: one `build_example` after another."""
+        return [self.build_example(r, tokenizer, max_length) for r in records]
+
     def save(self, model: Any, tokenizer: Any, out_dir: Path) -> None:
         """Writes what gets registered (weights as safetensors, tokenizer, config) to `out_dir`."""
         ...
 
 
-OPTIONAL_MEMBERS = ("capabilities", "load_options")
+OPTIONAL_MEMBERS = ("capabilities", "load_options", "build_examples")
 # How strategies said what data they train on before `capabilities` (tuneforge 0.1): class
 # attributes, still honoured (with a DeprecationWarning) for a class that declares no
 # capabilities.
@@ -120,7 +129,7 @@ def with_defaults(cls: type) -> type:
     one place they are filled in, for the plugin loader and `check_strategy` alike.
 
     A class that subclasses `TuningStrategy` has them already; one written against the
-    contract before `capabilities` and `load_options` joined it gets a subclass of itself and
+    contract before the optional members joined it gets a subclass of itself and
     `TuningStrategy` (same name and module), which inherits them. Its old ability attributes
     (`trains_text = True`, ...) become its `capabilities`, with a DeprecationWarning. Anything
     else is returned as it is, for the conformance check to judge."""
@@ -142,3 +151,19 @@ def with_defaults(cls: type) -> type:
         )
         names["capabilities"] = Capabilities(**legacy)
     return type(cls.__name__, (cls, TuningStrategy), names)
+
+
+def build_examples(
+    strategy: TuningStrategy, records: list[dict[str, Any]], tokenizer: Any, max_length: int
+) -> list[Example]:
+    """The examples of `records` as the loop builds them: with the strategy's `build_examples`,
+    unless a subclass redefined `build_example` below the class that defined `build_examples`
+    (which then knows nothing of the new one): then one `build_example` after another."""
+    mro = type(strategy).__mro__
+
+    def definer(member: str) -> int:
+        return next((i for i, cls in enumerate(mro) if member in vars(cls)), len(mro))
+
+    if definer("build_examples") <= definer("build_example"):
+        return strategy.build_examples(records, tokenizer, max_length)
+    return [strategy.build_example(r, tokenizer, max_length) for r in records]

@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from tuneforge.batching import IGNORE_INDEX, Example
-from tuneforge.plugins.strategy import Capabilities, TuningStrategy, with_defaults
+from tuneforge.plugins.strategy import Capabilities, TuningStrategy, build_examples, with_defaults
 from tuneforge.prompts import end_of_turn_id
 
 __all__ = [
@@ -137,7 +137,8 @@ def check_strategy(
        with equally long `input_ids` and `labels`, at most `max_length` tokens, trained labels
        equal to their input tokens, at least one trained token after the first position (the
        causal shift never trains position 0), and a trained end-of-sequence token last unless
-       the example was truncated (and the training loop's own `audit_examples` accepts them);
+       the example was truncated (and the training loop's own `audit_examples` accepts them),
+       and `build_examples` on them all gives the same examples;
     6. raw text (`capabilities.text`): the text records are cut into blocks as the loop cuts
        them, and with `packs_text` packed into rows of at most `max_length` tokens holding every
        block once;
@@ -238,6 +239,12 @@ def check_strategy(
         examples = [
             _check_example(strategy, label, record, tokenizer, max_length, vocab) for record in chat
         ]
+        together = build_examples(strategy, chat, tokenizer, max_length)
+        _require(
+            list(together) == examples,
+            f"{label}.build_examples differs from build_example record by record; the loop "
+            "builds its examples in batches with it",
+        )
         try:  # the loop's own audit: whatever it would refuse must fail here too
             rows = [r.get("row", -1) for r in chat]
             audit_examples(examples, rows, end_of_turn_id(tokenizer), max_length)

@@ -24,14 +24,28 @@ def tokenize_prompt_response(
         max_length: maximum number of tokens kept.
         train_prompt: when False the prompt tokens get `IGNORE_INDEX` (response-only loss).
     """
-    turns, response = split_turns(record)
-    prompt_ids = tokenizer(render_prompt(turns, tokenizer), add_special_tokens=False).input_ids
-    response_ids = tokenizer(response, add_special_tokens=False).input_ids
-    response_ids = [*response_ids, end_of_turn_id(tokenizer)]
-    input_ids = (prompt_ids + response_ids)[:max_length]
-    prompt_labels = prompt_ids if train_prompt else [IGNORE_INDEX] * len(prompt_ids)
-    labels = (prompt_labels + response_ids)[:max_length]
-    return Example(input_ids=input_ids, labels=labels)
+    return tokenize_prompt_responses([record], tokenizer, max_length, train_prompt=train_prompt)[0]
+
+
+def tokenize_prompt_responses(
+    records: list[dict[str, Any]], tokenizer: Any, max_length: int, *, train_prompt: bool
+) -> list[Example]:
+    """`tokenize_prompt_response` of many records: the same examples, with the tokenizer
+    called once for all their prompts and once for all their responses (a fast tokenizer
+    encodes a batch in Rust, in parallel: several times sooner than one call per text)."""
+    split = [split_turns(r) for r in records]
+    prompts = [render_prompt(turns, tokenizer) for turns, _ in split]
+    prompt_ids = tokenizer(prompts, add_special_tokens=False).input_ids if prompts else []
+    responses = [response for _, response in split]
+    response_ids = tokenizer(responses, add_special_tokens=False).input_ids if responses else []
+    end = end_of_turn_id(tokenizer)
+    examples = []
+    for prompt, response in zip(prompt_ids, response_ids, strict=True):
+        response = [*response, end]
+        input_ids = (prompt + response)[:max_length]
+        prompt_labels = prompt if train_prompt else [IGNORE_INDEX] * len(prompt)
+        examples.append(Example(input_ids, (prompt_labels + response)[:max_length]))
+    return examples
 
 
 def check_chat_template(tokenizer: Any) -> None:

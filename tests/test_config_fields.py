@@ -89,7 +89,7 @@ def test_training_fields_marked_not_shaping_are_the_old_list():
 
 def test_volatile_run_and_data_fields_are_marked():
     assert fields_not_shaping(RunConfig) == {"name", "output_dir", "tracking", "force"}
-    assert fields_not_shaping(DataConfig) == {"path"}
+    assert fields_not_shaping(DataConfig) == {"path", "hf_streaming"}
     assert fields_not_shaping(TinyModelConfig) == set()
 
 

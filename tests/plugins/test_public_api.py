@@ -71,6 +71,7 @@ def test_the_public_names_are_there():
         "qlora_load_options",
         "save_adapter",
         "tokenize_prompt_response",
+        "tokenize_prompt_responses",
         "tokenize_text_blocks",
     }
     assert set(kit.__all__) == {

@@ -20,6 +20,7 @@ from tuneforge.plugins import (
     Example,
     TuningStrategy,
     tokenize_prompt_response,
+    tokenize_prompt_responses,
 )
 from tuneforge.plugins.full import FullStrategy
 from tuneforge.plugins.strategy import with_defaults
@@ -91,6 +92,15 @@ class _ShiftsLabelsItself(_NormsOnly):
     def build_example(self, record: dict[str, Any], tokenizer: Any, max_length: int) -> Example:
         example = super().build_example(record, tokenizer, max_length)
         return Example(example.input_ids, [*example.labels[1:], IGNORE_INDEX])
+
+
+class _BatchesDiffer(_NormsOnly):
+    """Builds its batches with loss on the prompt too, unlike its one-record examples."""
+
+    def build_examples(
+        self, records: list[dict[str, Any]], tokenizer: Any, max_length: int
+    ) -> list[Example]:
+        return tokenize_prompt_responses(records, tokenizer, max_length, train_prompt=True)
 
 
 class _LooseSettings(BaseModel):
@@ -247,6 +257,7 @@ def test_a_correct_partial_strategy_passes(tiny_model_dir, records):
         (_TrainsNoToken, "no trained token"),
         (_NeverTrainsTheEnd, "does not end with a trained end-of-sequence token"),
         (_ShiftsLabelsItself, "labels differ from input_ids"),
+        (_BatchesDiffer, "build_examples differs from build_example record by record"),
         (_AllowsUnknownSettings, "accepts unknown keys"),
         (_SavesPickle, r"pickle-based files \['pytorch_model.bin'\]"),
         (_SavesTheUntrainedBase, "does not reproduce the trained one"),
@@ -259,6 +270,23 @@ def test_a_correct_partial_strategy_passes(tiny_model_dir, records):
 def test_broken_strategy_fails_with_a_clear_message(tiny_model_dir, records, strategy_cls, message):
     with pytest.raises(AssertionError, match=message):
         check_strategy(strategy_cls, tiny_model_dir, records)
+
+
+def test_a_subclass_redefining_build_example_is_not_bypassed_by_its_parents_batches(
+    tiny_model_dir, records
+):
+    from tuneforge.models import load_pretrained
+    from tuneforge.plugins.strategy import build_examples
+
+    class ResponseOnly(FullStrategy):  # FullStrategy's build_examples trains the prompt too
+        def build_example(self, record, tokenizer, max_length):
+            return tokenize_prompt_response(record, tokenizer, max_length, train_prompt=False)
+
+    _, tokenizer = load_pretrained(tiny_model_dir)
+    strategy = ResponseOnly(FullStrategy.Settings())
+    one_by_one = [strategy.build_example(r, tokenizer, 64) for r in records]
+    assert build_examples(strategy, records, tokenizer, 64) == one_by_one
+    assert FullStrategy.build_examples(strategy, records, tokenizer, 64) != one_by_one
 
 
 def test_settings_the_strategy_rejects_fail_the_check(tiny_model_dir, records):

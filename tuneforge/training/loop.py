@@ -27,6 +27,7 @@ from tuneforge.config import TrainConfig
 from tuneforge.jsonl import write_jsonl
 from tuneforge.models import load_pretrained, pick_device
 from tuneforge.plugins.discovery import strategy_info
+from tuneforge.plugins.strategy import build_examples
 from tuneforge.plugins.tokenization import check_chat_template, tokenize_text_blocks
 from tuneforge.prompts import end_of_turn_id
 from tuneforge.records import assistant_turn_records, is_text, spread
@@ -37,6 +38,9 @@ from tuneforge.training.losses import token_mean_loss
 from tuneforge.training.preference import PreferenceObjective
 
 MetricsCallback = Callable[[int, dict[str, float]], None]
+# Records per `build_examples` call: one call tokenizes a batch at once (a fast tokenizer in
+# parallel); a batch's examples are in memory together.
+BUILD_BATCH = 10_000
 
 
 @dataclass(frozen=True)
@@ -319,8 +323,11 @@ class TrainingRun:
             records = [turn for r in records for turn in assistant_turn_records(r)]
         end = end_of_turn_id(tokenizer)
 
-        def build(record: dict[str, Any]) -> Example:
-            return self.strategy.build_example(record, tokenizer, cfg.max_length)
+        def build(records: list[dict[str, Any]]) -> Iterator[tuple[int, Example]]:
+            for start in range(0, len(records), BUILD_BATCH):
+                batch = records[start : start + BUILD_BATCH]
+                examples = build_examples(self.strategy, batch, tokenizer, cfg.max_length)
+                yield from zip((r["row"] for r in batch), examples, strict=True)
 
         def audit(examples: list[Example], rows: list[int]) -> MaskAudit:
             return audit_examples(examples, rows, end, cfg.max_length)
@@ -329,7 +336,7 @@ class TrainingRun:
             self._cached_examples(records, build, audit)
         else:
             with self._blame("build_example"):
-                self.examples = [build(r) for r in records]
+                self.examples = [example for _, example in build(records)]
             with self._blame("the loss-mask audit"):
                 self.audit = audit(self.examples, [r["row"] for r in records])
         if self.audit.truncated:
@@ -344,7 +351,7 @@ class TrainingRun:
     def _cached_examples(
         self,
         records: list[dict[str, Any]],
-        build: Callable[[dict[str, Any]], Example],
+        build: Callable[[list[dict[str, Any]]], Iterator[tuple[int, Example]]],
         audit: Callable[[list[Example], list[int]], MaskAudit],
     ) -> None:
         """The examples from the token cache, built into it first (`build`, checked by `audit`)
@@ -360,12 +367,8 @@ class TrainingRun:
         # The records before train.assistant_turns splits them (the setting is in `shaping`).
         key = token_cache.cache_key(self._digest(records), self.tokenizer, shaping)
 
-        def examples() -> Iterator[tuple[int, Example]]:
-            for r in records:
-                yield r["row"], build(r)
-
         with self._blame("build_example"):
-            cached = token_cache.load_or_build(self.token_cache, key, examples, audit)
+            cached = token_cache.load_or_build(self.token_cache, key, lambda: build(records), audit)
         self.examples, self.audit = cached.examples, cached.audit
         self.cache_state = "reused" if cached.hit else "built"
 
