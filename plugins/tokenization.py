@@ -35,9 +35,9 @@ def tokenize_prompt_responses(
     encodes a batch in Rust, in parallel: several times sooner than one call per text)."""
     split = [split_turns(r) for r in records]
     prompts = [render_prompt(turns, tokenizer) for turns, _ in split]
-    prompt_ids = tokenizer(prompts, add_special_tokens=False).input_ids if prompts else []
+    prompt_ids = encode_texts(tokenizer, prompts)
     responses = [response for _, response in split]
-    response_ids = tokenizer(responses, add_special_tokens=False).input_ids if responses else []
+    response_ids = encode_texts(tokenizer, responses)
     end = end_of_turn_id(tokenizer)
     examples = []
     for prompt, response in zip(prompt_ids, response_ids, strict=True):
@@ -46,6 +46,25 @@ def tokenize_prompt_responses(
         prompt_labels = prompt if train_prompt else [IGNORE_INDEX] * len(prompt)
         examples.append(Example(input_ids, (prompt_labels + response)[:max_length]))
     return examples
+
+
+def encode_texts(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """`tokenizer(texts, add_special_tokens=False).input_ids`, sooner where it can be: a fast
+    tokenizer's Rust backend is called directly while its state is what that call would set
+    (no truncation, no padding, special tokens split or not as the tokenizer says), which skips
+    turning every encoding into a dict of lists (a third of the tokenizing time at 1M rows)."""
+    if not texts:
+        return []
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if (
+        getattr(tokenizer, "is_fast", False)
+        and backend is not None
+        and backend.truncation is None
+        and backend.padding is None
+        and backend.encode_special_tokens == bool(getattr(tokenizer, "split_special_tokens", False))
+    ):
+        return [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
+    return tokenizer(texts, add_special_tokens=False).input_ids
 
 
 def check_chat_template(tokenizer: Any) -> None:

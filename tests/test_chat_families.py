@@ -127,6 +127,26 @@ def test_answers_end_with_the_familys_end_of_turn(family, checkpoints, bundled_r
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_batched_encoding_equals_the_tokenizers_own_call(family, checkpoints, bundled_records):
+    from tuneforge.plugins.tokenization import encode_texts
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoints[family])
+    texts = [render_prompt(split_turns(r)[0], tokenizer) for r in bundled_records[:64]]
+    texts += [split_turns(r)[1] for r in bundled_records[:64]]
+    texts += ["", " ", "a\n\n b", "".join(FAMILIES[family][2]) + " x"]  # edges, special tokens
+    expected = tokenizer(texts, add_special_tokens=False).input_ids
+    assert encode_texts(tokenizer, texts) == expected
+    # With truncation switched on in the backend (by some earlier call), its own call is used.
+    tokenizer.backend_tokenizer.enable_truncation(max_length=3)
+    assert encode_texts(tokenizer, texts) == tokenizer(texts, add_special_tokens=False).input_ids
+    tokenizer.backend_tokenizer.no_truncation()
+    tokenizer.split_special_tokens = True
+    split = tokenizer(texts, add_special_tokens=False).input_ids
+    assert split != expected  # the special tokens are now split into pieces
+    assert encode_texts(tokenizer, texts) == split
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
 @pytest.mark.parametrize("strategy", ["full", "instruction", "lora"])
 def test_every_strategy_trains_every_family(
     family, strategy, checkpoints, bundled_records, tmp_path

@@ -23,7 +23,7 @@ class Example:
 
     @property
     def trained_tokens(self) -> int:
-        return sum(label != IGNORE_INDEX for label in self.labels)
+        return len(self.labels) - self.labels.count(IGNORE_INDEX)
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,8 @@ def audit_examples(
     Every example must keep a trained token after truncation, and every example that was not
     truncated must train its end-of-sequence token (or the model never learns to stop).
     """
-    empty = [row for row, e in zip(rows, examples, strict=True) if not e.trained_tokens]
+    counts = [e.trained_tokens for e in examples]
+    empty = [row for row, n in zip(rows, counts, strict=True) if not n]
     if empty:
         raise ValueError(
             f"{len(empty)} examples have no trained token after truncation to "
@@ -58,7 +59,7 @@ def audit_examples(
             truncated += 1
             continue
         raise ValueError(f"row {row}: the end-of-sequence token is not trained (strategy bug)")
-    trained = sum(e.trained_tokens for e in examples)
+    trained = sum(counts)
     total = sum(len(e.input_ids) for e in examples)
     return MaskAudit(len(examples), truncated, trained, total - trained)
 

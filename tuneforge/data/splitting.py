@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tuneforge.jsonl import loads
 from tuneforge.records import is_text
 
 
@@ -60,7 +61,7 @@ def split_file(
         eval_path.open("wb") as evaluation,
     ):
         for line in lines:
-            rec = json.loads(line)
+            rec = loads(line)
             seen.add(rec.get("task"))
             to_eval = rec.get("task") in held_out or _bucket(rec, seed) < eval_fraction
             (evaluation if to_eval else train).write(line)

@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from tuneforge import lineage
 from tuneforge.batching import IGNORE_INDEX, Example, MaskAudit, audit_examples, collate, pack
 from tuneforge.config import TrainConfig
-from tuneforge.jsonl import write_jsonl
+from tuneforge.jsonl import gc_paused, write_jsonl
 from tuneforge.models import load_pretrained, pick_device
 from tuneforge.plugins.discovery import strategy_info
 from tuneforge.plugins.strategy import build_examples
@@ -264,7 +264,8 @@ class TrainingRun:
             self.strategy = self.info.cls(cfg.strategy_settings())
         self._setup_model()
         self.objective: PreferenceObjective | None = None
-        self._setup_examples(records)
+        with gc_paused():  # a million records make a million examples
+            self._setup_examples(records)
         self._setup_batches()
         self._setup_reference()
         self._setup_optimizer()

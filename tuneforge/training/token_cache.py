@@ -69,8 +69,9 @@ class ArrowExamples(Sequence[Example]):
         from datasets import Dataset
 
         self.dataset = Dataset.from_file(str(path))  # memory-mapped, not read into memory
-        self.lengths = np.asarray(self.dataset["length"], dtype=np.int64)
-        self.trained = np.asarray(self.dataset["trained"], dtype=np.int64)
+        table = self.dataset.data  # the Arrow table: columns to numpy without Python ints
+        self.lengths = table.column("length").to_numpy().astype(np.int64)
+        self.trained = table.column("trained").to_numpy().astype(np.int64)
         self._tokens = self.dataset.with_format("numpy", columns=["input_ids", "labels"])
 
     def __len__(self) -> int:
@@ -161,19 +162,20 @@ def _write(path: Path, batches: Iterator[tuple[list[Example], MaskAudit]]) -> Ma
                         "input_ids": [e.input_ids for e in examples],
                         "labels": [e.labels for e in examples],
                         "length": [len(e.input_ids) for e in examples],
-                        "trained": [sum(y != IGNORE_INDEX for y in e.labels[1:]) for e in examples],
+                        "trained": [_trained_after_first(e.labels) for e in examples],
                     },
                     schema=features.arrow_schema,
                 )
             )
-            total = MaskAudit(
-                *(
-                    a + b
-                    for a, b in zip(asdict(total).values(), asdict(audit).values(), strict=True)
-                )
-            )
+            total = _summed(total, audit)
         writer.finalize()
     return total
+
+
+def _trained_after_first(labels: list[int]) -> int:
+    """Tokens that carry loss after the first position (the causal shift never trains it)."""
+    tail = labels[1:]
+    return len(tail) - tail.count(IGNORE_INDEX)
 
 
 def _summed(a: MaskAudit, b: MaskAudit) -> MaskAudit:
