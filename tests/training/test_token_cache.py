@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from tuneforge.config import TrainConfig
+from tuneforge.jsonl import JsonlRecords, write_jsonl
+from tuneforge.plugins.strategy import build_examples
 from tuneforge.plugins.testing import tiny_checkpoint
 from tuneforge.training import token_cache
 from tuneforge.training.loop import train_model
@@ -86,3 +88,48 @@ def test_a_half_written_entry_is_not_read(tiny_model_dir, records, tmp_path):
     again = train_model(tiny_model_dir, records, _cfg(), tmp_path / "b", token_cache_dir=cache)
 
     assert again.token_cache == "built"
+
+
+class _CountedFile:
+    """A split file's records as the flow hands them to training (`JsonlRecords`), counting
+    how many the current pass over them has read."""
+
+    def __init__(self, path: Path) -> None:
+        self.records, self.read = JsonlRecords(path), 0
+
+    def __iter__(self):
+        self.read = 0
+        for record in self.records:
+            self.read += 1
+            yield record
+
+
+def test_records_from_a_file_are_tokenized_a_batch_at_a_time_into_the_same_entry(
+    tiny_model_dir, records, tmp_path, monkeypatch
+):
+    from tuneforge.training import loop
+
+    cache = tmp_path / "cache"
+    listed = train_model(tiny_model_dir, records, _cfg(), tmp_path / "a")
+    write_jsonl(records, tmp_path / "train.jsonl")
+    source = _CountedFile(tmp_path / "train.jsonl")
+    read_when_built: list[tuple[int, int]] = []
+
+    def counted(strategy, batch, tokenizer, max_length):
+        read_when_built.append((len(batch), source.read))
+        return build_examples(strategy, batch, tokenizer, max_length)
+
+    monkeypatch.setattr(loop, "BUILD_BATCH", 16)
+    monkeypatch.setattr(loop, "build_examples", counted)
+    streamed = train_model(tiny_model_dir, source, _cfg(), tmp_path / "b", token_cache_dir=cache)
+
+    # Each batch was tokenized when the file had been read only that far (one record ahead).
+    built = 0
+    for size, read in read_when_built:
+        built += size
+        assert built <= read <= built + 1
+    assert [size for size, _ in read_when_built] == [16] * 7 + [8]
+    assert streamed.final_loss == listed.final_loss and streamed.audit == listed.audit
+    # The list and the file of the same records share one cache entry.
+    again = train_model(tiny_model_dir, records, _cfg(), tmp_path / "c", token_cache_dir=cache)
+    assert again.token_cache == "reused" and len(_entries(cache)) == 1

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from tuneforge.config import TrainConfig
-from tuneforge.jsonl import read_jsonl
+from tuneforge.jsonl import JsonlRecords, read_jsonl
 from tuneforge.training import multinode
 from tuneforge.training.loop import MetricsCallback, TrainResult, train_model
 
@@ -45,7 +45,7 @@ def train_from_files(
     if cfg.world_size > 1 or isolated:
         return train_in_processes(base_dir, train_path, cfg, out_dir, eval_path=eval_path, **common)
     eval_records = read_jsonl(eval_path) if cfg.eval_every else None
-    records = read_jsonl(train_path)
+    records = JsonlRecords(train_path)  # read a batch at a time, never all held
     return train_model(base_dir, records, cfg, out_dir, eval_records=eval_records, **common)
 
 

@@ -12,9 +12,10 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -185,7 +186,7 @@ def peak_memory(device: torch.device) -> dict[str, float]:
 
 def train_model(
     base_dir: str | Path,
-    records: list[dict[str, Any]],
+    records: Iterable[dict[str, Any]],
     cfg: TrainConfig,
     out_dir: str | Path,
     *,
@@ -197,7 +198,9 @@ def train_model(
     token_cache_dir: str | Path | None = None,
 ) -> TrainResult:
     """Trains from `base_dir` (loaded in `dtype`, `model.dtype`) on validated `records` and
-    saves the result to `out_dir`.
+    saves the result to `out_dir`. `records` is a list, or what reads them again on each pass
+    (`JsonlRecords` of the split's file): with the token cache, prompt/response records are
+    then never all in memory.
 
     With `cfg.eval_every` and `eval_records`, the saved weights are those of the step with the
     best exact match on (the first `cfg.eval_examples` of) `eval_records`.
@@ -255,7 +258,7 @@ class TrainingRun:
 
     # Setup ------------------------------------------------------------------------------
 
-    def setup(self, records: list[dict[str, Any]], eval_records: list[dict[str, Any]]) -> None:
+    def setup(self, records: Iterable[dict[str, Any]], eval_records: list[dict[str, Any]]) -> None:
         cfg = self.cfg
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
@@ -302,15 +305,16 @@ class TrainingRun:
             options.setdefault("device_map", {"": self.device})
         return load_pretrained(self.base_dir, self.trust_remote_code, self.dtype, **options)
 
-    def _setup_examples(self, records: list[dict[str, Any]]) -> None:
+    def _setup_examples(self, records: Iterable[dict[str, Any]]) -> None:
         cfg, tokenizer = self.cfg, self.tokenizer
         self.rows: list[list[int]] | None = None  # packed rows (or units) of example indices
-        if any(is_text(r) for r in records):  # a file has one schema: then every record
-            self._setup_text_examples(records)
+        first = next(iter(records), None)
+        if first is not None and is_text(first):  # a file has one schema: then every record
+            self._setup_text_examples(list(records))
             return
-        kind = preference_kind(records)
+        kind = preference_kind([first] if first is not None else [])
         if kind or self.strategy.capabilities.preference:
-            self._setup_preference_examples(records, kind)
+            self._setup_preference_examples(list(records), kind)
             return
         if not self.strategy.capabilities.chat:
             raise ValueError(
@@ -321,12 +325,13 @@ class TrainingRun:
         if self.token_cache is not None:
             self._digest(records)  # of the records as given, before they are split in turns
         if cfg.assistant_turns == "all":
-            records = [turn for r in records for turn in assistant_turn_records(r)]
+            records = (turn for r in records for turn in assistant_turn_records(r))
         end = end_of_turn_id(tokenizer)
 
-        def build(records: list[dict[str, Any]]) -> Iterator[tuple[int, Example]]:
-            for start in range(0, len(records), BUILD_BATCH):
-                batch = records[start : start + BUILD_BATCH]
+        def build(records: Iterable[dict[str, Any]]) -> Iterator[tuple[int, Example]]:
+            """(row, example) pairs, the records read and tokenized a batch at a time."""
+            unread = iter(records)
+            while batch := list(islice(unread, BUILD_BATCH)):
                 examples = build_examples(self.strategy, batch, tokenizer, cfg.max_length)
                 yield from zip((r["row"] for r in batch), examples, strict=True)
 
@@ -337,9 +342,10 @@ class TrainingRun:
             self._cached_examples(records, build, audit)
         else:
             with self._blame("build_example"):
-                self.examples = [example for _, example in build(records)]
+                pairs = list(build(records))
+            self.examples = [example for _, example in pairs]
             with self._blame("the loss-mask audit"):
-                self.audit = audit(self.examples, [r["row"] for r in records])
+                self.audit = audit(self.examples, [row for row, _ in pairs])
         if self.audit.truncated:
             # A truncated example loses its end-of-sequence token (and, for response-only
             # strategies, possibly its answer): the model would learn to ramble or to stop mid-way.
@@ -351,8 +357,8 @@ class TrainingRun:
 
     def _cached_examples(
         self,
-        records: list[dict[str, Any]],
-        build: Callable[[list[dict[str, Any]]], Iterator[tuple[int, Example]]],
+        records: Iterable[dict[str, Any]],
+        build: Callable[[Iterable[dict[str, Any]]], Iterator[tuple[int, Example]]],
         audit: Callable[[list[Example], list[int]], MaskAudit],
     ) -> None:
         """The examples from the token cache, built into it first (`build`, checked by `audit`)
@@ -373,7 +379,7 @@ class TrainingRun:
         self.examples, self.audit = cached.examples, cached.audit
         self.cache_state = "reused" if cached.hit else "built"
 
-    def _digest(self, records: list[dict[str, Any]]) -> str:
+    def _digest(self, records: Iterable[dict[str, Any]]) -> str:
         """The training records' hash (the token cache's and the checkpoints' key), computed
         once: at a million rows it takes seconds."""
         if self.data_digest is None:
@@ -484,7 +490,7 @@ class TrainingRun:
 
     # Resume -----------------------------------------------------------------------------
 
-    def resume(self, checkpoint_dir: str | Path | None, records: list[dict[str, Any]]) -> None:
+    def resume(self, checkpoint_dir: str | Path | None, records: Iterable[dict[str, Any]]) -> None:
         """Continues from a matching checkpoint in `checkpoint_dir`, if there is one."""
         cfg = self.cfg
         self.root = Path(checkpoint_dir) if checkpoint_dir and cfg.checkpoint_every else None

@@ -24,7 +24,7 @@ from typing import Any
 import torch.distributed as dist
 
 from tuneforge.config import TrainConfig
-from tuneforge.jsonl import read_jsonl
+from tuneforge.jsonl import JsonlRecords, read_jsonl
 from tuneforge.training.loop import train_model
 from tuneforge.training.multinode import PARENT_PID
 
@@ -95,7 +95,7 @@ def _train(
     try:
         result = train_model(
             spec["base_dir"],
-            read_jsonl(spec["train_path"]),
+            JsonlRecords(spec["train_path"]),
             TrainConfig.model_validate(spec["cfg"]),
             spec["out_dir"],
             on_metrics=on_metrics,
