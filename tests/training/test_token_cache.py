@@ -133,3 +133,9 @@ def test_records_from_a_file_are_tokenized_a_batch_at_a_time_into_the_same_entry
     # The list and the file of the same records share one cache entry.
     again = train_model(tiny_model_dir, records, _cfg(), tmp_path / "c", token_cache_dir=cache)
     assert again.token_cache == "reused" and len(_entries(cache)) == 1
+
+
+def test_a_one_pass_iterator_of_records_trains_as_their_list(tiny_model_dir, records, tmp_path):
+    listed = train_model(tiny_model_dir, records, _cfg(), tmp_path / "a")
+    once = train_model(tiny_model_dir, iter(records), _cfg(), tmp_path / "b")
+    assert (once.final_loss, once.audit) == (listed.final_loss, listed.audit)

@@ -217,6 +217,8 @@ def train_model(
     same arguments: each takes its shard of every global batch, the model is wrapped in DDP or
     FSDP (`cfg.parallel`), and rank 0 alone logs, evaluates and saves.
     """
+    if iter(records) is records:  # a one-pass iterator: held, since setup reads it twice
+        records = list(records)
     run = TrainingRun(cfg, base_dir, trust_remote_code, on_metrics, dtype)
     run.token_cache = Path(token_cache_dir) if token_cache_dir else None
     run.setup(records, eval_records or [])
