@@ -110,7 +110,8 @@ class InstructionStrategy(TuningStrategy):
         return self.settings.templates[index % len(self.settings.templates)]
 
     def build_example(self, record: dict[str, Any], tokenizer: Any, max_length: int) -> Example:
-        return self.build_examples([record], tokenizer, max_length)[0]
+        phrased = [self._phrased(record)]
+        return tokenize_prompt_responses(phrased, tokenizer, max_length, train_prompt=False)[0]
 
     def build_examples(
         self, records: list[dict[str, Any]], tokenizer: Any, max_length: int

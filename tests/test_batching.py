@@ -24,3 +24,16 @@ def test_packed_rows_are_full_and_within_capacity(seed):
     assert all(sum(lengths[i] for i in row) <= 128 for row in rows)
     # Best fit decreasing on uniform lengths: within a few percent of the lower bound.
     assert len(rows) <= 1.03 * sum(lengths) / 128 + 1
+
+
+def test_trained_tokens_are_counted_in_any_sequence_a_strategy_builds():
+    import numpy as np
+
+    from tuneforge.batching import IGNORE_INDEX, Example
+    from tuneforge.training.token_cache import _trained_after_first
+
+    labels = [IGNORE_INDEX, IGNORE_INDEX, 7, 8, IGNORE_INDEX, 2]
+    for built in (labels, tuple(labels), np.array(labels)):
+        assert Example(list(range(6)), built).trained_tokens == 3
+        assert _trained_after_first(built) == 3
+    assert _trained_after_first([5, IGNORE_INDEX, 6]) == 1  # position 0 never trains

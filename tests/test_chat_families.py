@@ -140,6 +140,16 @@ def test_batched_encoding_equals_the_tokenizers_own_call(family, checkpoints, bu
     tokenizer.backend_tokenizer.enable_truncation(max_length=3)
     assert encode_texts(tokenizer, texts) == tokenizer(texts, add_special_tokens=False).input_ids
     tokenizer.backend_tokenizer.no_truncation()
+    calls = []
+
+    class EncodesItsOwnWay(type(tokenizer)):  # e.g. remote code that edits the text first
+        def _encode_plus(self, *args, **kwargs):
+            calls.append(args)
+            return super()._encode_plus(*args, **kwargs)
+
+    tokenizer.__class__ = EncodesItsOwnWay
+    assert encode_texts(tokenizer, texts) == expected and len(calls) == 1
+    tokenizer.__class__ = EncodesItsOwnWay.__mro__[1]
     tokenizer.split_special_tokens = True
     split = tokenizer(texts, add_special_tokens=False).input_ids
     assert split != expected  # the special tokens are now split into pieces

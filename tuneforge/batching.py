@@ -23,7 +23,8 @@ class Example:
 
     @property
     def trained_tokens(self) -> int:
-        return len(self.labels) - self.labels.count(IGNORE_INDEX)
+        labels = self.labels if isinstance(self.labels, list) else list(self.labels)
+        return len(labels) - labels.count(IGNORE_INDEX)
 
 
 @dataclass(frozen=True)

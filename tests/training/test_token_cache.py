@@ -139,3 +139,17 @@ def test_a_one_pass_iterator_of_records_trains_as_their_list(tiny_model_dir, rec
     listed = train_model(tiny_model_dir, records, _cfg(), tmp_path / "a")
     once = train_model(tiny_model_dir, iter(records), _cfg(), tmp_path / "b")
     assert (once.final_loss, once.audit) == (listed.final_loss, listed.audit)
+
+
+def test_a_broken_line_in_the_records_file_is_not_blamed_on_the_strategy(
+    tiny_model_dir, records, tmp_path
+):
+    from tuneforge.training.loop import StrategyError
+
+    write_jsonl(records, tmp_path / "train.jsonl")
+    with (tmp_path / "train.jsonl").open("a") as f:
+        f.write('{"row": 999, "messages": [\n')  # cut off, as by a full disk
+    source = JsonlRecords(tmp_path / "train.jsonl")
+    with pytest.raises(ValueError, match="Expecting value") as raised:
+        train_model(tiny_model_dir, source, _cfg(), tmp_path / "a", token_cache_dir=tmp_path / "c")
+    assert not isinstance(raised.value, StrategyError)

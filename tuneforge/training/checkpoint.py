@@ -26,12 +26,11 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -89,23 +88,15 @@ class LoopState:
 
 def records_digest(records: Iterable[dict[str, Any]]) -> str:
     """A hash of training records' content: what a checkpoint and the token cache were made
-    from. The hash of their list as orjson writes it (a tenth of `json`'s time at a million
-    records), fed a record at a time, so a file's records are never all held; as `json` writes
-    it where orjson cannot (integers past 64 bits). A list and a file of the same records
-    hash alike."""
-    try:
-        return _list_digest(records, lambda r: orjson.dumps(r, option=orjson.OPT_SORT_KEYS), b",")
-    except TypeError:
-        return _list_digest(records, lambda r: json.dumps(r, sort_keys=True).encode(), b", ")
-
-
-def _list_digest(
-    records: Iterable[dict[str, Any]], dumps: Callable[[dict[str, Any]], bytes], comma: bytes
-) -> str:
-    """sha256 of `[` + the records' JSON joined by `comma` + `]`: the list's own JSON."""
+    from. The hash of `json.dumps(list(records), sort_keys=True)`, fed a record at a time so
+    a file's records are never all held: a list and a file of the same records hash alike,
+    and as every earlier version hashed them (a run checkpointed before an upgrade resumes
+    after it). Not orjson: its bytes differ, and it writes NaN as null."""
     digest = hashlib.sha256(b"[")
     for i, record in enumerate(records):
-        digest.update(comma + dumps(record) if i else dumps(record))
+        if i:
+            digest.update(b", ")
+        digest.update(json.dumps(record, sort_keys=True).encode())
     digest.update(b"]")
     return digest.hexdigest()[:16]
 

@@ -333,21 +333,21 @@ class TrainingRun:
         def build(records: Iterable[dict[str, Any]]) -> Iterator[tuple[int, Example]]:
             """(row, example) pairs, the records read and tokenized a batch at a time."""
             unread = iter(records)
-            while batch := list(islice(unread, BUILD_BATCH)):
-                examples = build_examples(self.strategy, batch, tokenizer, cfg.max_length)
+            while batch := list(islice(unread, BUILD_BATCH)):  # reading it is not the strategy's
+                with self._blame("build_example"):
+                    examples = build_examples(self.strategy, batch, tokenizer, cfg.max_length)
                 yield from zip((r["row"] for r in batch), examples, strict=True)
 
         def audit(examples: list[Example], rows: list[int]) -> MaskAudit:
-            return audit_examples(examples, rows, end, cfg.max_length)
+            with self._blame("the loss-mask audit"):
+                return audit_examples(examples, rows, end, cfg.max_length)
 
         if self.token_cache is not None:
             self._cached_examples(records, build, audit)
         else:
-            with self._blame("build_example"):
-                pairs = list(build(records))
+            pairs = list(build(records))
             self.examples = [example for _, example in pairs]
-            with self._blame("the loss-mask audit"):
-                self.audit = audit(self.examples, [row for row, _ in pairs])
+            self.audit = audit(self.examples, [row for row, _ in pairs])
         if self.audit.truncated:
             # A truncated example loses its end-of-sequence token (and, for response-only
             # strategies, possibly its answer): the model would learn to ramble or to stop mid-way.
@@ -376,8 +376,7 @@ class TrainingRun:
         # The records before train.assistant_turns splits them (the setting is in `shaping`).
         key = token_cache.cache_key(self._digest(records), self.tokenizer, shaping)
 
-        with self._blame("build_example"):
-            cached = token_cache.load_or_build(self.token_cache, key, lambda: build(records), audit)
+        cached = token_cache.load_or_build(self.token_cache, key, lambda: build(records), audit)
         self.examples, self.audit = cached.examples, cached.audit
         self.cache_state = "reused" if cached.hit else "built"
 

@@ -174,7 +174,7 @@ def _write(path: Path, batches: Iterator[tuple[list[Example], MaskAudit]]) -> Ma
 
 def _trained_after_first(labels: list[int]) -> int:
     """Tokens that carry loss after the first position (the causal shift never trains it)."""
-    tail = labels[1:]
+    tail = list(labels[1:])  # a list's count runs in C; a strategy may give any sequence
     return len(tail) - tail.count(IGNORE_INDEX)
 
 
