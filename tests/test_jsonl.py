@@ -46,6 +46,20 @@ def test_a_file_reads_back_as_written_blank_lines_skipped(tmp_path):
     assert read_jsonl(tmp_path / "a.jsonl") == rows
 
 
+def test_the_records_digest_is_the_one_every_earlier_version_computed():
+    import hashlib
+
+    def earlier(records):  # tuneforge before the digest was streamed: checkpoints carry it
+        return hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()[:16]
+
+    records = [
+        {"row": i, "messages": [{"role": "user", "content": f"é {i}"}]} for i in range(25001)
+    ]
+    for some in (records, records[:20_000], records[:1], [], [{"x": float("nan")}]):
+        assert records_digest(some) == records_digest(iter(some)) == earlier(some)
+    assert records_digest([{"x": float("nan")}]) != records_digest([{"x": None}])
+
+
 def test_the_records_digest_sees_content_and_survives_big_integers():
     a = [{"row": 1, "messages": [{"role": "user", "content": "hi"}]}]
     b = [{"row": 1, "messages": [{"role": "user", "content": "hi!"}]}]

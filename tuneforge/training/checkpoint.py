@@ -28,6 +28,7 @@ import re
 import shutil
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -92,11 +93,12 @@ def records_digest(records: Iterable[dict[str, Any]]) -> str:
     a file's records are never all held: a list and a file of the same records hash alike,
     and as every earlier version hashed them (a run checkpointed before an upgrade resumes
     after it). Not orjson: its bytes differ, and it writes NaN as null."""
+    encoder = json.JSONEncoder(sort_keys=True)  # json.dumps(..., sort_keys=True), made once
     digest = hashlib.sha256(b"[")
-    for i, record in enumerate(records):
-        if i:
-            digest.update(b", ")
-        digest.update(json.dumps(record, sort_keys=True).encode())
+    unread, first = iter(records), True
+    while batch := list(islice(unread, 10_000)):  # a batch's list is the whole's, less [ and ]
+        digest.update((b"" if first else b", ") + encoder.encode(batch)[1:-1].encode())
+        first = False
     digest.update(b"]")
     return digest.hexdigest()[:16]
 
