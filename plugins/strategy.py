@@ -9,8 +9,7 @@ The training engine (`tuneforge.training`) owns the optimizer, batching, logging
 checkpoints; a strategy only says what is specific to it. The whole contract is the
 `TuningStrategy` Protocol below: three required class attributes and three required methods,
 plus three optional members with documented defaults (`capabilities`, `load_options`,
-`build_examples`). Subclass
-it to inherit those defaults and let a type checker check the rest:
+`build_examples`). Subclass it to inherit those defaults and let a type checker check the rest:
 
     class BitFitStrategy(TuningStrategy):
         name = "bitfit"

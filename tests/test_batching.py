@@ -35,5 +35,5 @@ def test_trained_tokens_are_counted_in_any_sequence_a_strategy_builds():
     labels = [IGNORE_INDEX, IGNORE_INDEX, 7, 8, IGNORE_INDEX, 2]
     for built in (labels, tuple(labels), np.array(labels)):
         assert Example(list(range(6)), built).trained_tokens == 3
-        assert _trained_after_first(built) == 3
-    assert _trained_after_first([5, IGNORE_INDEX, 6]) == 1  # position 0 never trains
+        assert _trained_after_first(Example(list(range(6)), built)) == 3
+    assert _trained_after_first(Example([1, 2, 3], [5, IGNORE_INDEX, 6])) == 1  # not position 0

@@ -162,7 +162,7 @@ def _write(path: Path, batches: Iterator[tuple[list[Example], MaskAudit]]) -> Ma
                         "input_ids": [e.input_ids for e in examples],
                         "labels": [e.labels for e in examples],
                         "length": [len(e.input_ids) for e in examples],
-                        "trained": [_trained_after_first(e.labels) for e in examples],
+                        "trained": [_trained_after_first(e) for e in examples],
                     },
                     schema=features.arrow_schema,
                 )
@@ -172,10 +172,10 @@ def _write(path: Path, batches: Iterator[tuple[list[Example], MaskAudit]]) -> Ma
     return total
 
 
-def _trained_after_first(labels: list[int]) -> int:
+def _trained_after_first(example: Example) -> int:
     """Tokens that carry loss after the first position (the causal shift never trains it)."""
-    tail = list(labels[1:])  # a list's count runs in C; a strategy may give any sequence
-    return len(tail) - tail.count(IGNORE_INDEX)
+    first_trained = len(example.labels) > 0 and example.labels[0] != IGNORE_INDEX
+    return example.trained_tokens - int(first_trained)
 
 
 def _summed(a: MaskAudit, b: MaskAudit) -> MaskAudit:
